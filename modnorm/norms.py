@@ -1,0 +1,385 @@
+"""Norms on parameter tensors, with their dual norms and dual maps (LMOs).
+
+For a norm ‖·‖ and a gradient G:
+
+- ``dual(G)  = max_{‖T‖≤1} ⟨G, T⟩``
+- ``lmo(G)   = argmax_{‖T‖≤1} ⟨G, T⟩``, so ``⟨G, lmo(G)⟩ = dual(G)`` and ``value(lmo(G)) ≤ 1``
+- ``sharp(G) = dual(G) · lmo(G)`` (the unnormalized steepest-descent direction)
+
+Every norm acts on the last ``ndim`` dimensions of a tensor and treats the leading ones
+as a batch: ``value`` and ``dual`` return a tensor of the batch shape, ``lmo`` and
+``sharp`` one of the input's shape. Matrices use the nn.Linear layout ``(d_out, d_in)``.
+A zero gradient (or zero column/row) gives a zero direction, never NaN; a non-finite
+gradient gives a non-finite direction, never a silently finite one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .polar import METHODS, orthogonalize
+
+__all__ = [
+    "Norm",
+    "Frobenius",
+    "Spectral",
+    "Sign",
+    "ColNorm",
+    "RowNorm",
+    "RMS",
+    "SpectralConv",
+    "spectral_scale",
+    "SCALES",
+]
+
+
+def _safe_div(X: Tensor, d: Tensor) -> Tensor:
+    """X / d with 0 where d == 0 (X is then 0 too); non-finite X stays non-finite."""
+    tiny = torch.finfo(d.dtype).tiny
+    return X / d.clamp_min(tiny)
+
+
+def _unsqueeze(v: Tensor, n: int) -> Tensor:
+    return v.reshape(*v.shape, *([1] * n))
+
+
+class Norm:
+    """Base class of all norms.
+
+    Subclasses set ``ndim`` (how many trailing dimensions one parameter occupies) and
+    implement ``value``, ``dual`` and ``lmo``; ``sharp`` follows. Call ``self._check(X)``
+    first in each method to get uniform shape errors. ``modnorm.testing.check_norm``
+    verifies the laws of a user's norm.
+    """
+
+    ndim: int = 2
+
+    def value(self, W: Tensor) -> Tensor:
+        """‖W‖ for every parameter in the batch."""
+        raise NotImplementedError
+
+    def dual(self, G: Tensor) -> Tensor:
+        """‖G‖* = max over ‖T‖ ≤ 1 of ⟨G, T⟩."""
+        raise NotImplementedError
+
+    def lmo(self, G: Tensor) -> Tensor:
+        """argmax over ‖T‖ ≤ 1 of ⟨G, T⟩ (the dual map)."""
+        raise NotImplementedError
+
+    def sharp(self, G: Tensor) -> Tensor:
+        """dual(G) · lmo(G): steepest descent without normalization."""
+        return _unsqueeze(self.dual(G), self.ndim) * self.lmo(G)
+
+    def expected_shape(self) -> str:
+        """Human-readable shape this norm accepts, used in error messages."""
+        return "(..., " + ", ".join(f"d{i}" for i in range(self.ndim)) + ")"
+
+    def _check(self, X: Tensor) -> None:
+        if not isinstance(X, Tensor):
+            raise TypeError(f"{self!r}: expected a torch.Tensor, got {type(X).__name__}")
+        if X.ndim < self.ndim:
+            raise ValueError(
+                f"{self!r}: expected a tensor of shape {self.expected_shape()} "
+                f"(at least {self.ndim} dims), got shape {tuple(X.shape)}"
+            )
+        if X.is_complex() or not X.is_floating_point():
+            raise TypeError(f"{self!r}: expected a real floating-point tensor, got dtype {X.dtype}")
+        if X.is_sparse:
+            raise TypeError(f"{self!r}: sparse tensors are not supported; call .to_dense() first")
+
+    def _dims(self) -> tuple[int, ...]:
+        return tuple(range(-self.ndim, 0))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Frobenius(Norm):
+    """Euclidean norm over the last ``ndim`` dims: ‖W‖_F; lmo(G) = G/‖G‖_F; dual = ‖G‖_F.
+
+    Its sharp operator is the identity, which is why it underlies SGD and (with a
+    D-preconditioner) Adam.
+    """
+
+    def __init__(self, ndim: int = 2) -> None:
+        if not isinstance(ndim, int) or ndim < 1:
+            raise ValueError(f"Frobenius: ndim must be a positive int, got {ndim!r}")
+        self.ndim = ndim
+
+    def value(self, W: Tensor) -> Tensor:
+        self._check(W)
+        return torch.linalg.vector_norm(W, dim=self._dims())
+
+    dual = value
+
+    def lmo(self, G: Tensor) -> Tensor:
+        self._check(G)
+        return _safe_div(G, torch.linalg.vector_norm(G, dim=self._dims(), keepdim=True))
+
+    def sharp(self, G: Tensor) -> Tensor:
+        self._check(G)
+        return G.clone()
+
+    def __repr__(self) -> str:
+        return f"Frobenius(ndim={self.ndim})"
+
+
+class Sign(Norm):
+    """ℓ∞ norm of the entries (ℓ1→ℓ∞ operator norm): max |W_ij|; lmo(G) = sign(G); dual = Σ|G_ij|."""
+
+    def __init__(self, ndim: int = 2) -> None:
+        if not isinstance(ndim, int) or ndim < 1:
+            raise ValueError(f"Sign: ndim must be a positive int, got {ndim!r}")
+        self.ndim = ndim
+
+    def value(self, W: Tensor) -> Tensor:
+        self._check(W)
+        return W.abs().amax(dim=self._dims())
+
+    def dual(self, G: Tensor) -> Tensor:
+        self._check(G)
+        return G.abs().sum(dim=self._dims())
+
+    def lmo(self, G: Tensor) -> Tensor:
+        self._check(G)
+        # torch.sign(nan) is 0; adding (G - G) keeps NaN/inf entries non-finite.
+        return torch.sign(G) + (G - G)
+
+    def __repr__(self) -> str:
+        return f"Sign(ndim={self.ndim})"
+
+
+SCALES: tuple[str, ...] = ("rms", "original", "match_rms_adamw", "none")
+
+
+def spectral_scale(scale: str | float, d_out: int, d_in: int) -> float:
+    """Factor s of the spectral LMO ``s · U Vᵀ`` for a (d_out, d_in) matrix.
+
+    - "rms": √(d_out/d_in), the RMS→RMS operator norm (modula, Scion, MuAdam).
+    - "original": √max(1, d_out/d_in) (torch.optim.Muon's default ``adjust_lr_fn``).
+    - "match_rms_adamw": 0.2·√max(d_out, d_in) (Moonlight; update RMS ≈ AdamW's).
+    - "none": 1, the plain spectral norm σ_max.
+    - a positive float: that factor.
+    """
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        if not scale > 0:
+            raise ValueError(f"spectral scale must be positive, got {scale!r}")
+        return float(scale)
+    if scale == "rms":
+        return math.sqrt(d_out / d_in)
+    if scale == "original":
+        return math.sqrt(max(1.0, d_out / d_in))
+    if scale == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(d_out, d_in))
+    if scale == "none":
+        return 1.0
+    raise ValueError(f"spectral scale must be one of {SCALES} or a positive float, got {scale!r}")
+
+
+class Spectral(Norm):
+    """Scaled spectral norm of a (d_out, d_in) matrix: ‖W‖ = σ_max(W)/s.
+
+    With the default ``scale="rms"``, s = √(d_out/d_in) and this is the RMS→RMS operator
+    norm √(d_in/d_out)·σ_max. lmo(G) = s·U Vᵀ (G = U Σ Vᵀ, reduced SVD), dual = s·Σσ_i.
+    ``method``/``steps`` choose the polar factor (see ``modnorm.orthogonalize``;
+    ``method="svd"`` is exact); ``dtype`` is the Newton–Schulz compute dtype.
+    """
+
+    ndim = 2
+
+    def __init__(
+        self,
+        scale: str | float = "rms",
+        method: str = "polar_express",
+        steps: int | None = None,
+        dtype: torch.dtype | None = None,
+        eps: float = 1e-7,
+    ) -> None:
+        spectral_scale(scale, 1, 1)  # validate early
+        if method not in METHODS:
+            raise ValueError(f"Spectral: unknown method={method!r}; choose one of {METHODS}")
+        self.scale, self.method, self.steps, self.dtype, self.eps = scale, method, steps, dtype, eps
+
+    def expected_shape(self) -> str:
+        return "(..., d_out, d_in)"
+
+    def _s(self, X: Tensor) -> float:
+        return spectral_scale(self.scale, X.shape[-2], X.shape[-1])
+
+    def value(self, W: Tensor) -> Tensor:
+        self._check(W)
+        return torch.linalg.matrix_norm(W, ord=2) / self._s(W)
+
+    def dual(self, G: Tensor) -> Tensor:
+        self._check(G)
+        return torch.linalg.matrix_norm(G, ord="nuc") * self._s(G)
+
+    def lmo(self, G: Tensor) -> Tensor:
+        self._check(G)
+        O = orthogonalize(G, method=self.method, steps=self.steps, dtype=self.dtype, eps=self.eps)
+        return O * self._s(G)
+
+    def __repr__(self) -> str:
+        return f"Spectral(scale={self.scale!r}, method={self.method!r}, steps={self.steps})"
+
+
+Layout = Literal["linear", "embedding"]
+
+
+class _VectorwiseNorm(Norm):
+    """Max over vectors (columns or rows) of a scaled ℓ2 norm: the shared shape of ColNorm/RowNorm.
+
+    ``value = max_v c·‖W_v‖₂``, ``dual = Σ_v ‖G_v‖₂ / c``, ``lmo: G_v ↦ G_v / (c·‖G_v‖₂)``.
+    """
+
+    ndim = 2
+    layout: Layout = "linear"
+
+    def _axis_and_factor(self, X: Tensor) -> tuple[int, float]:
+        raise NotImplementedError
+
+    def value(self, W: Tensor) -> Tensor:
+        self._check(W)
+        axis, c = self._axis_and_factor(W)
+        return torch.linalg.vector_norm(W, dim=axis).amax(dim=-1) * c
+
+    def dual(self, G: Tensor) -> Tensor:
+        self._check(G)
+        axis, c = self._axis_and_factor(G)
+        return torch.linalg.vector_norm(G, dim=axis).sum(dim=-1) / c
+
+    def lmo(self, G: Tensor) -> Tensor:
+        self._check(G)
+        axis, c = self._axis_and_factor(G)
+        return _safe_div(G, torch.linalg.vector_norm(G, dim=axis, keepdim=True) * c)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(layout={self.layout!r})"
+
+
+def _check_layout(name: str, layout: str) -> Layout:
+    if layout not in ("linear", "embedding"):
+        raise ValueError(f"{name}: layout must be 'linear' (d_out, d_in) or 'embedding' (num_embeddings, dim), got {layout!r}")
+    return layout  # type: ignore[return-value]
+
+
+class ColNorm(_VectorwiseNorm):
+    """ℓ1→RMS operator norm: the largest RMS norm of a column (one column per input/token).
+
+    ``layout="linear"``: W is (d_out, d_in), ‖W‖ = max_j ‖W_:j‖₂/√d_out and lmo maps each
+    column G_:j to √d_out·G_:j/‖G_:j‖₂. ``layout="embedding"``: W is nn.Embedding's
+    (num_embeddings, dim), the token vectors are rows, and the same formulas act on rows
+    with d_out = dim. Dual: Σ_j √d_out·‖G_:j‖₂.
+    """
+
+    def __init__(self, layout: Layout = "linear") -> None:
+        self.layout = _check_layout("ColNorm", layout)
+
+    def _axis_and_factor(self, X: Tensor) -> tuple[int, float]:
+        if self.layout == "linear":
+            return -2, 1.0 / math.sqrt(X.shape[-2])
+        return -1, 1.0 / math.sqrt(X.shape[-1])
+
+
+class RowNorm(_VectorwiseNorm):
+    """RMS→ℓ∞ operator norm of a (d_out, d_in) matrix: max_i √d_in·‖W_i:‖₂.
+
+    lmo maps each row G_i: to G_i:/(√d_in·‖G_i:‖₂); dual = Σ_i ‖G_i:‖₂/√d_in. Suits output
+    heads (each logit bounded). ``layout="embedding"`` transposes, acting on columns of
+    a (num_embeddings, dim) table.
+    """
+
+    def __init__(self, layout: Layout = "linear") -> None:
+        self.layout = _check_layout("RowNorm", layout)
+
+    def _axis_and_factor(self, X: Tensor) -> tuple[int, float]:
+        if self.layout == "linear":
+            return -1, math.sqrt(X.shape[-1])
+        return -2, math.sqrt(X.shape[-2])
+
+
+class RMS(Norm):
+    """RMS norm of a vector w ∈ ℝ^d (biases, gains): ‖w‖₂/√d; lmo(g) = √d·g/‖g‖₂; dual = √d·‖g‖₂."""
+
+    ndim = 1
+
+    def expected_shape(self) -> str:
+        return "(..., d)"
+
+    def value(self, W: Tensor) -> Tensor:
+        self._check(W)
+        return torch.linalg.vector_norm(W, dim=-1) / math.sqrt(W.shape[-1])
+
+    def dual(self, G: Tensor) -> Tensor:
+        self._check(G)
+        return torch.linalg.vector_norm(G, dim=-1) * math.sqrt(G.shape[-1])
+
+    def lmo(self, G: Tensor) -> Tensor:
+        self._check(G)
+        return _safe_div(G, torch.linalg.vector_norm(G, dim=-1, keepdim=True)) * math.sqrt(G.shape[-1])
+
+
+class SpectralConv(Norm):
+    """Norm of a convolution kernel (d_out, d_in, *kernel): K·max over kernel positions of the
+    per-position scaled spectral norm, K = number of kernel positions (k² for k×k).
+
+    The unit ball holds kernels whose every position p has ‖W_p‖ ≤ 1/K, which bounds the
+    RMS→RMS norm of the whole convolution by 1. lmo(G)_p = (s/K)·U_p V_pᵀ per position,
+    dual = (s/K)·Σ_p ‖G_p‖_nuclear, with s = ``spectral_scale(scale, d_out, d_in)``.
+    ``kernel_dims`` is 2 for Conv2d, 1 for Conv1d, 3 for Conv3d.
+    """
+
+    def __init__(
+        self,
+        kernel_dims: int = 2,
+        scale: str | float = "rms",
+        method: str = "polar_express",
+        steps: int | None = None,
+        dtype: torch.dtype | None = None,
+        eps: float = 1e-7,
+    ) -> None:
+        if kernel_dims not in (1, 2, 3):
+            raise ValueError(f"SpectralConv: kernel_dims must be 1, 2 or 3, got {kernel_dims!r}")
+        self.kernel_dims = kernel_dims
+        self.ndim = 2 + kernel_dims
+        self.spectral = Spectral(scale=scale, method=method, steps=steps, dtype=dtype, eps=eps)
+
+    def expected_shape(self) -> str:
+        ks = ", ".join(f"k{i}" for i in range(self.kernel_dims))
+        return f"(..., d_out, d_in, {ks})"
+
+    def _positions_first(self, X: Tensor) -> tuple[Tensor, int]:
+        """Move kernel positions next to the batch: (..., K, d_out, d_in)."""
+        k = self.kernel_dims
+        batch = X.shape[: X.ndim - self.ndim]
+        K = math.prod(X.shape[-k:])
+        Y = X.reshape(*batch, X.shape[-k - 2], X.shape[-k - 1], K).movedim(-1, -3)
+        return Y, K
+
+    def _apply_per_position(self, X: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        Y, _ = self._positions_first(X)
+        return fn(Y).movedim(-3, -1).reshape(X.shape)
+
+    def value(self, W: Tensor) -> Tensor:
+        self._check(W)
+        Y, K = self._positions_first(W)
+        return self.spectral.value(Y).amax(dim=-1) * K
+
+    def dual(self, G: Tensor) -> Tensor:
+        self._check(G)
+        Y, K = self._positions_first(G)
+        return self.spectral.dual(Y).sum(dim=-1) / K
+
+    def lmo(self, G: Tensor) -> Tensor:
+        self._check(G)
+        K = math.prod(G.shape[-self.kernel_dims:])
+        return self._apply_per_position(G, self.spectral.lmo) / K
+
+    def __repr__(self) -> str:
+        s = self.spectral
+        return f"SpectralConv(kernel_dims={self.kernel_dims}, scale={s.scale!r}, method={s.method!r}, steps={s.steps})"
