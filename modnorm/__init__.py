@@ -8,6 +8,10 @@ from .geometry import Geometry
 from .norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, spectral_scale
 from .polar import orthogonalize
 from .preconditioned import DNorm, LRNorm
+from .auto import DEFAULT_RULES, Rules, register_bond, register_function, register_rule
+from .composition import Atom, Bond, Chain, Node, Tared, Tuple
+from .layers import Parallel, Residual, Scale, Sequential
+from .module import GeometryError, analyze, budgets, geometries, modular_norm, structure
 
 __version__ = "0.1.0"
 
@@ -25,4 +29,25 @@ __all__ = [
     "LRNorm",
     "orthogonalize",
     "Geometry",
+    "geometries",
+    "budgets",
+    "modular_norm",
+    "structure",
+    "analyze",
+    "GeometryError",
+    "Rules",
+    "DEFAULT_RULES",
+    "register_rule",
+    "register_bond",
+    "register_function",
+    "Sequential",
+    "Residual",
+    "Parallel",
+    "Scale",
+    "Node",
+    "Atom",
+    "Bond",
+    "Chain",
+    "Tuple",
+    "Tared",
 ]
