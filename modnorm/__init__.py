@@ -11,6 +11,7 @@ from .preconditioned import DNorm, LRNorm
 from .auto import DEFAULT_RULES, Rules, register_bond, register_function, register_rule
 from .composition import Atom, Bond, Chain, Node, Tared, Tuple
 from .layers import Parallel, Residual, Scale, Sequential
+from .describe import describe, describe_rows
 from .module import GeometryError, analyze, budgets, geometries, modular_norm, structure
 
 __version__ = "0.1.0"
@@ -30,6 +31,8 @@ __all__ = [
     "orthogonalize",
     "Geometry",
     "geometries",
+    "describe",
+    "describe_rows",
     "budgets",
     "modular_norm",
     "structure",

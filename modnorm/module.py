@@ -156,10 +156,12 @@ class Context:
                 return rule.node(module, self)
             if rule.geometries is None:
                 return Bond(rule.sensitivity_for(module), name=self.path(module))
-            return self.atom(
+            atom = self.atom(
                 module, rule.geometries_for(module) or {}, rule.mass, rule.sensitivity_for(module),
                 head=rule.head_for(module),
             )
+            # a layer whose declared parameters are all absent (e.g. LayerNorm without affine) is a bond
+            return atom if atom.params else Bond(atom.sensitivity, name=atom.name)
         if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
             return Chain([self.resolve(c) for c in module])
         has_children = any(True for _ in module.children())

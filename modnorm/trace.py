@@ -5,8 +5,10 @@ its own, so the tree follows the module hierarchy). The traced dataflow becomes 
 two-terminal graph whose edges carry composition nodes:
 
 - a source S feeds every input (identity) and every parameter the forward reads
-  directly (an atom of sensitivity 0: it does not depend on the input) or buffer/constant
-  (a bond of sensitivity 0);
+  directly (an atom of sensitivity 0: it does not depend on the input);
+- values that do not depend on the input's values — shapes, dtypes, buffers, constants
+  and whatever is computed from them alone — are static: they add no edges, so shape
+  bookkeeping (``B, T, C = x.shape``) does not tie branches together;
 - an operation with one tensor input is an edge input → output carrying its node (the
   submodule's node, or a bond whose sensitivity comes from the rules: ``x * c`` has |c|,
   ``x / c`` has 1/|c|, shape queries 0, unknown operations 1);
@@ -78,6 +80,27 @@ def _inputs(node: fx.Node) -> list[fx.Node]:
     found: list[fx.Node] = []
     fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
     return found
+
+
+_METADATA_ATTRS = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"}
+_METADATA_METHODS = {"size", "dim", "numel", "type_as_meta", "get_device"}
+
+
+def _is_static(node: fx.Node, static: set[fx.Node], module: nn.Module) -> bool:
+    """True for values that do not depend on the input's values: shapes, dtypes, buffers,
+    constants, and anything computed from those alone (they carry no perturbation)."""
+    if node.op == "get_attr":
+        return not isinstance(_fetch(module, str(node.target)), nn.Parameter)
+    if node.op == "call_function" and node.target is getattr and len(node.args) == 2 and node.args[1] in _METADATA_ATTRS:
+        return True
+    if node.op == "call_method" and node.target in _METADATA_METHODS:
+        return True
+    if node.op in ("call_function", "call_method"):
+        return all(i in static for i in _inputs(node))
+    if node.op == "call_module":
+        sub = module.get_submodule(str(node.target))
+        return not any(True for _ in sub.parameters()) and all(i in static for i in _inputs(node))
+    return False
 
 
 class _Graph:
@@ -159,24 +182,25 @@ def trace_node(module: nn.Module, ctx: Context) -> Node:
     g = _Graph()
     ident = Bond(1.0, name="identity")
     prefix = ctx.path(module)
+    static: set[fx.Node] = set()
     for node in graph.nodes:
+        if node.op != "output" and _is_static(node, static, module):
+            static.add(node)
+            continue
         if node.op == "placeholder":
             g.add(S, node, ident)
         elif node.op == "get_attr":
-            obj = _fetch(module, str(node.target))
-            if isinstance(obj, nn.Parameter):
-                name = f"{prefix}.{node.target}" if prefix else str(node.target)
-                geo = ctx.bare_geometry(name, obj, module)
-                g.add(S, node, Atom((("" + str(node.target), obj, geo),), 1.0, 0.0, name=name, kind="Parameter"))
-            else:
-                g.add(S, node, Bond(0.0, name=f"constant {node.target}"))
+            obj = _fetch(module, str(node.target))  # a Parameter: buffers are static
+            name = f"{prefix}.{node.target}" if prefix else str(node.target)
+            geo = ctx.bare_geometry(name, obj, module)
+            g.add(S, node, Atom(((str(node.target), obj, geo),), 1.0, 0.0, name=name, kind="Parameter"))
         elif node.op in ("call_module", "call_function", "call_method"):
             if node.op == "call_module":
                 op = ctx.resolve(module.get_submodule(str(node.target)))
             else:
                 name = getattr(node.target, "__name__", str(node.target))
                 op = Bond(_op_sensitivity(node, ctx), name=name)
-            ins = _inputs(node)
+            ins = [i for i in _inputs(node) if i not in static]
             if not ins:
                 g.add(S, node, Chain([Bond(0.0, name="constant"), op]))
             elif len(ins) == 1:
@@ -188,7 +212,8 @@ def trace_node(module: nn.Module, ctx: Context) -> Node:
                 g.add(join, node, op)
         elif node.op == "output":
             for i in _inputs(node):
-                g.add(i, T, ident)
+                if i not in static:
+                    g.add(i, T, ident)
     g.prune(T)
     if not g.edges:
         raise TraceError("its output does not depend on its inputs or parameters")
