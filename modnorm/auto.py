@@ -100,8 +100,9 @@ def _check_type(module_type: object) -> type:
 class Rules:
     """A registry of rules; lookups fall back to ``parent`` (``DEFAULT_RULES`` unless ``inherit=False``)."""
 
-    def __init__(self, inherit: bool = True, *, _parent: Rules | None = None) -> None:
+    def __init__(self, inherit: bool = True, *, auto_head: bool | None = None, _parent: Rules | None = None) -> None:
         self.parent = _parent if _parent is not None else (DEFAULT_RULES if inherit else None)
+        self._auto_head = auto_head
         self._types: dict[type, Rule] = {}
         self._functions: dict[object, float] = {}
         self._patterns: list[tuple[str, Geometry | None, dict[str, Any]]] = []
@@ -164,6 +165,15 @@ class Rules:
         _check_mass(mass)
         self._masses.append((pattern, float(mass)))
 
+    @property
+    def auto_head(self) -> bool:
+        """Whether the network's only terminal atom takes its head geometry (default True;
+        ``Rules(auto_head=False)`` turns position-based detection off)."""
+        for r in self.chain():
+            if r._auto_head is not None:
+                return r._auto_head
+        return True
+
     # -- lookup -----------------------------------------------------------------------
     def chain(self) -> list[Rules]:
         out, r = [], self
@@ -213,7 +223,7 @@ class Rules:
         return found
 
     def copy(self) -> Rules:
-        new = Rules(_parent=self.parent) if self.parent is not None else Rules(inherit=False)
+        new = Rules(_parent=self.parent, auto_head=self._auto_head) if self.parent is not None else Rules(inherit=False, auto_head=self._auto_head)
         new._types, new._functions = dict(self._types), dict(self._functions)
         new._patterns, new._masses = list(self._patterns), list(self._masses)
         return new

@@ -14,10 +14,11 @@
 
 A mass override (``rules.set_mass(path, mass)``) wraps the module's node in ``Tared``.
 
-Output head: the network's *only terminal atom* — the one weight layer whose output
-reaches the model's output without passing through another weight layer — switches to
-its head geometries if its rule or layer offers them (``nn.Linear``: RowNorm, role
-"head"). A modnorm ``Linear(head=True/False)`` or a name override decides explicitly.
+Output head: in a network of at least two weight layers, the *only terminal atom* — the
+one weight layer whose output reaches the model's output without passing through another
+weight layer — switches to its head geometries if its rule or layer offers them
+(``nn.Linear``: RowNorm, role "head"). A modnorm ``Linear(head=True/False)``, a name
+override or ``Rules(auto_head=False)`` decides explicitly.
 
 A parameter used by several atoms (weight tying, a module called twice) keeps the
 geometry of its first use and the smallest of its budgets.
@@ -254,7 +255,8 @@ def analyze(model: nn.Module, rules: Rules | None = None, default: Default = Non
     rules_ = ctx.rules
     effective: dict[int, tuple[tuple[str, Tensor, Geometry], ...]] = {}
     terminal, _ = _terminals(root)
-    if len({id(a) for a in terminal}) == 1 and terminal[0].head is not None:
+    n_atoms = len({id(a) for a in root.atoms()})
+    if rules_.auto_head and n_atoms >= 2 and len({id(a) for a in terminal}) == 1 and terminal[0].head is not None:
         effective[id(terminal[0])] = terminal[0].head
 
     names = {id(p): n for n, p in model.named_parameters()}

@@ -276,3 +276,10 @@ def test_norm_layers_and_embedding_rules() -> None:
     gn = modnorm.geometries(nn.Sequential(nn.Conv1d(2, 4, 1), nn.GroupNorm(2, 4), nn.BatchNorm1d(4)))
     assert gn["1.weight"].role == gn["2.bias"].role == "vector"
     assert gn["0.weight"].norm.kernel_dims == 1
+
+
+def test_head_detection_needs_two_layers_and_can_be_switched_off() -> None:
+    assert modnorm.geometries(nn.Linear(3, 3))["weight"].role == "hidden"
+    net = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3))
+    assert modnorm.geometries(net)["2.weight"].role == "head"
+    assert modnorm.geometries(net, rules=modnorm.Rules(auto_head=False))["2.weight"].role == "hidden"
