@@ -283,3 +283,26 @@ def test_head_detection_needs_two_layers_and_can_be_switched_off() -> None:
     net = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3))
     assert modnorm.geometries(net)["2.weight"].role == "head"
     assert modnorm.geometries(net, rules=modnorm.Rules(auto_head=False))["2.weight"].role == "hidden"
+
+
+def test_tied_weights_and_unused_modules() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wte = nn.Embedding(7, 4)
+            self.mid = nn.Linear(4, 4, bias=False)
+            self.head = nn.Linear(4, 7, bias=False)
+            self.head.weight = self.wte.weight
+            self.unused = nn.Linear(4, 4, bias=False)
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.mid(self.wte(idx))))
+
+    model = Tied()
+    with pytest.warns(UserWarning, match="not reached"):
+        b = modnorm.budgets(model)
+    assert set(b) == {"wte.weight", "mid.weight", "unused.weight"}
+    assert b["wte.weight"] == pytest.approx(1 / 3) and b["mid.weight"] == pytest.approx(1 / 3)
+    assert b["unused.weight"] == pytest.approx(1.0)  # resolved as a network of its own
+    with pytest.warns(UserWarning):
+        assert modnorm.geometries(model)["wte.weight"].role == "embedding"  # first use wins

@@ -245,11 +245,11 @@ def test_modular_norm_input_errors() -> None:
 def test_residual_norm_is_block_norm_over_L_and_scale_multiplies() -> None:
     block = L.Linear(3, 3, bias=False)
     W = {"block.weight": torch.randn(3, 3, dtype=torch.float64)}
-    inner = float(Spectral_value(W["block.weight"]))
+    inner = float(_spectral_value(W["block.weight"]))
     assert modnorm.modular_norm(modnorm.Residual(block, 4), W) == pytest.approx(inner / 4)
     assert modnorm.modular_norm(modnorm.Scale(3.0, block), {"module.weight": W["block.weight"]}) == pytest.approx(3 * inner)
 
 
-def Spectral_value(W: torch.Tensor) -> torch.Tensor:
+def _spectral_value(W: torch.Tensor) -> torch.Tensor:
     """√(d_in/d_out)·σ_max, written out."""
     return torch.linalg.svdvals(W)[0] * math.sqrt(W.shape[1] / W.shape[0])
