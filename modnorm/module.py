@@ -165,6 +165,8 @@ class Context:
             return atom if atom.params else Bond(atom.sensitivity, name=atom.name)
         if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
             return Chain([self.resolve(c) for c in module])
+        if isinstance(module, (nn.ModuleList, nn.ModuleDict)):  # containers without a forward
+            return Tuple([self.resolve(c) for c in module.children()]) if len(module) else Bond(1.0, name=self.path(module))
         has_children = any(True for _ in module.children())
         if not has_children and any(True for _ in module.parameters(recurse=False)):
             return self.own_params_atom(module)  # type: ignore[return-value]

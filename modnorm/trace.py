@@ -1,7 +1,9 @@
 """Recovering the composition of a plain torch.nn module by tracing it with torch.fx.
 
 The module's forward is traced with every submodule kept as a leaf (each is resolved on
-its own, so the tree follows the module hierarchy). The traced dataflow becomes a
+its own, so the tree follows the module hierarchy). Control flow that depends on shapes
+only (``assert T <= block_size``) is assumed to take its true branch; control flow on
+values makes tracing fail. The traced dataflow becomes a
 two-terminal graph whose edges carry composition nodes:
 
 - a source S feeds every input (identity) and every parameter the forward reads
@@ -46,8 +48,38 @@ class TraceError(RuntimeError):
 
 
 class _LeafTracer(fx.Tracer):
+    """Every submodule is a leaf; control flow on shapes alone (``assert T <= block_size``)
+    is taken as true, control flow on values still fails."""
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return True
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        if _shape_only(obj.node, self.root):
+            return True
+        return super().to_bool(obj)
+
+
+def _shape_only(node: fx.Node, root: nn.Module) -> bool:
+    """Whether ``node`` is computed from shapes, dtypes, buffers and constants only."""
+    seen: set[fx.Node] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "call_function" and n.target is getattr and len(n.args) == 2 and n.args[1] in _METADATA_ATTRS:
+            continue
+        if n.op == "call_method" and n.target in _METADATA_METHODS:
+            continue
+        if n.op == "get_attr" and not isinstance(_fetch(root, str(n.target)), nn.Parameter):
+            continue
+        if n.op in ("call_function", "call_method"):
+            stack.extend(_inputs(n))
+            continue
+        return False
+    return True
 
 
 _MUL = (operator.mul, torch.mul, "mul", operator.imul)

@@ -306,3 +306,22 @@ def test_tied_weights_and_unused_modules() -> None:
     assert b["unused.weight"] == pytest.approx(1.0)  # resolved as a network of its own
     with pytest.warns(UserWarning):
         assert modnorm.geometries(model)["wte.weight"].role == "embedding"  # first use wins
+
+
+def test_shape_asserts_and_position_indices_trace() -> None:
+    class TinyLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(7, 4), nn.Embedding(8, 4)
+            self.head = nn.Linear(4, 7, bias=False)
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            b, t = idx.size()
+            assert t <= 8, "sequence too long"
+            pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
+            return self.head(self.wte(idx) + self.wpe(pos))
+
+    b = _no_warnings(modnorm.budgets, TinyLM())
+    # (wte, wpe) in parallel (μ 2) then the head: 1/3 each; wpe's input is the positions, not the tokens
+    assert b == pytest.approx({"wte.weight": 1 / 3, "wpe.weight": 1 / 3, "head.weight": 1 / 3})
+    assert modnorm.structure(TinyLM()).sensitivity == pytest.approx(1.0)

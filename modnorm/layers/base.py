@@ -10,14 +10,13 @@ role "vector", which bounds its change in the same RMS units as the layer's outp
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..geometry import Geometry
 from ..norms import Norm, Spectral, SpectralConv
-from .defaults import DEFAULT_PRECONDITIONER
 
 if TYPE_CHECKING:
     from ..composition import Node
@@ -102,6 +101,3 @@ class AtomLayer:
         if pad is not None:
             self.weight[pad].zero_()  # type: ignore[attr-defined]
 
-
-DEFAULT = DEFAULT_PRECONDITIONER
-Init = Literal["torch", "normed"]
