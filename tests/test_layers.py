@@ -185,3 +185,24 @@ def test_preconditioner_option_reaches_every_parameter() -> None:
     g = modnorm.geometries(L.LayerNorm(4, preconditioner="sania"))
     assert {x.preconditioner for x in g.values()} == {"sania"}
     assert isinstance(g["weight"], Geometry)
+
+
+def test_example_gpts_are_the_same_network() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import gpt_modnorm
+    import gpt_torch
+
+    for gain in (False, True):
+        torch.manual_seed(0)
+        a = gpt_modnorm.GPT(gpt_modnorm.GPTConfig(vocab_size=11, n_layer=2, n_embd=16, n_head=2, norm_gain=gain))
+        b = gpt_torch.GPT(gpt_torch.GPTConfig(vocab_size=11, n_layer=2, n_embd=16, n_head=2, norm_gain=gain))
+        assert list(a.state_dict()) == list(b.state_dict())
+        b.load_state_dict(a.state_dict())
+        idx = torch.randint(0, 11, (3, 9))
+        logits = a(idx)
+        assert logits.shape == (3, 9, 11)
+        assert torch.allclose(logits, b(idx), atol=1e-6)
+        assert modnorm.budgets(a) == pytest.approx(modnorm.budgets(b, rules=gpt_torch.modnorm_rules(b.cfg)), rel=1e-12)
