@@ -325,3 +325,22 @@ def test_shape_asserts_and_position_indices_trace() -> None:
     # (wte, wpe) in parallel (μ 2) then the head: 1/3 each; wpe's input is the positions, not the tokens
     assert b == pytest.approx({"wte.weight": 1 / 3, "wpe.weight": 1 / 3, "head.weight": 1 / 3})
     assert modnorm.structure(TinyLM()).sensitivity == pytest.approx(1.0)
+
+
+def test_parameter_left_out_of_a_rule_is_reported() -> None:
+    class Affine(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.eye(3))
+            self.shift = nn.Parameter(torch.zeros(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ self.weight.T + self.shift
+
+    rules = modnorm.Rules()
+    rules.register(Affine, {"weight": Geometry(Spectral(), "adam", "hidden")})
+    with pytest.raises(modnorm.GeometryError, match=r"'1\.shift'.*register_rule\(Affine"):
+        modnorm.geometries(nn.Sequential(nn.Linear(3, 3), Affine()), rules=rules)
+    rules.override("*.shift", Geometry(RMS(), "adam", "vector"))
+    b = modnorm.budgets(nn.Sequential(nn.Linear(3, 3), Affine()), rules=rules)
+    assert b["1.shift"] == b["1.weight"] == pytest.approx(1 / 2)
