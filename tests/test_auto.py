@@ -383,3 +383,24 @@ def test_tracing_agrees_with_the_declared_composition(plan, L, bias) -> None:
         assert a[k] == pytest.approx(b[k], rel=1e-12), k
     ga, gb = modnorm.geometries(nn.Sequential(*plain)), modnorm.geometries(modnorm.Sequential(*normed))
     assert {k: (g.role, type(g.norm)) for k, g in ga.items()} == {k: (g.role, type(g.norm)) for k, g in gb.items()}
+
+
+def test_traced_operation_sensitivities() -> None:
+    class Ops(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(3, 3, bias=False)
+            self.b = nn.Linear(3, 3, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x).T.T / 4.0  # transposes: 1; division by 4: 1/4
+            h = torch.sigmoid(h) * 0.5 + torch.zeros_like(h)  # sigmoid 1/4, ×0.5, zeros_like contributes 0
+            return self.b(h)
+
+    node = modnorm.structure(Ops())
+    assert node.sensitivity == pytest.approx(1 / 4 * 1 / 4 * 0.5)
+    b = modnorm.budgets(Ops())
+    assert b["b.weight"] == pytest.approx(1 / 2) and b["a.weight"] == pytest.approx(1 / 2 / (1 / 32))
+    rules = modnorm.Rules()
+    rules.register_function(torch.sigmoid, 1.0)
+    assert modnorm.structure(Ops(), rules=rules).sensitivity == pytest.approx(1 / 4 * 0.5)
