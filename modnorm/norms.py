@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ._numerics import normalize, safe_div, vector_norm
 from .polar import DEFAULT_STEPS, METHODS, orthogonalize, singular_values
 
 __all__ = [
@@ -38,10 +39,7 @@ __all__ = [
 ]
 
 
-def _safe_div(X: Tensor, d: Tensor) -> Tensor:
-    """X / d for a norm d ≥ 0 of X: 0 where d == 0 (X is then 0 too); non-finite X stays non-finite."""
-    tiny = torch.finfo(d.dtype).tiny
-    return X / d.clamp_min(tiny)
+_safe_div = safe_div  # name kept for importers
 
 
 def _unsqueeze(v: Tensor, n: int) -> Tensor:
@@ -118,13 +116,13 @@ class Frobenius(Norm):
 
     def value(self, W: Tensor) -> Tensor:
         self._check(W)
-        return torch.linalg.vector_norm(W, dim=self._dims())
+        return vector_norm(W, dim=self._dims())
 
     dual = value
 
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
-        return _safe_div(G, torch.linalg.vector_norm(G, dim=self._dims(), keepdim=True))
+        return normalize(G, dim=self._dims())
 
     def sharp(self, G: Tensor) -> Tensor:
         self._check(G)
@@ -262,17 +260,17 @@ class _VectorwiseNorm(Norm):
     def value(self, W: Tensor) -> Tensor:
         self._check(W)
         axis, c = self._axis_and_factor(W)
-        return torch.linalg.vector_norm(W, dim=axis).amax(dim=-1) * c
+        return vector_norm(W, dim=axis).amax(dim=-1) * c
 
     def dual(self, G: Tensor) -> Tensor:
         self._check(G)
         axis, c = self._axis_and_factor(G)
-        return torch.linalg.vector_norm(G, dim=axis).sum(dim=-1) / c
+        return vector_norm(G, dim=axis).sum(dim=-1) / c
 
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
         axis, c = self._axis_and_factor(G)
-        return _safe_div(G, torch.linalg.vector_norm(G, dim=axis, keepdim=True) * c)
+        return normalize(G, dim=axis) / c
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layout={self.layout!r})"
@@ -329,15 +327,15 @@ class RMS(Norm):
 
     def value(self, W: Tensor) -> Tensor:
         self._check(W)
-        return torch.linalg.vector_norm(W, dim=-1) / math.sqrt(W.shape[-1])
+        return vector_norm(W, dim=-1) / math.sqrt(W.shape[-1])
 
     def dual(self, G: Tensor) -> Tensor:
         self._check(G)
-        return torch.linalg.vector_norm(G, dim=-1) * math.sqrt(G.shape[-1])
+        return vector_norm(G, dim=-1) * math.sqrt(G.shape[-1])
 
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
-        return _safe_div(G, torch.linalg.vector_norm(G, dim=-1, keepdim=True)) * math.sqrt(G.shape[-1])
+        return normalize(G, dim=-1) * math.sqrt(G.shape[-1])
 
 
 class SpectralConv(Norm):

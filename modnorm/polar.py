@@ -40,6 +40,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ._numerics import vector_norm
+
 __all__ = [
     "orthogonalize",
     "ns_coefficients",
@@ -154,7 +156,7 @@ def _newton_schulz(X: Tensor, coefficients: Sequence[Coefficients], safety: floa
     Y = X.reshape(-1, m, n).to(dtype)
     if m > n:
         Y = Y.mT
-    norm = torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True, dtype=torch.promote_types(dtype, torch.float32))
+    norm = vector_norm(Y.to(torch.promote_types(dtype, torch.float32)), dim=(-2, -1), keepdim=True)
     Y = Y / (norm * safety).clamp_min(eps).to(dtype)
     for a, b, c in coefficients:
         A = Y @ Y.mT
