@@ -59,7 +59,7 @@ def exact_polar(X: torch.Tensor) -> torch.Tensor:
 
 
 def errors(O: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    O = O.double()
+    O = O.double().cpu()
     if not bool(torch.isfinite(O).all()):
         return math.inf, math.inf
     sig = torch.linalg.svdvals(O)
@@ -67,12 +67,18 @@ def errors(O: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return float((sig - 1).abs().max()), float(rel.max())
 
 
-def timeit(fn, repeat: int) -> float:
+def timeit(fn, repeat: int, device: torch.device) -> float:
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     fn()  # warm-up
     best = math.inf
     for _ in range(repeat):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -82,25 +88,32 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="small matrices and few settings (seconds)")
     p.add_argument("--out", default="runs/polar_accuracy.json", help="JSON output path")
     p.add_argument("--repeat", type=int, default=3, help="timing repeats (best of)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
 
+    default = {m: [k] for m, k in DEFAULT_STEPS.items()}
     if args.quick:
-        shapes, batch, kappas = [(32, 32), (48, 16), (16, 48)], 2, [1e2, 1e4]
-        steps = {"jordan": [5], "polar_express": [5, 8], "cubic": [30], "svd": [0]}
-        dtypes, repeat = ["float64", "bfloat16"], 1
+        shapes, batch, kappas, repeat = [(32, 32), (48, 16), (16, 48)], 2, [1e2, 1e4], 1
+        many = {"jordan": [5], "polar_express": [5, 8], "cubic": [30], "svd": [0]}
+        plan = {"float64": many, "bfloat16": default}
+        safety_steps = [5, 8]
     else:
-        shapes, batch, kappas = [(256, 256), (1024, 256), (256, 1024)], 8, [1e1, 1e2, 1e4]
-        steps = {"jordan": [3, 5, 7, 10], "polar_express": [4, 5, 6, 7, 8, 10], "cubic": [10, 20, 30, 40], "svd": [0]}
-        dtypes, repeat = ["float64", "float32", "bfloat16"], args.repeat
+        shapes, batch, kappas, repeat = [(128, 128), (512, 128), (128, 512)], 4, [1e1, 1e2, 1e4], args.repeat
+        many = {"jordan": [3, 5, 10], "polar_express": [4, 5, 6, 7, 8, 10], "cubic": [10, 20, 30, 40], "svd": [0]}
+        # bf16 matmuls are emulated (slow) on most CPUs: default steps and Polar Express at 5.
+        plan = {"float64": many, "float32": many, "bfloat16": {**default, "polar_express": [5, 8]}}
+        safety_steps = [5, 6, 8, 10]
+    steps = many
 
     cases = []
     for i, (m, n) in enumerate(shapes):
         for j, kappa in enumerate(kappas):
             X = gradient_like(batch, m, n, kappa, seed=100 * i + j)
-            cases.append(((m, n), kappa, X, exact_polar(X)))
+            cases.append(((m, n), kappa, X.to(device), None))
 
     def worst(method: str, k: int, dtype: torch.dtype, run=None) -> dict[str, float]:
         """Worst error over shapes, per κ; the reference is the exact factor of the input
@@ -108,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         out: dict[str, float] = {}
         for _, kappa, X, _ in cases:
             Xd = X.to(dtype)
-            ref = exact_polar(Xd.double())
+            ref = exact_polar(Xd.double().cpu())
             O = run(Xd) if run else orthogonalize(Xd, method=method, steps=k or None, dtype=dtype)
             s, r = errors(O, ref)
             out[f"sig_{kappa:g}"] = max(out.get(f"sig_{kappa:g}", 0.0), s)
@@ -116,24 +129,25 @@ def main(argv: list[str] | None = None) -> dict:
         return out
 
     rows = []
-    for method, ks in steps.items():
-        for k in ks:
-            for dname in dtypes:
+    for dname, methods in plan.items():
+        for method, ks in methods.items():
+            for k in ks:
                 if method == "svd" and dname == "bfloat16":
                     continue
                 rows.append({"method": method, "steps": k, "dtype": dname, **worst(method, k, DTYPES[dname])})
 
-    # Timing, float32 compute, largest shape of each kind: batched vs one at a time vs SVD.
+    # Timing at default steps: batched vs one at a time vs torch.linalg.svd (float32 input).
     timing = []
+    tdtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     for (m, n), kappa, X, _ in cases:
         if kappa != kappas[0]:
             continue
         X32 = X.float()
-        t_svd = timeit(lambda: torch.linalg.svd(X32, full_matrices=False), repeat)
+        t_svd = timeit(lambda: torch.linalg.svd(X32, full_matrices=False), repeat, device)
         for method in steps:
             k = DEFAULT_STEPS[method] or None
-            t_b = timeit(lambda: orthogonalize(X32, method=method, steps=k), repeat)
-            t_l = timeit(lambda: [orthogonalize(x, method=method, steps=k) for x in X32], repeat)
+            t_b = timeit(lambda: orthogonalize(X32, method=method, steps=k, dtype=tdtype), repeat, device)
+            t_l = timeit(lambda: [orthogonalize(x, method=method, steps=k, dtype=tdtype) for x in X32], repeat, device)
             timing.append({"shape": [m, n], "batch": batch, "method": method, "steps": k or 0,
                            "t_batched_s": t_b, "t_loop_s": t_l, "t_svd_s": t_svd,
                            "batched_over_svd": t_b / t_svd, "loop_over_batched": t_l / t_b})
@@ -145,16 +159,18 @@ def main(argv: list[str] | None = None) -> dict:
     variants = {"both (paper)": (safe, s), "input only": (plain, s), "coefficients only": (safe, 1.0), "none": (plain, 1.0)}
     safety = []
     for name, (head, in_s) in variants.items():
-        for k in ([5, 8] if args.quick else [5, 6, 8, 10]):
+        for k in safety_steps:
             sched = (head + [POLAR_EXPRESS[-1]] * k)[:k]
-            for dname in dtypes:
+            for dname in plan:
                 dt = DTYPES[dname]
                 errs = worst("", 0, dt, run=lambda Y, sched=sched, in_s=in_s, dt=dt: _newton_schulz(Y, sched, in_s, 1e-7, dt))
                 safety.append({"variant": name, "steps": k, "dtype": dname, **errs})
 
     result = {
-        "command": "python benchmarks/polar_accuracy.py" + (" --quick" if args.quick else ""),
+        "argv": sys.argv[1:] if argv is None else list(argv),
         "torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "timing_compute_dtype": str(tdtype),
         "shapes": shapes, "batch": batch, "kappas": kappas,
         "accuracy": rows, "timing": timing, "safety": safety,
     }
@@ -172,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'method':14s} {'steps':>5s} {'dtype':>9s} {head}")
     for r in rows:
         print(f"{r['method']:14s} {r['steps']:5d} {r['dtype']:>9s} {line(r)}")
-    print("\ntiming, float32, default steps (best of %d)" % repeat)
+    print(f"\ntiming, compute {tdtype}, default steps, batch {batch} (best of {repeat}), {result['device']}, {result['threads']} threads")
     print(f"{'shape':>12s} {'method':14s} {'steps':>5s} {'t/svd':>7s} {'loop/batched':>13s}")
     for t in timing:
         print(f"{str(tuple(t['shape'])):>12s} {t['method']:14s} {t['steps']:5d} {t['batched_over_svd']:7.3f} {t['loop_over_batched']:13.2f}")

@@ -182,7 +182,11 @@ def check_laws(
             Gb = G.reshape(-1, *G.shape[len(batch) :]).clone()
             Gb[(slice(None),) + (0,) * nd] = bad  # first entry of every batch element
             Gb = Gb.reshape(G.shape)
-            for name, x, k in (("dual", norm.dual(Gb), 0), ("lmo", norm.lmo(Gb), nd), ("sharp", norm.sharp(Gb), nd)):
+            for name, fn, k in (("dual", norm.dual, 0), ("lmo", norm.lmo, nd), ("sharp", norm.sharp, nd)):
+                try:
+                    x = fn(Gb)
+                except Exception as e:  # noqa: BLE001 - any exception is the violation reported
+                    fail("nonfinite", f"{name} of G with an entry {bad} raised {type(e).__name__}: {e} (expected non-finite values)")
                 i = _first_bad(_has_nonfinite(x, k))
                 if i is not None:
                     fail("nonfinite", f"G with an entry {bad} gives a finite {name}", i)
@@ -217,6 +221,7 @@ def check_norm(
     laws: Sequence[str] = LAWS,
     seed: int | None = 0,
     make_norm: Callable[[tuple[int, ...]], Norm] | None = None,
+    shrink: bool = False,
 ) -> None:
     """Run ``LAWS`` on ``norm`` over hypothesis-drawn gradients of the given ``shapes``.
 
@@ -224,25 +229,30 @@ def check_norm(
     Gradients vary in structure (``STRUCTURES``: dense, sparse, rank one, with a zero
     slice, heavy-tailed) and in scale (1e-3 to 1e3). ``make_norm(shape)``, if given,
     builds the norm per shape (for norms tied to a shape, like a ``DNorm``'s D).
-    Loosen ``rtol`` for approximate LMOs (Newton–Schulz ``Spectral``).
+    Loosen ``rtol`` for approximate LMOs (Newton–Schulz ``Spectral``). ``seed=None`` draws
+    fresh examples each run (otherwise runs are deterministic); ``shrink=True`` lets
+    hypothesis minimize a failing example (slower).
 
     Raises ``NormLawError`` (an ``AssertionError``) naming the first violated law, with the
     shape, seed and offending values; ``ImportError`` if hypothesis is not installed.
     """
     try:
-        from hypothesis import HealthCheck, given, settings
+        from hypothesis import HealthCheck, Phase, given, settings
         from hypothesis import strategies as st
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("modnorm.testing.check_norm needs hypothesis: pip install hypothesis") from e
     if not shapes:
         raise ValueError("check_norm: shapes must list at least one tensor shape, e.g. shapes=[(4, 3)]")
     shapes = [tuple(int(d) for d in s) for s in shapes]
+    # The law's message already holds the counterexample; shrinking a seed buys little.
+    phases = [p for p in Phase if p.name != "shrink" or shrink]
     for s in shapes:
         if len(s) < norm.ndim:
             raise ValueError(f"check_norm: shape {s} has fewer than {norm.ndim} dims, the number {norm!r} acts on")
 
     @settings(max_examples=max_examples, deadline=None, derandomize=seed is not None, database=None,
-              suppress_health_check=list(HealthCheck))
+              suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
+              phases=phases)
     @given(
         shape=st.sampled_from(shapes),
         structure=st.sampled_from(STRUCTURES),
