@@ -6,8 +6,9 @@ framework composes them into a modular norm over the network and derives the upd
 
 from .geometry import Geometry
 from .norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, spectral_scale
-from .polar import orthogonalize
+from .polar import orthogonalize, singular_values
 from .preconditioned import DNorm, LRNorm
+from .testing import NormLawError, check_norm
 
 __version__ = "0.1.0"
 
@@ -24,5 +25,8 @@ __all__ = [
     "DNorm",
     "LRNorm",
     "orthogonalize",
+    "singular_values",
+    "check_norm",
+    "NormLawError",
     "Geometry",
 ]

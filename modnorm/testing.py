@@ -5,7 +5,8 @@ For a norm with ``ndim`` trailing parameter dims and a gradient G (any batch sha
 - ``shapes``:          value/dual have G's batch shape, lmo/sharp have G's shape
 - ``dual_attained``:   ⟨G, lmo(G)⟩ = dual(G)
 - ``lmo_feasible``:    value(lmo(G)) ≤ 1
-- ``lmo_optimal``:     ⟨G, T⟩ ≤ dual(G) for every feasible T (T = t / value(t))
+- ``lmo_optimal``:     ⟨G, T⟩ ≤ dual(G) for feasible T = t / value(t) (t: G, sign(G),
+                       random directions, perturbations of lmo(G), and any given)
 - ``scale_invariant``: lmo(cG) = lmo(G) for c > 0
 - ``sharp``:           sharp(G) = dual(G) · lmo(G)
 - ``batched``:         lmo of a stacked batch = the stack of the lmos
@@ -143,7 +144,9 @@ def check_laws(
     if "lmo_optimal" in laws:
         gen = torch.Generator().manual_seed(int(G.numel()))
         noise = torch.randn(4, *G.shape, generator=gen, dtype=torch.float64).to(G)
-        candidates = [*feasible, *noise, *(L + 0.1 * L.abs().amax() * n for n in noise[:2])]
+        # G itself and sign(G) (‖G‖_F² ≤ ‖G‖·‖G‖* catches many wrong pairs), random
+        # directions, and small perturbations of lmo(G).
+        candidates = [*feasible, G, torch.sign(G), *noise, *(L + 0.1 * L.abs().amax() * n for n in noise[:2])]
         for t in candidates:
             T = t / norm.value(t).reshape(*batch, *([1] * nd))
             got = inner(G, T, nd)
