@@ -86,7 +86,7 @@ def timeit(fn, repeat: int, device: torch.device) -> float:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small matrices and few settings (seconds)")
-    p.add_argument("--out", default="runs/polar_accuracy.json", help="JSON output path")
+    p.add_argument("--out", default=None, help="JSON output path (default runs/polar_accuracy[_quick].json)")
     p.add_argument("--repeat", type=int, default=3, help="timing repeats (best of)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     default = {m: [k] for m, k in DEFAULT_STEPS.items()}
     if args.quick:
-        shapes, batch, kappas, repeat = [(32, 32), (48, 16), (16, 48)], 2, [1e2, 1e4], 1
+        shapes, batch, kappas, repeat = [(32, 32), (48, 16), (16, 48)], 2, [1e2, 1e4], args.repeat
         many = {"jordan": [5], "polar_express": [5, 8], "cubic": [30], "svd": [0]}
         plan = {"float64": many, "bfloat16": default}
         safety_steps = [5, 8]
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         "shapes": shapes, "batch": batch, "kappas": kappas,
         "accuracy": rows, "timing": timing, "safety": safety,
     }
-    out = Path(args.out)
+    out = Path(args.out or ("runs/polar_accuracy_quick.json" if args.quick else "runs/polar_accuracy.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
 
