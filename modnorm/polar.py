@@ -91,13 +91,15 @@ def _with_safety(abc: Coefficients, s: float) -> Coefficients:
     return (a / s, b / s**3, c / s**5)
 
 
+_POLAR_EXPRESS_SAFE: tuple[Coefficients, ...] = tuple(_with_safety(abc, POLAR_EXPRESS_SAFETY) for abc in POLAR_EXPRESS[:-1])
+
+
 def ns_coefficients(method: str, steps: int) -> list[Coefficients]:
     """The (a, b, c) used at each of ``steps`` iterations of ``method`` (safety factors included)."""
     if method == "jordan":
         return [JORDAN] * steps
     if method == "polar_express":
-        optimal = [_with_safety(abc, POLAR_EXPRESS_SAFETY) for abc in POLAR_EXPRESS[:-1]]
-        return (optimal + [POLAR_EXPRESS[-1]] * steps)[:steps]
+        return (list(_POLAR_EXPRESS_SAFE) + [POLAR_EXPRESS[-1]] * steps)[:steps]
     if method == "cubic":
         return [CUBIC] * steps
     raise ValueError(f"ns_coefficients: method={method!r} has no Newton–Schulz coefficients; choose one of {METHODS[:-1]}")
