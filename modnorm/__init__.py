@@ -6,13 +6,14 @@ framework composes them into a modular norm over the network and derives the upd
 
 from .geometry import Geometry
 from .norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, spectral_scale
-from .polar import orthogonalize
+from .polar import orthogonalize, singular_values
 from .preconditioned import DNorm, LRNorm
 from .auto import DEFAULT_RULES, Rules, register_bond, register_function, register_rule
 from .composition import Atom, Bond, Chain, Node, Tared, Tuple
 from .layers import Parallel, Residual, Scale, Sequential
 from .describe import describe, describe_rows
 from .module import GeometryError, analyze, budgets, geometries, modular_norm, structure
+from .testing import NormLawError, check_norm
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,9 @@ __all__ = [
     "DNorm",
     "LRNorm",
     "orthogonalize",
+    "singular_values",
+    "check_norm",
+    "NormLawError",
     "Geometry",
     "geometries",
     "describe",

@@ -22,7 +22,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .polar import METHODS, orthogonalize
+from ._numerics import normalize, safe_div, vector_norm
+from .polar import DEFAULT_STEPS, METHODS, orthogonalize, singular_values
 
 __all__ = [
     "Norm",
@@ -38,10 +39,7 @@ __all__ = [
 ]
 
 
-def _safe_div(X: Tensor, d: Tensor) -> Tensor:
-    """X / d with 0 where d == 0 (X is then 0 too); non-finite X stays non-finite."""
-    tiny = torch.finfo(d.dtype).tiny
-    return X / d.clamp_min(tiny)
+_safe_div = safe_div  # name kept for importers
 
 
 def _unsqueeze(v: Tensor, n: int) -> Tensor:
@@ -91,6 +89,11 @@ class Norm:
             raise TypeError(f"{self!r}: expected a real floating-point tensor, got dtype {X.dtype}")
         if X.is_sparse:
             raise TypeError(f"{self!r}: sparse tensors are not supported; call .to_dense() first")
+        if 0 in X.shape[X.ndim - self.ndim :]:
+            raise ValueError(
+                f"{self!r}: expected a tensor of shape {self.expected_shape()} with non-empty "
+                f"parameter dims, got shape {tuple(X.shape)}"
+            )
 
     def _dims(self) -> tuple[int, ...]:
         return tuple(range(-self.ndim, 0))
@@ -113,20 +116,20 @@ class Frobenius(Norm):
 
     def value(self, W: Tensor) -> Tensor:
         self._check(W)
-        return torch.linalg.vector_norm(W, dim=self._dims())
+        return vector_norm(W, dim=self._dims())
 
     dual = value
 
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
-        return _safe_div(G, torch.linalg.vector_norm(G, dim=self._dims(), keepdim=True))
+        return normalize(G, dim=self._dims())
 
     def sharp(self, G: Tensor) -> Tensor:
         self._check(G)
         return G.clone()
 
     def __repr__(self) -> str:
-        return f"Frobenius(ndim={self.ndim})"
+        return f"{type(self).__name__}(ndim={self.ndim})"
 
 
 class Sign(Norm):
@@ -151,7 +154,7 @@ class Sign(Norm):
         return torch.sign(G) + (G - G)
 
     def __repr__(self) -> str:
-        return f"Sign(ndim={self.ndim})"
+        return f"{type(self).__name__}(ndim={self.ndim})"
 
 
 SCALES: tuple[str, ...] = ("rms", "original", "match_rms_adamw", "none")
@@ -182,12 +185,17 @@ def spectral_scale(scale: str | float, d_out: int, d_in: int) -> float:
 
 
 class Spectral(Norm):
-    """Scaled spectral norm of a (d_out, d_in) matrix: ‖W‖ = σ_max(W)/s.
+    """Scaled spectral norm of a (d_out, d_in) matrix (nn.Linear layout): ‖W‖ = σ_max(W)/s.
 
     With the default ``scale="rms"``, s = √(d_out/d_in) and this is the RMS→RMS operator
-    norm √(d_in/d_out)·σ_max. lmo(G) = s·U Vᵀ (G = U Σ Vᵀ, reduced SVD), dual = s·Σσ_i.
-    ``method``/``steps`` choose the polar factor (see ``modnorm.orthogonalize``;
-    ``method="svd"`` is exact); ``dtype`` is the Newton–Schulz compute dtype.
+    norm √(d_in/d_out)·σ_max. lmo(G) = s·U Vᵀ (G = U Σ Vᵀ, reduced SVD), dual = s·Σσ_i
+    (s times the nuclear norm), so sharp(G) = s²·‖G‖_nuclear·U Vᵀ (PolarGrad). Other
+    ``scale`` conventions: see ``spectral_scale``.
+
+    ``method``/``steps``/``dtype``/``eps`` choose how the polar factor U Vᵀ is computed
+    (``modnorm.orthogonalize``): ``method="svd"`` is exact, the Newton–Schulz methods are
+    approximate (their measured accuracy is in ``modnorm.polar``), so the LMO laws hold
+    only to that accuracy. ``value`` and ``dual`` always use exact singular values.
     """
 
     ndim = 2
@@ -203,6 +211,12 @@ class Spectral(Norm):
         spectral_scale(scale, 1, 1)  # validate early
         if method not in METHODS:
             raise ValueError(f"Spectral: unknown method={method!r}; choose one of {METHODS}")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"Spectral: steps must be a positive int or None (default {DEFAULT_STEPS}), got {steps!r}")
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise ValueError(f"Spectral: dtype must be a floating torch.dtype (e.g. torch.bfloat16) or None, got {dtype!r}")
+        if not (isinstance(eps, (int, float)) and eps > 0):
+            raise ValueError(f"Spectral: eps must be a positive float, got {eps!r}")
         self.scale, self.method, self.steps, self.dtype, self.eps = scale, method, steps, dtype, eps
 
     def expected_shape(self) -> str:
@@ -213,11 +227,11 @@ class Spectral(Norm):
 
     def value(self, W: Tensor) -> Tensor:
         self._check(W)
-        return torch.linalg.matrix_norm(W, ord=2) / self._s(W)
+        return singular_values(W).amax(dim=-1) / self._s(W)
 
     def dual(self, G: Tensor) -> Tensor:
         self._check(G)
-        return torch.linalg.matrix_norm(G, ord="nuc") * self._s(G)
+        return singular_values(G).sum(dim=-1) * self._s(G)
 
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
@@ -225,7 +239,7 @@ class Spectral(Norm):
         return O * self._s(G)
 
     def __repr__(self) -> str:
-        return f"Spectral(scale={self.scale!r}, method={self.method!r}, steps={self.steps})"
+        return f"{type(self).__name__}(scale={self.scale!r}, method={self.method!r}, steps={self.steps})"
 
 
 Layout = Literal["linear", "embedding"]
@@ -246,17 +260,17 @@ class _VectorwiseNorm(Norm):
     def value(self, W: Tensor) -> Tensor:
         self._check(W)
         axis, c = self._axis_and_factor(W)
-        return torch.linalg.vector_norm(W, dim=axis).amax(dim=-1) * c
+        return vector_norm(W, dim=axis).amax(dim=-1) * c
 
     def dual(self, G: Tensor) -> Tensor:
         self._check(G)
         axis, c = self._axis_and_factor(G)
-        return torch.linalg.vector_norm(G, dim=axis).sum(dim=-1) / c
+        return vector_norm(G, dim=axis).sum(dim=-1) / c
 
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
         axis, c = self._axis_and_factor(G)
-        return _safe_div(G, torch.linalg.vector_norm(G, dim=axis, keepdim=True) * c)
+        return normalize(G, dim=axis) / c
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layout={self.layout!r})"
@@ -313,15 +327,15 @@ class RMS(Norm):
 
     def value(self, W: Tensor) -> Tensor:
         self._check(W)
-        return torch.linalg.vector_norm(W, dim=-1) / math.sqrt(W.shape[-1])
+        return vector_norm(W, dim=-1) / math.sqrt(W.shape[-1])
 
     def dual(self, G: Tensor) -> Tensor:
         self._check(G)
-        return torch.linalg.vector_norm(G, dim=-1) * math.sqrt(G.shape[-1])
+        return vector_norm(G, dim=-1) * math.sqrt(G.shape[-1])
 
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
-        return _safe_div(G, torch.linalg.vector_norm(G, dim=-1, keepdim=True)) * math.sqrt(G.shape[-1])
+        return normalize(G, dim=-1) * math.sqrt(G.shape[-1])
 
 
 class SpectralConv(Norm):
@@ -382,4 +396,4 @@ class SpectralConv(Norm):
 
     def __repr__(self) -> str:
         s = self.spectral
-        return f"SpectralConv(kernel_dims={self.kernel_dims}, scale={s.scale!r}, method={s.method!r}, steps={s.steps})"
+        return f"{type(self).__name__}(kernel_dims={self.kernel_dims}, scale={s.scale!r}, method={s.method!r}, steps={s.steps})"

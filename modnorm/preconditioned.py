@@ -16,16 +16,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .norms import Norm, _safe_div
+from .norms import Norm
 
 __all__ = ["DNorm", "LRNorm"]
 
 
-class DNorm(Norm):
-    """‖W‖_D = ‖D ⊙ W‖ for a base norm and an entrywise-positive D of W's shape (or broadcastable).
+def _div(X: Tensor, D: Tensor) -> Tensor:
+    """X ⊘ D entrywise, with 0 where D == 0; non-finite X stays non-finite (X·0 = NaN)."""
+    return torch.where(D == 0, X * 0, X / D)
 
-    Entries with D = 0 are treated as 0 in D⁻¹ ⊙ G (where an optimizer's D is 0 its
-    gradient statistics, hence G, are 0 too); non-finite G stays non-finite.
+
+class DNorm(Norm):
+    """‖W‖_D = ‖D ⊙ W‖ for a base norm and an entrywise-nonzero D (in practice positive).
+
+    D has W's shape or broadcasts to it (e.g. one D for a whole batch, or a per-column D).
+    Theorem 1 holds for any invertible entrywise scaling, so negative entries are exact
+    too. Entries with D = 0 make ‖·‖_D degenerate; there D⁻¹ is taken as 0 (where an
+    optimizer's D is 0 the gradient statistics, hence G, are 0 too). Non-finite G stays
+    non-finite.
     """
 
     def __init__(self, base: Norm, D: Tensor) -> None:
@@ -42,9 +50,11 @@ class DNorm(Norm):
     def _check(self, X: Tensor) -> None:
         super()._check(X)
         try:
-            torch.broadcast_shapes(self.D.shape, X.shape)
+            ok = torch.broadcast_shapes(self.D.shape, X.shape) == X.shape
         except RuntimeError:
-            raise ValueError(f"DNorm: D of shape {tuple(self.D.shape)} does not broadcast to the tensor's shape {tuple(X.shape)}") from None
+            ok = False
+        if not ok:
+            raise ValueError(f"DNorm: D of shape {tuple(self.D.shape)} does not broadcast to the tensor's shape {tuple(X.shape)}; pass D of shape {tuple(X.shape)}")
 
     def value(self, W: Tensor) -> Tensor:
         self._check(W)
@@ -52,19 +62,19 @@ class DNorm(Norm):
 
     def dual(self, G: Tensor) -> Tensor:
         self._check(G)
-        return self.base.dual(_safe_div(G, self.D))
+        return self.base.dual(_div(G, self.D))
 
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
-        return _safe_div(self.base.lmo(_safe_div(G, self.D)), self.D)
+        return _div(self.base.lmo(_div(G, self.D)), self.D)
 
     def sharp(self, G: Tensor) -> Tensor:
         self._check(G)
         # ‖·‖_D's sharp is D⁻¹ ⊙ sharp_base(D⁻¹ ⊙ G): one base evaluation instead of two.
-        return _safe_div(self.base.sharp(_safe_div(G, self.D)), self.D)
+        return _div(self.base.sharp(_div(G, self.D)), self.D)
 
     def __repr__(self) -> str:
-        return f"DNorm({self.base!r}, D={tuple(self.D.shape)})"
+        return f"{type(self).__name__}({self.base!r}, D={tuple(self.D.shape)})"
 
 
 class LRNorm(Norm):
@@ -108,9 +118,17 @@ class LRNorm(Norm):
         super()._check(X)
         m, n = X.shape[-2:]
         for name, M, k in (("L", self.L, m), ("L_inv", self.L_inv, m), ("R", self.R, n), ("R_inv", self.R_inv, n)):
-            if M is not None and M.shape[-1] != k:
+            if M is None:
+                continue
+            if M.shape[-1] != k:
                 side = "rows" if name.startswith("L") else "columns"
-                raise ValueError(f"LRNorm: {name} is {tuple(M.shape[-2:])} but the tensor has {k} {side} (shape {tuple(X.shape)})")
+                raise ValueError(f"LRNorm: {name} is {tuple(M.shape[-2:])} but the tensor has {k} {side} (shape {tuple(X.shape)}); pass a {k}×{k} {name}")
+            try:
+                ok = torch.broadcast_shapes(M.shape[:-2], X.shape[:-2]) == X.shape[:-2]
+            except RuntimeError:
+                ok = False
+            if not ok:
+                raise ValueError(f"LRNorm: {name}'s batch dims {tuple(M.shape[:-2])} do not broadcast to the tensor's batch dims {tuple(X.shape[:-2])}")
 
     # Each helper applies one factor; None = identity.
     def _left(self, X: Tensor) -> Tensor:
@@ -176,4 +194,4 @@ class LRNorm(Norm):
 
         left = shape(self.L) if self.L_inv is None else f"inv{shape(self.L_inv)}"
         right = shape(self.R) if self.R_inv is None else f"inv{shape(self.R_inv)}"
-        return f"LRNorm({self.base!r}, L={left}, R={right})"
+        return f"{type(self).__name__}({self.base!r}, L={left}, R={right})"
