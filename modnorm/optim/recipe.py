@@ -61,6 +61,20 @@ class Rule(BaseModel):
     weight_decay_mode: Literal["decoupled", "coupled"] = Field("decoupled", description="decoupled: W ← W(1-ηλ); coupled: g ← g + λW (torch SGD/Adagrad L2)")
     lr_ratio: NonNeg = Field(1.0, description="this rule's lr = lr_ratio × the group's lr, ≥ 0")
     lr_decay: NonNeg = Field(0.0, description="Adagrad's lr/(1 + (t-1)·lr_decay), ≥ 0")
+    lr_adjust: str | float | None = Field(None, description="torch.optim.Muon's adjust_lr_fn: lr × spectral_scale(lr_adjust, d0, d1) of the first two dims")
+
+    @field_validator("lr_adjust")
+    @classmethod
+    def _lr_adjust(cls, v: str | float | None) -> str | float | None:
+        if v is not None:
+            spectral_scale(v, 1, 1)
+        return v
+
+    def shape_factor(self, shape: tuple[int, ...]) -> float:
+        """The lr multiplier of ``lr_adjust`` for a parameter of this shape (1 when unset or < 2-D)."""
+        if self.lr_adjust is None or len(shape) < 2:
+            return 1.0
+        return spectral_scale(self.lr_adjust, shape[0], shape[1])
 
     @field_validator("scale")
     @classmethod
