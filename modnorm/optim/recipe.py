@@ -142,6 +142,13 @@ class _CoefficientSpectral(Spectral):
         return f"Spectral(scale={self.scale!r}, coefficients={self.coefficients}, steps={self.steps}, dtype={self.dtype})"
 
 
+class _CoefficientSpectralConv(SpectralConv):
+    """SpectralConv whose per-position LMO is a ``_CoefficientSpectral`` (repr shows the coefficients)."""
+
+    def __repr__(self) -> str:
+        return f"SpectralConv(kernel_dims={self.kernel_dims}, spectral={self.spectral!r})"
+
+
 def _spectral(rule: Rule) -> Spectral:
     opts = _spectral_options(rule)
     if rule.ns_coefficients is not None:
@@ -169,9 +176,9 @@ def resolve_norm(rule: Rule, geometry: Geometry, shape: tuple[int, ...], name: s
         if nd == 2:
             return _spectral(rule)
         if 3 <= nd <= 5:
-            if rule.ns_coefficients is not None:
-                raise ValueError(f"{where}: ns_coefficients applies to 2-D matrices only; use ns_method for conv kernels")
-            return SpectralConv(kernel_dims=nd - 2, **_spectral_options(rule))
+            conv = _CoefficientSpectralConv(kernel_dims=nd - 2, **_spectral_options(rule))
+            conv.spectral = _spectral(rule)  # per kernel position: the same (possibly coefficient) spectral LMO
+            return conv
         raise ValueError(f"{where}: the spectral norm needs a matrix or a conv kernel (2-5 dims); route this role to another rule")
     if rule.norm == "rms":
         if nd != 1:
