@@ -356,6 +356,20 @@ class ModnormOptimizer(Optimizer):
                 })
         return rows
 
+    def describe_overrides(self) -> dict[str, dict[str, str]]:
+        """Cells for ``modnorm.describe(model, overrides=opt.describe_overrides())``: the norm and
+        preconditioner this optimizer actually uses, plus momentum, mode and lr scale columns."""
+        cells = {}
+        for r in self.describe_rows():
+            cells[r["name"]] = {
+                "norm": r["norm"],
+                "preconditioner": r["preconditioner"],
+                "momentum": r["momentum"],
+                "mode": r["mode"],
+                "lr_scale": f"{r['lr_scale']:.6g}",
+            }
+        return cells
+
     def describe(self) -> str:
         """A plain-text table of ``describe_rows()``."""
         rows = self.describe_rows()
