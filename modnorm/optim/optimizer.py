@@ -157,7 +157,12 @@ class ModnormOptimizer(Optimizer):
             geometry = self._geometries.get(name) or infer_geometry(tuple(p.shape))
             meta.append((label, geometry, self._budgets.get(name, 1.0)))
         self._meta.append(meta)
-        self._plans(gi, group)  # resolve now: a rule that cannot handle a parameter fails at construction
+        try:
+            self._plans(gi, group)  # resolve now: a rule that cannot handle a parameter fails here
+        except Exception:
+            self.param_groups.pop()
+            self._meta.pop()
+            raise
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         return {k: group[k] for k in self._preset.hyperparameters.model_fields if k in group}
