@@ -14,6 +14,16 @@ from .layers import Parallel, Residual, Scale, Sequential
 from .describe import describe, describe_rows
 from .module import GeometryError, analyze, budgets, geometries, modular_norm, structure
 from .testing import NormLawError, check_norm
+from .optim import (
+    ConfigError,
+    ModnormOptimizer,
+    OptimizerConfig,
+    Preconditioner,
+    Recipe,
+    optimizer,
+    register_preconditioner,
+    register_preset,
+)
 
 __version__ = "0.1.0"
 
@@ -57,4 +67,13 @@ __all__ = [
     "Chain",
     "Tuple",
     "Tared",
+    # generated optimizer (modnorm.optim)
+    "optimizer",
+    "ModnormOptimizer",
+    "OptimizerConfig",
+    "ConfigError",
+    "Recipe",
+    "Preconditioner",
+    "register_preconditioner",
+    "register_preset",
 ]
