@@ -1,0 +1,115 @@
+"""Benchmark: whole-matrix LMOs on FSDP2-sharded matrices, all_to_all vs replicated.
+
+For W gloo ranks (CPU processes on this machine) and N same-shape matrices sharded
+row-wise (``Shard(0)``), one "step" computes the spectral LMO (Polar Express
+Newton–Schulz) of all N whole matrices and leaves each rank its shards, two ways:
+
+- ``all_to_all`` (modnorm.distributed): each rank receives ~N/W whole matrices,
+  orthogonalizes them in one batched call, and sends the slices back;
+- ``replicated``: every rank all-gathers every matrix and orthogonalizes all N
+  (what DTensor's implicit redistribution or a ZeRO-1-style gather does).
+
+``single`` is one process orthogonalizing all N (the work each replicated rank repeats).
+Reported: median seconds per step and bytes sent per rank per step (measured for
+all_to_all by ``modnorm.distributed.STATS``; the all-gather's are (W−1)·local bytes).
+On a machine with fewer cores than ranks the times measure contention, not scaling.
+
+    python benchmarks/distributed.py --quick --json benchmarks/distributed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from modnorm import Spectral  # noqa: E402
+from modnorm.distributed import STATS, distributed_lmo, layout_of  # noqa: E402
+from modnorm.distributed.launch import launch  # noqa: E402
+
+
+def _matrices(n: int, m: int, k: int) -> torch.Tensor:
+    return torch.randn(n, m, k, generator=torch.Generator().manual_seed(0))
+
+
+def _time(fn, reps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def worker(world: int, n: int, m: int, k: int, reps: int) -> dict[str, float]:
+    import torch.distributed as dist
+    from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+
+    mesh = init_device_mesh("cpu", (world,))
+    norm = Spectral()
+    Gs = [distribute_tensor(g, mesh, [Shard(0)]) for g in _matrices(n, m, k)]
+
+    def a2a() -> None:
+        distributed_lmo(norm, Gs)
+
+    def replicated() -> None:
+        whole = torch.stack([g.full_tensor() for g in Gs])
+        out = norm.lmo(whole)
+        r, c = dist.get_rank(), -(-m // world)
+        out[:, r * c : (r + 1) * c].contiguous()
+
+    def timed(fn) -> float:
+        dist.barrier()
+        return _time(lambda: (fn(), dist.barrier()), reps)
+
+    STATS.reset()
+    a2a()
+    a2a_bytes = STATS.bytes_sent
+    local_bytes = sum(g.to_local().numel() * g.element_size() for g in Gs)
+    layout_of(Gs[0])  # validates the sharding
+    return {
+        "all_to_all_s": timed(a2a),
+        "replicated_s": timed(replicated),
+        "all_to_all_bytes": float(a2a_bytes),
+        "replicated_bytes": float(local_bytes * (world - 1)),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
+    p.add_argument("--worlds", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--json", type=Path, default=Path("benchmarks/distributed.json"))
+    a = p.parse_args()
+    n, m, k, reps = (8, 256, 256, 3) if a.quick else (16, 1024, 1024, 5)
+    torch.set_num_threads(1)
+    norm = Spectral()
+    X = _matrices(n, m, k)
+    single = _time(lambda: norm.lmo(X), reps)
+    rows = []
+    for w in a.worlds:
+        res = launch(worker, w, w, n, m, k, reps)
+        slowest = {key: max(r[key] for r in res) for key in res[0]}
+        rows.append({"world": w, "n": n, "shape": [m, k], "single_s": single, **slowest})
+    head = f"{'ranks':>5} {'N x shape':>14} {'single s':>9} {'a2a s':>9} {'repl s':>9} {'a2a MB/rank':>12} {'repl MB/rank':>13}"
+    print(head)
+    for r in rows:
+        print(
+            f"{r['world']:>5} {f'{n} x {m}x{k}':>14} {r['single_s']:>9.4f} {r['all_to_all_s']:>9.4f} {r['replicated_s']:>9.4f} "
+            f"{r['all_to_all_bytes'] / 1e6:>12.3f} {r['replicated_bytes'] / 1e6:>13.3f}"
+        )
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps({"quick": a.quick, "threads_per_rank": 1, "rows": rows}, indent=2))
+    print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
