@@ -23,7 +23,28 @@ PRESETS: dict[str, dict] = {
     "muon": {"lr": 0.02, "ns_dtype": "float64"},
     "muadam": {"lr": 0.01, "ns_dtype": "float64"},
     "muadam_sania": {"lr": 0.01, "ns_dtype": "float64"},
+    "shampoo": {"lr": 0.01},
+    "soap": {"lr": 0.01},
 }
+
+
+def _matrix_recipe(preconditioner: str, **options: object) -> modnorm.optim.Recipe:
+    """Frobenius sharp in a Shampoo/SOAP preconditioned norm for matrices, Adam for vectors."""
+    from modnorm.optim import matrix_preconditioners  # noqa: F401  (registers shampoo, soap)
+    from modnorm.optim import Recipe, Rule
+
+    matrices = Rule(norm="frobenius", preconditioner=preconditioner, preconditioner_options={"root_dtype": torch.float64, **options},
+                    momentum="ema", beta=0.9, mode="sharp")
+    vectors = Rule(norm="frobenius", preconditioner="adam", momentum="adam_ema", beta=0.9, mode="sharp")
+    return Recipe(default=vectors, roles={"hidden": matrices})
+
+
+def make_optimizer(model: nn.Module, name: str) -> torch.optim.Optimizer:
+    if name == "shampoo":
+        return modnorm.optimizer(model, _matrix_recipe("shampoo", eps=1e-6), **PRESETS[name])
+    if name == "soap":
+        return modnorm.optimizer(model, _matrix_recipe("soap", precondition_frequency=2), **PRESETS[name])
+    return modnorm.optimizer(model, name, **PRESETS[name])
 
 
 def make_model() -> nn.Module:
@@ -68,7 +89,7 @@ def reference(preset: str, steps: int = STEPS) -> dict[str, torch.Tensor]:
     rank order as the all-reduce does (SANIA divides by V, which magnifies the last bit of
     a tiny gradient entry, so the reference adds in the same order)."""
     model = make_model()
-    opt = modnorm.optimizer(model, preset, **PRESETS[preset])
+    opt = make_optimizer(model, preset)
     for t in range(steps):
         x, y = batch(t)
         grads = []
@@ -94,13 +115,13 @@ def worker(presets: list[str]) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
     for preset in presets:
         res = {}
         ddp = DDP(make_model())
-        opt = modnorm.optimizer(ddp, preset, **PRESETS[preset])
+        opt = make_optimizer(ddp, preset)
         STATS.reset()
         train(ddp, opt, STEPS, rank, world)
         res["ddp"] = full_params(ddp)
         res["ddp_bytes"] = STATS.bytes_sent
         model = fsdp(make_model())
-        opt = modnorm.optimizer(model, preset, **PRESETS[preset])
+        opt = make_optimizer(model, preset)
         STATS.reset()
         train(model, opt, STEPS, rank, world)
         res["fsdp"] = full_params(model)
