@@ -10,6 +10,11 @@ Newton–Schulz) of all N whole matrices and leaves each rank its shards, two wa
   (what DTensor's implicit redistribution or a ZeRO-1-style gather does).
 
 ``single`` is one process orthogonalizing all N (the work each replicated rank repeats).
+
+A second table times a whole ``optimizer.step()`` (preset muon, float32 Newton–Schulz)
+for a stack of N Linear(d, d) layers: FSDP2 (``fully_shard`` per layer; modnorm's
+sharded pipeline) against DDP (replicated parameters: every rank runs every LMO).
+Bytes are those the step itself sends (DDP's gradient all-reduce happens in backward).
 Reported: median seconds per step and bytes sent per rank per step (measured for
 all_to_all by ``modnorm.distributed.STATS``; the all-gather's are (W−1)·local bytes).
 On a machine with fewer cores than ranks the times measure contention, not scaling.
@@ -73,6 +78,8 @@ def worker(world: int, n: int, m: int, k: int, reps: int) -> dict[str, float]:
     STATS.reset()
     a2a()
     a2a_bytes = STATS.bytes_sent
+    step_fsdp, step_fsdp_bytes = _optimizer_step_time(world, n, m, reps, "fsdp")
+    step_ddp, _ = _optimizer_step_time(world, n, m, reps, "ddp")
     local_bytes = sum(g.to_local().numel() * g.element_size() for g in Gs)
     layout_of(Gs[0])  # validates the sharding
     return {
@@ -80,7 +87,43 @@ def worker(world: int, n: int, m: int, k: int, reps: int) -> dict[str, float]:
         "replicated_s": timed(replicated),
         "all_to_all_bytes": float(a2a_bytes),
         "replicated_bytes": float(local_bytes * (world - 1)),
+        "step_fsdp_s": step_fsdp,
+        "step_ddp_s": step_ddp,
+        "step_fsdp_bytes": float(step_fsdp_bytes),
     }
+
+
+def _optimizer_step_time(world: int, n: int, d: int, reps: int, mode: str) -> tuple[float, int]:
+    """Median seconds of ``opt.step()`` and the bytes one step sends, for N Linear(d, d)."""
+    import torch.distributed as dist
+    from torch import nn
+
+    import modnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(d, d, bias=False) for _ in range(n)])
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model:
+            fully_shard(layer)
+        fully_shard(model)
+    else:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model)
+    opt = modnorm.optimizer(model, "muon", lr=0.01, ns_dtype="float32")
+    model(torch.randn(4, d)).square().mean().backward()
+
+    def step() -> None:
+        opt.step()
+        dist.barrier()
+
+    step()  # initializes state
+    STATS.reset()
+    step()
+    sent = STATS.bytes_sent
+    return _time(step, reps), sent
 
 
 def main() -> None:
@@ -99,13 +142,20 @@ def main() -> None:
         res = launch(worker, w, w, n, m, k, reps)
         slowest = {key: max(r[key] for r in res) for key in res[0]}
         rows.append({"world": w, "n": n, "shape": [m, k], "single_s": single, **slowest})
-    head = f"{'ranks':>5} {'N x shape':>14} {'single s':>9} {'a2a s':>9} {'repl s':>9} {'a2a MB/rank':>12} {'repl MB/rank':>13}"
-    print(head)
+    print("Spectral LMO of N sharded matrices (seconds per step; MB sent per rank per step)")
+    print(f"| ranks | N x shape | single s | all_to_all s | replicated s | all_to_all MB/rank | replicated MB/rank |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"{r['world']:>5} {f'{n} x {m}x{k}':>14} {r['single_s']:>9.4f} {r['all_to_all_s']:>9.4f} {r['replicated_s']:>9.4f} "
-            f"{r['all_to_all_bytes'] / 1e6:>12.3f} {r['replicated_bytes'] / 1e6:>13.3f}"
+            f"| {r['world']} | {n} x {m}x{k} | {r['single_s']:.4f} | {r['all_to_all_s']:.4f} | {r['replicated_s']:.4f} "
+            f"| {r['all_to_all_bytes'] / 1e6:.3f} | {r['replicated_bytes'] / 1e6:.3f} |"
         )
+    print()
+    print("optimizer.step(), preset muon, N x Linear(d, d) (seconds per step; MB the step sends per rank)")
+    print("| ranks | N x d | FSDP2 step s | DDP step s | FSDP2 step MB/rank | DDP step MB/rank |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['world']} | {n} x {m} | {r['step_fsdp_s']:.4f} | {r['step_ddp_s']:.4f} | {r['step_fsdp_bytes'] / 1e6:.3f} | 0.000 |")
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps({"quick": a.quick, "threads_per_rank": 1, "rows": rows}, indent=2))
     print(f"wrote {a.json}")
