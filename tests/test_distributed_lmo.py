@@ -72,7 +72,9 @@ def worker() -> dict[str, dict[str, torch.Tensor]]:
         lmo_list = distributed_lmo(norm, Gs)
         bytes_lmo = STATS.bytes_sent
         stacked = distributed_sharp(norm, torch.stack(Gs))
+        bf16 = distributed_lmo(norm, Gs, comm_dtype=torch.bfloat16)
         out[name] = {
+            "lmo_bf16_comm": torch.stack([t.full_tensor() for t in bf16]),
             "lmo": torch.stack([t.full_tensor() for t in lmo_list]),
             "sharp": stacked.full_tensor(),
             "placements_kept": torch.tensor(all(t.placements == g.placements for t, g in zip(lmo_list, Gs))),
@@ -115,3 +117,33 @@ def test_exchange_volume_matches_formula(results) -> None:
     per_row = shape[1] * 8
     want = 1 * rows[0] * per_row + 2 * rows[1] * per_row
     assert int(results[0][name]["bytes"]) == want
+
+
+def test_bf16_communication_rounds_only_in_transit(results) -> None:
+    """comm_dtype=bf16: shards travel (both ways) in bf16, the LMO runs in the input dtype
+    on the owner: result = bf16(lmo(bf16(G))) where the exchange happened."""
+    name, spec, shape, dim, n = cases()[0]
+    data = _data(shape, n, 0)
+    norm = _norm(spec, data)
+    rb = lambda X: X.to(torch.bfloat16).to(torch.float64)  # noqa: E731
+    want = rb(norm.lmo(rb(data["G"])))
+    torch.testing.assert_close(results[0][name]["lmo_bf16_comm"], want, rtol=0, atol=0)
+
+
+def nccl_worker() -> dict[str, torch.Tensor]:
+    import torch.distributed as dist
+    from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+
+    mesh = init_device_mesh("cuda", (dist.get_world_size(),))
+    G = torch.randn(6, 256, 128, generator=torch.Generator().manual_seed(0)).cuda()
+    Gs = [distribute_tensor(g, mesh, [Shard(0)]) for g in G]
+    out = distributed_lmo(Spectral(), Gs, comm_dtype=torch.bfloat16)  # bf16 Newton–Schulz on CUDA
+    return {"G": G.cpu(), "lmo": torch.stack([t.full_tensor() for t in out]).cpu()}
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (NCCL, bf16 orthogonalization)")
+def test_nccl_bf16_matches_single_gpu() -> None:
+    res = launch(nccl_worker, 2, backend="nccl")
+    want = Spectral().lmo(res[0]["G"].cuda().to(torch.bfloat16).float()).cpu()
+    for r in res:
+        torch.testing.assert_close(r["lmo"], want, rtol=2e-2, atol=2e-2)
