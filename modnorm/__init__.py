@@ -20,6 +20,9 @@ from .optim import (
     register_preset,
 )
 
+from .distributed import distributed_lmo, distributed_sharp
+from .distributed.checkpoint import CheckpointMismatchError, load_checkpoint, save_checkpoint
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -46,4 +49,10 @@ __all__ = [
     "Preconditioner",
     "register_preconditioner",
     "register_preset",
+    # torch.distributed: DDP/FSDP2 dual maps and DCP checkpoints (modnorm.distributed)
+    "distributed_lmo",
+    "distributed_sharp",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CheckpointMismatchError",
 ]

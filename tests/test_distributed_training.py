@@ -15,7 +15,7 @@ from torch import nn
 
 import modnorm
 from modnorm.distributed import STATS
-from modnorm.distributed.checkpoint import CheckpointMismatchError, load_checkpoint, save_checkpoint
+from modnorm import CheckpointMismatchError, load_checkpoint, save_checkpoint
 from modnorm.distributed.launch import launch
 
 WORLD = 2
