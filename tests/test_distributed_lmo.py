@@ -80,7 +80,37 @@ def worker() -> dict[str, dict[str, torch.Tensor]]:
             "placements_kept": torch.tensor(all(t.placements == g.placements for t, g in zip(lmo_list, Gs))),
             "bytes": torch.tensor(bytes_lmo),
         }
+    out["errors"] = bad_input_errors(mesh)
     return out
+
+
+def bad_input_errors(mesh) -> dict[str, str]:
+    """Error messages for placements the optimizer cannot handle ('' if none was raised)."""
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor, init_device_mesh
+
+    from modnorm.distributed import layout_of
+    from modnorm.distributed.bucket import shard_bucket
+
+    def message(fn) -> str:
+        try:
+            fn()
+        except ValueError as e:
+            return str(e)
+        return ""
+
+    x = torch.randn(4, 6, dtype=torch.float64)
+    rows, cols = distribute_tensor(x, mesh, [Shard(0)]), distribute_tensor(x, mesh, [Shard(1)])
+    partial = DTensor.from_local(x, mesh, [Partial()])
+    p = torch.nn.Parameter(distribute_tensor(x, mesh, [Shard(0)]))
+    p.grad = distribute_tensor(x, mesh, [Replicate()])
+    mesh2 = init_device_mesh("cpu", (WORLD, 1), mesh_dim_names=("a", "b"))
+    two = distribute_tensor(x, mesh2, [Shard(0), Shard(1)])
+    return {
+        "partial": message(lambda: distributed_lmo(Spectral(), partial)),
+        "mixed": message(lambda: distributed_lmo(Spectral(), [rows, cols])),
+        "grad_placement": message(lambda: shard_bucket([p], [{}], ["layer.weight"])),
+        "two_shards": message(lambda: layout_of(two, name="w")),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +177,19 @@ def test_nccl_bf16_matches_single_gpu() -> None:
     want = Spectral().lmo(res[0]["G"].cuda().to(torch.bfloat16).float()).cpu()
     for r in res:
         torch.testing.assert_close(r["lmo"], want, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("partial", ["Partial", "expected Shard(d) or Replicate()"]),
+        ("mixed", ["G[1]", "Shard(dim=1)", "expected one shape and one placement"]),
+        ("grad_placement", ["layer.weight", "Replicate()", "expected a DTensor placed like its parameter"]),
+        ("two_shards", ["2 mesh dimensions", "expected one Shard(d)"]),
+    ],
+)
+def test_unsupported_placements_raise_clear_errors(results, case: str, words: list[str]) -> None:
+    msg = results[0]["errors"][case]
+    assert msg, f"{case}: no error raised"
+    for w in words:
+        assert w in msg, (w, msg)
