@@ -19,6 +19,10 @@ from .optim import (
     register_preconditioner,
     register_preset,
 )
+from .optim import matrix_presets as _matrix_presets  # noqa: F401  (registers shampoo, soap, splus, sophia, …)
+from .optim.hessian import HessianDiagonal, hutchinson_diagonal
+from .optim.matrix_preconditioners import SOAP, KLShampoo, Shampoo, SPlus
+from .invariance import InvarianceReport, check_invariance
 
 __version__ = "0.1.0"
 
@@ -46,4 +50,13 @@ __all__ = [
     "Preconditioner",
     "register_preconditioner",
     "register_preset",
+    # matrix and Hessian preconditioners, invariance checks
+    "Shampoo",
+    "KLShampoo",
+    "SOAP",
+    "SPlus",
+    "HessianDiagonal",
+    "hutchinson_diagonal",
+    "check_invariance",
+    "InvarianceReport",
 ]
