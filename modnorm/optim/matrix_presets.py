@@ -14,8 +14,11 @@ sophia_spectral    Spectral (RMS)   hessian: |h|^{-½} polar(|h|^{-½} G)    ada
 
 Only hidden matrices (role "hidden") take the matrix rule; embeddings, heads, vectors
 and conv kernels go to the AdamW rule (``adamw_*`` hyperparameters). ``sophia`` needs the
-Hessian-vector products: ``loss_fn=`` (params dict → loss, torch.func) with ``params=``,
-or ``from_graph=True`` (train with ``loss.backward(create_graph=True)``).
+Hessian-vector products: ``loss_fn=`` (params dict → loss, torch.func) with
+``loss_params=dict(model.named_parameters())``, or ``from_graph=True`` (train with
+``loss.backward(create_graph=True)``). A callable in the hyperparameters is kept in the
+param group, so ``state_dict()`` of a loss_fn-driven sophia does not load with
+``weights_only=True``; the from_graph variant does.
 """
 
 from __future__ import annotations
@@ -134,7 +137,7 @@ class SophiaHP(Hyperparameters, _RoutedAdamW, _Polar):
     samples: Frequency = 1
     seed: int = 0
     loss_fn: Callable[..., Any] | None = None
-    params: Mapping[str, Any] | None = None
+    loss_params: Mapping[str, Any] | None = None
     from_graph: bool = False
     weight_decay: NonNeg = 0.0
 
@@ -143,14 +146,14 @@ class SophiaHP(Hyperparameters, _RoutedAdamW, _Polar):
         if (self.loss_fn is None) == (not self.from_graph):
             raise ValueError(
                 "the Hessian estimate needs exactly one source: loss_fn=<params dict -> loss> with "
-                "params=dict(model.named_parameters()), or from_graph=True with loss.backward(create_graph=True)"
+                "loss_params=dict(model.named_parameters()), or from_graph=True with loss.backward(create_graph=True)"
             )
-        if self.loss_fn is not None and self.params is None:
-            raise ValueError("loss_fn needs params=dict(model.named_parameters()) (the tensors loss_fn takes)")
+        if self.loss_fn is not None and self.loss_params is None:
+            raise ValueError("loss_fn needs loss_params=dict(model.named_parameters()) (the tensors loss_fn takes)")
         return self
 
     def options(self) -> dict[str, Any]:
-        return {"loss_fn": self.loss_fn, "params": self.params, "beta2": self.beta2, "eps": self.eps, "power": 0.5,
+        return {"loss_fn": self.loss_fn, "params": self.loss_params, "beta2": self.beta2, "eps": self.eps, "power": 0.5,
                 "every": self.every, "samples": self.samples, "seed": self.seed, "from_graph": self.from_graph}
 
 
