@@ -52,6 +52,7 @@ class _Plan:
     name: str
     role: str
     budget: float
+    scale: float  # budget × the rule's shape factor (lr_adjust)
     shape: tuple[int, ...]
     rule: Rule
     norm: Norm
@@ -173,7 +174,8 @@ class ModnormOptimizer(Optimizer):
             bucket = (id(rule), pname, norm_key(norm), shape, p.dtype, p.device)
             options = ", ".join(f"{k}={v}" for k, v in rule.preconditioner_options.items()) if pname != "none" else ""
             plabel = f"{pname}({options})" if options else pname
-            plans.append(_Plan(label, geometry.role, budget, shape, rule, norm, preconds[pkey], plabel, bucket))
+            scale = budget * rule.shape_factor(tuple(p.shape))
+            plans.append(_Plan(label, geometry.role, budget, scale, shape, rule, norm, preconds[pkey], plabel, bucket))
         self._plan_cache[key] = plans
         return plans
 
@@ -311,7 +313,7 @@ class ModnormOptimizer(Optimizer):
             lr_r /= 1.0 + (step - 1) * rule.lr_decay
         if wd and rule.weight_decay_mode == "decoupled":
             torch._foreach_mul_(views, 1.0 - lr_r * wd)
-        budgets = [m[1].budget for m in members]
+        budgets = [m[1].scale for m in members]
         alpha = -lr_r * budgets[0]
         if any(b != budgets[0] for b in budgets):
             U = U * torch.tensor(budgets, dtype=U.dtype, device=U.device).view(-1, *([1] * len(shape)))
@@ -339,7 +341,7 @@ class ModnormOptimizer(Optimizer):
                     "momentum": plan.rule.momentum,
                     "mode": plan.rule.mode,
                     "budget": plan.budget,
-                    "lr_scale": plan.budget * plan.rule.lr_ratio,
+                    "lr_scale": plan.scale * plan.rule.lr_ratio,
                     "group": gi,
                 })
         return rows
