@@ -8,13 +8,17 @@ from .geometry import Geometry
 from .norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, spectral_scale
 from .polar import orthogonalize
 from .preconditioned import DNorm, LRNorm
+from .auto import DEFAULT_RULES, Rules, register_bond, register_function, register_rule
+from .composition import Atom, Bond, Chain, Node, Tared, Tuple
+from .layers import Parallel, Residual, Scale, Sequential
+from .describe import describe, describe_rows
+from .module import GeometryError, analyze, budgets, geometries, modular_norm, structure
 from .optim import (
     ConfigError,
     ModnormOptimizer,
     OptimizerConfig,
     Preconditioner,
     Recipe,
-    Rule,
     optimizer,
     register_preconditioner,
     register_preset,
@@ -40,13 +44,35 @@ __all__ = [
     "LRNorm",
     "orthogonalize",
     "Geometry",
+    "geometries",
+    "describe",
+    "describe_rows",
+    "budgets",
+    "modular_norm",
+    "structure",
+    "analyze",
+    "GeometryError",
+    "Rules",
+    "DEFAULT_RULES",
+    "register_rule",
+    "register_bond",
+    "register_function",
+    "Sequential",
+    "Residual",
+    "Parallel",
+    "Scale",
+    "Node",
+    "Atom",
+    "Bond",
+    "Chain",
+    "Tuple",
+    "Tared",
     # generated optimizer (modnorm.optim)
     "optimizer",
     "ModnormOptimizer",
     "OptimizerConfig",
     "ConfigError",
     "Recipe",
-    "Rule",
     "Preconditioner",
     "register_preconditioner",
     "register_preset",

@@ -21,7 +21,6 @@ modified (``nonfinite="raise"``) or skip the step and count it in ``skipped_step
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -63,6 +62,17 @@ class _Plan:
 
 def _internal_shape(p: Tensor) -> tuple[int, ...]:
     return tuple(p.shape) if p.ndim > 0 else (1,)
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable, order-independent image of a hyperparameter dict (tensors by value)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, Tensor):
+        return ("tensor", tuple(value.flatten().tolist()))
+    return value
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -155,7 +165,7 @@ class ModnormOptimizer(Optimizer):
     def _plans(self, gi: int, group: dict[str, Any]) -> list[_Plan]:
         """Per-parameter plans for the group's current hyperparameters (cached on them, lr excluded)."""
         hp = self._hyperparameters(group)
-        key = (gi, json.dumps({k: v for k, v in hp.items() if k != "lr"}, sort_keys=True, default=repr))
+        key = (gi, _freeze({k: v for k, v in hp.items() if k != "lr"}))
         plans = self._plan_cache.get(key)
         if plans is not None and len(plans) == len(group["params"]):
             return plans
@@ -345,6 +355,20 @@ class ModnormOptimizer(Optimizer):
                     "group": gi,
                 })
         return rows
+
+    def describe_overrides(self) -> dict[str, dict[str, str]]:
+        """Cells for ``modnorm.describe(model, overrides=opt.describe_overrides())``: the norm and
+        preconditioner this optimizer actually uses, plus momentum, mode and lr scale columns."""
+        cells = {}
+        for r in self.describe_rows():
+            cells[r["name"]] = {
+                "norm": r["norm"],
+                "preconditioner": r["preconditioner"],
+                "momentum": r["momentum"],
+                "mode": r["mode"],
+                "lr_scale": f"{r['lr_scale']:.6g}",
+            }
+        return cells
 
     def describe(self) -> str:
         """A plain-text table of ``describe_rows()``."""
