@@ -242,3 +242,51 @@ def test_bad_input_names_the_parameter() -> None:
         KLShampoo(root_dtype=torch.float16)
     with pytest.raises(ValueError, match="init"):
         KLShampoo(init=0.0)
+
+
+# ----------------------------------------------------------------------------- presets through modnorm.optimizer
+
+
+def test_shampoo_preset_steps_follow_the_formula() -> None:
+    """Two steps of the shampoo preset (momentum 0): W ← W − lr·A_t^{-1/4} G_t B_t^{-1/4}."""
+    import modnorm
+
+    rng = np.random.default_rng(30)
+    X, Y = rng.standard_normal((16, 5)), rng.standard_normal((16, 4))
+    W0 = rng.standard_normal((4, 5))
+    W = torch.tensor(W0, requires_grad=True)
+    opt = modnorm.optimizer([("W", W)], "shampoo", lr=0.1, momentum=0.0, eps=1e-6, root_dtype="float64")
+    Wr, A, B = W0.copy(), np.zeros((4, 4)), np.zeros((5, 5))
+    for _ in range(2):
+        opt.zero_grad()
+        (0.5 * ((torch.from_numpy(X) @ W.mT - torch.from_numpy(Y)) ** 2).sum()).backward()
+        opt.step()
+        G = (X @ Wr.T - Y).T @ X
+        A, B = A + G @ G.T, B + G.T @ G
+        Wr = Wr - 0.1 * mat_pow(A, -0.25, 1e-6) @ G @ mat_pow(B, -0.25, 1e-6)
+    np.testing.assert_allclose(W.detach().numpy(), Wr, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("preset", ["shampoo", "shampoo_one_sided", "kl_shampoo", "soap", "splus"])
+def test_presets_train_a_small_mlp_and_checkpoint(preset: str) -> None:
+    import modnorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(32, 6), torch.randn(32, 3)
+    lr = {"splus": 0.05, "soap": 3e-3}.get(preset, 1e-2)
+    opt = modnorm.optimizer(model, preset, lr=lr, precondition_frequency=2)
+    losses = []
+    for _ in range(15):
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+    hidden = [s for p, s in opt.state.items() if p.ndim == 2 and ("QL" in s or "L_inv" in s or "R_inv" in s or "Qa" in s)]
+    assert hidden, "no parameter got the matrix preconditioner"
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    opt.load_state_dict(torch.load(buf, weights_only=True))

@@ -29,7 +29,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from ..norms import Norm
 from ..preconditioned import DNorm
-from .preconditioner import Preconditioner, State, register_preconditioner
+from .preconditioner import Preconditioner, State, StepContext, register_preconditioner
 
 __all__ = ["hutchinson_diagonal", "functional_loss", "HessianDiagonal"]
 
@@ -79,10 +79,16 @@ def hutchinson_diagonal(
 class HessianDiagonal(Preconditioner):
     """D = max(|h|, ε)^p from an EMA h of Hutchinson estimates of the Hessian diagonal.
 
+    Where the Hessian-vector products come from (one of):
+    - ``loss_fn`` + ``params``: ``loss_fn(params_dict)`` is the loss on the current batch
+      (read the batch from a holder your training loop updates); H z comes from
+      ``torch.func`` at the first bucket of a due step, for all parameters at once.
+    - ``from_graph=True``: the optimizer's ``StepContext.hvp`` (double backward through
+      the gradients; the training step must call ``loss.backward(create_graph=True)``);
+      z ⊙ H z is then estimated per bucket (unbiased: the diagonal of each block).
+    - neither: call ``absorb(state, estimate)`` yourself.
+
     Args:
-        loss_fn: params dict ↦ scalar loss on the current batch (read it from a holder
-            your training loop updates). None: call ``absorb`` with your own estimates.
-        params: the named parameters ``loss_fn`` takes (e.g. ``dict(model.named_parameters())``).
         beta2: EMA decay of h (bias-corrected by the number of refreshes).
         eps: floor of |h| (h can be negative or 0 away from a minimum).
         power: p; 1/2 makes the Frobenius sharp G/|h| and D scale-equivariant.
@@ -104,11 +110,14 @@ class HessianDiagonal(Preconditioner):
         every: int = 10,
         samples: int = 1,
         seed: int = 0,
+        from_graph: bool = False,
     ) -> None:
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"HessianDiagonal: loss_fn must be callable params -> loss, got {type(loss_fn).__name__}")
         if loss_fn is not None and not isinstance(params, Mapping):
             raise ValueError("HessianDiagonal: with loss_fn, pass params= a dict name -> parameter, e.g. dict(model.named_parameters())")
+        if loss_fn is not None and from_graph:
+            raise ValueError("HessianDiagonal: pass either loss_fn (torch.func) or from_graph=True (create_graph backward), not both")
         if not 0.0 <= beta2 < 1.0:
             raise ValueError(f"HessianDiagonal: beta2 must be in [0, 1), got {beta2!r}")
         if not eps > 0.0:
@@ -119,47 +128,63 @@ class HessianDiagonal(Preconditioner):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"HessianDiagonal: {key} must be a positive int, got {value!r}")
         self.loss_fn, self.beta2, self.eps, self.power = loss_fn, float(beta2), float(eps), float(power)
-        self.every, self.samples = every, samples
+        self.every, self.samples, self.from_graph = every, samples, bool(from_graph)
         self.params = dict(params) if params is not None else {}
-        self._names = list(self.params)
-        self._index = {id(p): i for i, p in enumerate(self.params.values())}
+        self._name_of = {id(p): n for n, p in self.params.items()}
         self.generator = torch.Generator().manual_seed(seed)
         self._cache: tuple[int, dict[str, Tensor]] | None = None
 
     def init_state(self, param: Tensor, state_dtype: torch.dtype) -> State:
-        state: State = {
+        return {
             "h": torch.zeros(param.shape, dtype=state_dtype, device=param.device),
             "refreshes": torch.zeros((), dtype=torch.float64),
         }
-        if self.loss_fn is not None:
-            if id(param) not in self._index:
-                raise ValueError(
-                    f"HessianDiagonal: a parameter of shape {tuple(param.shape)} is not among the params= given "
-                    "with loss_fn; pass every parameter this preconditioner serves"
-                )
-            state["index"] = torch.tensor(self._index[id(param)])
-        return state
 
     def absorb(self, state: State, estimate: Tensor) -> None:
         """h ← β2 h + (1-β2) · estimate (one refresh)."""
-        state["h"].lerp_(estimate.to(state["h"].dtype), 1.0 - self.beta2)
+        state["h"].lerp_(estimate.reshape(state["h"].shape).to(state["h"].dtype), 1.0 - self.beta2)
         state["refreshes"] += 1
 
-    def update(self, state: State, grad: Tensor, step: int) -> None:
-        if self.loss_fn is None or (step - 1) % self.every != 0:
-            return
+    def estimates(self, step: int) -> dict[str, Tensor]:
+        """Hutchinson estimates of all ``params`` at this step (computed once per step)."""
+        if self.loss_fn is None:
+            raise RuntimeError("HessianDiagonal.estimates needs loss_fn= and params=")
         if self._cache is None or self._cache[0] != step:
             self._cache = (step, hutchinson_diagonal(self.loss_fn, self.params, self.samples, self.generator))
-        self.absorb(state, self._cache[1][self._names[int(state["index"])]])
+        return self._cache[1]
+
+    def update(self, state: State, grad: Tensor, step: int) -> None:
+        if self.loss_fn is not None or self.from_graph:
+            raise RuntimeError("HessianDiagonal needs the optimizer's StepContext: it is updated through update_many")
+
+    def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext) -> None:
+        if (step - 1) % self.every != 0:
+            return
+        if self.loss_fn is not None:
+            est = self.estimates(step)
+            for state, p, name in zip(states, ctx.params, ctx.names or [""] * len(states)):
+                if id(p) not in self._name_of:
+                    raise ValueError(
+                        f"HessianDiagonal: parameter {name or tuple(p.shape)!r} is not among the params= given with "
+                        "loss_fn; pass every parameter this preconditioner serves (dict(model.named_parameters()))"
+                    )
+                self.absorb(state, est[self._name_of[id(p)]])
+        elif self.from_graph:
+            totals = [torch.zeros_like(s["h"]) for s in states]
+            for _ in range(self.samples):
+                zs = list(rademacher_like({str(i): s["h"] for i, s in enumerate(states)}, 1, self.generator).values())
+                zs = [z[0] for z in zs]
+                for total, z, hz in zip(totals, zs, ctx.hvp(zs)):
+                    total.add_(z * hz)
+            for state, total in zip(states, totals):
+                self.absorb(state, total / self.samples)
 
     def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
         h = torch.stack([s["h"] for s in states])
-        n = torch.stack([s["refreshes"] for s in states]).to(h.dtype)
-        correction = torch.where(n > 0, 1.0 - self.beta2**n, torch.ones_like(n))
-        h_hat = h / correction.reshape(-1, *([1] * (h.ndim - 1)))
+        n = torch.stack([s["refreshes"] for s in states]).to(h.dtype).reshape(-1, *([1] * (h.ndim - 1)))
+        h_hat = h / torch.where(n > 0, 1.0 - self.beta2**n, torch.ones_like(n))
         D = h_hat.abs().clamp_min(self.eps).pow(self.power)
-        D = torch.where((n > 0).reshape(-1, *([1] * (h.ndim - 1))), D, torch.ones_like(D))
-        return DNorm(base, D)
+        return DNorm(base, torch.where(n > 0, D, torch.ones_like(D)))
 
     def __repr__(self) -> str:
         return f"HessianDiagonal(beta2={self.beta2}, eps={self.eps}, power={self.power}, every={self.every}, samples={self.samples})"

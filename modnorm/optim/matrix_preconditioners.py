@@ -37,6 +37,7 @@ from torch import Tensor
 
 from ..norms import Norm
 from ..preconditioned import DNorm, LRNorm
+from .diagonal import SecondMoment
 from .preconditioner import Preconditioner, State, register_preconditioner
 
 __all__ = [
@@ -325,42 +326,39 @@ class SOAP(_Eigenbasis):
     """SOAP: Adam in Shampoo's eigenbasis, as LRNorm(DNorm(base, D), L = Q_Lᵀ, R = Q_R).
 
     Each step: update A, B (EMA with ``shampoo_beta2``); refresh Q_L, Q_R every k steps;
-    rotate the gradient G̃ = Q_Lᵀ G Q_R; V ← β2 V + (1-β2) G̃². D = (√V̂ + ε)^p with V̂
-    bias-corrected: p = 1/2 (default) is Adam's D, p = 1 the SANIA-like (√V̂ + ε)¹ whose
-    Frobenius sharp divides by (√V̂ + ε)². V is kept as is when the basis is refreshed.
+    rotate the gradient G̃ = Q_Lᵀ G Q_R and update Adam's V ← β2 V + (1-β2) G̃² (the
+    ``SecondMoment`` preconditioner, fed rotated gradients). D = (√V̂ + ε)^p with V̂
+    bias-corrected: p = 1/2 (default) is Adam's D, whose Frobenius sharp divides by
+    √V̂ + ε. V is kept as is when the basis is refreshed.
     """
 
     name = "soap"
 
     def __init__(
         self,
-        beta2: float = 0.999,
+        beta2: float = 0.95,
         eps: float = 1e-8,
-        shampoo_beta2: float | None = 0.999,
+        shampoo_beta2: float | None = 0.95,
         precondition_frequency: int = 10,
         power: float = 0.5,
         root_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__(shampoo_beta2, precondition_frequency, root_dtype)
-        _check_hp("SOAP", beta2, eps, precondition_frequency, root_dtype)
-        if not power > 0.0:
-            raise ValueError(f"SOAP: power must be positive, got {power!r}")
-        self.beta2, self.eps, self.power = float(beta2), float(eps), float(power)
+        self.adam = SecondMoment(beta2=beta2, eps=eps, inner=0.5, outer=power)
+        self.beta2, self.eps, self.power = self.adam.beta2, self.adam.eps, self.adam.outer
 
     def init_state(self, param: Tensor, state_dtype: torch.dtype) -> State:
         state = super().init_state(param, state_dtype)
-        state["V"] = torch.zeros(param.shape, dtype=state_dtype, device=param.device)
+        state.update(self.adam.init_state(param, state_dtype))
         return state
 
     def update(self, state: State, grad: Tensor, step: int) -> None:
-        G = grad.to(state["V"].dtype)
+        G = grad.to(state["A"].dtype)
         self._refresh(state, G, step)
-        rotated = state["QL"].mT @ G @ state["QR"]
-        state["V"].lerp_(rotated * rotated, 1.0 - self.beta2)
+        self.adam.update(state, state["QL"].mT @ G @ state["QR"], step)
 
     def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
-        V_hat = _stack(states, "V") / (1.0 - self.beta2**step)
-        D = (V_hat.sqrt() + self.eps).pow(self.power)
+        D = self.adam.diagonal(states, step)
         return LRNorm(DNorm(base, D), L_inv=_stack(states, "QL"), R_inv=_stack(states, "QR").mT)
 
     def __repr__(self) -> str:
