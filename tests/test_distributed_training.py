@@ -25,27 +25,12 @@ PRESETS: dict[str, dict] = {
     "muon": {"lr": 0.02, "ns_dtype": "float64"},
     "muadam": {"lr": 0.01, "ns_dtype": "float64"},
     "muadam_sania": {"lr": 0.01, "ns_dtype": "float64"},
-    "shampoo": {"lr": 0.01},
-    "soap": {"lr": 0.01},
+    "shampoo": {"lr": 0.01, "eps": 1e-6, "root_dtype": "float64"},
+    "soap": {"lr": 0.01, "precondition_frequency": 2, "root_dtype": "float64"},
 }
 
 
-def _matrix_recipe(preconditioner: str, **options: object) -> modnorm.optim.Recipe:
-    """Frobenius sharp in a Shampoo/SOAP preconditioned norm for matrices, Adam for vectors."""
-    from modnorm.optim import matrix_preconditioners  # noqa: F401  (registers shampoo, soap)
-    from modnorm.optim import Recipe, Rule
-
-    matrices = Rule(norm="frobenius", preconditioner=preconditioner, preconditioner_options={"root_dtype": torch.float64, **options},
-                    momentum="ema", beta=0.9, mode="sharp")
-    vectors = Rule(norm="frobenius", preconditioner="adam", momentum="adam_ema", beta=0.9, mode="sharp")
-    return Recipe(default=vectors, roles={"hidden": matrices})
-
-
 def make_optimizer(model: nn.Module, name: str) -> torch.optim.Optimizer:
-    if name == "shampoo":
-        return modnorm.optimizer(model, _matrix_recipe("shampoo", eps=1e-6), **PRESETS[name])
-    if name == "soap":
-        return modnorm.optimizer(model, _matrix_recipe("soap", precondition_frequency=2), **PRESETS[name])
     return modnorm.optimizer(model, name, **PRESETS[name])
 
 

@@ -10,8 +10,10 @@ communication. Only two things see whole matrices:
   ``sharded`` (all_to_all to owner ranks, see ``exchange``);
 - preconditioners whose statistics are not elementwise (Shampoo/SOAP factors: their
   state holds plain, replicated tensors rather than DTensors shaped like the parameter)
-  receive whole gradients, ``bucket.whole(grads)`` (one all-gather; every rank keeps the
-  factors of every matrix, so factor updates are replicated work).
+  see whole tensors: ``bucket.precondition`` all-gathers the gradients and the
+  preconditioner's sharded state (e.g. SOAP's V, which lives in the rotated basis),
+  updates and builds the norm on whole tensors on every rank (replicated work), and
+  writes each rank's slice of the updated sharded state back.
 
 Bucket key: ``placement_key(p)`` separates parameters by sharding so a bucket never mixes
 placements.
@@ -50,6 +52,32 @@ class ShardedBucket:
     grads: list[Tensor]
     states: list[dict[str, Any]]
     whole_statistics: bool
+
+    dstates: Sequence[dict[str, Any]] = ()  # the original states (DTensor values)
+
+    def precondition(self, precond: Any, base: Norm, grads: Sequence[Tensor], step: int, ctx: Any) -> Norm:
+        """Update ``precond``'s statistics from the bucket's (local) ``grads`` and return its
+        norm, wrapped to act on stacked local shards (see the module docstring)."""
+        if not self.whole_statistics:
+            precond.update_many(self.states, grads, step, ctx)
+            return self.norm(precond.norm(base, self.states, step))
+        from ..optim.preconditioner import RESERVED_STATE_KEYS
+
+        gathered = [{k for k, v in s.items() if k not in RESERVED_STATE_KEYS and is_dtensor(v)} for s in self.dstates]
+        whole = [{k: (v.full_tensor() if k in keys else v) for k, v in s.items()} for s, keys in zip(self.dstates, gathered)]
+        precond.update_many(whole, self.whole(grads), step, ctx)
+        for s, w, keys in zip(self.dstates, whole, gathered):
+            for k in keys:
+                to_local(s[k]).copy_(self.local_slice(w[k]))
+        return self.norm(precond.norm(base, whole, step))
+
+    def local_slice(self, whole: Tensor) -> Tensor:
+        """This rank's shard of a whole tensor shaped like one parameter (or a stack of them)."""
+        if self.layout.dim is None:
+            return whole
+        sizes = self.layout.sizes()
+        r = self.layout.rank
+        return whole.narrow(whole.ndim - len(self.layout.shape) + self.layout.dim, sum(sizes[:r]), sizes[r])
 
     def norm(self, norm: Norm, comm_dtype: torch.dtype | None = None) -> Norm:
         """``norm`` (acting on the stacked bucket) made to act on stacked local shards."""
@@ -102,4 +130,5 @@ def shard_bucket(params: Sequence[Tensor], states: Sequence[dict[str, Any]], nam
         grads=[to_local(p.grad).reshape(1) if p.ndim == 0 else to_local(p.grad) for p in params],
         states=local_states,
         whole_statistics=whole and layout.dim is not None,
+        dstates=list(states),
     )

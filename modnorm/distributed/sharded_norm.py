@@ -116,6 +116,18 @@ class ShardedNorm(Norm):
         return f"ShardedNorm({self.norm!r}, shape={self.layout.shape}, dim={self.layout.dim})"
 
 
+def _local_D(D: Tensor, layout: ShardLayout) -> Tensor:
+    """D as this rank's shard: a D of the whole parameters' shape (replicated statistics)
+    is cut to the local rows; a D already local (or broadcastable) is kept."""
+    k = len(layout.shape)
+    if layout.dim is None or D.ndim < k or tuple(D.shape[D.ndim - k:]) != layout.shape:
+        return D
+    if layout.local_shape(layout.rank) == layout.shape:
+        return D
+    sizes = layout.sizes()
+    return D.narrow(D.ndim - k + layout.dim, sum(sizes[: layout.rank]), sizes[layout.rank])
+
+
 def sharded(norm: Norm, layout: ShardLayout, comm_dtype: torch.dtype | None = None) -> Norm:
     """Rewrite ``norm`` to act on local shards laid out as ``layout`` (see the module doc).
 
@@ -123,7 +135,7 @@ def sharded(norm: Norm, layout: ShardLayout, comm_dtype: torch.dtype | None = No
     keeps its elementwise D on the shard and shards only its base.
     """
     if isinstance(norm, DNorm):
-        return DNorm(sharded(norm.base, layout, comm_dtype), to_local(norm.D))
+        return DNorm(sharded(norm.base, layout, comm_dtype), _local_D(to_local(norm.D), layout))
     if layout.dim is None:
         return norm
     if isinstance(norm, ShardedNorm):

@@ -318,10 +318,11 @@ class ModnormOptimizer(Optimizer):
 
         d = apply_momentum(rule.momentum, rule.beta, rule.dampening, states, grads, step)
         ctx = StepContext(step=step, params=params, names=[m[1].name for m in members], closure=closure, loss=loss)
-        plan.precond.update_many(states, sharded.whole(grads) if sharded and sharded.whole_statistics else grads, step, ctx)
-        norm = plan.precond.norm(plan.norm, states, step)
-        if sharded is not None:
-            norm = sharded.norm(norm)  # whole-matrix dual maps via all_to_all to owner ranks
+        if sharded is not None:  # statistics on shards (or whole tensors); dual map via all_to_all to owner ranks
+            norm = sharded.precondition(plan.precond, plan.norm, grads, step, ctx)
+        else:
+            plan.precond.update_many(states, grads, step, ctx)
+            norm = plan.precond.norm(plan.norm, states, step)
         X = torch.stack(d)
         U = norm.lmo(X) if rule.mode == "lmo" else norm.sharp(X)
 
