@@ -127,6 +127,12 @@ def worker(presets: list[str], ckpt_root: str) -> dict[str, dict[str, dict[str, 
         load_checkpoint(path, model, opt)
         train(model, opt, STEPS - SAVE_AT, rank, world, start=SAVE_AT)
         res["fsdp_resumed"] = full_params(model)
+        # world size 1 → 2: a single-process checkpoint (written by the parent) into FSDP2
+        model = fsdp(make_model())
+        opt = make_optimizer(model, preset)
+        load_checkpoint(f"{ckpt_root}/{preset}_single", model, opt)
+        train(model, opt, STEPS - SAVE_AT, rank, world, start=SAVE_AT)
+        res["fsdp_from_single"] = full_params(model)
         # a different preset must be refused
         other = fsdp(make_model())
         try:
@@ -139,8 +145,15 @@ def worker(presets: list[str], ckpt_root: str) -> dict[str, dict[str, dict[str, 
 
 
 @pytest.fixture(scope="module")
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     root = tmp_path_factory.mktemp("ckpt")
+    for preset in PRESETS:  # single-process checkpoints after SAVE_AT steps, for the 1 → 2 test
+        model = make_model()
+        opt = make_optimizer(model, preset)
+        for t in range(SAVE_AT):
+            reference_step(model, opt, t)
+        save_checkpoint(root / f"{preset}_single", model, opt)
     return [*launch(worker, WORLD, list(PRESETS), str(root)), root]
 
 
@@ -189,3 +202,13 @@ def test_checkpoint_of_another_preset_is_refused(results, preset: str) -> None:
     assert msg, "loading into another preset's optimizer did not raise"
     assert "preset" in msg or "state_keys" in msg
     assert "Build the optimizer with the checkpoint's configuration" in msg
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_single_process_checkpoint_loads_on_two_ranks(results, preset: str) -> None:
+    """World size 1 → 2: a checkpoint of a plain model loads into FSDP2 (DCP shards it) and
+    the continued run matches the single-process reference."""
+    want = reference(preset)
+    for res in results[:WORLD]:
+        for k, v in res[preset]["fsdp_from_single"].items():
+            torch.testing.assert_close(v, want[k], rtol=1e-9, atol=1e-11)
