@@ -81,6 +81,13 @@ def worker() -> dict[str, dict[str, torch.Tensor]]:
             "bytes": torch.tensor(bytes_lmo),
         }
     out["errors"] = bad_input_errors(mesh)
+    # HSDP layout (Replicate(), Shard(0)) on a (1, 2) mesh: shards over the last mesh dim
+    hsdp_mesh = init_device_mesh("cpu", (1, WORLD), mesh_dim_names=("replicate", "shard"))
+    G = _data((5, 3), 3, 0)["G"]
+    from torch.distributed.tensor import Replicate
+
+    hs = [distribute_tensor(g, hsdp_mesh, [Replicate(), Shard(0)]) for g in G]
+    out["hsdp"] = {"lmo": torch.stack([t.full_tensor() for t in distributed_lmo(Spectral(method="svd"), hs)])}
     return out
 
 
@@ -193,3 +200,9 @@ def test_unsupported_placements_raise_clear_errors(results, case: str, words: li
     assert msg, f"{case}: no error raised"
     for w in words:
         assert w in msg, (w, msg)
+
+
+def test_hsdp_layout_matches_single_process(results) -> None:
+    G = _data((5, 3), 3, 0)["G"]
+    for res in results:
+        torch.testing.assert_close(res["hsdp"]["lmo"], Spectral(method="svd").lmo(G), rtol=1e-10, atol=1e-10)
