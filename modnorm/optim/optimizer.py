@@ -33,7 +33,7 @@ from torch.optim import Optimizer
 from ..geometry import Geometry
 from ..norms import Norm
 from .config import ConfigError, get_preset, validate_hyperparameters
-from .momentum import apply_momentum, init_momentum
+from .momentum import apply_momentum, init_momentum, momentum_scale
 from .preconditioner import RESERVED_STATE_KEYS, Preconditioner, StepContext, get_preconditioner
 from .presets import Preset, custom_recipe_preset
 from .recipe import DTYPES, Recipe, Rule, infer_geometry, norm_key, resolve_norm
@@ -157,7 +157,12 @@ class ModnormOptimizer(Optimizer):
             geometry = self._geometries.get(name) or infer_geometry(tuple(p.shape))
             meta.append((label, geometry, self._budgets.get(name, 1.0)))
         self._meta.append(meta)
-        self._plans(gi, group)  # resolve now: a rule that cannot handle a parameter fails at construction
+        try:
+            self._plans(gi, group)  # resolve now: a rule that cannot handle a parameter fails here
+        except Exception:
+            self.param_groups.pop()
+            self._meta.pop()
+            raise
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         return {k: group[k] for k in self._preset.hyperparameters.model_fields if k in group}
@@ -315,7 +320,10 @@ class ModnormOptimizer(Optimizer):
         ctx = StepContext(step=step, params=params, names=[m[1].name for m in members], closure=closure, loss=loss)
         plan.precond.update_many(states, grads, step, ctx)
         norm = plan.precond.norm(plan.norm, states, step)
-        X = torch.stack(d)
+        X = torch.stack(d)  # a copy: the momentum buffers stay untouched
+        c = momentum_scale(rule.momentum, rule.beta, step)
+        if c != 1.0:
+            X.mul_(c)
         U = norm.lmo(X) if rule.mode == "lmo" else norm.sharp(X)
 
         lr_r = lr * rule.lr_ratio

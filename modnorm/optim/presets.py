@@ -298,6 +298,16 @@ for _name, _hp, _build, _src in (
     register_preset(_name, _hp, _build, _src)
 
 
+@dataclass(frozen=True)
+class _FixedRecipe:
+    """build() of a user's Recipe: the same recipe whatever the (lr, maximize) hyperparameters."""
+
+    recipe: Recipe
+
+    def __call__(self, hyperparameters: Hyperparameters) -> Recipe:
+        return self.recipe
+
+
 def custom_recipe_preset(recipe: Recipe) -> Preset:
     """A preset for a user's Recipe: group hyperparameters are ``lr`` and ``maximize`` only."""
-    return Preset("custom", Hyperparameters, lambda h: recipe, "user recipe")
+    return Preset("custom", Hyperparameters, _FixedRecipe(recipe), "user recipe")
