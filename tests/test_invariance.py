@@ -64,7 +64,7 @@ def test_not_predicted_affine_invariant_and_not(preset: str, hp: dict, sides: st
 
 
 def test_regularized_shampoo_is_only_approximately_affine_invariant() -> None:
-    r = check_invariance("shampoo_one_sided", "affine", reparam_sides="left", steps=15, power=1.0, eps=1e-12, root_dtype=F64)
+    r = check_invariance("shampoo_one_sided", "affine", reparam_sides="left", steps=15, power=1.0, eps=1e-8, root_dtype=F64)
     assert r.predicted is False
     assert ROUNDOFF / 100 < r.mismatch < BROKEN, r
 

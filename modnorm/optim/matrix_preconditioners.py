@@ -38,7 +38,7 @@ from torch import Tensor
 from ..norms import Norm
 from ..preconditioned import DNorm, LRNorm
 from .diagonal import SecondMoment
-from .preconditioner import Preconditioner, State, register_preconditioner
+from .preconditioner import Preconditioner, State, StepContext, register_preconditioner
 
 __all__ = [
     "Shampoo",
@@ -129,19 +129,30 @@ class _Factors:
             state["B"] = torch.zeros(n, n, dtype=dtype, device=param.device)
         return state
 
-    def accumulate(self, state: State, G: Tensor) -> None:
+    def accumulate(self, states: Sequence[State], G: Tensor) -> None:
+        """Add the stacked gradients' outer products (one bmm per side) into each state."""
         for key, outer in (("A", lambda: G @ G.mT), ("B", lambda: G.mT @ G)):
-            if key in state:
+            if key in states[0]:
+                S, new = [s[key] for s in states], list(outer().unbind(0))
                 if self.beta2 is None:
-                    state[key].add_(outer())
+                    torch._foreach_add_(S, new)
                 else:
-                    state[key].lerp_(outer(), 1.0 - self.beta2)
+                    torch._foreach_lerp_(S, new, 1.0 - self.beta2)
 
-    def corrected(self, state: State, key: str, step: int) -> Tensor:
-        """The statistic with EMA bias correction 1/(1 - β2^t) (a sum is returned as is)."""
+    def corrected(self, states: Sequence[State], key: str, step: int) -> Tensor:
+        """The stacked statistic with EMA bias correction 1/(1 - β2^t) (a sum is returned as is)."""
+        S = _stack(states, key)
         if self.beta2 is None or self.beta2 == 0.0:
-            return state[key]
-        return state[key] / (1.0 - self.beta2**step)
+            return S
+        return S / (1.0 - self.beta2**step)
+
+
+def _copy_into(states: Sequence[State], key: str, X: Tensor) -> None:
+    torch._foreach_copy_([s[key] for s in states], list(X.unbind(0)))
+
+
+def _stacked_grads(grads: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    return torch.stack([g.to(dtype) for g in grads])
 
 
 # ----------------------------------------------------------------------------- Shampoo
@@ -192,13 +203,16 @@ class Shampoo(Preconditioner):
         return state
 
     def update(self, state: State, grad: Tensor, step: int) -> None:
-        G = grad.to(state["L_inv" if "L_inv" in state else "R_inv"].dtype)
-        self.factors.accumulate(state, G)
+        self.update_many([state], [grad], step, None)
+
+    def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
+        G = _stacked_grads(grads, states[0]["L_inv" if "L_inv" in states[0] else "R_inv"].dtype)
+        self.factors.accumulate(states, G)
         if _due(step, self.precondition_frequency):
             for key, inv in (("A", "L_inv"), ("B", "R_inv")):
-                if key in state:
-                    S = self.factors.corrected(state, key, step)
-                    state[inv].copy_(inverse_root(S, self.power / 2, self.eps, self.root_dtype))
+                if key in states[0]:
+                    S = self.factors.corrected(states, key, step)
+                    _copy_into(states, inv, inverse_root(S, self.power / 2, self.eps, self.root_dtype))
 
     def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
         L_inv = _stack(states, "L_inv") if "L_inv" in states[0] else None
@@ -267,20 +281,23 @@ class KLShampoo(Preconditioner):
     def _whitened_outer(self, X: Tensor, Q: Tensor, lam: Tensor) -> Tensor:
         """X (S + εI)⁻¹ Xᵀ with S = Q diag(λ) Qᵀ."""
         Y = X @ Q
-        return (Y * _power_of_eigs(lam, 1.0, self.eps)) @ Y.mT
+        return (Y * _power_of_eigs(lam, 1.0, self.eps).unsqueeze(-2)) @ Y.mT
 
     def update(self, state: State, grad: Tensor, step: int) -> None:
-        G = grad.to(state["Sa"].dtype)
-        m, n = G.shape
-        new_a = self._whitened_outer(G, state["Qb"], state["lb"]) / n
-        new_b = self._whitened_outer(G.mT, state["Qa"], state["la"]) / m
-        state["Sa"].lerp_(new_a, 1.0 - self.beta2)
-        state["Sb"].lerp_(new_b, 1.0 - self.beta2)
+        self.update_many([state], [grad], step, None)
+
+    def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
+        G = _stacked_grads(grads, states[0]["Sa"].dtype)
+        m, n = G.shape[-2:]
+        new_a = self._whitened_outer(G, _stack(states, "Qb"), _stack(states, "lb")) / n
+        new_b = self._whitened_outer(G.mT, _stack(states, "Qa"), _stack(states, "la")) / m
+        torch._foreach_lerp_([s["Sa"] for s in states], list(new_a.unbind(0)), 1.0 - self.beta2)
+        torch._foreach_lerp_([s["Sb"] for s in states], list(new_b.unbind(0)), 1.0 - self.beta2)
         if _due(step, self.precondition_frequency):
             for S, Q, lam in (("Sa", "Qa", "la"), ("Sb", "Qb", "lb")):
-                l, V = _eigh(state[S], self.root_dtype)
-                state[Q].copy_(V)
-                state[lam].copy_(l)
+                l, V = _eigh(_stack(states, S), self.root_dtype)
+                _copy_into(states, Q, V)
+                _copy_into(states, lam, l)
 
     def _inv_root(self, states: Sequence[State], Q: str, lam: str) -> Tensor:
         Qs, ls = _stack(states, Q), _stack(states, lam)
@@ -312,14 +329,17 @@ class _Eigenbasis(Preconditioner):
         state["QR"] = torch.eye(n, dtype=state_dtype, device=param.device)
         return state
 
-    def _refresh(self, state: State, G: Tensor, step: int) -> None:
-        self.factors.accumulate(state, G)
+    def _refresh(self, states: Sequence[State], G: Tensor, step: int) -> None:
+        self.factors.accumulate(states, G)
         if _due(step, self.precondition_frequency):
-            state["QL"].copy_(eigenbasis(state["A"], self.root_dtype))
-            state["QR"].copy_(eigenbasis(state["B"], self.root_dtype))
+            _copy_into(states, "QL", eigenbasis(_stack(states, "A"), self.root_dtype))
+            _copy_into(states, "QR", eigenbasis(_stack(states, "B"), self.root_dtype))
 
     def update(self, state: State, grad: Tensor, step: int) -> None:
-        self._refresh(state, grad.to(state["A"].dtype), step)
+        self.update_many([state], [grad], step, None)
+
+    def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
+        self._refresh(states, _stacked_grads(grads, states[0]["A"].dtype), step)
 
 
 class SOAP(_Eigenbasis):
@@ -352,10 +372,11 @@ class SOAP(_Eigenbasis):
         state.update(self.adam.init_state(param, state_dtype))
         return state
 
-    def update(self, state: State, grad: Tensor, step: int) -> None:
-        G = grad.to(state["A"].dtype)
-        self._refresh(state, G, step)
-        self.adam.update(state, state["QL"].mT @ G @ state["QR"], step)
+    def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
+        G = _stacked_grads(grads, states[0]["A"].dtype)
+        self._refresh(states, G, step)
+        rotated = _stack(states, "QL").mT @ G @ _stack(states, "QR")
+        self.adam.update_many(states, list(rotated.unbind(0)), step, ctx)  # type: ignore[arg-type]
 
     def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
         D = self.adam.diagonal(states, step)
