@@ -14,16 +14,17 @@ import torch
 from torch._dynamo.utils import counters
 
 from modnorm.optim.diagonal import SecondMoment, adam, sania
-from modnorm.optim.momentum import apply_momentum, init_momentum
+from modnorm.optim.momentum import apply_momentum, init_momentum, momentum_scale
 
 STEPS = 5
 
 
 def elementwise(kind: str, precond: SecondMoment, states: list[dict], grads: list[torch.Tensor], step: int) -> torch.Tensor:
-    """Momentum d, statistics update, then D⁻¹ ⊙ d⁻ — the elementwise work of one bucket."""
+    """Momentum d (with its bias-correction scale), statistics update, then D⁻¹ ⊙ d — the
+    elementwise work of one bucket, as the optimizer composes it."""
     d = apply_momentum(kind, 0.9, 0.0, states, grads, step)
     precond.update_many(states, grads, step, None)  # type: ignore[arg-type]
-    return torch.stack(d) / precond.diagonal(states, step)
+    return torch.stack(d) * momentum_scale(kind, 0.9, step) / precond.diagonal(states, step)
 
 
 def _states(precond: SecondMoment, kind: str, n: int) -> list[dict]:
