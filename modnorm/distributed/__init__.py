@@ -5,6 +5,9 @@
   ``exchange`` for the communication volume and docs/distributed.md).
 - ``sharded(norm, layout)``: the same as a ``Norm`` acting on local shards.
 - ``ShardLayout`` / ``layout_of``: how a DTensor is split.
+- ``bucket``: the optimizer's hook (its pipeline on local shards); ``checkpoint``: DCP
+  save/load with an optimizer-identity check; ``launch``: W local ranks for tests and
+  benchmarks.
 """
 
 from .dual_map import distributed_lmo, distributed_sharp
