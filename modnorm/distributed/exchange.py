@@ -17,6 +17,7 @@ matrix. ``STATS`` counts the bytes this rank sent (for benchmarks).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -84,7 +85,7 @@ def from_owners(whole: Tensor, n: int, layout: ShardLayout, comm_dtype: torch.dt
     counts = owned_counts(n, W)
     x = whole if comm_dtype is None else whole.to(comm_dtype)
     parts = x.split(layout.sizes(), dim=layout.dim + 1)
-    send = torch.cat([p.reshape(-1) for p in parts]) if parts else x.reshape(-1)
+    send = torch.cat([p.reshape(-1) for p in parts])
     send_splits = [counts[r] * layout.local_numel(p) for p in range(W)]
     recv_splits = [counts[q] * layout.local_numel(r) for q in range(W)]
     recv = _all_to_all(send, send_splits, recv_splits, layout.group)
@@ -96,9 +97,7 @@ def gather_to_all(values: Tensor, n: int, layout: ShardLayout) -> Tensor:
     W, r = layout.world, layout.rank
     counts = owned_counts(n, W)
     rest = tuple(values.shape[1:])
-    k = 1
-    for s in rest:
-        k *= s
+    k = math.prod(rest)
     send = values.reshape(-1).repeat(W)
     recv = _all_to_all(send, [counts[r] * k] * W, [counts[q] * k for q in range(W)], layout.group)
     return recv.view(n, *rest)
