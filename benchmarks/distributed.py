@@ -126,12 +126,60 @@ def _optimizer_step_time(world: int, n: int, d: int, reps: int, mode: str) -> tu
     return _time(step, reps), sent
 
 
+def compile_probe(steps: int = 6) -> dict[str, object]:
+    """``torch.compile(opt.step, backend="eager")`` for muadam with a tensor lr and a LambdaLR
+    schedule: graphs, graph breaks, recompiles and the largest difference from eager."""
+    import logging
+
+    import torch._dynamo as dynamo
+    from torch import nn
+    from torch._dynamo.utils import counters
+
+    import modnorm
+
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
+
+    def run(compiled: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, 3))
+        opt = modnorm.optimizer(m, "muadam", lr=torch.tensor(0.01), ns_dtype="float32")
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))
+        step = torch.compile(opt.step, backend="eager") if compiled else opt.step
+        for t in range(steps):
+            g = torch.Generator().manual_seed(t)
+            x, y = torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)
+            opt.zero_grad()
+            nn.functional.mse_loss(m(x), y).backward()
+            step()
+            sched.step()
+        return [p.detach().clone() for p in m.parameters()]
+
+    eager = run(False)
+    dynamo.reset()
+    counters.clear()
+    compiled = run(True)
+    breaks = counters["graph_break"]
+    return {
+        "steps": steps,
+        "unique_graphs": int(counters["stats"]["unique_graphs"]),
+        "graph_breaks": int(sum(breaks.values())),
+        "graph_break_reasons": sorted({k.split("\n")[0][:100] for k in breaks}),
+        "max_abs_diff_vs_eager": max(float((a - b).abs().max()) for a, b in zip(eager, compiled)),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
     p.add_argument("--worlds", type=int, nargs="+", default=[2, 4])
     p.add_argument("--json", type=Path, default=Path("benchmarks/distributed.json"))
+    p.add_argument("--compile-probe", action="store_true", help="only probe torch.compile(opt.step) (single process)")
     a = p.parse_args()
+    if a.compile_probe:
+        res = compile_probe()
+        for k, v in res.items():
+            print(f"{k}: {v}")
+        return
     n, m, k, reps = (8, 256, 256, 3) if a.quick else (16, 1024, 1024, 5)
     torch.set_num_threads(1)
     norm = Spectral()
