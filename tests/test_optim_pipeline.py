@@ -217,6 +217,12 @@ def test_rank_inference_and_construction_errors():
     assert rows["b"]["norm"] == "RMS()" and rows["s"]["norm"].startswith("Frobenius")
     with pytest.raises(ValueError, match="'b'.*spectral"):
         modnorm.optimizer(params, Recipe(default=Rule(norm="spectral")))
+    # polar options given to scion replace a declared spectral norm's method, keeping its declared scale
+    geo = {"w": modnorm.Geometry(modnorm.Spectral(scale="original"))}
+    opt = modnorm.ModnormOptimizer(params, "scion", geometries=geo, ns_method="svd")
+    rows = {r["name"]: r for r in opt.describe_rows()}
+    assert rows["w"]["norm"] == "Spectral(scale='original', method='svd', steps=None)"
+    assert "method='svd'" in rows["conv"]["norm"] and rows["b"]["norm"] == "RMS()"
 
 
 def test_describe_integrates_with_model_describe():
