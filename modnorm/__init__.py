@@ -24,6 +24,13 @@ from .optim import (
     register_preconditioner,
     register_preset,
 )
+from .optim import matrix_presets as _matrix_presets  # noqa: F401  (registers shampoo, soap, splus, sophia, …)
+from .optim.hessian import HessianDiagonal, hutchinson_diagonal
+from .optim.matrix_preconditioners import SOAP, KLShampoo, Shampoo, SPlus
+from .invariance import InvarianceReport, check_invariance
+
+from .distributed import distributed_lmo, distributed_sharp
+from .distributed.checkpoint import CheckpointMismatchError, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 
@@ -76,4 +83,19 @@ __all__ = [
     "Preconditioner",
     "register_preconditioner",
     "register_preset",
+    # torch.distributed: DDP/FSDP2 dual maps and DCP checkpoints (modnorm.distributed)
+    "distributed_lmo",
+    "distributed_sharp",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CheckpointMismatchError",
+    # matrix and Hessian preconditioners, invariance checks
+    "Shampoo",
+    "KLShampoo",
+    "SOAP",
+    "SPlus",
+    "HessianDiagonal",
+    "hutchinson_diagonal",
+    "check_invariance",
+    "InvarianceReport",
 ]

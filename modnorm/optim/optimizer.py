@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..distributed.bucket import placement_key, shard_bucket
 from ..geometry import Geometry
 from ..norms import Norm
 from .config import ConfigError, get_preset, validate_hyperparameters
@@ -194,7 +195,7 @@ class ModnormOptimizer(Optimizer):
             if pkey not in preconds:
                 options = rule.preconditioner_options if pname != "none" else {}
                 preconds[pkey] = get_preconditioner(pname, **options)
-            bucket = (id(rule), pname, norm_key(norm), shape, p.dtype, p.device)
+            bucket = (id(rule), pname, norm_key(norm), shape, p.dtype, p.device, placement_key(p))
             options = ", ".join(f"{k}={v}" for k, v in rule.preconditioner_options.items()) if pname != "none" else ""
             plabel = f"{pname}({options})" if options else pname
             scale = budget * rule.shape_factor(tuple(p.shape))
@@ -313,10 +314,14 @@ class ModnormOptimizer(Optimizer):
         params = [m[0] for m in members]
         plan = members[0][1]
         states = [m[2] for m in members]
+        # FSDP2 (DTensor) parameters: run the pipeline on local shards (modnorm.distributed.bucket)
+        sharded = shard_bucket(params, states, [m[1].name for m in members])
+        if sharded is not None:
+            states = sharded.states
         rule, shape = plan.rule, plan.shape
         sdt = self._state_dtype(params[0])
-        views = [p.view(shape) if p.ndim == 0 else p for p in params]
-        grads = [p.grad.reshape(shape) for p in params]
+        views = sharded.views if sharded else [p.view(shape) if p.ndim == 0 else p for p in params]
+        grads = sharded.grads if sharded else [p.grad.reshape(shape) for p in params]
         if grads[0].dtype != sdt:
             grads = [g.to(sdt) for g in grads]
         if maximize:
@@ -328,8 +333,11 @@ class ModnormOptimizer(Optimizer):
 
         d = apply_momentum(rule.momentum, rule.beta, rule.dampening, states, grads, step)
         ctx = StepContext(step=step, params=params, names=[m[1].name for m in members], closure=closure, loss=loss)
-        plan.precond.update_many(states, grads, step, ctx)
-        norm = plan.precond.norm(plan.norm, states, step)
+        if sharded is not None:  # statistics on shards (or whole tensors); dual map via all_to_all to owner ranks
+            norm = sharded.precondition(plan.precond, plan.norm, grads, step, ctx)
+        else:
+            plan.precond.update_many(states, grads, step, ctx)
+            norm = plan.precond.norm(plan.norm, states, step)
         X = torch.stack(d)  # a copy: the momentum buffers stay untouched
         c = momentum_scale(rule.momentum, rule.beta, step)
         if c != 1.0:
