@@ -126,7 +126,7 @@ class ModnormOptimizer(Optimizer):
         self._geometries = dict(geometries or {})
         self._budgets = {k: float(v) for k, v in (budgets or {}).items()}
         self._meta: list[list[tuple[str, Geometry, float]]] = []
-        self._plan_cache: dict[tuple, list[_Plan]] = {}
+        self._plan_cache: dict[Any, Any] = {}  # (gi, frozen hyperparameters) → plans; gi → (last hp, plans)
         defaults = validate_hyperparameters(self._preset, hyperparameters).model_dump()
         super().__init__(params, defaults)
 
@@ -169,10 +169,18 @@ class ModnormOptimizer(Optimizer):
 
     def _plans(self, gi: int, group: dict[str, Any]) -> list[_Plan]:
         """Per-parameter plans for the group's current hyperparameters (cached on them, lr excluded)."""
-        hp = self._hyperparameters(group)
-        key = (gi, _freeze({k: v for k, v in hp.items() if k != "lr"}))
+        hp = {k: v for k, v in self._hyperparameters(group).items() if k != "lr"}
+        last = self._plan_cache.get(gi)  # fast path: the group's hyperparameters did not change
+        if last is not None and len(last[1]) == len(group["params"]):
+            try:
+                if last[0] == hp:
+                    return last[1]
+            except RuntimeError:  # a tensor-valued hyperparameter: compare through _freeze below
+                pass
+        key = (gi, _freeze(hp))
         plans = self._plan_cache.get(key)
         if plans is not None and len(plans) == len(group["params"]):
+            self._plan_cache[gi] = (hp, plans)
             return plans
         recipe = self._preset.build(validate_hyperparameters(self._preset, hp, where=f", param group {gi}"))
         preconds: dict[tuple, Preconditioner] = {}
@@ -192,6 +200,7 @@ class ModnormOptimizer(Optimizer):
             scale = budget * rule.shape_factor(tuple(p.shape))
             plans.append(_Plan(label, geometry.role, budget, scale, shape, rule, norm, preconds[pkey], plabel, bucket))
         self._plan_cache[key] = plans
+        self._plan_cache[gi] = (hp, plans)
         return plans
 
     # ------------------------------------------------------------------ state

@@ -236,7 +236,8 @@ class Scion(Hyperparameters, _Polar):
 
 
 def _scion(h: Scion) -> Recipe:
-    rule = Rule(norm="declared", momentum="ema" if h.momentum else "none", beta=h.momentum, mode="lmo", weight_decay=h.weight_decay)
+    rule = Rule(norm="declared", ns_method=h.ns_method, ns_steps=h.ns_steps, ns_dtype=h.ns_dtype,
+                momentum="ema" if h.momentum else "none", beta=h.momentum, mode="lmo", weight_decay=h.weight_decay)
     return Recipe(default=rule)
 
 
