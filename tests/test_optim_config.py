@@ -108,3 +108,13 @@ def test_adamw_validation_property(b1, b2, eps, lr):
         assert not valid
     else:
         assert valid
+
+
+def test_bad_hyperparameter_set_between_steps_fails_before_any_update():
+    a, b = params(), params()
+    opt = modnorm.optimizer([{"params": a}, {"params": b}], "adamw", lr=0.1)
+    sum((p - 1).pow(2).sum() for p in a + b).backward()
+    opt.param_groups[1]["betas"] = (0.9, 1.5)
+    with pytest.raises(ConfigError, match="param group 1"):
+        opt.step()
+    assert all(torch.equal(p, torch.zeros_like(p)) for p in a + b) and len(opt.state) == 0

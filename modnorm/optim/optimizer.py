@@ -294,8 +294,9 @@ class ModnormOptimizer(Optimizer):
                 work.append((gi, group, items))
         if not self._check_gradients(work):
             return loss
-        for gi, group, items in work:
-            plans = self._plans(gi, group)
+        # resolve every group first: hyperparameters changed to bad values fail before any update
+        all_plans = [self._plans(gi, group) for gi, group, _ in work]
+        for (gi, group, items), plans in zip(work, all_plans):
             lr = float(group["lr"])
             buckets: dict[tuple, list[tuple[Tensor, _Plan, dict]]] = defaultdict(list)
             for i, p in items:
