@@ -8,6 +8,17 @@ from .geometry import Geometry
 from .norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, spectral_scale
 from .polar import orthogonalize
 from .preconditioned import DNorm, LRNorm
+from .optim import (
+    ConfigError,
+    ModnormOptimizer,
+    OptimizerConfig,
+    Preconditioner,
+    Recipe,
+    Rule,
+    optimizer,
+    register_preconditioner,
+    register_preset,
+)
 
 __version__ = "0.1.0"
 
@@ -25,4 +36,14 @@ __all__ = [
     "LRNorm",
     "orthogonalize",
     "Geometry",
+    # generated optimizer (modnorm.optim)
+    "optimizer",
+    "ModnormOptimizer",
+    "OptimizerConfig",
+    "ConfigError",
+    "Recipe",
+    "Rule",
+    "Preconditioner",
+    "register_preconditioner",
+    "register_preset",
 ]

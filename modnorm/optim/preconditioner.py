@@ -8,43 +8,126 @@ of the (momentum) gradient. Statistics and norms are batched: the optimizer stac
 same-shape parameters that share a rule, so ``norm`` receives one state dict per
 parameter and returns a norm acting on the stacked tensor of shape (B, *param_shape).
 
+One optimizer step, per bucket of same-shape parameters sharing a rule::
+
+    d      = momentum(g)                        # the optimizer's, not the preconditioner's
+    precond.update_many(states, grads, step, ctx)   # statistics from the raw gradients g
+    norm   = precond.norm(base, states, step)   # DNorm / LRNorm over (B, *shape)
+    U      = norm.lmo(stack(d))  or  norm.sharp(stack(d))
+
+Override either ``update`` (one parameter at a time: simplest) or ``update_many`` (the
+whole bucket at once: use ``torch._foreach_*`` for speed). A 0-D parameter is seen as
+shape (1,).
+
+Second-order statistics (Hessian estimates): a subclass that sets ``needs_hvp = True``
+gets ``ctx.hvp(vectors) -> list[Tensor]`` in ``update_many``, returning H·v for each
+parameter of the bucket (Pearlmutter's trick through the gradient graph). It needs the
+gradients to carry their graph: the training step calls ``loss.backward(create_graph=True)``
+(or passes ``closure`` to ``optimizer.step`` and the closure does); otherwise ``ctx.hvp``
+raises an error saying so. ``ctx.closure``/``ctx.loss`` give the step's closure and loss.
+
 Contract (checked by the optimizer's tests for every registered preconditioner):
 - ``init_state`` allocates everything the preconditioner will ever need; state holds
-  tensors and Python numbers only (so ``torch.load(weights_only=True)`` works).
-- ``update`` changes only its own state, in place, from the raw gradient of this step.
+  tensors and Python numbers only (so ``torch.load(weights_only=True)`` works). Keys
+  must not collide with the optimizer's own: "step", "momentum_buffer", "exp_avg".
+- ``update``/``update_many`` change only their own state, in place, from the raw gradient.
 - ``norm`` does not modify state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from ..norms import Norm
 
-__all__ = ["Preconditioner", "Identity", "register_preconditioner", "get_preconditioner", "PRECONDITIONERS"]
+__all__ = [
+    "Preconditioner",
+    "Identity",
+    "StepContext",
+    "register_preconditioner",
+    "get_preconditioner",
+    "PRECONDITIONERS",
+    "RESERVED_STATE_KEYS",
+]
 
 State = dict[str, Tensor]
+RESERVED_STATE_KEYS: frozenset[str] = frozenset({"step", "momentum_buffer", "exp_avg"})
+
+
+@dataclass
+class StepContext:
+    """What a preconditioner may need beyond the gradients of its bucket.
+
+    Attributes:
+        step: 1-based step count of every parameter in the bucket.
+        params: the bucket's parameters, in their own shapes (0-D stays 0-D).
+        names: their names ("" when unknown).
+        closure: the closure passed to ``optimizer.step`` (or None).
+        loss: what the closure returned (or None).
+    """
+
+    step: int
+    params: Sequence[Tensor] = ()
+    names: Sequence[str] = ()
+    closure: Callable[[], object] | None = None
+    loss: object = None
+    _shapes: Sequence[torch.Size] = field(default=(), repr=False)
+
+    def hvp(self, vectors: Sequence[Tensor]) -> list[Tensor]:
+        """Hessian-vector products H·v, one per parameter, v given in the bucket's shapes.
+
+        Differentiates the gradients a second time, so the backward pass that produced
+        them must have used ``create_graph=True``.
+        """
+        params = list(self.params)
+        if len(vectors) != len(params):
+            raise ValueError(f"StepContext.hvp: got {len(vectors)} vectors for {len(params)} parameters")
+        grads = [p.grad for p in params]
+        missing = [n or f"#{i}" for i, (n, g) in enumerate(zip(self.names or [""] * len(params), grads)) if g is None or g.grad_fn is None]
+        if missing:
+            raise RuntimeError(
+                f"this preconditioner needs Hessian-vector products but the gradients of {missing} carry no graph: "
+                "call loss.backward(create_graph=True) (in your closure or training step) before optimizer.step()"
+            )
+        vs = [v.reshape(p.shape).to(p.dtype) for v, p in zip(vectors, params)]
+        with torch.enable_grad():
+            Hv = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True, allow_unused=True)
+        out = []
+        for h, v, p in zip(Hv, vectors, params):
+            h = torch.zeros_like(p) if h is None else h.detach()
+            out.append(h.reshape(v.shape).to(v.dtype))
+        return out
 
 
 class Preconditioner:
-    """Base class. Subclasses override ``init_state``, ``update`` and ``norm``.
+    """Base class. Subclasses override ``init_state``, ``update`` (or ``update_many``) and ``norm``.
 
     ``step`` is the 1-based step count of the parameter (for bias corrections).
     ``state_dtype`` is the dtype statistics are kept in (fp32 for bf16 parameters).
     """
 
     name: str = "base"
+    needs_hvp: bool = False
 
     def init_state(self, param: Tensor, state_dtype: torch.dtype) -> State:
+        """Allocate this preconditioner's statistics for one parameter (zeros, usually)."""
         return {}
 
     def update(self, state: State, grad: Tensor, step: int) -> None:
+        """Update one parameter's statistics in place from its raw gradient."""
         return None
 
+    def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext) -> None:
+        """Update a bucket's statistics; the default calls ``update`` per parameter."""
+        for state, grad in zip(states, grads):
+            self.update(state, grad, step)
+
     def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
+        """The preconditioned norm acting on the stacked (B, *shape) tensor."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -64,13 +147,22 @@ PRECONDITIONERS: dict[str, Callable[..., Preconditioner]] = {"none": Identity}
 
 
 def register_preconditioner(name: str, factory: Callable[..., Preconditioner]) -> None:
-    """Make ``factory(**hyperparameters)`` available under ``name`` to presets and geometries."""
+    """Make ``factory(**hyperparameters)`` available under ``name`` to presets, recipes and geometries."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"register_preconditioner: name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"register_preconditioner: factory for {name!r} must be callable, got {type(factory).__name__}")
     PRECONDITIONERS[name] = factory
 
 
 def get_preconditioner(name: str, **hyperparameters: object) -> Preconditioner:
+    """Instantiate the preconditioner registered under ``name``."""
     if name not in PRECONDITIONERS:
-        raise KeyError(f"unknown preconditioner {name!r}; registered: {sorted(PRECONDITIONERS)}. Add one with modnorm.register_preconditioner(name, factory)")
-    return PRECONDITIONERS[name](**hyperparameters)
+        raise KeyError(
+            f"unknown preconditioner {name!r}; registered: {sorted(PRECONDITIONERS)}. "
+            "Add one with modnorm.register_preconditioner(name, factory)"
+        )
+    try:
+        return PRECONDITIONERS[name](**hyperparameters)
+    except TypeError as e:
+        raise TypeError(f"preconditioner {name!r}: bad hyperparameters {sorted(hyperparameters)}: {e}") from None

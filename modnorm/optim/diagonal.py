@@ -1,0 +1,135 @@
+"""Diagonal second-moment preconditioners: D built from V, the accumulated G ⊙ G.
+
+Statistics (state key ``exp_avg_sq`` for an EMA, ``sum`` for Adagrad's running sum)::
+
+    V_t = β2 V_{t-1} + (1-β2) G_t ⊙ G_t        (accumulate="ema",  V̂ = V_t/(1-β2^t))
+    V_t = V_{t-1} + G_t ⊙ G_t                  (accumulate="sum",  V̂ = V_t)
+
+and the D of the D-norm ‖W‖_D = ‖D ⊙ W‖ (Theorem 1: lmo_D(G) = D⁻¹ ⊙ lmo(D⁻¹ ⊙ G)) is
+
+    D = (V̂^inner + ε)^outer
+
+Registered forms (with a Frobenius base, ``sharp`` gives G/D²):
+
+- ``"adam"``:    inner ½, outer ½ → D² = √V̂ + ε: exactly Adam's M̂/(√V̂ + ε).
+  MuAdam (DESIGN §4) uses inner 1, outer ¼: D = (V̂ + ε)^¼ inside the spectral LMO.
+- ``"sania"``:   inner 1, outer ½ → D = (V̂ + ε)^½: Adam-SANIA's M̂/(V̂ + ε); MuAdam-SANIA.
+- ``"adagrad"``: accumulate "sum", inner ½, outer ½ → G/(√ΣG² + ε): torch.optim.Adagrad.
+
+ε is added to a fresh tensor each step; V itself is never modified by ε.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..norms import Norm
+from ..preconditioned import DNorm
+from .preconditioner import Preconditioner, StepContext, register_preconditioner
+
+__all__ = ["SecondMoment", "adam", "sania", "adagrad"]
+
+
+def _power(X: Tensor, p: float) -> Tensor:
+    """X**p with the common exponents as exact root operations."""
+    if p == 1.0:
+        return X
+    if p == 0.5:
+        return X.sqrt()
+    if p == 0.25:
+        return X.sqrt().sqrt()
+    return X.pow(p)
+
+
+class SecondMoment(Preconditioner):
+    """D = (V̂^inner + ε)^outer from an EMA (or running sum) V of squared gradients.
+
+    Args:
+        beta2: EMA factor of V, 0 ≤ β2 < 1 (ignored when ``accumulate="sum"``).
+        eps: ε ≥ 0; ε = 0 is allowed (entries where V̂ = 0 then give a zero direction).
+        inner, outer: exponents of D = (V̂^inner + ε)^outer, both > 0.
+        accumulate: "ema" (Adam, bias-corrected) or "sum" (Adagrad, no correction).
+        initial_accumulator_value: V_0 (Adagrad's option), ≥ 0.
+    """
+
+    def __init__(
+        self,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        inner: float = 0.5,
+        outer: float = 0.5,
+        accumulate: Literal["ema", "sum"] = "ema",
+        initial_accumulator_value: float = 0.0,
+    ) -> None:
+        if not 0.0 <= beta2 < 1.0:
+            raise ValueError(f"SecondMoment: beta2 must satisfy 0 ≤ beta2 < 1, got {beta2!r}")
+        if not eps >= 0.0:
+            raise ValueError(f"SecondMoment: eps must be ≥ 0, got {eps!r}")
+        if not (inner > 0 and outer > 0):
+            raise ValueError(f"SecondMoment: exponents inner, outer must be > 0, got {inner!r}, {outer!r}")
+        if accumulate not in ("ema", "sum"):
+            raise ValueError(f"SecondMoment: accumulate must be 'ema' or 'sum', got {accumulate!r}")
+        if not initial_accumulator_value >= 0.0:
+            raise ValueError(f"SecondMoment: initial_accumulator_value must be ≥ 0, got {initial_accumulator_value!r}")
+        self.beta2, self.eps, self.inner, self.outer = float(beta2), float(eps), float(inner), float(outer)
+        self.accumulate = accumulate
+        self.initial_accumulator_value = float(initial_accumulator_value)
+        self.key = "exp_avg_sq" if accumulate == "ema" else "sum"
+
+    def init_state(self, param: Tensor, state_dtype: torch.dtype) -> dict[str, Tensor]:
+        V = torch.full_like(param, self.initial_accumulator_value, dtype=state_dtype, memory_format=torch.preserve_format)
+        return {self.key: V}
+
+    def update(self, state: dict[str, Tensor], grad: Tensor, step: int) -> None:
+        self.update_many([state], [grad], step, StepContext(step=step))
+
+    def update_many(self, states: Sequence[dict[str, Tensor]], grads: Sequence[Tensor], step: int, ctx: StepContext) -> None:
+        Vs = [s[self.key] for s in states]
+        if self.accumulate == "ema":
+            torch._foreach_mul_(Vs, self.beta2)
+            torch._foreach_addcmul_(Vs, list(grads), list(grads), value=1.0 - self.beta2)
+        else:
+            torch._foreach_addcmul_(Vs, list(grads), list(grads), value=1.0)
+
+    def diagonal(self, states: Sequence[dict[str, Tensor]], step: int) -> Tensor:
+        """The stacked D, shape (B, *param_shape); a fresh tensor (V is not touched)."""
+        V = torch.stack([s[self.key] for s in states])
+        if self.accumulate == "ema":
+            V = V / (1.0 - self.beta2**step)
+        D = _power(V, self.inner)
+        if self.eps:
+            D = D + self.eps
+        return _power(D, self.outer)
+
+    def norm(self, base: Norm, states: Sequence[dict[str, Tensor]], step: int) -> Norm:
+        return DNorm(base, self.diagonal(states, step))
+
+    def __repr__(self) -> str:
+        return (
+            f"SecondMoment(beta2={self.beta2}, eps={self.eps}, inner={self.inner}, outer={self.outer}, "
+            f"accumulate={self.accumulate!r})"
+        )
+
+
+def adam(beta2: float = 0.999, eps: float = 1e-8, inner: float = 0.5, outer: float = 0.5) -> SecondMoment:
+    """Adam's D = (√V̂ + ε)^½ (sharp of a Frobenius base → M̂/(√V̂+ε)); MuAdam: inner=1, outer=¼."""
+    return SecondMoment(beta2=beta2, eps=eps, inner=inner, outer=outer)
+
+
+def sania(beta2: float = 0.999, eps: float = 1e-8) -> SecondMoment:
+    """SANIA's D = (V̂ + ε)^½ (sharp of a Frobenius base → M̂/(V̂+ε))."""
+    return SecondMoment(beta2=beta2, eps=eps, inner=1.0, outer=0.5)
+
+
+def adagrad(eps: float = 1e-10, initial_accumulator_value: float = 0.0) -> SecondMoment:
+    """Adagrad's D = (√ΣG² + ε)^½ (sharp of a Frobenius base → G/(√ΣG² + ε))."""
+    return SecondMoment(eps=eps, accumulate="sum", initial_accumulator_value=initial_accumulator_value)
+
+
+register_preconditioner("adam", adam)
+register_preconditioner("sania", sania)
+register_preconditioner("adagrad", adagrad)

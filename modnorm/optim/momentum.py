@@ -1,0 +1,77 @@
+"""Momentum: the gradient direction d_t handed to the (preconditioned) LMO or sharp operator.
+
+Kinds (β the momentum coefficient, τ the dampening, B the buffer, g_t the gradient):
+
+- ``"none"``:          d = g
+- ``"heavy_ball"``:    B_1 = g_1, B_t = β B_{t-1} + (1-τ) g_t;  d = B        (torch.optim.SGD)
+- ``"nesterov"``:      the same B;  d = g + β B                            (SGD, nesterov=True)
+- ``"ema"``:           B_t = β B_{t-1} + (1-β) g_t (lerp);  d = B          (Scion, Signum)
+- ``"ema_nesterov"``:  the same B;  d = (1-β) g + β B                      (torch.optim.Muon)
+- ``"adam_ema"``:      M_t = β M_{t-1} + (1-β) g_t;  d = M_t/(1-β^t)        (Adam's M̂)
+
+Buffers live in the parameter's state under ``momentum_buffer`` (heavy-ball and EMA
+kinds) or ``exp_avg`` (adam_ema), as in torch.optim. Everything is ``torch._foreach_*``
+over the bucket. The returned tensors may alias the buffers: callers must not modify
+them in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+__all__ = ["MomentumKind", "MOMENTUM_KINDS", "momentum_key", "init_momentum", "apply_momentum"]
+
+MomentumKind = Literal["none", "heavy_ball", "nesterov", "ema", "ema_nesterov", "adam_ema"]
+MOMENTUM_KINDS: tuple[str, ...] = get_args(MomentumKind)
+
+
+def momentum_key(kind: str) -> str | None:
+    """State key of the buffer a momentum kind keeps (None for "none")."""
+    if kind == "none":
+        return None
+    return "exp_avg" if kind == "adam_ema" else "momentum_buffer"
+
+
+def init_momentum(kind: str, param: Tensor, state_dtype: torch.dtype) -> dict[str, Tensor]:
+    """Zero buffer(s) for one parameter."""
+    key = momentum_key(kind)
+    if key is None:
+        return {}
+    return {key: torch.zeros_like(param, dtype=state_dtype, memory_format=torch.preserve_format)}
+
+
+def apply_momentum(
+    kind: str,
+    beta: float,
+    dampening: float,
+    states: Sequence[dict[str, Tensor]],
+    grads: list[Tensor],
+    step: int,
+) -> list[Tensor]:
+    """Update the buffers in place and return the direction d for each parameter."""
+    if kind == "none" or (beta == 0.0 and kind in ("heavy_ball", "nesterov", "ema", "ema_nesterov")):
+        return grads
+    key = momentum_key(kind)
+    bufs = [s[key] for s in states]  # type: ignore[index]
+    if kind in ("heavy_ball", "nesterov"):
+        if step == 1:
+            torch._foreach_copy_(bufs, grads)
+        else:
+            torch._foreach_mul_(bufs, beta)
+            torch._foreach_add_(bufs, grads, alpha=1.0 - dampening)
+        if kind == "nesterov":
+            return torch._foreach_add(grads, bufs, alpha=beta)
+        return bufs
+    if kind in ("ema", "ema_nesterov"):
+        torch._foreach_lerp_(bufs, grads, 1.0 - beta)
+        if kind == "ema_nesterov":
+            return torch._foreach_lerp(grads, bufs, beta)
+        return bufs
+    if kind == "adam_ema":
+        torch._foreach_lerp_(bufs, grads, 1.0 - beta)
+        return torch._foreach_div(bufs, 1.0 - beta**step)
+    raise ValueError(f"unknown momentum kind {kind!r}; choose one of {MOMENTUM_KINDS}")

@@ -1,0 +1,356 @@
+"""ModnormOptimizer: the one steepest-descent pipeline, configured by a preset or a Recipe.
+
+Per step, for every bucket of parameters that share a rule, a base norm, a shape, a
+dtype, a device and a step count (so one batched call serves them all)::
+
+    g   ← ∓grad (maximize), + λW if weight decay is coupled     (cast to the state dtype)
+    d   ← momentum(g)                                           (momentum.py)
+    precond.update_many(states, g)                              (statistics of the raw g)
+    N   ← precond.norm(base, states, t)                         (Theorem 1: DNorm / LRNorm)
+    U   ← N.lmo(stack d)   or   N.sharp(stack d)                (mode)
+    W   ← W (1 − η_r λ)                                         (decoupled weight decay)
+    W   ← W − η_r · budget · U                                  (η_r = lr · rule.lr_ratio)
+
+torch.optim conventions: param groups with per-group hyperparameters (validated), named
+parameters, state_dict loadable with ``torch.load(weights_only=True)``, tensor lr,
+``maximize``, closures, step hooks, lr schedulers, deepcopy. A parameter without a
+gradient is skipped and gets no state. Non-finite gradients raise before anything is
+modified (``nonfinite="raise"``) or skip the step and count it in ``skipped_steps``
+(``nonfinite="skip"``). 16-bit parameters keep fp32 state unless ``state_dtype`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ..geometry import Geometry
+from ..norms import Norm
+from .config import ConfigError, get_preset, validate_hyperparameters
+from .momentum import apply_momentum, init_momentum
+from .preconditioner import RESERVED_STATE_KEYS, Preconditioner, StepContext, get_preconditioner
+from .presets import Preset, custom_recipe_preset
+from .recipe import DTYPES, Recipe, Rule, infer_geometry, norm_key, resolve_norm
+
+__all__ = ["ModnormOptimizer"]
+
+_GROUP_KEYS = ("params", "param_names")
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+@dataclass
+class _Plan:
+    """How one parameter is updated under its group's current hyperparameters."""
+
+    name: str
+    role: str
+    budget: float
+    shape: tuple[int, ...]
+    rule: Rule
+    norm: Norm
+    precond: Preconditioner
+    precond_label: str
+    key: tuple
+
+
+def _internal_shape(p: Tensor) -> tuple[int, ...]:
+    return tuple(p.shape) if p.ndim > 0 else (1,)
+
+
+def _scalar_dtype() -> torch.dtype:
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+class ModnormOptimizer(Optimizer):
+    """Steepest descent in each parameter's (preconditioned) norm; see the module docstring.
+
+    Args:
+        params: tensors, ``(name, tensor)`` pairs, or param-group dicts (which may
+            override any hyperparameter per group).
+        preset: a preset name (``modnorm.optim.PRESETS``) or a ``Recipe``.
+        geometries: name → Geometry (from ``modnorm.geometries(model)``); parameters
+            without one get a geometry inferred from their rank.
+        budgets: name → budget (from ``modnorm.budgets(model)``); default 1.
+        nonfinite: "raise" (default) or "skip".
+        state_dtype: dtype of optimizer state; None keeps fp32 for 16-bit parameters
+            and the parameter's dtype otherwise.
+        **hyperparameters: the preset's hyperparameters (validated; errors name the field).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        preset: str | Recipe = "adamw",
+        *,
+        geometries: dict[str, Geometry] | None = None,
+        budgets: dict[str, float] | None = None,
+        nonfinite: str = "raise",
+        state_dtype: str | None = None,
+        **hyperparameters: Any,
+    ) -> None:
+        if isinstance(preset, Recipe):
+            self._preset: Preset = custom_recipe_preset(preset)
+        else:
+            self._preset = get_preset(preset)
+        if nonfinite not in ("raise", "skip"):
+            raise ConfigError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+        if state_dtype is not None and state_dtype not in DTYPES:
+            raise ConfigError(f"state_dtype must be None or one of {sorted(DTYPES)}, got {state_dtype!r}")
+        for label, table in (("geometries", geometries), ("budgets", budgets)):
+            if table is not None and not isinstance(table, dict):
+                raise ConfigError(f"{label} must be a dict name → value, got {type(table).__name__}")
+        for name, b in (budgets or {}).items():
+            if not (isinstance(b, (int, float)) and b >= 0):
+                raise ConfigError(f"budget of parameter {name!r} must be a number ≥ 0, got {b!r}")
+        self.nonfinite = nonfinite
+        self.state_dtype = state_dtype
+        self.skipped_steps = 0
+        self._geometries = dict(geometries or {})
+        self._budgets = {k: float(v) for k, v in (budgets or {}).items()}
+        self._meta: list[list[tuple[str, Geometry, float]]] = []
+        self._plan_cache: dict[tuple, list[_Plan]] = {}
+        defaults = validate_hyperparameters(self._preset, hyperparameters).model_dump()
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ construction
+
+    @property
+    def preset(self) -> str:
+        return self._preset.name
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's add_param_group, plus validation of the group's hyperparameters and parameters."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
+        gi = len(self.param_groups)
+        overrides = {k: v for k, v in param_group.items() if k not in _GROUP_KEYS}
+        known = self._preset.hyperparameters.model_fields
+        validate_hyperparameters(self._preset, {k: v for k, v in {**self.defaults, **overrides}.items() if k in known or k in overrides}, where=f", param group {gi}")
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        names = group.get("param_names") or [""] * len(group["params"])
+        meta = []
+        for name, p in zip(names, group["params"]):
+            label = name or f"group {gi} param {len(meta)}"
+            if p.is_complex():
+                raise ConfigError(f"parameter {label!r} is complex; modnorm optimizers support real parameters only (view_as_real it)")
+            if not p.is_floating_point():
+                raise ConfigError(f"parameter {label!r} has dtype {p.dtype}; only floating-point parameters can be optimized")
+            geometry = self._geometries.get(name) or infer_geometry(tuple(p.shape))
+            meta.append((label, geometry, self._budgets.get(name, 1.0)))
+        self._meta.append(meta)
+        self._plans(gi, group)  # resolve now: a rule that cannot handle a parameter fails at construction
+
+    def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {k: group[k] for k in self._preset.hyperparameters.model_fields if k in group}
+
+    def _plans(self, gi: int, group: dict[str, Any]) -> list[_Plan]:
+        """Per-parameter plans for the group's current hyperparameters (cached on them, lr excluded)."""
+        hp = self._hyperparameters(group)
+        key = (gi, json.dumps({k: v for k, v in hp.items() if k != "lr"}, sort_keys=True, default=repr))
+        plans = self._plan_cache.get(key)
+        if plans is not None and len(plans) == len(group["params"]):
+            return plans
+        recipe = self._preset.build(validate_hyperparameters(self._preset, hp, where=f", param group {gi}"))
+        preconds: dict[tuple, Preconditioner] = {}
+        plans = []
+        for (label, geometry, budget), p in zip(self._meta[gi], group["params"]):
+            rule = recipe.rule_for(geometry.role)
+            shape = _internal_shape(p)
+            norm = resolve_norm(rule, geometry, shape, label)
+            pname = geometry.preconditioner if rule.preconditioner == "declared" else rule.preconditioner
+            pkey = (id(rule), pname)
+            if pkey not in preconds:
+                options = rule.preconditioner_options if pname != "none" else {}
+                preconds[pkey] = get_preconditioner(pname, **options)
+            bucket = (id(rule), pname, norm_key(norm), shape, p.dtype, p.device)
+            options = ", ".join(f"{k}={v}" for k, v in rule.preconditioner_options.items()) if pname != "none" else ""
+            plabel = f"{pname}({options})" if options else pname
+            plans.append(_Plan(label, geometry.role, budget, shape, rule, norm, preconds[pkey], plabel, bucket))
+        self._plan_cache[key] = plans
+        return plans
+
+    # ------------------------------------------------------------------ state
+
+    def _state_dtype(self, p: Tensor) -> torch.dtype:
+        if self.state_dtype is not None:
+            return DTYPES[self.state_dtype]
+        return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
+
+    def _init_state(self, p: Tensor, plan: _Plan, state: dict[str, Any]) -> None:
+        dtype = self._state_dtype(p)
+        view = p.detach().reshape(plan.shape)
+        state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+        state.update(init_momentum(plan.rule.momentum, view, dtype))
+        extra = plan.precond.init_state(view, dtype)
+        clash = RESERVED_STATE_KEYS.intersection(extra)
+        if clash:
+            raise RuntimeError(f"preconditioner {plan.precond!r} uses reserved state keys {sorted(clash)}; rename them")
+        state.update(extra)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        for k in ("_preset", "nonfinite", "state_dtype", "skipped_steps", "_geometries", "_budgets", "_meta"):
+            state[k] = getattr(self, k)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._plan_cache = {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load_state_dict, keeping fp32 state of 16-bit parameters in fp32 (torch casts it to the parameter's dtype)."""
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for sid, p in zip(saved_ids, params):
+            saved = state_dict["state"].get(sid)
+            if saved is None or p.dtype == self._state_dtype(p):
+                continue
+            for k, v in saved.items():
+                if k != "step" and isinstance(v, Tensor) and v.is_floating_point():
+                    self.state[p][k] = v.to(device=p.device, dtype=self._state_dtype(p), copy=True)
+        self._plan_cache = {}
+
+    # ------------------------------------------------------------------ step
+
+    def _check_gradients(self, work: list[tuple[int, dict, list[tuple[int, Tensor]]]]) -> bool:
+        """Reject sparse/complex gradients; return False (or raise) on a non-finite one."""
+        grads, labels = [], []
+        for gi, _, items in work:
+            for i, p in items:
+                label = self._meta[gi][i][0]
+                g = p.grad
+                if g.is_sparse:
+                    raise RuntimeError(f"parameter {label!r} has a sparse gradient; modnorm optimizers need dense gradients (e.g. nn.Embedding(sparse=False))")
+                if g.is_complex():
+                    raise RuntimeError(f"parameter {label!r} has a complex gradient; modnorm optimizers support real tensors only")
+                grads.append(g)
+                labels.append(label)
+        if not grads:
+            return True
+        by_device: dict[torch.device, list[int]] = defaultdict(list)
+        for k, g in enumerate(grads):
+            by_device[g.device].append(k)
+        bad: list[str] = []
+        for idx in by_device.values():
+            norms = torch._foreach_norm([grads[k] for k in idx], float("inf"))
+            if not bool(torch.stack([n.float() for n in norms]).isfinite().all()):
+                bad += [labels[k] for k, n in zip(idx, norms) if not bool(n.isfinite())]
+        if not bad:
+            return True
+        if self.nonfinite == "skip":
+            self.skipped_steps += 1
+            return False
+        raise FloatingPointError(
+            f"non-finite gradient in parameter(s) {bad}; nothing was updated. "
+            "Find the cause (lr too high, overflow), or pass nonfinite='skip' to skip such steps."
+        )
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = []
+        for gi, group in enumerate(self.param_groups):
+            items = [(i, p) for i, p in enumerate(group["params"]) if p.grad is not None]
+            if items:
+                work.append((gi, group, items))
+        if not self._check_gradients(work):
+            return loss
+        for gi, group, items in work:
+            plans = self._plans(gi, group)
+            lr = float(group["lr"])
+            buckets: dict[tuple, list[tuple[Tensor, _Plan, dict]]] = defaultdict(list)
+            for i, p in items:
+                state = self.state[p]
+                if not state:
+                    self._init_state(p, plans[i], state)
+                t = int(state["step"].item()) + 1
+                buckets[(plans[i].key, t)].append((p, plans[i], state))
+            for (_, t), members in buckets.items():
+                self._update_bucket(members, t, lr, bool(group["maximize"]), closure, loss)
+        return loss
+
+    def _update_bucket(self, members: list[tuple[Tensor, _Plan, dict]], step: int, lr: float, maximize: bool, closure: Any, loss: Any) -> None:
+        params = [m[0] for m in members]
+        plan = members[0][1]
+        states = [m[2] for m in members]
+        rule, shape = plan.rule, plan.shape
+        sdt = self._state_dtype(params[0])
+        views = [p.view(shape) if p.ndim == 0 else p for p in params]
+        grads = [p.grad.reshape(shape) for p in params]
+        if grads[0].dtype != sdt:
+            grads = [g.to(sdt) for g in grads]
+        if maximize:
+            grads = torch._foreach_neg(grads)
+        wd = rule.weight_decay
+        if wd and rule.weight_decay_mode == "coupled":
+            grads = torch._foreach_add(grads, views if views[0].dtype == sdt else [v.to(sdt) for v in views], alpha=wd)
+        torch._foreach_add_([s["step"] for s in states], 1.0)
+
+        d = apply_momentum(rule.momentum, rule.beta, rule.dampening, states, grads, step)
+        ctx = StepContext(step=step, params=params, names=[m[1].name for m in members], closure=closure, loss=loss)
+        plan.precond.update_many(states, grads, step, ctx)
+        norm = plan.precond.norm(plan.norm, states, step)
+        X = torch.stack(d)
+        U = norm.lmo(X) if rule.mode == "lmo" else norm.sharp(X)
+
+        lr_r = lr * rule.lr_ratio
+        if rule.lr_decay:
+            lr_r /= 1.0 + (step - 1) * rule.lr_decay
+        if wd and rule.weight_decay_mode == "decoupled":
+            torch._foreach_mul_(views, 1.0 - lr_r * wd)
+        budgets = [m[1].budget for m in members]
+        alpha = -lr_r * budgets[0]
+        if any(b != budgets[0] for b in budgets):
+            U = U * torch.tensor(budgets, dtype=U.dtype, device=U.device).view(-1, *([1] * len(shape)))
+            alpha = -lr_r
+        if U.dtype != views[0].dtype:
+            U = U.to(views[0].dtype)
+        torch._foreach_add_(views, list(U.unbind(0)), alpha=alpha)
+
+    # ------------------------------------------------------------------ introspection
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace(type(self).__name__, f"{type(self).__name__}[{self.preset}]", 1)
+
+    def describe_rows(self) -> list[dict[str, Any]]:
+        """One row per parameter: name, shape, role, norm, preconditioner, momentum, mode, budget, lr scale."""
+        rows = []
+        for gi, group in enumerate(self.param_groups):
+            for p, plan in zip(group["params"], self._plans(gi, group)):
+                rows.append({
+                    "name": plan.name,
+                    "shape": tuple(p.shape),
+                    "role": plan.role,
+                    "norm": repr(plan.norm),
+                    "preconditioner": plan.precond_label,
+                    "momentum": plan.rule.momentum,
+                    "mode": plan.rule.mode,
+                    "budget": plan.budget,
+                    "lr_scale": plan.budget * plan.rule.lr_ratio,
+                    "group": gi,
+                })
+        return rows
+
+    def describe(self) -> str:
+        """A plain-text table of ``describe_rows()``."""
+        rows = self.describe_rows()
+        cols = ["name", "shape", "role", "norm", "preconditioner", "momentum", "mode", "budget", "lr_scale"]
+        cells = [[str(r[c]) if not isinstance(r[c], float) else f"{r[c]:.4g}" for c in cols] for r in rows]
+        widths = [max([len(c)] + [len(row[j]) for row in cells]) for j, c in enumerate(cols)]
+        line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+        out = [f"ModnormOptimizer(preset={self.preset!r})", line(cols), line(["-" * w for w in widths])]
+        out += [line(r) for r in cells]
+        return "\n".join(out)

@@ -1,0 +1,191 @@
+"""Rules and recipes: the configuration space of the one optimizer pipeline.
+
+A ``Rule`` fixes, for the parameters it applies to,
+
+    base norm  ×  preconditioner  ×  momentum  ×  mode ("lmo" | "sharp")
+    + weight decay (decoupled or coupled), an lr ratio and Adagrad's lr decay
+
+and a ``Recipe`` routes parameters to rules by their declared role ("hidden",
+"embedding", "head", "conv", "vector"). Every preset is a function from its
+hyperparameters to a Recipe; users can pass their own Recipe to ``modnorm.optimizer``.
+
+Base norms: ``"declared"`` takes the parameter's declared geometry (``Geometry.norm``);
+``"frobenius"``, ``"sign"`` act on the whole tensor; ``"spectral"`` is ``Spectral`` for a
+matrix and ``SpectralConv`` for a >2-D kernel; ``"rms"`` for vectors; ``"colnorm"``/
+``"rownorm"`` for matrices (embedding layout when the role is "embedding"). The
+spectral options (``scale``, ``ns_method``, ``ns_steps``, ``ns_coefficients``, ``ns_dtype``,
+``ns_eps``) configure the built spectral norms; a declared norm is used as declared.
+``preconditioner="declared"`` takes ``Geometry.preconditioner``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..geometry import ROLES, Geometry
+from ..norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, spectral_scale
+from ..polar import METHODS
+from .momentum import MomentumKind
+
+__all__ = ["Rule", "Recipe", "BaseNormName", "resolve_norm", "DTYPES"]
+
+BaseNormName = Literal["declared", "frobenius", "sign", "spectral", "rms", "colnorm", "rownorm"]
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+Beta = Annotated[float, Field(ge=0.0, lt=1.0, description="0 ≤ β < 1")]
+NonNeg = Annotated[float, Field(ge=0.0, description="≥ 0")]
+
+
+class Rule(BaseModel):
+    """One configuration of the pipeline (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    norm: BaseNormName = Field("declared", description="base norm: declared|frobenius|sign|spectral|rms|colnorm|rownorm")
+    scale: str | float = Field("rms", description="spectral scale: rms|original|match_rms_adamw|none or a positive float")
+    ns_method: str = Field("polar_express", description=f"polar-factor method, one of {METHODS}")
+    ns_steps: int | None = Field(None, ge=1, description="Newton–Schulz steps, ≥ 1 (None: the method's default)")
+    ns_coefficients: tuple[tuple[float, float, float], ...] | None = Field(None, description="explicit per-step (a, b, c)")
+    ns_dtype: Literal["float32", "float64", "bfloat16", "float16"] | None = Field(None, description="Newton–Schulz compute dtype (None: bf16 on CUDA, else the gradient's)")
+    ns_eps: NonNeg = Field(1e-7, description="floor of the Frobenius normalizer before Newton–Schulz, ≥ 0")
+    preconditioner: str = Field("none", description="registered preconditioner name, or 'declared'")
+    preconditioner_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the preconditioner")
+    momentum: MomentumKind = Field("none", description="none|heavy_ball|nesterov|ema|ema_nesterov|adam_ema")
+    beta: Beta = Field(0.0, description="momentum coefficient, 0 ≤ β < 1")
+    dampening: NonNeg = Field(0.0, description="heavy-ball dampening τ (torch.optim.SGD), ≥ 0")
+    mode: Literal["lmo", "sharp"] = Field("lmo", description="lmo: normalized steepest descent; sharp: dual(G)·lmo(G)")
+    weight_decay: NonNeg = Field(0.0, description="weight decay λ, ≥ 0")
+    weight_decay_mode: Literal["decoupled", "coupled"] = Field("decoupled", description="decoupled: W ← W(1-ηλ); coupled: g ← g + λW (torch SGD/Adagrad L2)")
+    lr_ratio: NonNeg = Field(1.0, description="this rule's lr = lr_ratio × the group's lr, ≥ 0")
+    lr_decay: NonNeg = Field(0.0, description="Adagrad's lr/(1 + (t-1)·lr_decay), ≥ 0")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: str | float) -> str | float:
+        spectral_scale(v, 1, 1)
+        return v
+
+    @field_validator("ns_method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"ns_method must be one of {METHODS}, got {v!r}")
+        return v
+
+    def label(self) -> str:
+        """Short description: base norm × preconditioner × momentum × mode."""
+        return f"{self.norm} × {self.preconditioner} × {self.momentum} × {self.mode}"
+
+
+class Recipe(BaseModel):
+    """Routes parameters to rules by role; roles not listed use ``default``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: Rule
+    roles: dict[str, Rule] = Field(default_factory=dict)
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, v: dict[str, Rule]) -> dict[str, Rule]:
+        bad = sorted(set(v) - set(ROLES))
+        if bad:
+            raise ValueError(f"unknown roles {bad}; roles are {ROLES}")
+        return v
+
+    def rule_for(self, role: str) -> Rule:
+        return self.roles.get(role, self.default)
+
+
+def _spectral_options(rule: Rule) -> dict[str, Any]:
+    return {
+        "scale": rule.scale,
+        "method": rule.ns_method,
+        "steps": rule.ns_steps,
+        "dtype": DTYPES[rule.ns_dtype] if rule.ns_dtype else None,
+        "eps": rule.ns_eps,
+    }
+
+
+class _CoefficientSpectral(Spectral):
+    """Spectral norm whose LMO runs Newton–Schulz with explicit coefficients (torch.optim.Muon's)."""
+
+    def __init__(self, coefficients: tuple[tuple[float, float, float], ...], **options: Any) -> None:
+        super().__init__(**options)
+        self.coefficients = tuple(tuple(float(x) for x in abc) for abc in coefficients)
+
+    def lmo(self, G: torch.Tensor) -> torch.Tensor:
+        from ..polar import orthogonalize
+
+        self._check(G)
+        O = orthogonalize(G, steps=self.steps, dtype=self.dtype, eps=self.eps, coefficients=self.coefficients)
+        return O * self._s(G)
+
+    def __repr__(self) -> str:
+        return f"Spectral(scale={self.scale!r}, coefficients={self.coefficients}, steps={self.steps}, dtype={self.dtype})"
+
+
+def _spectral(rule: Rule) -> Spectral:
+    opts = _spectral_options(rule)
+    if rule.ns_coefficients is not None:
+        return _CoefficientSpectral(rule.ns_coefficients, **opts)
+    return Spectral(**opts)
+
+
+def resolve_norm(rule: Rule, geometry: Geometry, shape: tuple[int, ...], name: str) -> Norm:
+    """The base norm ``rule`` gives a parameter of (internal) ``shape`` with ``geometry``.
+
+    Raises a ValueError naming the parameter when the rule's norm cannot act on its shape.
+    """
+    nd = len(shape)
+    where = f"parameter {name!r} of shape {shape}"
+    if rule.norm == "declared":
+        norm = geometry.norm
+        if norm.ndim > nd:
+            raise ValueError(f"{where}: its declared norm {norm!r} acts on {norm.ndim} dims; declare a norm for {nd}-D tensors")
+        return norm
+    if rule.norm == "frobenius":
+        return Frobenius(ndim=nd)
+    if rule.norm == "sign":
+        return Sign(ndim=nd)
+    if rule.norm == "spectral":
+        if nd == 2:
+            return _spectral(rule)
+        if 3 <= nd <= 5:
+            if rule.ns_coefficients is not None:
+                raise ValueError(f"{where}: ns_coefficients applies to 2-D matrices only; use ns_method for conv kernels")
+            return SpectralConv(kernel_dims=nd - 2, **_spectral_options(rule))
+        raise ValueError(f"{where}: the spectral norm needs a matrix or a conv kernel (2-5 dims); route this role to another rule")
+    if rule.norm == "rms":
+        if nd != 1:
+            raise ValueError(f"{where}: the rms norm is for vectors; route this role to another rule")
+        return RMS()
+    if rule.norm in ("colnorm", "rownorm"):
+        if nd != 2:
+            raise ValueError(f"{where}: {rule.norm} is for matrices; route this role to another rule")
+        layout = "embedding" if geometry.role == "embedding" else "linear"
+        return ColNorm(layout=layout) if rule.norm == "colnorm" else RowNorm(layout=layout)
+    raise ValueError(f"unknown base norm {rule.norm!r}")  # unreachable: pydantic checks the literal
+
+
+def infer_geometry(shape: tuple[int, ...]) -> Geometry:
+    """Geometry from tensor rank: 2-D hidden Spectral, >2-D SpectralConv, 1-D RMS vector, 0-D Frobenius."""
+    nd = len(shape)
+    if nd == 2:
+        return Geometry(Spectral(), role="hidden")
+    if 3 <= nd <= 5:
+        return Geometry(SpectralConv(kernel_dims=nd - 2), role="conv")
+    if nd == 1:
+        return Geometry(RMS(), role="vector")
+    return Geometry(Frobenius(ndim=max(nd, 1)), role="vector")
+
+
+def norm_key(norm: Norm) -> object:
+    """Batching key: norms of the same type and repr are treated as equal (else by identity)."""
+    if type(norm).__repr__ is not Norm.__repr__:
+        return (type(norm), repr(norm))
+    return id(norm)
+
