@@ -86,10 +86,6 @@ def make_optimizer(name: str, model: nn.Module, **hp: Any) -> torch.optim.Optimi
         return OptimizerChain(*opts)
     import modnorm
 
-    if not hasattr(modnorm, "optimizer"):  # stand-in until modnorm.optimizer lands
-        from .standin import standin_optimizer
-
-        return standin_optimizer(model, name, **hp)
     return modnorm.optimizer(model, name, **hp)
 
 
