@@ -19,6 +19,11 @@ from .optim import (
     register_preconditioner,
     register_preset,
 )
+from .auto import DEFAULT_RULES, Rules, register_bond, register_function, register_rule
+from .composition import Atom, Bond, Chain, Node, Tared, Tuple
+from .layers import Parallel, Residual, Scale, Sequential
+from .describe import describe, describe_rows
+from .module import GeometryError, analyze, budgets, geometries, modular_norm, structure
 
 __version__ = "0.1.0"
 
@@ -46,4 +51,27 @@ __all__ = [
     "Preconditioner",
     "register_preconditioner",
     "register_preset",
+    "geometries",
+    "describe",
+    "describe_rows",
+    "budgets",
+    "modular_norm",
+    "structure",
+    "analyze",
+    "GeometryError",
+    "Rules",
+    "DEFAULT_RULES",
+    "register_rule",
+    "register_bond",
+    "register_function",
+    "Sequential",
+    "Residual",
+    "Parallel",
+    "Scale",
+    "Node",
+    "Atom",
+    "Bond",
+    "Chain",
+    "Tuple",
+    "Tared",
 ]

@@ -1,0 +1,340 @@
+"""Rules that give plain torch.nn modules a geometry.
+
+A ``Rules`` object maps module types to
+
+- an atom rule: per-parameter geometries (a dict, or a function of the module returning
+  one), the module's mass and sensitivity, and optionally the geometries to use when
+  the module is the network's output head;
+- a bond rule: a parameter-free module's sensitivity;
+- traced operations (functions such as ``operator.add``, method names such as
+  ``"view"``) to their sensitivity, used when the composition is recovered by tracing;
+
+plus per-parameter-name overrides (``fnmatch`` patterns, applied last, to every
+parameter, modnorm layers included) and per-module mass overrides (absolute mass of the
+submodule at that path, modula's ``tare``).
+
+``DEFAULT_RULES`` holds the defaults below; a new ``Rules()`` inherits from it, so
+registering there overrides the defaults only for the models you pass it to.
+``register_rule``/``register_bond``/``register_function`` write to ``DEFAULT_RULES``.
+
+Defaults (see ``modnorm.layers.defaults`` for the geometries):
+Linear → weight hidden (head when it is the network's output head), bias vector;
+Conv1d/2d/3d → weight SpectralConv(1/2/3), bias vector; Embedding → embedding;
+LayerNorm, RMSNorm, GroupNorm, BatchNorm1d/2d/3d → weight and bias vector;
+MultiheadAttention → ``in_proj_weight`` Stacked(Spectral(), 3) (query, key, value
+blocks), separate ``q/k/v_proj_weight`` Spectral, biases vector, ``out_proj`` a Linear.
+Activations, dropout, pooling, flatten, identity: bonds (see ``BOND_SENSITIVITY``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .geometry import Geometry
+from .layers import defaults as D
+from .layers.stacked import Stacked
+from .norms import Spectral
+
+__all__ = [
+    "Rule",
+    "Rules",
+    "DEFAULT_RULES",
+    "register_rule",
+    "register_bond",
+    "register_function",
+]
+
+GeometrySpec = Mapping[str, Geometry] | Callable[[nn.Module], Mapping[str, Geometry]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one module type is declared. ``geometries is None`` makes it a bond (no weights).
+
+    ``node``, when given, builds the module's whole composition node itself:
+    ``node(module, ctx) -> modnorm.composition.Node`` (see ``modnorm.module.Context``).
+    """
+
+    geometries: GeometrySpec | None = None
+    mass: float = 1.0
+    sensitivity: float | Callable[[nn.Module], float] = 1.0
+    head: GeometrySpec | None = None
+    node: Callable[..., Any] | None = None
+
+    def geometries_for(self, module: nn.Module) -> dict[str, Geometry] | None:
+        return _evaluate(self.geometries, module)
+
+    def head_for(self, module: nn.Module) -> dict[str, Geometry] | None:
+        return _evaluate(self.head, module)
+
+    def sensitivity_for(self, module: nn.Module) -> float:
+        return float(self.sensitivity(module) if callable(self.sensitivity) else self.sensitivity)
+
+
+def _evaluate(spec: GeometrySpec | None, module: nn.Module) -> dict[str, Geometry] | None:
+    if spec is None:
+        return None
+    out = dict(spec(module) if callable(spec) else spec)
+    for k, g in out.items():
+        if not isinstance(g, Geometry):
+            raise TypeError(f"rule for {type(module).__name__}: parameter {k!r} maps to {type(g).__name__}, expected a modnorm.Geometry")
+    return out
+
+
+def _check_type(module_type: object) -> type:
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(f"module_type must be a subclass of torch.nn.Module, got {module_type!r}")
+    return module_type
+
+
+class Rules:
+    """A registry of rules; lookups fall back to ``parent`` (``DEFAULT_RULES`` unless ``inherit=False``)."""
+
+    def __init__(self, inherit: bool = True, *, auto_head: bool | None = None, _parent: Rules | None = None) -> None:
+        self.parent = _parent if _parent is not None else (DEFAULT_RULES if inherit else None)
+        self._auto_head = auto_head
+        self._types: dict[type, Rule] = {}
+        self._functions: dict[object, float] = {}
+        self._patterns: list[tuple[str, Geometry | None, dict[str, Any]]] = []
+        self._masses: list[tuple[str, float]] = []
+
+    # -- registration -------------------------------------------------------------
+    def register(
+        self,
+        module_type: type,
+        geometries: GeometrySpec,
+        *,
+        mass: float = 1.0,
+        sensitivity: float | Callable[[nn.Module], float] = 1.0,
+        head: GeometrySpec | None = None,
+    ) -> None:
+        """Declare ``module_type`` (and its subclasses) an atom: ``geometries`` maps each
+        parameter name of the module (as in ``module.named_parameters(recurse=False)``) to a Geometry."""
+        _check_type(module_type)
+        if geometries is None or not (callable(geometries) or isinstance(geometries, Mapping)):
+            raise TypeError(f"register({module_type.__name__}): geometries must be a dict name→Geometry or a function module→dict")
+        _check_mass(mass)
+        self._types[module_type] = Rule(geometries, float(mass), sensitivity, head)
+
+    def register_bond(self, module_type: type, sensitivity: float | Callable[[nn.Module], float] = 1.0) -> None:
+        """Declare a parameter-free ``module_type`` a bond of the given sensitivity."""
+        _check_type(module_type)
+        if not callable(sensitivity):
+            _check_sensitivity(sensitivity)
+        self._types[module_type] = Rule(None, 0.0, sensitivity)
+
+    def register_node(self, module_type: type, node: Callable[..., Any]) -> None:
+        """Let ``node(module, ctx)`` build the whole composition node of ``module_type``."""
+        _check_type(module_type)
+        self._types[module_type] = Rule(node=node)
+
+    def register_function(self, fn: object, sensitivity: float) -> None:
+        """Sensitivity of a traced function (e.g. ``torch.tanh``) or method name (e.g. ``"tanh"``)."""
+        _check_sensitivity(sensitivity)
+        self._functions[fn] = float(sensitivity)
+
+    def override(self, pattern: str, geometry: Geometry | None = None, **fields: Any) -> None:
+        """Override the geometry of every parameter whose name matches ``pattern`` (fnmatch).
+
+        Pass a whole ``Geometry``, or fields to replace (``norm=``, ``preconditioner=``, ``role=``).
+        Later overrides win.
+        """
+        if not isinstance(pattern, str) or not pattern:
+            raise ValueError(f"override: pattern must be a non-empty string such as 'head.weight' or '*.bias', got {pattern!r}")
+        if geometry is not None and not isinstance(geometry, Geometry):
+            raise TypeError(f"override({pattern!r}): geometry must be a modnorm.Geometry, got {type(geometry).__name__}")
+        bad = set(fields) - {f.name for f in dataclasses.fields(Geometry)}
+        if bad:
+            raise TypeError(f"override({pattern!r}): unknown Geometry fields {sorted(bad)}; use norm=, preconditioner= or role=")
+        if geometry is None and not fields:
+            raise ValueError(f"override({pattern!r}): pass a Geometry or fields to change")
+        self._patterns.append((pattern, geometry, fields))
+
+    def set_mass(self, pattern: str, mass: float) -> None:
+        """Give the submodule(s) at paths matching ``pattern`` (fnmatch; "" is the root) total mass ``mass``."""
+        _check_mass(mass)
+        self._masses.append((pattern, float(mass)))
+
+    @property
+    def auto_head(self) -> bool:
+        """Whether the network's only terminal atom takes its head geometry (default True;
+        ``Rules(auto_head=False)`` turns position-based detection off)."""
+        for r in self.chain():
+            if r._auto_head is not None:
+                return r._auto_head
+        return True
+
+    # -- lookup -----------------------------------------------------------------------
+    def chain(self) -> list[Rules]:
+        out, r = [], self
+        while r is not None:
+            out.append(r)
+            r = r.parent
+        return out
+
+    def lookup(self, module: nn.Module) -> Rule | None:
+        """The rule for the most specific class of ``module`` (own registrations first at each class)."""
+        registries = self.chain()
+        for cls in type(module).__mro__:
+            for r in registries:
+                if cls in r._types:
+                    return r._types[cls]
+        return None
+
+    def function_sensitivity(self, target: object) -> float | None:
+        for r in self.chain():
+            try:
+                if target in r._functions:
+                    return r._functions[target]
+            except TypeError:  # unhashable target
+                return None
+        return None
+
+    def apply_overrides(self, name: str, geometry: Geometry | None) -> Geometry | None:
+        for r in reversed(self.chain()):
+            for pattern, geo, fields in r._patterns:
+                if fnmatch.fnmatchcase(name, pattern):
+                    geometry = geo if geo is not None else geometry
+                    if fields:
+                        if geometry is None:
+                            if "norm" not in fields:
+                                continue
+                            geometry = Geometry(**fields)
+                        else:
+                            geometry = dataclasses.replace(geometry, **fields)
+        return geometry
+
+    def mass_for(self, path: str) -> float | None:
+        found = None
+        for r in reversed(self.chain()):
+            for pattern, mass in r._masses:
+                if fnmatch.fnmatchcase(path, pattern):
+                    found = mass
+        return found
+
+    def copy(self) -> Rules:
+        new = Rules(_parent=self.parent, auto_head=self._auto_head) if self.parent is not None else Rules(inherit=False, auto_head=self._auto_head)
+        new._types, new._functions = dict(self._types), dict(self._functions)
+        new._patterns, new._masses = list(self._patterns), list(self._masses)
+        return new
+
+
+def _check_mass(mass: float) -> None:
+    if isinstance(mass, bool) or not isinstance(mass, (int, float)) or not math.isfinite(mass) or mass < 0:
+        raise ValueError(f"mass must be a finite number ≥ 0, got {mass!r}")
+
+
+def _check_sensitivity(s: float) -> None:
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s < 0:
+        raise ValueError(f"sensitivity must be a finite number ≥ 0, got {s!r}")
+
+
+# -- defaults ---------------------------------------------------------------------------
+
+def _linear(m: nn.Module) -> dict[str, Geometry]:
+    out = {"weight": D.hidden()}
+    if getattr(m, "bias", None) is not None:
+        out["bias"] = D.vector()
+    return out
+
+
+def _linear_head(m: nn.Module) -> dict[str, Geometry]:
+    return {**_linear(m), "weight": D.head()}
+
+
+def _conv(kernel_dims: int) -> Callable[[nn.Module], dict[str, Geometry]]:
+    def rule(m: nn.Module) -> dict[str, Geometry]:
+        out = {"weight": D.conv(kernel_dims)}
+        if getattr(m, "bias", None) is not None:
+            out["bias"] = D.vector()
+        return out
+
+    return rule
+
+
+def _affine(m: nn.Module) -> dict[str, Geometry]:
+    return {name: D.vector() for name, p in m.named_parameters(recurse=False)}
+
+
+def _mha(m: nn.Module) -> dict[str, Geometry]:
+    out: dict[str, Geometry] = {}
+    for name, _ in m.named_parameters(recurse=False):
+        if name == "in_proj_weight":
+            out[name] = D.hidden(Stacked(Spectral(), 3))
+        elif name in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+            out[name] = D.hidden()
+        else:  # in_proj_bias, bias_k, bias_v
+            out[name] = D.vector()
+    return out
+
+
+def _mha_node(m: nn.Module, ctx: Any) -> Any:
+    """Q/K/V projections (one atom of mass 3: three linear maps) → attention (bond) → out_proj."""
+    from .composition import Bond, Chain
+
+    in_proj = ctx.atom(m, _mha(m), mass=3.0, sensitivity=1.0)
+    return Chain([in_proj, Bond(1.0, name=f"{ctx.path(m)}:attention"), ctx.child(m, "out_proj")])
+
+
+DEFAULT_RULES = Rules(inherit=False)
+DEFAULT_RULES.register(nn.Linear, _linear, head=_linear_head)
+for _t, _k in ((nn.Conv1d, 1), (nn.Conv2d, 2), (nn.Conv3d, 3)):
+    DEFAULT_RULES.register(_t, _conv(_k))
+DEFAULT_RULES.register(nn.Embedding, lambda m: {"weight": D.embedding()})
+for _t in (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+    DEFAULT_RULES.register(_t, _affine)
+DEFAULT_RULES.register_node(nn.MultiheadAttention, _mha_node)
+
+BOND_SENSITIVITY: dict[type, float] = {
+    nn.ReLU: 1.0, nn.ReLU6: 1.0, nn.LeakyReLU: 1.0, nn.ELU: 1.0, nn.Tanh: 1.0, nn.Hardtanh: 1.0,
+    nn.GELU: D.GELU_MAX_SLOPE, nn.SiLU: D.SILU_MAX_SLOPE, nn.Sigmoid: 0.25, nn.Softmax: 1.0,
+    nn.Dropout: 1.0, nn.Dropout1d: 1.0, nn.Dropout2d: 1.0, nn.Identity: 1.0, nn.Flatten: 1.0, nn.Unflatten: 1.0,
+    nn.MaxPool1d: 1.0, nn.MaxPool2d: 1.0, nn.AvgPool1d: 1.0, nn.AvgPool2d: 1.0,
+    nn.AdaptiveAvgPool1d: 1.0, nn.AdaptiveAvgPool2d: 1.0, nn.AdaptiveMaxPool2d: 1.0,
+}
+for _t, _s in BOND_SENSITIVITY.items():
+    DEFAULT_RULES.register_bond(_t, _s)
+
+FUNCTION_SENSITIVITY: dict[object, float] = {
+    F.gelu: D.GELU_MAX_SLOPE, "gelu": D.GELU_MAX_SLOPE,
+    F.silu: D.SILU_MAX_SLOPE, "silu": D.SILU_MAX_SLOPE,
+    torch.sigmoid: 0.25, F.sigmoid: 0.25, "sigmoid": 0.25,
+    # outputs that do not depend on the input's values
+    "size": 0.0, "dim": 0.0, "numel": 0.0, getattr: 0.0, torch.arange: 0.0, torch.zeros: 0.0,
+    torch.ones: 0.0, torch.full: 0.0, torch.zeros_like: 0.0, torch.ones_like: 0.0, torch.empty: 0.0,
+    torch.tril: 1.0, operator.getitem: 1.0,
+}
+for _f, _s in FUNCTION_SENSITIVITY.items():
+    DEFAULT_RULES.register_function(_f, _s)
+
+
+def register_rule(
+    module_type: type,
+    geometries: GeometrySpec,
+    *,
+    mass: float = 1.0,
+    sensitivity: float | Callable[[nn.Module], float] = 1.0,
+    head: GeometrySpec | None = None,
+) -> None:
+    """``DEFAULT_RULES.register``: declare the geometry of your own layer type for every model."""
+    DEFAULT_RULES.register(module_type, geometries, mass=mass, sensitivity=sensitivity, head=head)
+
+
+def register_bond(module_type: type, sensitivity: float | Callable[[nn.Module], float] = 1.0) -> None:
+    """``DEFAULT_RULES.register_bond``."""
+    DEFAULT_RULES.register_bond(module_type, sensitivity)
+
+
+def register_function(fn: object, sensitivity: float) -> None:
+    """``DEFAULT_RULES.register_function``."""
+    DEFAULT_RULES.register_function(fn, sensitivity)

@@ -1,0 +1,260 @@
+"""The composition algebra of the modular norm (Large, Bernstein et al. 2024).
+
+A network is described by a tree of nodes. Every node has a mass μ ≥ 0 (its share of
+the update budget) and a sensitivity ν ≥ 0 (how much it amplifies input perturbations):
+
+- ``Atom``: a layer with weights. Its own μ, ν (default 1, 1); its norm is the max over
+  its parameters of each parameter's declared norm.
+- ``Bond``: no weights (activation, add, reshape, attention scores). μ = 0, own ν.
+- ``Chain(c1, …, cn)``: cn ∘ … ∘ c1 (c1 applied first). μ = Σμ_i, ν = ∏ν_i,
+  ‖w‖ = max_i (μ/μ_i)·(∏_{j>i} ν_j)·‖w_i‖; child i gets budget t·(μ_i/μ)/∏_{j>i} ν_j.
+- ``Tuple(c1, …, cn)``: the children on the same input, outputs side by side.
+  μ = Σμ_i, ν = Σν_i, ‖w‖ = max_i (μ/μ_i)·‖w_i‖; child i gets budget t·μ_i/μ.
+- ``Tared(child, mass)``: the child with its total mass set to ``mass`` (modula's
+  ``tare``): every internal ratio μ_i/μ is unchanged, so the child's norm and the
+  budgets inside it are unchanged; only its weight in the parent changes.
+- ``scaled(a, node)`` = Chain(node, Bond(a)): multiplying the output by a multiplies ν by
+  a, leaves μ alone and divides the node's budget by a.
+
+The binary rules of the paper are associative, so the n-ary forms above are the binary
+rules unrolled. Unrolling everything, atom k's budget (with t = 1 at the root) is b_k,
+and the modular norm of the whole network is max_k ‖w_k‖_k / b_k.
+
+Nodes with μ = 0 get budget 0 (modula's convention); in a norm they contribute 0 when
+their weights are 0 and ∞ otherwise (a mass-0 module may not move).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from .geometry import Geometry
+
+__all__ = ["Node", "Atom", "Bond", "Chain", "Tuple", "Tared", "scaled", "render", "atom_budgets", "node_norm"]
+
+
+def _check_nonneg(owner: str, name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{owner}: {name} must be a finite number ≥ 0, got {value!r}")
+    return float(value)
+
+
+class Node:
+    """Base class of composition nodes; see the module docstring for the rules."""
+
+    mass: float
+    sensitivity: float
+
+    def children(self) -> Sequence[Node]:
+        return ()
+
+    def atoms(self) -> Iterator[Atom]:
+        """Every atom under this node, in order (an atom used twice appears twice)."""
+        for c in self.children():
+            yield from c.atoms()
+
+
+@dataclass(frozen=True, eq=False)
+class Atom(Node):
+    """A weighted module: ``params`` is a tuple of (label, parameter, geometry).
+
+    ``head`` optionally holds the geometries to use instead when this atom turns out to be
+    the network's output head (see ``modnorm.module``); ``name`` is the module's path.
+    """
+
+    params: tuple[tuple[str, Tensor, Geometry], ...]
+    mass: float = 1.0
+    sensitivity: float = 1.0
+    name: str = ""
+    head: tuple[tuple[str, Tensor, Geometry], ...] | None = None
+    kind: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mass", _check_nonneg(f"Atom {self.name!r}", "mass", self.mass))
+        object.__setattr__(self, "sensitivity", _check_nonneg(f"Atom {self.name!r}", "sensitivity", self.sensitivity))
+        for label, _, geo in self.params:
+            if not isinstance(geo, Geometry):
+                raise TypeError(f"Atom {self.name!r}: parameter {label!r} needs a modnorm.Geometry, got {type(geo).__name__}")
+
+    def atoms(self) -> Iterator[Atom]:
+        yield self
+
+    def __repr__(self) -> str:
+        labels = ", ".join(label for label, _, _ in self.params)
+        return f"Atom({self.name!r}, [{labels}], mass={self.mass:g}, sensitivity={self.sensitivity:g})"
+
+
+@dataclass(frozen=True, eq=False)
+class Bond(Node):
+    """A module without weights: μ = 0 and sensitivity ν."""
+
+    sensitivity: float = 1.0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sensitivity", _check_nonneg(f"Bond {self.name!r}", "sensitivity", self.sensitivity))
+
+    @property
+    def mass(self) -> float:  # type: ignore[override]
+        return 0.0
+
+    def __repr__(self) -> str:
+        return f"Bond({self.name!r}, sensitivity={self.sensitivity:g})"
+
+
+@dataclass(frozen=True, eq=False)
+class Chain(Node):
+    """Sequential composition, first child applied first."""
+
+    items: tuple[Node, ...] = field(default_factory=tuple)
+
+    def __init__(self, items: Sequence[Node]) -> None:
+        object.__setattr__(self, "items", tuple(items))
+
+    def children(self) -> Sequence[Node]:
+        return self.items
+
+    @property
+    def mass(self) -> float:  # type: ignore[override]
+        return sum(c.mass for c in self.items)
+
+    @property
+    def sensitivity(self) -> float:  # type: ignore[override]
+        return math.prod(c.sensitivity for c in self.items)
+
+    def __repr__(self) -> str:
+        return f"Chain({list(self.items)!r})"
+
+
+@dataclass(frozen=True, eq=False)
+class Tuple(Node):
+    """Parallel composition: every child sees the same input."""
+
+    items: tuple[Node, ...] = field(default_factory=tuple)
+
+    def __init__(self, items: Sequence[Node]) -> None:
+        object.__setattr__(self, "items", tuple(items))
+
+    def children(self) -> Sequence[Node]:
+        return self.items
+
+    @property
+    def mass(self) -> float:  # type: ignore[override]
+        return sum(c.mass for c in self.items)
+
+    @property
+    def sensitivity(self) -> float:  # type: ignore[override]
+        return sum(c.sensitivity for c in self.items)
+
+    def __repr__(self) -> str:
+        return f"Tuple({list(self.items)!r})"
+
+
+@dataclass(frozen=True, eq=False)
+class Tared(Node):
+    """``child`` with its total mass set to ``total`` (internal ratios kept)."""
+
+    child: Node
+    total: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "total", _check_nonneg("Tared", "mass", self.total))
+
+    def children(self) -> Sequence[Node]:
+        return (self.child,)
+
+    @property
+    def mass(self) -> float:  # type: ignore[override]
+        return self.total if self.child.mass > 0 else 0.0
+
+    @property
+    def sensitivity(self) -> float:  # type: ignore[override]
+        return self.child.sensitivity
+
+
+def render(node: Node, indent: str = "") -> str:
+    """A readable tree: one line per node with its mass μ and sensitivity ν."""
+    head = f"{indent}{type(node).__name__}"
+    if isinstance(node, (Atom, Bond)) and node.name:
+        head += f" {node.name}"
+    if isinstance(node, Atom):
+        head += f" [{', '.join(label for label, _, _ in node.params)}]"
+    lines = [f"{head}  μ={node.mass:g} ν={node.sensitivity:g}"]
+    lines += [render(c, indent + "  ") for c in node.children()]
+    return "\n".join(lines)
+
+
+def scaled(factor: float, node: Node) -> Node:
+    """``factor · node``: the node followed by a bond of sensitivity |factor|."""
+    return Chain([node, Bond(abs(float(factor)), name=f"×{factor:g}")])
+
+
+def _downstream(items: Sequence[Node]) -> list[float]:
+    """∏_{j>i} ν_j for every i."""
+    out, acc = [1.0] * len(items), 1.0
+    for i in range(len(items) - 1, -1, -1):
+        out[i] = acc
+        acc *= items[i].sensitivity
+    return out
+
+
+def atom_budgets(node: Node, t: float = 1.0) -> Iterator[tuple[Atom, float]]:
+    """Yield (atom, budget) for every atom, dualizing ``node`` with total budget ``t``."""
+    if isinstance(node, Atom):
+        yield node, t
+        return
+    mu = node.mass
+    if isinstance(node, Tared):
+        yield from atom_budgets(node.child, t if mu > 0 else 0.0)
+    elif isinstance(node, Chain):
+        for child, down in zip(node.items, _downstream(node.items)):
+            if mu == 0 or child.mass == 0:
+                yield from atom_budgets(child, 0.0)
+                continue
+            if down == 0:
+                names = ", ".join(a.name or "?" for a in child.atoms())
+                raise ValueError(
+                    f"modular norm: the layers [{names}] are followed by a module of sensitivity 0, so no "
+                    "update of theirs reaches the output and their budget is unbounded; give that module a positive "
+                    "sensitivity or mass 0 to these layers"
+                )
+            yield from atom_budgets(child, t * (child.mass / mu) / down)
+    elif isinstance(node, Tuple):
+        for child in node.items:
+            yield from atom_budgets(child, t * child.mass / mu if mu > 0 else 0.0)
+    elif not isinstance(node, Bond):
+        raise TypeError(f"atom_budgets: unknown node type {type(node).__name__}")
+
+
+def _term(weight: float, value: float) -> float:
+    """weight·value with the mass-0 convention: 0·x = 0 only for x = 0, ∞ otherwise."""
+    if value == 0:
+        return 0.0
+    return weight * value
+
+
+def node_norm(node: Node, atom_norm: Callable[[Atom], float]) -> float:
+    """The modular norm of the weights under ``node``; ``atom_norm(atom)`` gives each atom's own norm."""
+    if isinstance(node, Atom):
+        return float(atom_norm(node))
+    if isinstance(node, Bond):
+        return 0.0
+    if isinstance(node, Tared):
+        return node_norm(node.child, atom_norm)
+    mu = node.mass
+    if isinstance(node, Chain):
+        items, downs = node.items, _downstream(node.items)
+    elif isinstance(node, Tuple):
+        items, downs = node.items, [1.0] * len(node.items)
+    else:
+        raise TypeError(f"node_norm: unknown node type {type(node).__name__}")
+    best = 0.0
+    for child, down in zip(items, downs):
+        value = node_norm(child, atom_norm)
+        weight = math.inf if child.mass == 0 else (mu / child.mass) * down
+        best = max(best, _term(weight, value))
+    return best

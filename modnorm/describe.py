@@ -1,0 +1,113 @@
+"""``describe(model)``: one row per parameter — shape, norm, preconditioner, role, mass, sensitivity, budget.
+
+``describe_rows`` returns the rows as dicts (column → str) so that callers can add or
+replace cells: an optimizer passes ``overrides={name: {column: text}}`` to show the
+preconditioner it actually uses, or new columns such as ``"lr"``. Columns are
+``COLUMNS`` followed by any new column in the order first seen in ``overrides``.
+
+Mass and sensitivity are those of the parameter's atom (its layer); the budget is the
+parameter's share of the update (``modnorm.budgets``), printed with its exact fraction
+when it has a small denominator (e.g. ``0.238095 (5/21)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
+
+from torch import nn
+
+from .auto import Rules
+from .composition import render
+from .module import Analysis, Default, analyze
+
+__all__ = ["COLUMNS", "describe_rows", "describe", "format_table"]
+
+COLUMNS: tuple[str, ...] = ("name", "shape", "norm", "preconditioner", "role", "mass", "sensitivity", "budget")
+
+Overrides = Mapping[str, Mapping[str, object]]
+
+
+def _number(x: float) -> str:
+    return f"{x:g}"
+
+
+def _budget(x: float) -> str:
+    frac = Fraction(x).limit_denominator(1000)
+    exact = abs(float(frac) - x) <= 1e-12 * max(1.0, abs(x))
+    text = f"{x:.6g}"
+    return f"{text} ({frac})" if exact and frac.denominator > 1 else text
+
+
+def describe_rows(
+    model: nn.Module, rules: Rules | None = None, default: Default = None, overrides: Overrides | None = None
+) -> list[dict[str, str]]:
+    """The rows of ``describe``: one dict per parameter, in ``named_parameters`` order."""
+    return _rows(analyze(model, rules, default), overrides)
+
+
+def _rows(analysis: Analysis, overrides: Overrides | None) -> list[dict[str, str]]:
+    rows = []
+    for name, info in analysis.params.items():
+        rows.append({
+            "name": name,
+            "shape": "×".join(str(s) for s in info.shape) or "scalar",
+            "norm": repr(info.geometry.norm),
+            "preconditioner": info.geometry.preconditioner,
+            "role": info.geometry.role,
+            "mass": _number(info.mass),
+            "sensitivity": _number(info.sensitivity),
+            "budget": _budget(info.budget),
+        })
+    if overrides:
+        by_name = {r["name"]: r for r in rows}
+        unknown = sorted(set(overrides) - set(by_name))
+        if unknown:
+            raise KeyError(f"describe: overrides for {unknown}, which are not parameter names of the model (see model.named_parameters())")
+        for name, cells in overrides.items():
+            if not isinstance(cells, Mapping):
+                raise TypeError(f"describe: overrides[{name!r}] must be a dict column → text, got {type(cells).__name__}")
+            if "name" in cells:
+                raise ValueError("describe: the 'name' column cannot be overridden")
+            by_name[name].update({str(k): str(v) for k, v in cells.items()})
+    return rows
+
+
+def format_table(rows: Sequence[Mapping[str, str]], columns: Sequence[str] | None = None) -> str:
+    """Left-aligned text table of ``rows`` (missing cells are blank)."""
+    if columns is None:
+        columns = list(COLUMNS)
+        for r in rows:
+            columns += [c for c in r if c not in columns]
+    widths = {c: max([len(c)] + [len(r.get(c, "")) for r in rows]) for c in columns}
+    line = lambda cells: "  ".join(cells[i].ljust(widths[c]) for i, c in enumerate(columns)).rstrip()  # noqa: E731
+    out = [line(list(columns)), line(["-" * widths[c] for c in columns])]
+    out += [line([r.get(c, "") for c in columns]) for r in rows]
+    return "\n".join(out)
+
+
+def describe(
+    model: nn.Module,
+    rules: Rules | None = None,
+    default: Default = None,
+    overrides: Overrides | None = None,
+    columns: Sequence[str] | None = None,
+    tree: bool = False,
+) -> str:
+    """A table with one row per parameter; ``overrides`` replaces or adds cells (name → column → text),
+    ``columns`` selects and orders columns, ``tree=True`` appends the composition tree."""
+    analysis = analyze(model, rules, default)
+    rows = _rows(analysis, overrides)
+    if columns is not None:
+        known = set(COLUMNS).union(*(r.keys() for r in rows))
+        bad = [c for c in columns if c not in known]
+        if bad:
+            raise ValueError(f"describe: unknown columns {bad}; available: {sorted(known)}")
+    text = format_table(rows, columns)
+    if not rows:
+        text += "\n(no parameters)"
+    for path, reason in analysis.untraced:
+        text += f"\nnote: {path} was not traced ({reason}); its children are composed as a flat tuple"
+    if tree:
+        text += "\n\n" + render(analysis.root)
+    return text
