@@ -196,6 +196,7 @@ def plot_curves(
     xlabel: str = "step",
     ylabel: str = "loss",
     logy: bool = True,
+    logx: bool = False,
     styles: dict[str, str] | None = None,
 ) -> Path:
     """One subplot per panel, one line per curve name: ``panels[title][label] = (xs, ys)``."""
@@ -216,6 +217,8 @@ def plot_curves(
         ax.set_ylabel(ylabel)
         if logy:
             ax.set_yscale("log")
+        if logx:
+            ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
