@@ -20,7 +20,7 @@ import common
 from modnorm.demo import load_digits_split
 
 METHODS: dict[str, tuple[dict[str, Any], float]] = {  # name → (fixed hyperparameters, lr grid centre)
-    "torch:adamw": ({"weight_decay": 0.0}, 4e-3),
+    "torch:adamw": ({"weight_decay": 0.0}, 1.6e-2),
     "muon": ({"weight_decay": 0.0, "ns_dtype": "float32"}, 0.08),
     "muadam": ({"weight_decay": 0.0}, 0.02),
 }
@@ -49,7 +49,7 @@ def main() -> None:
     args = p.parse_args()
     out = common.setup(args)
     started = time.perf_counter()
-    widths, steps, below, above = ([16, 32], 10, 1, 1) if args.quick else ([64, 128, 256, 512, 1024], 150, 4, 4)
+    widths, steps, below, above = ([16, 32], 10, 1, 1) if args.quick else ([64, 128, 256, 512, 1024], 150, 5, 5)
     steps = args.steps or steps
     data = load_digits_split(args.seed)
     results: dict[str, Any] = {}

@@ -74,7 +74,7 @@ def run(method: str, lr: float, data: dict[str, Tensor], rank: int, steps: int, 
     n_users, n_items = data["R"].shape
     model = Factorization(n_users, n_items, rank, seed)
     fixed, _ = METHODS[method]
-    opt = common.make_optimizer(method, model, lr=lr, **fixed)
+    opt = common.make_optimizer(method, list(model.named_parameters()), lr=lr, **fixed)  # bare matrices: hidden, budget 1
     idx, target = data["train"], data["R"][data["train"][:, 0], data["train"][:, 1]]
     log: dict[str, list[float]] = {k: [] for k in ("step", "train_rmse", "val_rmse", "erank_P", "erank_Q", "srank_P", "srank_Q")}
 

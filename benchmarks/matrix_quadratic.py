@@ -74,7 +74,7 @@ class Quadratic(nn.Module):
 def run(method: str, lr: float, A: Tensor, B: Tensor, W0: Tensor, steps: int) -> dict[str, Any]:
     model = Quadratic(A, B, W0)
     fixed, _ = METHODS[method]
-    opt = common.make_optimizer(method, model, lr=lr, **fixed)
+    opt = common.make_optimizer(method, list(model.named_parameters()), lr=lr, **fixed)  # bare matrices: hidden, budget 1
     initial = float(model().detach())
     xs, ys, _ = common.train_steps(model, opt, lambda s: model(), steps, schedule=lambda s: common.cosine_factor(s, steps), every=max(1, steps // 50))
     with torch.no_grad():

@@ -57,8 +57,11 @@ def _is_hidden_matrix(name: str, p: Tensor, exclude: Sequence[str]) -> bool:
     return p.ndim == 2 and not any(key in name for key in exclude)
 
 
-def make_optimizer(name: str, model: nn.Module, **hp: Any) -> torch.optim.Optimizer | OptimizerChain:
-    """Build optimizer ``name`` for ``model``.
+def make_optimizer(name: str, model: nn.Module | list[tuple[str, Tensor]], **hp: Any) -> torch.optim.Optimizer | OptimizerChain:
+    """Build optimizer ``name`` for ``model`` (a module, or a list of ``(name, parameter)`` pairs).
+
+    A list skips the model's declared geometry: modnorm infers each parameter's geometry
+    from its rank (2-D: a hidden matrix) with budget 1 — for bare ``nn.Parameter`` models.
 
     ``"torch:adamw"``/``"torch:sgd"``: ``torch.optim.AdamW``/``SGD`` with ``hp``.
     ``"torch:muon"``: ``torch.optim.Muon`` on 2-D parameters whose name contains none of
@@ -66,16 +69,16 @@ def make_optimizer(name: str, model: nn.Module, **hp: Any) -> torch.optim.Optimi
     ``("0.", "embed", "wte", "wpe", "head")`` plus any name listed), AdamW elsewhere with
     ``hp["adamw_lr"]`` (default: ``lr``). Anything else: ``modnorm.optimizer(model, name, **hp)``.
     """
+    named = list(model.named_parameters()) if isinstance(model, nn.Module) else list(model)
     if name == "torch:adamw":
-        return torch.optim.AdamW(model.parameters(), **hp)
+        return torch.optim.AdamW([p for _, p in named], **hp)
     if name == "torch:sgd":
-        return torch.optim.SGD(model.parameters(), **hp)
+        return torch.optim.SGD([p for _, p in named], **hp)
     if name == "torch:muon":
         hp = dict(hp)
         exclude = tuple(hp.pop("adamw_params", ("embed", "wte", "wpe", "head")))
         adamw_lr = hp.pop("adamw_lr", hp.get("lr", 1e-3))
         adamw_betas = hp.pop("adamw_betas", (0.9, 0.999))
-        named = list(model.named_parameters())
         hidden = [p for n, p in named if _is_hidden_matrix(n, p, exclude)]
         rest = [p for n, p in named if not _is_hidden_matrix(n, p, exclude)]
         if not hidden:
