@@ -35,7 +35,7 @@ __all__ = ["GPTConfig", "GPT"]
 @dataclass
 class GPTConfig:
     vocab_size: int = 65
-    block_size: int = 64
+    block_size: int = 64  # training context length; the model (rotary positions) accepts any length
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128

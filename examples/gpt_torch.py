@@ -31,7 +31,7 @@ GELU_MAX_SLOPE = 0.5 * (1.0 + math.erf(1.0)) + math.sqrt(2.0) * math.exp(-1.0) /
 @dataclass
 class GPTConfig:
     vocab_size: int = 65
-    block_size: int = 64
+    block_size: int = 64  # training context length; the model (rotary positions) accepts any length
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128

@@ -24,6 +24,10 @@ from .composition import Atom, Bond, Chain, Node, Tared, Tuple
 from .layers import Parallel, Residual, Scale, Sequential
 from .describe import describe, describe_rows
 from .module import GeometryError, analyze, budgets, geometries, modular_norm, structure
+from .optim import matrix_presets as _matrix_presets  # noqa: F401  (registers shampoo, soap, splus, sophia, …)
+from .optim.hessian import HessianDiagonal, hutchinson_diagonal
+from .optim.matrix_preconditioners import SOAP, KLShampoo, Shampoo, SPlus
+from .invariance import InvarianceReport, check_invariance
 
 __version__ = "0.1.0"
 
@@ -74,4 +78,13 @@ __all__ = [
     "Chain",
     "Tuple",
     "Tared",
+    # matrix and Hessian preconditioners, invariance checks
+    "Shampoo",
+    "KLShampoo",
+    "SOAP",
+    "SPlus",
+    "HessianDiagonal",
+    "hutchinson_diagonal",
+    "check_invariance",
+    "InvarianceReport",
 ]

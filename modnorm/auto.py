@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
-import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -309,11 +308,10 @@ FUNCTION_SENSITIVITY: dict[object, float] = {
     F.gelu: D.GELU_MAX_SLOPE, "gelu": D.GELU_MAX_SLOPE,
     F.silu: D.SILU_MAX_SLOPE, "silu": D.SILU_MAX_SLOPE,
     torch.sigmoid: 0.25, F.sigmoid: 0.25, "sigmoid": 0.25,
-    # outputs that do not depend on the input's values
-    "size": 0.0, "dim": 0.0, "numel": 0.0, getattr: 0.0, torch.arange: 0.0, torch.zeros: 0.0,
-    torch.ones: 0.0, torch.full: 0.0, torch.zeros_like: 0.0, torch.ones_like: 0.0, torch.empty: 0.0,
-    torch.tril: 1.0, operator.getitem: 1.0,
+    # values that do not depend on the input: 0 (shape queries and constants are static in traces anyway)
+    torch.zeros_like: 0.0, torch.ones_like: 0.0, torch.empty_like: 0.0, "new_zeros": 0.0, "new_ones": 0.0,
 }
+"""Sensitivity of traced functions and methods; everything else is 1 (``x * c``: |c|, ``x / c``: 1/|c|)."""
 for _f, _s in FUNCTION_SENSITIVITY.items():
     DEFAULT_RULES.register_function(_f, _s)
 

@@ -264,17 +264,25 @@ def analyze(model: nn.Module, rules: Rules | None = None, default: Default = Non
     names = {id(p): n for n, p in model.named_parameters()}
     found: dict[str, dict] = {}
 
-    def visit(node: Node, t_scale: float = 1.0) -> None:
+    modules = dict(model.named_modules())
+
+    def visit(node: Node) -> None:
         for atom, b in atom_budgets(node):
-            for local, p, geo in effective.get(id(atom), atom.params):
+            entries = list(effective.get(id(atom), atom.params))
+            owner = modules.get(atom.name) if atom.kind != "Parameter" else None
+            if owner is not None:  # parameters of the layer its declaration left out: override/default/error
+                held = {id(p) for _, p, _ in entries}
+                for local, p in owner.named_parameters(recurse=False):
+                    if id(p) not in held:
+                        entries.append((local, p, ctx.bare_geometry(ctx.param_name(owner, local), p, owner)))
+            for local, p, geo in entries:
                 name = names.get(id(p))
                 if name is None:
                     raise ValueError(f"atom {atom.name!r} holds a parameter {local!r} that is not in model.named_parameters()")
-                b_ = b * t_scale
                 if name in found:
-                    found[name]["budget"] = min(found[name]["budget"], b_)
+                    found[name]["budget"] = min(found[name]["budget"], b)
                     continue
-                found[name] = dict(geometry=geo, budget=b_, mass=atom.mass, sensitivity=atom.sensitivity, module=atom.name, kind=atom.kind)
+                found[name] = dict(geometry=geo, budget=b, mass=atom.mass, sensitivity=atom.sensitivity, module=atom.name, kind=atom.kind)
 
     visit(root)
     missing = [n for n in names.values() if n not in found]
@@ -290,8 +298,8 @@ def analyze(model: nn.Module, rules: Rules | None = None, default: Default = Non
     infos: dict[str, ParamInfo] = {}
     for name, p in model.named_parameters():
         f = found.get(name)
-        if f is None:  # pragma: no cover - visit() above covers every owner
-            raise GeometryError(f"parameter {name!r} has no geometry")
+        if f is None:
+            raise GeometryError(f"parameter {name!r} is not reached by the model's composition and its module declares no geometry for it")
         geo = rules_.apply_overrides(name, f["geometry"])
         assert geo is not None
         infos[name] = ParamInfo(name, tuple(p.shape), geo, f["budget"], f["mass"], f["sensitivity"], f["module"], f["kind"])

@@ -8,6 +8,8 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import modnorm
@@ -325,3 +327,80 @@ def test_shape_asserts_and_position_indices_trace() -> None:
     # (wte, wpe) in parallel (μ 2) then the head: 1/3 each; wpe's input is the positions, not the tokens
     assert b == pytest.approx({"wte.weight": 1 / 3, "wpe.weight": 1 / 3, "head.weight": 1 / 3})
     assert modnorm.structure(TinyLM()).sensitivity == pytest.approx(1.0)
+
+
+def test_parameter_left_out_of_a_rule_is_reported() -> None:
+    class Affine(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.eye(3))
+            self.shift = nn.Parameter(torch.zeros(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ self.weight.T + self.shift
+
+    rules = modnorm.Rules()
+    rules.register(Affine, {"weight": Geometry(Spectral(), "adam", "hidden")})
+    with pytest.raises(modnorm.GeometryError, match=r"'1\.shift'.*register_rule\(Affine"):
+        modnorm.geometries(nn.Sequential(nn.Linear(3, 3), Affine()), rules=rules)
+    rules.override("*.shift", Geometry(RMS(), "adam", "vector"))
+    b = modnorm.budgets(nn.Sequential(nn.Linear(3, 3), Affine()), rules=rules)
+    assert b["1.shift"] == b["1.weight"] == pytest.approx(1 / 2)
+
+
+class PlainResidual(nn.Module):
+    def __init__(self, block: nn.Module, L: float) -> None:
+        super().__init__()
+        self.block, self.L = block, L
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (1 - 1 / self.L) * x + (1 / self.L) * self.block(x)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    plan=st.lists(st.tuples(st.sampled_from(["layer", "residual"]), st.sampled_from(["relu", "gelu", "tanh"])), min_size=1, max_size=4),
+    L=st.integers(1, 6),
+    bias=st.booleans(),
+)
+def test_tracing_agrees_with_the_declared_composition(plan, L, bias) -> None:
+    from modnorm import layers as ML
+
+    acts = {"relu": (nn.ReLU, ML.ReLU), "gelu": (nn.GELU, ML.GELU), "tanh": (nn.Tanh, nn.Tanh)}
+    plain: list[nn.Module] = [nn.Linear(3, 4, bias=bias)]
+    normed: list[nn.Module] = [ML.Linear(3, 4, bias=bias)]
+    for kind, act in plan:
+        tp, mp = acts[act]
+        if kind == "layer":
+            plain += [tp(), nn.Linear(4, 4, bias=bias)]
+            normed += [mp(), ML.Linear(4, 4, bias=bias)]
+        else:
+            plain.append(PlainResidual(nn.Sequential(nn.Linear(4, 4, bias=bias), tp(), nn.Linear(4, 4, bias=bias)), L))
+            normed.append(modnorm.Residual(modnorm.Sequential(ML.Linear(4, 4, bias=bias), mp(), ML.Linear(4, 4, bias=bias)), L))
+    a, b = modnorm.budgets(nn.Sequential(*plain)), modnorm.budgets(modnorm.Sequential(*normed))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k] == pytest.approx(b[k], rel=1e-12), k
+    ga, gb = modnorm.geometries(nn.Sequential(*plain)), modnorm.geometries(modnorm.Sequential(*normed))
+    assert {k: (g.role, type(g.norm)) for k, g in ga.items()} == {k: (g.role, type(g.norm)) for k, g in gb.items()}
+
+
+def test_traced_operation_sensitivities() -> None:
+    class Ops(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(3, 3, bias=False)
+            self.b = nn.Linear(3, 3, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x).T.T / 4.0  # transposes: 1; division by 4: 1/4
+            h = torch.sigmoid(h) * 0.5 + torch.zeros_like(h)  # sigmoid 1/4, ×0.5, zeros_like contributes 0
+            return self.b(h)
+
+    node = modnorm.structure(Ops())
+    assert node.sensitivity == pytest.approx(1 / 4 * 1 / 4 * 0.5)
+    b = modnorm.budgets(Ops())
+    assert b["b.weight"] == pytest.approx(1 / 2) and b["a.weight"] == pytest.approx(1 / 2 / (1 / 32))
+    rules = modnorm.Rules()
+    rules.register_function(torch.sigmoid, 1.0)
+    assert modnorm.structure(Ops(), rules=rules).sensitivity == pytest.approx(1 / 4 * 0.5)

@@ -185,3 +185,54 @@ def test_preconditioner_option_reaches_every_parameter() -> None:
     g = modnorm.geometries(L.LayerNorm(4, preconditioner="sania"))
     assert {x.preconditioner for x in g.values()} == {"sania"}
     assert isinstance(g["weight"], Geometry)
+
+
+def test_example_gpts_are_the_same_network() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import gpt_modnorm
+    import gpt_torch
+
+    for gain in (False, True):
+        torch.manual_seed(0)
+        a = gpt_modnorm.GPT(gpt_modnorm.GPTConfig(vocab_size=11, n_layer=2, n_embd=16, n_head=2, norm_gain=gain))
+        b = gpt_torch.GPT(gpt_torch.GPTConfig(vocab_size=11, n_layer=2, n_embd=16, n_head=2, norm_gain=gain))
+        assert list(a.state_dict()) == list(b.state_dict())
+        b.load_state_dict(a.state_dict())
+        idx = torch.randint(0, 11, (3, 9))
+        logits = a(idx)
+        assert logits.shape == (3, 9, 11)
+        assert torch.allclose(logits, b(idx), atol=1e-6)
+        assert modnorm.budgets(a) == pytest.approx(modnorm.budgets(b, rules=gpt_torch.modnorm_rules(b.cfg)), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "plain, normed",
+    [(nn.Linear, L.Linear), (nn.Conv1d, L.Conv1d), (nn.Conv2d, L.Conv2d), (nn.Embedding, L.Embedding),
+     (nn.LayerNorm, L.LayerNorm), (nn.RMSNorm, L.RMSNorm), (nn.GELU, L.GELU), (nn.SiLU, L.SiLU)],
+)
+def test_constructor_signatures_extend_torchs(plain, normed) -> None:
+    import inspect
+
+    theirs = list(inspect.signature(plain.__init__).parameters.values())
+    ours = list(inspect.signature(normed.__init__).parameters.values())
+    assert [(p.name, p.default) for p in theirs] == [(p.name, p.default) for p in ours[: len(theirs)]]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in ours[len(theirs):])
+
+
+def test_layers_deepcopy_and_pickle() -> None:
+    import copy
+    import io
+
+    model = modnorm.Sequential(L.Linear(3, 4, norm=Spectral(method="svd")), L.GELU(normalize=True), L.Linear(4, 2))
+    twin = copy.deepcopy(model)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    x = torch.randn(2, 3)
+    assert torch.equal(twin(x), model(x)) and torch.equal(loaded(x), model(x))
+    assert modnorm.budgets(loaded) == modnorm.budgets(model)
+    assert loaded[0].norm_override.method == "svd"

@@ -21,7 +21,6 @@ modified (``nonfinite="raise"``) or skip the step and count it in ``skipped_step
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ class _Plan:
     name: str
     role: str
     budget: float
+    scale: float  # budget × the rule's shape factor (lr_adjust)
     shape: tuple[int, ...]
     rule: Rule
     norm: Norm
@@ -62,6 +62,17 @@ class _Plan:
 
 def _internal_shape(p: Tensor) -> tuple[int, ...]:
     return tuple(p.shape) if p.ndim > 0 else (1,)
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable, order-independent image of a hyperparameter dict (tensors by value)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, Tensor):
+        return ("tensor", tuple(value.flatten().tolist()))
+    return value
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -154,7 +165,7 @@ class ModnormOptimizer(Optimizer):
     def _plans(self, gi: int, group: dict[str, Any]) -> list[_Plan]:
         """Per-parameter plans for the group's current hyperparameters (cached on them, lr excluded)."""
         hp = self._hyperparameters(group)
-        key = (gi, json.dumps({k: v for k, v in hp.items() if k != "lr"}, sort_keys=True, default=repr))
+        key = (gi, _freeze({k: v for k, v in hp.items() if k != "lr"}))
         plans = self._plan_cache.get(key)
         if plans is not None and len(plans) == len(group["params"]):
             return plans
@@ -173,7 +184,8 @@ class ModnormOptimizer(Optimizer):
             bucket = (id(rule), pname, norm_key(norm), shape, p.dtype, p.device)
             options = ", ".join(f"{k}={v}" for k, v in rule.preconditioner_options.items()) if pname != "none" else ""
             plabel = f"{pname}({options})" if options else pname
-            plans.append(_Plan(label, geometry.role, budget, shape, rule, norm, preconds[pkey], plabel, bucket))
+            scale = budget * rule.shape_factor(tuple(p.shape))
+            plans.append(_Plan(label, geometry.role, budget, scale, shape, rule, norm, preconds[pkey], plabel, bucket))
         self._plan_cache[key] = plans
         return plans
 
@@ -311,7 +323,7 @@ class ModnormOptimizer(Optimizer):
             lr_r /= 1.0 + (step - 1) * rule.lr_decay
         if wd and rule.weight_decay_mode == "decoupled":
             torch._foreach_mul_(views, 1.0 - lr_r * wd)
-        budgets = [m[1].budget for m in members]
+        budgets = [m[1].scale for m in members]
         alpha = -lr_r * budgets[0]
         if any(b != budgets[0] for b in budgets):
             U = U * torch.tensor(budgets, dtype=U.dtype, device=U.device).view(-1, *([1] * len(shape)))
@@ -339,10 +351,24 @@ class ModnormOptimizer(Optimizer):
                     "momentum": plan.rule.momentum,
                     "mode": plan.rule.mode,
                     "budget": plan.budget,
-                    "lr_scale": plan.budget * plan.rule.lr_ratio,
+                    "lr_scale": plan.scale * plan.rule.lr_ratio,
                     "group": gi,
                 })
         return rows
+
+    def describe_overrides(self) -> dict[str, dict[str, str]]:
+        """Cells for ``modnorm.describe(model, overrides=opt.describe_overrides())``: the norm and
+        preconditioner this optimizer actually uses, plus momentum, mode and lr scale columns."""
+        cells = {}
+        for r in self.describe_rows():
+            cells[r["name"]] = {
+                "norm": r["norm"],
+                "preconditioner": r["preconditioner"],
+                "momentum": r["momentum"],
+                "mode": r["mode"],
+                "lr_scale": f"{r['lr_scale']:.6g}",
+            }
+        return cells
 
     def describe(self) -> str:
         """A plain-text table of ``describe_rows()``."""

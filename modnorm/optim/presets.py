@@ -211,7 +211,9 @@ class Muon(Hyperparameters, _RoutedAdamW):
 
 
 def _muon(h: Muon) -> Recipe:
-    matrix = Rule(norm="spectral", scale=h.adjust_lr_fn or "original", ns_coefficients=(h.ns_coefficients,),
+    # torch.optim.Muon scales the lr by the shape factor; the same as Spectral(scale=...)'s LMO, and
+    # folding it into the lr keeps torch's rounding, so the trajectories agree bit for bit.
+    matrix = Rule(norm="spectral", scale="none", lr_adjust=h.adjust_lr_fn or "original", ns_coefficients=(h.ns_coefficients,),
                   ns_steps=h.ns_steps, ns_dtype=h.ns_dtype, ns_eps=h.eps,
                   momentum="ema_nesterov" if h.nesterov else "ema", beta=h.momentum, mode="lmo", weight_decay=h.weight_decay)
     return _matrix_recipe(matrix, h.adamw_rule())

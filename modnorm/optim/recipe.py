@@ -61,6 +61,20 @@ class Rule(BaseModel):
     weight_decay_mode: Literal["decoupled", "coupled"] = Field("decoupled", description="decoupled: W ← W(1-ηλ); coupled: g ← g + λW (torch SGD/Adagrad L2)")
     lr_ratio: NonNeg = Field(1.0, description="this rule's lr = lr_ratio × the group's lr, ≥ 0")
     lr_decay: NonNeg = Field(0.0, description="Adagrad's lr/(1 + (t-1)·lr_decay), ≥ 0")
+    lr_adjust: str | float | None = Field(None, description="torch.optim.Muon's adjust_lr_fn: lr × spectral_scale(lr_adjust, d0, d1) of the first two dims")
+
+    @field_validator("lr_adjust")
+    @classmethod
+    def _lr_adjust(cls, v: str | float | None) -> str | float | None:
+        if v is not None:
+            spectral_scale(v, 1, 1)
+        return v
+
+    def shape_factor(self, shape: tuple[int, ...]) -> float:
+        """The lr multiplier of ``lr_adjust`` for a parameter of this shape (1 when unset or < 2-D)."""
+        if self.lr_adjust is None or len(shape) < 2:
+            return 1.0
+        return spectral_scale(self.lr_adjust, shape[0], shape[1])
 
     @field_validator("scale")
     @classmethod
@@ -128,6 +142,13 @@ class _CoefficientSpectral(Spectral):
         return f"Spectral(scale={self.scale!r}, coefficients={self.coefficients}, steps={self.steps}, dtype={self.dtype})"
 
 
+class _CoefficientSpectralConv(SpectralConv):
+    """SpectralConv whose per-position LMO is a ``_CoefficientSpectral`` (repr shows the coefficients)."""
+
+    def __repr__(self) -> str:
+        return f"SpectralConv(kernel_dims={self.kernel_dims}, spectral={self.spectral!r})"
+
+
 def _spectral(rule: Rule) -> Spectral:
     opts = _spectral_options(rule)
     if rule.ns_coefficients is not None:
@@ -155,9 +176,9 @@ def resolve_norm(rule: Rule, geometry: Geometry, shape: tuple[int, ...], name: s
         if nd == 2:
             return _spectral(rule)
         if 3 <= nd <= 5:
-            if rule.ns_coefficients is not None:
-                raise ValueError(f"{where}: ns_coefficients applies to 2-D matrices only; use ns_method for conv kernels")
-            return SpectralConv(kernel_dims=nd - 2, **_spectral_options(rule))
+            conv = _CoefficientSpectralConv(kernel_dims=nd - 2, **_spectral_options(rule))
+            conv.spectral = _spectral(rule)  # per kernel position: the same (possibly coefficient) spectral LMO
+            return conv
         raise ValueError(f"{where}: the spectral norm needs a matrix or a conv kernel (2-5 dims); route this role to another rule")
     if rule.norm == "rms":
         if nd != 1:

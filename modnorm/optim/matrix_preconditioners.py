@@ -1,0 +1,422 @@
+"""Matrix (Kronecker-factored) preconditioners: Shampoo, one-sided Shampoo, KL-Shampoo, SOAP, SPlus.
+
+Each keeps left/right statistics of a matrix gradient G (m×n, nn.Linear layout) and
+returns an ``LRNorm`` (Theorem 1) around the optimizer's base norm — there is no
+separate update formula: the optimizer takes the LMO or sharp of the returned norm.
+
+- ``Shampoo``: A = Σ G Gᵀ, B = Σ Gᵀ G (or EMAs with β2, bias-corrected), refreshed
+  eigendecompositions give L⁻¹ = (A + εI)^{-p/2}, R⁻¹ = (B + εI)^{-p/2}; the Frobenius
+  sharp is then A^{-p} G B^{-p} (p = 1/4: Shampoo of Gupta et al. 2018).
+  ``sides="left"`` keeps R = I (one-sided Shampoo, default p = 1/2: A^{-1/2} G).
+- ``KLShampoo``: KL-minimizing factors (Lin et al. 2025), each accumulated from the
+  gradient whitened by the other factor: S_a ← β2 S_a + (1-β2)/n · G S_b⁻¹ Gᵀ,
+  S_b ← β2 S_b + (1-β2)/m · Gᵀ S_a⁻¹ G (both from the previous factors), and
+  L⁻¹ = S_a^{-p/2}, R⁻¹ = S_b^{-p/2}: Frobenius sharp S_a^{-p} G S_b^{-p}, p = 1/2 is the
+  paper's S_a^{-1/2} G S_b^{-1/2}.
+  The paper writes the rate of the new term as β2; here β2 is the decay (paper's 1 - β2).
+- ``SOAP``: Shampoo's eigenbases Q_L, Q_R and Adam statistics V of the rotated gradient
+  Q_Lᵀ G Q_R; the norm is LRNorm(DNorm(base, D), L = Q_Lᵀ, R = Q_R) with Adam's
+  D = (√V̂ + ε)^{1/2} (Vyas et al. 2024), so the Frobenius sharp of a momentum M is
+  Q_L [(Q_Lᵀ M Q_R) / (√V̂ + ε)] Q_Rᵀ.
+- ``SPlus``: Shampoo's eigenbases around the base norm (Sign for SPlus, Frans et al. 2025):
+  lmo(M) = c · Q_L sign(Q_Lᵀ M Q_R) Q_Rᵀ with the shape factor c = 2/(m+n) folded into L.
+
+All statistics live in the per-parameter state dict (tensors only); ``norm`` stacks the
+states of same-shape parameters and returns one norm acting on the (B, m, n) stack.
+Eigendecompositions use ``torch.linalg.eigh`` in ``root_dtype`` (float32 or float64),
+every ``precondition_frequency`` steps (steps 1, 1+k, 1+2k, …).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..norms import Norm
+from ..preconditioned import DNorm, LRNorm
+from .diagonal import SecondMoment
+from .preconditioner import Preconditioner, State, StepContext, register_preconditioner
+
+__all__ = [
+    "Shampoo",
+    "KLShampoo",
+    "SOAP",
+    "SPlus",
+    "inverse_root",
+    "eigenbasis",
+]
+
+Sides = Literal["both", "left", "right"]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_hp(owner: str, beta2: float | None, eps: float, frequency: int, root_dtype: torch.dtype) -> None:
+    if beta2 is not None and not 0.0 <= beta2 < 1.0:
+        raise ValueError(f"{owner}: beta2 must be in [0, 1) (or None for a running sum), got {beta2!r}")
+    if not eps >= 0.0:
+        raise ValueError(f"{owner}: eps must be >= 0, got {eps!r}")
+    if not isinstance(frequency, int) or frequency < 1:
+        raise ValueError(f"{owner}: precondition_frequency must be a positive int, got {frequency!r}")
+    if root_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{owner}: root_dtype must be torch.float32 or torch.float64, got {root_dtype}")
+
+
+def _check_matrix(owner: str, param: Tensor) -> None:
+    if param.ndim != 2:
+        raise ValueError(
+            f"{owner}: needs a matrix parameter (d_out, d_in), got shape {tuple(param.shape)}; "
+            "route vectors/conv kernels to another preconditioner (e.g. 'adam') or reshape them"
+        )
+
+
+def _eigh(S: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (clamped at 0) and eigenvectors of a symmetric PSD matrix, in ``dtype``."""
+    S = S.to(dtype)
+    lam, Q = torch.linalg.eigh(0.5 * (S + S.mT))
+    return lam.clamp_min(0.0), Q
+
+
+def _power_of_eigs(lam: Tensor, power: float, eps: float) -> Tensor:
+    """(λ + ε)^(-power); with ε = 0 a pseudo-inverse: eigenvalues ≤ tol map to 0."""
+    if eps > 0.0:
+        return (lam + eps).pow(-power)
+    tol = lam.amax(dim=-1, keepdim=True) * lam.shape[-1] * torch.finfo(lam.dtype).eps
+    keep = lam > tol
+    return torch.where(keep, lam.clamp_min(torch.finfo(lam.dtype).tiny).pow(-power), torch.zeros_like(lam))
+
+
+def inverse_root(S: Tensor, power: float, eps: float = 0.0, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(S + εI)^(-power) of a symmetric PSD matrix (batched) by ``torch.linalg.eigh`` in ``dtype``.
+
+    Negative eigenvalues from round-off are clamped to 0; with ε = 0 the pseudo-inverse
+    root is returned (null directions map to 0). The result has S's dtype.
+    """
+    lam, Q = _eigh(S, dtype)
+    return ((Q * _power_of_eigs(lam, power, eps).unsqueeze(-2)) @ Q.mT).to(S.dtype)
+
+
+def eigenbasis(S: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Orthogonal eigenvectors Q (columns, eigenvalues descending) of a symmetric matrix S."""
+    _, Q = _eigh(S, dtype)
+    return Q.flip(-1).to(S.dtype)
+
+
+def _due(step: int, frequency: int) -> bool:
+    return (step - 1) % frequency == 0
+
+
+def _stack(states: Sequence[State], key: str) -> Tensor:
+    return torch.stack([s[key] for s in states])
+
+
+class _Factors:
+    """Shampoo's Kronecker statistics A = Σ G Gᵀ, B = Σ Gᵀ G (or EMAs), shared by Shampoo, SOAP and SPlus."""
+
+    def __init__(self, beta2: float | None, sides: Sides) -> None:
+        self.beta2, self.sides = beta2, sides
+
+    def init(self, param: Tensor, dtype: torch.dtype) -> State:
+        m, n = param.shape
+        state: State = {}
+        if self.sides in ("both", "left"):
+            state["A"] = torch.zeros(m, m, dtype=dtype, device=param.device)
+        if self.sides in ("both", "right"):
+            state["B"] = torch.zeros(n, n, dtype=dtype, device=param.device)
+        return state
+
+    def accumulate(self, states: Sequence[State], G: Tensor) -> None:
+        """Add the stacked gradients' outer products (one bmm per side) into each state."""
+        for key, outer in (("A", lambda: G @ G.mT), ("B", lambda: G.mT @ G)):
+            if key in states[0]:
+                S, new = [s[key] for s in states], list(outer().unbind(0))
+                if self.beta2 is None:
+                    torch._foreach_add_(S, new)
+                else:
+                    torch._foreach_lerp_(S, new, 1.0 - self.beta2)
+
+    def corrected(self, states: Sequence[State], key: str, step: int) -> Tensor:
+        """The stacked statistic with EMA bias correction 1/(1 - β2^t) (a sum is returned as is)."""
+        S = _stack(states, key)
+        if self.beta2 is None or self.beta2 == 0.0:
+            return S
+        return S / (1.0 - self.beta2**step)
+
+
+def _copy_into(states: Sequence[State], key: str, X: Tensor) -> None:
+    torch._foreach_copy_([s[key] for s in states], list(X.unbind(0)))
+
+
+def _stacked_grads(grads: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    return torch.stack([g.to(dtype) for g in grads])
+
+
+# ----------------------------------------------------------------------------- Shampoo
+
+
+class Shampoo(Preconditioner):
+    """Shampoo: L = (A + εI)^{p/2}, R = (B + εI)^{p/2}, so the Frobenius sharp is A^{-p} G B^{-p}.
+
+    Args:
+        beta2: None accumulates sums (original Shampoo); a float in [0, 1) keeps EMAs
+            (bias-corrected).
+        eps: ε added to the eigenvalues before the inverse root; 0 gives the pseudo-inverse.
+        power: p. Shampoo uses 1/4 two-sided, 1/2 one-sided; p = 1 one-sided (A^{-1} G)
+            is invariant under left-affine reparametrizations (see ``modnorm.invariance``).
+        sides: "both", or "left"/"right" for one-sided Shampoo (the other factor is I).
+        precondition_frequency: refresh the inverse roots every k steps (stale in between).
+        root_dtype: dtype of ``torch.linalg.eigh`` (float32 or float64).
+    """
+
+    name = "shampoo"
+
+    def __init__(
+        self,
+        beta2: float | None = None,
+        eps: float = 1e-12,
+        power: float = 0.25,
+        sides: Sides = "both",
+        precondition_frequency: int = 1,
+        root_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        _check_hp(type(self).__name__, beta2, eps, precondition_frequency, root_dtype)
+        if sides not in ("both", "left", "right"):
+            raise ValueError(f"{type(self).__name__}: sides must be 'both', 'left' or 'right', got {sides!r}")
+        if not power > 0.0:
+            raise ValueError(f"{type(self).__name__}: power must be positive, got {power!r}")
+        self.beta2, self.eps, self.power, self.sides = beta2, float(eps), float(power), sides
+        self.precondition_frequency, self.root_dtype = precondition_frequency, root_dtype
+        self.factors = _Factors(beta2, sides)
+
+    def init_state(self, param: Tensor, state_dtype: torch.dtype) -> State:
+        _check_matrix(type(self).__name__, param)
+        state = self.factors.init(param, state_dtype)
+        m, n = param.shape
+        if "A" in state:
+            state["L_inv"] = torch.eye(m, dtype=state_dtype, device=param.device)
+        if "B" in state:
+            state["R_inv"] = torch.eye(n, dtype=state_dtype, device=param.device)
+        return state
+
+    def update(self, state: State, grad: Tensor, step: int) -> None:
+        self.update_many([state], [grad], step, None)
+
+    def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
+        G = _stacked_grads(grads, states[0]["L_inv" if "L_inv" in states[0] else "R_inv"].dtype)
+        self.factors.accumulate(states, G)
+        if _due(step, self.precondition_frequency):
+            for key, inv in (("A", "L_inv"), ("B", "R_inv")):
+                if key in states[0]:
+                    S = self.factors.corrected(states, key, step)
+                    _copy_into(states, inv, inverse_root(S, self.power / 2, self.eps, self.root_dtype))
+
+    def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
+        L_inv = _stack(states, "L_inv") if "L_inv" in states[0] else None
+        R_inv = _stack(states, "R_inv") if "R_inv" in states[0] else None
+        return LRNorm(base, L_inv=L_inv, R_inv=R_inv)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(beta2={self.beta2}, eps={self.eps}, power={self.power}, sides={self.sides!r}, "
+            f"precondition_frequency={self.precondition_frequency})"
+        )
+
+
+def shampoo_one_sided(**hp: object) -> Shampoo:
+    """One-sided Shampoo: R = I, L = (Σ G Gᵀ)^{1/4} (Frobenius sharp A^{-1/2} G) unless overridden."""
+    hp.setdefault("sides", "left")
+    hp.setdefault("power", 0.5)
+    return Shampoo(**hp)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- KL-Shampoo
+
+
+class KLShampoo(Preconditioner):
+    """KL-Shampoo factors (Lin et al. 2025) with L⁻¹ = (S_a + εI)^{-p/2}, R⁻¹ = (S_b + εI)^{-p/2}.
+
+    Update, from the factors' cached eigendecompositions (refreshed every k steps):
+    S_a ← β2 S_a + (1-β2)/n · G (S_b + εI)⁻¹ Gᵀ and S_b ← β2 S_b + (1-β2)/m · Gᵀ (S_a + εI)⁻¹ G,
+    with S_a = S_b = ``init``·I at the start. The Frobenius sharp is S_a^{-p} G S_b^{-p}:
+    p = 1/2 (default) is the paper's update, p = 1 the affine-equivariant S_a⁻¹ G S_b⁻¹.
+    State: the factors and their eigendecompositions (Q, λ) per side.
+    """
+
+    name = "kl_shampoo"
+
+    def __init__(
+        self,
+        beta2: float = 0.95,
+        eps: float = 1e-12,
+        power: float = 0.5,
+        init: float = 1.0,
+        precondition_frequency: int = 1,
+        root_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        _check_hp("KLShampoo", beta2, eps, precondition_frequency, root_dtype)
+        if not power > 0.0:
+            raise ValueError(f"KLShampoo: power must be positive, got {power!r}")
+        if not init > 0.0:
+            raise ValueError(f"KLShampoo: init (the factors' initial multiple of I) must be positive, got {init!r}")
+        self.beta2, self.eps, self.power, self.init = float(beta2), float(eps), float(power), float(init)
+        self.precondition_frequency, self.root_dtype = precondition_frequency, root_dtype
+
+    def init_state(self, param: Tensor, state_dtype: torch.dtype) -> State:
+        _check_matrix("KLShampoo", param)
+        m, n = param.shape
+        kw = {"dtype": state_dtype, "device": param.device}
+        return {
+            "Sa": torch.eye(m, **kw) * self.init,
+            "Sb": torch.eye(n, **kw) * self.init,
+            "Qa": torch.eye(m, **kw),
+            "la": torch.full((m,), self.init, **kw),
+            "Qb": torch.eye(n, **kw),
+            "lb": torch.full((n,), self.init, **kw),
+        }
+
+    def _whitened_outer(self, X: Tensor, Q: Tensor, lam: Tensor) -> Tensor:
+        """X (S + εI)⁻¹ Xᵀ with S = Q diag(λ) Qᵀ."""
+        Y = X @ Q
+        return (Y * _power_of_eigs(lam, 1.0, self.eps).unsqueeze(-2)) @ Y.mT
+
+    def update(self, state: State, grad: Tensor, step: int) -> None:
+        self.update_many([state], [grad], step, None)
+
+    def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
+        G = _stacked_grads(grads, states[0]["Sa"].dtype)
+        m, n = G.shape[-2:]
+        new_a = self._whitened_outer(G, _stack(states, "Qb"), _stack(states, "lb")) / n
+        new_b = self._whitened_outer(G.mT, _stack(states, "Qa"), _stack(states, "la")) / m
+        torch._foreach_lerp_([s["Sa"] for s in states], list(new_a.unbind(0)), 1.0 - self.beta2)
+        torch._foreach_lerp_([s["Sb"] for s in states], list(new_b.unbind(0)), 1.0 - self.beta2)
+        if _due(step, self.precondition_frequency):
+            for S, Q, lam in (("Sa", "Qa", "la"), ("Sb", "Qb", "lb")):
+                l, V = _eigh(_stack(states, S), self.root_dtype)
+                _copy_into(states, Q, V)
+                _copy_into(states, lam, l)
+
+    def _inv_root(self, states: Sequence[State], Q: str, lam: str) -> Tensor:
+        Qs, ls = _stack(states, Q), _stack(states, lam)
+        return (Qs * _power_of_eigs(ls, self.power / 2, self.eps).unsqueeze(-2)) @ Qs.mT
+
+    def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
+        return LRNorm(base, L_inv=self._inv_root(states, "Qa", "la"), R_inv=self._inv_root(states, "Qb", "lb"))
+
+    def __repr__(self) -> str:
+        return f"KLShampoo(beta2={self.beta2}, eps={self.eps}, power={self.power}, precondition_frequency={self.precondition_frequency})"
+
+
+# ----------------------------------------------------------------------------- eigenbasis methods
+
+
+class _Eigenbasis(Preconditioner):
+    """Shared part of SOAP and SPlus: Shampoo statistics and their eigenbases Q_L, Q_R."""
+
+    def __init__(self, shampoo_beta2: float | None, precondition_frequency: int, root_dtype: torch.dtype) -> None:
+        _check_hp(type(self).__name__, shampoo_beta2, 0.0, precondition_frequency, root_dtype)
+        self.shampoo_beta2, self.precondition_frequency, self.root_dtype = shampoo_beta2, precondition_frequency, root_dtype
+        self.factors = _Factors(shampoo_beta2, "both")
+
+    def init_state(self, param: Tensor, state_dtype: torch.dtype) -> State:
+        _check_matrix(type(self).__name__, param)
+        state = self.factors.init(param, state_dtype)
+        m, n = param.shape
+        state["QL"] = torch.eye(m, dtype=state_dtype, device=param.device)
+        state["QR"] = torch.eye(n, dtype=state_dtype, device=param.device)
+        return state
+
+    def _refresh(self, states: Sequence[State], G: Tensor, step: int) -> None:
+        self.factors.accumulate(states, G)
+        if _due(step, self.precondition_frequency):
+            _copy_into(states, "QL", eigenbasis(_stack(states, "A"), self.root_dtype))
+            _copy_into(states, "QR", eigenbasis(_stack(states, "B"), self.root_dtype))
+
+    def update(self, state: State, grad: Tensor, step: int) -> None:
+        self.update_many([state], [grad], step, None)
+
+    def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
+        self._refresh(states, _stacked_grads(grads, states[0]["A"].dtype), step)
+
+
+class SOAP(_Eigenbasis):
+    """SOAP: Adam in Shampoo's eigenbasis, as LRNorm(DNorm(base, D), L = Q_Lᵀ, R = Q_R).
+
+    Each step: update A, B (EMA with ``shampoo_beta2``); refresh Q_L, Q_R every k steps;
+    rotate the gradient G̃ = Q_Lᵀ G Q_R and update Adam's V ← β2 V + (1-β2) G̃² (the
+    ``SecondMoment`` preconditioner, fed rotated gradients). D = (√V̂ + ε)^p with V̂
+    bias-corrected: p = 1/2 (default) is Adam's D, whose Frobenius sharp divides by
+    √V̂ + ε. V is kept as is when the basis is refreshed.
+    """
+
+    name = "soap"
+
+    def __init__(
+        self,
+        beta2: float = 0.95,
+        eps: float = 1e-8,
+        shampoo_beta2: float | None = 0.95,
+        precondition_frequency: int = 10,
+        power: float = 0.5,
+        root_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__(shampoo_beta2, precondition_frequency, root_dtype)
+        self.adam = SecondMoment(beta2=beta2, eps=eps, inner=0.5, outer=power)
+        self.beta2, self.eps, self.power = self.adam.beta2, self.adam.eps, self.adam.outer
+
+    def init_state(self, param: Tensor, state_dtype: torch.dtype) -> State:
+        state = super().init_state(param, state_dtype)
+        state.update(self.adam.init_state(param, state_dtype))
+        return state
+
+    def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
+        G = _stacked_grads(grads, states[0]["A"].dtype)
+        self._refresh(states, G, step)
+        rotated = _stack(states, "QL").mT @ G @ _stack(states, "QR")
+        self.adam.update_many(states, list(rotated.unbind(0)), step, ctx)  # type: ignore[arg-type]
+
+    def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
+        D = self.adam.diagonal(states, step)
+        return LRNorm(DNorm(base, D), L_inv=_stack(states, "QL"), R_inv=_stack(states, "QR").mT)
+
+    def __repr__(self) -> str:
+        return f"SOAP(beta2={self.beta2}, eps={self.eps}, shampoo_beta2={self.shampoo_beta2}, precondition_frequency={self.precondition_frequency})"
+
+
+class SPlus(_Eigenbasis):
+    """The base norm in Shampoo's eigenbasis: LRNorm(base, L = Q_Lᵀ/c, R = Q_R), c = 2/(m+n).
+
+    With the Sign base, lmo(M) = c · Q_L sign(Q_Lᵀ M Q_R) Q_Rᵀ: SPlus's update (Frans et
+    al. 2025) without its iterate averaging. ``shape_scale=False`` sets c = 1.
+    """
+
+    name = "splus"
+
+    def __init__(
+        self,
+        shampoo_beta2: float | None = 0.999,
+        precondition_frequency: int = 100,
+        shape_scale: bool = True,
+        root_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__(shampoo_beta2, precondition_frequency, root_dtype)
+        self.shape_scale = bool(shape_scale)
+
+    def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
+        QL = _stack(states, "QL")
+        c = 2.0 / (QL.shape[-1] + states[0]["QR"].shape[-1]) if self.shape_scale else 1.0
+        return LRNorm(base, L_inv=QL * c, R_inv=_stack(states, "QR").mT)
+
+    def __repr__(self) -> str:
+        return f"SPlus(shampoo_beta2={self.shampoo_beta2}, precondition_frequency={self.precondition_frequency}, shape_scale={self.shape_scale})"
+
+
+register_preconditioner("shampoo", Shampoo)
+register_preconditioner("shampoo_one_sided", shampoo_one_sided)
+register_preconditioner("kl_shampoo", KLShampoo)
+register_preconditioner("soap", SOAP)
+register_preconditioner("splus", SPlus)
+
