@@ -45,11 +45,11 @@ def run(method: str, lr: float, width: int, depth: int, data: tuple[torch.Tensor
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], "runs/bench")
     p.add_argument("--depth", type=int, default=1, help="hidden layers (default 1: w×64 and 10×w matrices; 2 adds a w×w one, slow at w = 1024)")
-    p.add_argument("--steps", type=int, default=None, help="steps per run (default 150; 10 with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="steps per run (default 30: far from converged, so the lr matters; 10 with --quick)")
     args = p.parse_args()
     out = common.setup(args)
     started = time.perf_counter()
-    widths, steps, below, above = ([16, 32], 10, 1, 1) if args.quick else ([64, 128, 256, 512, 1024], 150, 5, 5)
+    widths, steps, below, above = ([16, 32], 10, 1, 1) if args.quick else ([64, 128, 256, 512, 1024], 30, 5, 5)
     steps = args.steps or steps
     data = load_digits_split(args.seed)
     results: dict[str, Any] = {}

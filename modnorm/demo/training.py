@@ -231,4 +231,16 @@ def plot_curves(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
+    _shrink_png(path)
     return path
+
+
+def _shrink_png(path: Path) -> None:
+    """Re-save as a 64-colour palette PNG (a few times smaller; plots have few colours)."""
+    try:
+        from PIL import Image
+    except ImportError:  # pillow comes with matplotlib; keep the full-colour file otherwise
+        return
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=64)
+    small.save(path, optimize=True)
