@@ -98,12 +98,14 @@ def main() -> None:
                            "mismatch_curve": drift, "rounding_baseline_curve": baseline,
                            "final_loss_original": base[-1], "final_loss_scaled": scaled[-1], "curve_original": base, "curve_scaled": scaled}
         panels[method] = {"original": (list(range(len(base))), base), "scaled": (list(range(len(scaled))), scaled)}
-        panels.setdefault("first-layer mismatch (dotted: rounding baseline)", {})[method] = (list(range(1, len(drift) + 1)), [max(v, 1e-17) for v in drift])
+        mismatch_panel = panels.setdefault("first-layer mismatch (dotted: rounding baseline)", {})
+        mismatch_panel[method] = (list(range(1, len(drift) + 1)), [max(v, 1e-17) for v in drift])
+        mismatch_panel[f"{method} (baseline)"] = (list(range(1, len(baseline) + 1)), [max(v, 1e-17) for v in baseline])
         rows.append([method, METHODS[method]["lr"], base[-1], scaled[-1], gap] + ([drift[early], baseline[early]] if steps > EARLY else []) + [drift[-1], baseline[-1]])
         print(f"{method:<13} max gap {gap:.3g}  first-layer mismatch {drift[-1]:.3g} (rounding baseline {baseline[-1]:.3g})", flush=True)
     table = common.markdown_table(["method (ε = 0)", "lr", "final loss, original", "final loss, scaled", "max curve gap"]
                                  + ([f"mismatch @ {EARLY}", f"baseline @ {EARLY}"] if steps > EARLY else []) + [f"mismatch @ {steps}", f"baseline @ {steps}"], rows)
-    common.plot_curves(out / "scale_invariance.png", panels, ylabel="train loss", styles={"original": "-", "scaled": "--"})
+    common.plot_curves(out / "scale_invariance.png", panels, ylabel="train loss", styles={"original": "-", "scaled": "--", **{f"{m} (baseline)": ":" for m in METHODS}})
     meta = {"b": args.b, "scales_min": float(a.min()), "scales_max": float(a.max()), "steps": steps, "width": width, "dtype": "float64"}
     common.finish(out, "scale_invariance", {"config": meta, "results": results}, table, started, common.command_line())
 
