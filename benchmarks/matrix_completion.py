@@ -20,10 +20,10 @@ from torch import Tensor, nn
 import common
 
 METHODS: dict[str, tuple[dict[str, Any], float]] = {  # name → (fixed hyperparameters, lr grid centre)
-    "torch:adamw": ({"weight_decay": 0.0}, 1e-2),
-    "muon": ({"weight_decay": 0.0, "ns_dtype": "float32"}, 1e-2),
-    "muadam": ({"weight_decay": 0.0}, 1e-2),
-    "muadam_sania": ({"weight_decay": 0.0}, 1e-4),
+    "torch:adamw": ({"weight_decay": 0.0}, 2.5e-3),
+    "muon": ({"weight_decay": 0.0, "ns_dtype": "float32"}, 0.08),
+    "muadam": ({"weight_decay": 0.0}, 2.5e-3),
+    "muadam_sania": ({"weight_decay": 0.0}, 2e-4),
 }
 
 
@@ -103,7 +103,7 @@ def main() -> None:
     if args.quick:
         shape, k, rank, steps, below, above = (60, 40), 3, 8, 20, 0, 0
     else:
-        shape, k, rank, steps, below, above = (300, 200), 5, 32, 500, 2, 2
+        shape, k, rank, steps, below, above = (300, 200), 5, 32, 500, 3, 3
     steps = args.steps or steps
     data = make_data(*shape, k=k, observed=0.25, noise=0.1, seed=args.seed)
     results: dict[str, Any] = {}
