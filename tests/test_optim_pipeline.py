@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import modnorm
@@ -215,6 +217,12 @@ def test_rank_inference_and_construction_errors():
     assert rows["b"]["norm"] == "RMS()" and rows["s"]["norm"].startswith("Frobenius")
     with pytest.raises(ValueError, match="'b'.*spectral"):
         modnorm.optimizer(params, Recipe(default=Rule(norm="spectral")))
+    # polar options given to scion replace a declared spectral norm's method, keeping its declared scale
+    geo = {"w": modnorm.Geometry(modnorm.Spectral(scale="original"))}
+    opt = modnorm.ModnormOptimizer(params, "scion", geometries=geo, ns_method="svd")
+    rows = {r["name"]: r for r in opt.describe_rows()}
+    assert rows["w"]["norm"] == "Spectral(scale='original', method='svd', steps=None)"
+    assert "method='svd'" in rows["conv"]["norm"] and rows["b"]["norm"] == "RMS()"
 
 
 def test_describe_integrates_with_model_describe():
@@ -223,3 +231,31 @@ def test_describe_integrates_with_model_describe():
     text = modnorm.describe(model, overrides=opt.describe_overrides())
     assert "lr_scale" in text and "inner=1.0, outer=0.25" in text
     assert "muadam" in opt.describe() and "0.weight" in opt.describe()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    norm=st.sampled_from(["frobenius", "sign", "spectral", "declared", "colnorm", "rownorm"]),
+    precond=st.sampled_from(["none", "adam", "sania", "adagrad"]),
+    mode=st.sampled_from(["lmo", "sharp"]),
+    shape=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+    scale=st.floats(1e-3, 1e3),
+    seed=st.integers(0, 2**16),
+)
+def test_every_composition_descends_and_lmo_ignores_gradient_scale(norm, precond, mode, shape, scale, seed):
+    """For any base norm × preconditioner × mode: ⟨G, ΔW⟩ < 0 (a descent step), finite, and in lmo
+    mode without a preconditioner, the step does not depend on the gradient's scale."""
+    g = torch.Generator().manual_seed(seed)
+    G = torch.randn(shape, generator=g, dtype=torch.float64)
+    rule = Rule(norm=norm, preconditioner=precond, mode=mode, ns_method="svd")
+    steps = []
+    for c in (1.0, scale):
+        w = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+        w.grad = c * G
+        modnorm.optimizer([w], Recipe(default=rule), lr=0.1).step()
+        steps.append(w.detach().clone())
+    for step, c in zip(steps, (1.0, scale)):
+        assert torch.isfinite(step).all()
+        assert (c * G * step).sum() < 0
+    if mode == "lmo" and precond == "none":
+        torch.testing.assert_close(steps[0], steps[1], rtol=1e-9, atol=1e-12)

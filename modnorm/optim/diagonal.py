@@ -34,15 +34,15 @@ from .preconditioner import Preconditioner, StepContext, register_preconditioner
 __all__ = ["SecondMoment", "adam", "sania", "adagrad"]
 
 
-def _power(X: Tensor, p: float) -> Tensor:
-    """X**p with the common exponents as exact root operations."""
-    if p == 1.0:
-        return X
+def _power_(X: Tensor, p: float) -> Tensor:
+    """X ← X**p in place, with the common exponents as exact root operations."""
     if p == 0.5:
-        return X.sqrt()
-    if p == 0.25:
-        return X.sqrt().sqrt()
-    return X.pow(p)
+        X.sqrt_()
+    elif p == 0.25:
+        X.sqrt_().sqrt_()
+    elif p != 1.0:
+        X.pow_(p)
+    return X
 
 
 class SecondMoment(Preconditioner):
@@ -97,13 +97,13 @@ class SecondMoment(Preconditioner):
 
     def diagonal(self, states: Sequence[dict[str, Tensor]], step: int) -> Tensor:
         """The stacked D, shape (B, *param_shape); a fresh tensor (V is not touched)."""
-        V = torch.stack([s[self.key] for s in states])
+        D = torch.stack([s[self.key] for s in states])  # a copy: everything below is in place on it
         if self.accumulate == "ema":
-            V = V / (1.0 - self.beta2**step)
-        D = _power(V, self.inner)
+            D.div_(1.0 - self.beta2**step)
+        _power_(D, self.inner)
         if self.eps:
-            D = D + self.eps
-        return _power(D, self.outer)
+            D.add_(self.eps)
+        return _power_(D, self.outer)
 
     def norm(self, base: Norm, states: Sequence[dict[str, Tensor]], step: int) -> Norm:
         return DNorm(base, self.diagonal(states, step))

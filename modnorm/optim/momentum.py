@@ -23,7 +23,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-__all__ = ["MomentumKind", "MOMENTUM_KINDS", "momentum_key", "init_momentum", "apply_momentum"]
+__all__ = ["MomentumKind", "MOMENTUM_KINDS", "momentum_key", "init_momentum", "apply_momentum", "momentum_scale"]
 
 MomentumKind = Literal["none", "heavy_ball", "nesterov", "ema", "ema_nesterov", "adam_ema"]
 MOMENTUM_KINDS: tuple[str, ...] = get_args(MomentumKind)
@@ -44,6 +44,11 @@ def init_momentum(kind: str, param: Tensor, state_dtype: torch.dtype) -> dict[st
     return {key: torch.zeros_like(param, dtype=state_dtype, memory_format=torch.preserve_format)}
 
 
+def momentum_scale(kind: str, beta: float, step: int) -> float:
+    """The factor c with direction = c · (what ``apply_momentum`` returns): Adam's 1/(1-β^t), else 1."""
+    return 1.0 / (1.0 - beta**step) if kind == "adam_ema" else 1.0
+
+
 def apply_momentum(
     kind: str,
     beta: float,
@@ -52,7 +57,8 @@ def apply_momentum(
     grads: list[Tensor],
     step: int,
 ) -> list[Tensor]:
-    """Update the buffers in place and return the direction d for each parameter."""
+    """Update the buffers in place and return the direction d for each parameter, up to the
+    scalar ``momentum_scale`` (so that the caller can apply it to the stacked tensor in place)."""
     if kind == "none" or (beta == 0.0 and kind in ("heavy_ball", "nesterov", "ema", "ema_nesterov")):
         return grads
     key = momentum_key(kind)
@@ -73,5 +79,5 @@ def apply_momentum(
         return bufs
     if kind == "adam_ema":
         torch._foreach_lerp_(bufs, grads, 1.0 - beta)
-        return torch._foreach_div(bufs, 1.0 - beta**step)
+        return bufs  # the bias correction 1/(1-β^t) is ``momentum_scale``, applied after stacking
     raise ValueError(f"unknown momentum kind {kind!r}; choose one of {MOMENTUM_KINDS}")

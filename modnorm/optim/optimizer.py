@@ -33,7 +33,7 @@ from torch.optim import Optimizer
 from ..geometry import Geometry
 from ..norms import Norm
 from .config import ConfigError, get_preset, validate_hyperparameters
-from .momentum import apply_momentum, init_momentum
+from .momentum import apply_momentum, init_momentum, momentum_scale
 from .preconditioner import RESERVED_STATE_KEYS, Preconditioner, StepContext, get_preconditioner
 from .presets import Preset, custom_recipe_preset
 from .recipe import DTYPES, Recipe, Rule, infer_geometry, norm_key, resolve_norm
@@ -126,7 +126,7 @@ class ModnormOptimizer(Optimizer):
         self._geometries = dict(geometries or {})
         self._budgets = {k: float(v) for k, v in (budgets or {}).items()}
         self._meta: list[list[tuple[str, Geometry, float]]] = []
-        self._plan_cache: dict[tuple, list[_Plan]] = {}
+        self._plan_cache: dict[Any, Any] = {}  # (gi, frozen hyperparameters) → plans; gi → (last hp, plans)
         defaults = validate_hyperparameters(self._preset, hyperparameters).model_dump()
         super().__init__(params, defaults)
 
@@ -157,17 +157,30 @@ class ModnormOptimizer(Optimizer):
             geometry = self._geometries.get(name) or infer_geometry(tuple(p.shape))
             meta.append((label, geometry, self._budgets.get(name, 1.0)))
         self._meta.append(meta)
-        self._plans(gi, group)  # resolve now: a rule that cannot handle a parameter fails at construction
+        try:
+            self._plans(gi, group)  # resolve now: a rule that cannot handle a parameter fails here
+        except Exception:
+            self.param_groups.pop()
+            self._meta.pop()
+            raise
 
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         return {k: group[k] for k in self._preset.hyperparameters.model_fields if k in group}
 
     def _plans(self, gi: int, group: dict[str, Any]) -> list[_Plan]:
         """Per-parameter plans for the group's current hyperparameters (cached on them, lr excluded)."""
-        hp = self._hyperparameters(group)
-        key = (gi, _freeze({k: v for k, v in hp.items() if k != "lr"}))
+        hp = {k: v for k, v in self._hyperparameters(group).items() if k != "lr"}
+        last = self._plan_cache.get(gi)  # fast path: the group's hyperparameters did not change
+        if last is not None and len(last[1]) == len(group["params"]):
+            try:
+                if last[0] == hp:
+                    return last[1]
+            except RuntimeError:  # a tensor-valued hyperparameter: compare through _freeze below
+                pass
+        key = (gi, _freeze(hp))
         plans = self._plan_cache.get(key)
         if plans is not None and len(plans) == len(group["params"]):
+            self._plan_cache[gi] = (hp, plans)
             return plans
         recipe = self._preset.build(validate_hyperparameters(self._preset, hp, where=f", param group {gi}"))
         preconds: dict[tuple, Preconditioner] = {}
@@ -187,6 +200,7 @@ class ModnormOptimizer(Optimizer):
             scale = budget * rule.shape_factor(tuple(p.shape))
             plans.append(_Plan(label, geometry.role, budget, scale, shape, rule, norm, preconds[pkey], plabel, bucket))
         self._plan_cache[key] = plans
+        self._plan_cache[gi] = (hp, plans)
         return plans
 
     # ------------------------------------------------------------------ state
@@ -280,8 +294,9 @@ class ModnormOptimizer(Optimizer):
                 work.append((gi, group, items))
         if not self._check_gradients(work):
             return loss
-        for gi, group, items in work:
-            plans = self._plans(gi, group)
+        # resolve every group first: hyperparameters changed to bad values fail before any update
+        all_plans = [self._plans(gi, group) for gi, group, _ in work]
+        for (gi, group, items), plans in zip(work, all_plans):
             lr = float(group["lr"])
             buckets: dict[tuple, list[tuple[Tensor, _Plan, dict]]] = defaultdict(list)
             for i, p in items:
@@ -315,7 +330,10 @@ class ModnormOptimizer(Optimizer):
         ctx = StepContext(step=step, params=params, names=[m[1].name for m in members], closure=closure, loss=loss)
         plan.precond.update_many(states, grads, step, ctx)
         norm = plan.precond.norm(plan.norm, states, step)
-        X = torch.stack(d)
+        X = torch.stack(d)  # a copy: the momentum buffers stay untouched
+        c = momentum_scale(rule.momentum, rule.beta, step)
+        if c != 1.0:
+            X.mul_(c)
         U = norm.lmo(X) if rule.mode == "lmo" else norm.sharp(X)
 
         lr_r = lr * rule.lr_ratio

@@ -236,7 +236,8 @@ class Scion(Hyperparameters, _Polar):
 
 
 def _scion(h: Scion) -> Recipe:
-    rule = Rule(norm="declared", momentum="ema" if h.momentum else "none", beta=h.momentum, mode="lmo", weight_decay=h.weight_decay)
+    rule = Rule(norm="declared", ns_method=h.ns_method, ns_steps=h.ns_steps, ns_dtype=h.ns_dtype,
+                momentum="ema" if h.momentum else "none", beta=h.momentum, mode="lmo", weight_decay=h.weight_decay)
     return Recipe(default=rule)
 
 
@@ -298,6 +299,16 @@ for _name, _hp, _build, _src in (
     register_preset(_name, _hp, _build, _src)
 
 
+@dataclass(frozen=True)
+class _FixedRecipe:
+    """build() of a user's Recipe: the same recipe whatever the (lr, maximize) hyperparameters."""
+
+    recipe: Recipe
+
+    def __call__(self, hyperparameters: Hyperparameters) -> Recipe:
+        return self.recipe
+
+
 def custom_recipe_preset(recipe: Recipe) -> Preset:
     """A preset for a user's Recipe: group hyperparameters are ``lr`` and ``maximize`` only."""
-    return Preset("custom", Hyperparameters, lambda h: recipe, "user recipe")
+    return Preset("custom", Hyperparameters, _FixedRecipe(recipe), "user recipe")

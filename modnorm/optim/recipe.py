@@ -14,7 +14,9 @@ Base norms: ``"declared"`` takes the parameter's declared geometry (``Geometry.n
 matrix and ``SpectralConv`` for a >2-D kernel; ``"rms"`` for vectors; ``"colnorm"``/
 ``"rownorm"`` for matrices (embedding layout when the role is "embedding"). The
 spectral options (``scale``, ``ns_method``, ``ns_steps``, ``ns_coefficients``, ``ns_dtype``,
-``ns_eps``) configure the built spectral norms; a declared norm is used as declared.
+``ns_eps``) configure the built spectral norms; a declared norm is used as declared,
+except that polar-factor options set explicitly on the rule replace those of a declared
+``Spectral``/``SpectralConv`` (its scale is kept).
 ``preconditioner="declared"`` takes ``Geometry.preconditioner``.
 """
 
@@ -156,6 +158,28 @@ def _spectral(rule: Rule) -> Spectral:
     return Spectral(**opts)
 
 
+_POLAR_FIELDS = ("ns_method", "ns_steps", "ns_dtype", "ns_eps", "ns_coefficients")
+
+
+def _with_rule_polar(norm: Norm, rule: Rule) -> Norm:
+    """A declared Spectral/SpectralConv rebuilt with the polar-factor options the rule sets
+    explicitly (its declared scale kept); any other norm unchanged."""
+    if not _sets_polar_options(rule):
+        return norm
+    if type(norm) is Spectral:
+        return _spectral(rule.model_copy(update={"scale": norm.scale}))
+    if type(norm) is SpectralConv:
+        conv_rule = rule.model_copy(update={"scale": norm.spectral.scale})
+        conv = _CoefficientSpectralConv(kernel_dims=norm.kernel_dims, **_spectral_options(conv_rule))
+        conv.spectral = _spectral(conv_rule)
+        return conv
+    return norm
+
+
+def _sets_polar_options(rule: Rule) -> bool:
+    return any(f in rule.model_fields_set for f in _POLAR_FIELDS)
+
+
 def resolve_norm(rule: Rule, geometry: Geometry, shape: tuple[int, ...], name: str) -> Norm:
     """The base norm ``rule`` gives a parameter of (internal) ``shape`` with ``geometry``.
 
@@ -167,7 +191,7 @@ def resolve_norm(rule: Rule, geometry: Geometry, shape: tuple[int, ...], name: s
         norm = geometry.norm
         if norm.ndim > nd:
             raise ValueError(f"{where}: its declared norm {norm!r} acts on {norm.ndim} dims; declare a norm for {nd}-D tensors")
-        return norm
+        return _with_rule_polar(norm, rule)
     if rule.norm == "frobenius":
         return Frobenius(ndim=nd)
     if rule.norm == "sign":
