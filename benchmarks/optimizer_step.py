@@ -154,6 +154,7 @@ def run(args: argparse.Namespace) -> dict:
         }
         if "torch.AdamW(fused)" in med:
             row["x_torch_adamw_fused"] = med[e.name] / med["torch.AdamW(fused)"]
+        row["x_muon_ns_fp32"] = med[e.name] / med["modnorm.muon(ns float32)"]
         rows.append(row)
     n_params = sum(a * b for _, (a, b), _ in shapes)
     return {
@@ -165,7 +166,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def print_table(result: dict) -> str:
     cols = [("optimizer", "{:<26}"), ("median_ms", "{:>10.2f}"), ("mean_ms", "{:>10.2f}"), ("x_torch_muon", "{:>13.2f}"),
-            ("x_torch_adamw_foreach", "{:>22.2f}"), ("x_torch_adamw_fused", "{:>20.2f}"), ("state_mib", "{:>10.1f}"), ("state_x_adamw", "{:>14.2f}")]
+            ("x_torch_adamw_foreach", "{:>22.2f}"), ("x_torch_adamw_fused", "{:>20.2f}"), ("x_muon_ns_fp32", "{:>15.2f}"),
+            ("state_mib", "{:>10.1f}"), ("state_x_adamw", "{:>14.2f}")]
     cols = [(c, f) for c, f in cols if c in result["rows"][0]]
     head = "| " + " | ".join(c for c, _ in cols) + " |"
     lines = [head, "|" + "|".join("---" for _ in cols) + "|"]
@@ -205,11 +207,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="width 64, 2 layers, vocab 256, 5 repeats: seconds")
     ap.add_argument("--profile", metavar="NAME", help="print torch.profiler's top ops for this entry (e.g. modnorm.muadam) instead")
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--table-from", metavar="JSON", help="print the table of an earlier --out file and exit")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.width, args.layers, args.vocab, args.repeats, args.warmup = 64, 2, 256, 5, 1
+    if args.table_from:
+        result = json.loads(Path(args.table_from).read_text())
+        med = {r["optimizer"]: r["median_ms"] for r in result["rows"]}
+        for r in result["rows"]:
+            r.setdefault("x_muon_ns_fp32", r["median_ms"] / med["modnorm.muon(ns float32)"])
+        print_table(result)
+        return
     if args.profile:
         profile(args, args.profile)
         return

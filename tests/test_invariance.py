@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import pytest
 import torch
 
@@ -13,23 +15,27 @@ ROUNDOFF = 1e-8  # float64 runs of 30 steps; an invariant method measures 1e-15 
 BROKEN = 1e-3  # a method that is not invariant is off by far more
 
 
+@lru_cache(maxsize=None)
+def scale_report(preset: str, eps: float):
+    """30-step scale checks shared by several tests (each costs two optimizer runs)."""
+    return check_invariance(preset, "scale", eps=eps, ns_method="svd")
+
+
 def test_muadam_sania_eps0_is_scale_invariant() -> None:
-    r = check_invariance("muadam_sania", "scale", eps=0.0, ns_method="svd")
+    r = scale_report("muadam_sania", 0.0)
     assert r.predicted is True
     assert r.mismatch < 1e-11, r
 
 
 def test_muadam_is_not_scale_invariant() -> None:
-    r = check_invariance("muadam", "scale", eps=0.0, ns_method="svd")
+    r = scale_report("muadam", 0.0)
     assert r.predicted is False
     assert 1e-2 < r.mismatch, r
 
 
 def test_muadam_sania_eps_1e8_is_only_approximately_invariant() -> None:
     """ε = 1e-8 sits between round-off and MuAdam: the mismatch comes from entries with V̂ ≲ ε."""
-    exact = check_invariance("muadam_sania", "scale", eps=0.0, ns_method="svd")
-    approx = check_invariance("muadam_sania", "scale", eps=1e-8, ns_method="svd")
-    muadam = check_invariance("muadam", "scale", eps=1e-8, ns_method="svd")  # 30 steps each, as DESIGN §3
+    exact, approx, muadam = scale_report("muadam_sania", 0.0), scale_report("muadam_sania", 1e-8), scale_report("muadam", 0.0)
     assert approx.predicted is False
     assert 1e6 * exact.mismatch < approx.mismatch < muadam.mismatch
 

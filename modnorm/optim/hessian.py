@@ -13,10 +13,11 @@ base it gives polar(G ⊘ D) ⊘ D, a Hessian-scaled Muon. Under a scale reparam
 W = A ⊙ W' the Hessian diagonal becomes A² ⊙ h, so D = h^{1/2} transforms as D ↦ A ⊙ D
 (Theorem 2) — in expectation over z, since one sample of z ⊙ Hz does not.
 
-The estimate needs the loss as a function of the parameters: pass ``loss_fn(params)``
-(a dict name → tensor, e.g. built with ``functional_loss``) and the named parameters;
-the preconditioner then computes one estimate for all of them at the first ``update`` of
-a due step. Without ``loss_fn``, feed estimates yourself with ``absorb``.
+The estimate needs Hessian-vector products: pass ``loss_fn(params)`` (a dict name →
+tensor, e.g. built with ``functional_loss``) with the named parameters — one estimate for
+all of them at the first bucket of a due step — or ``from_graph=True`` to use the
+optimizer's ``StepContext.hvp`` after ``loss.backward(create_graph=True)``; without
+either, feed estimates yourself with ``absorb``.
 """
 
 from __future__ import annotations
