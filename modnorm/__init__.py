@@ -4,22 +4,28 @@ Each parameter declares a norm (with its dual map, the LMO) and a preconditioner
 framework composes them into a modular norm over the network and derives the update.
 """
 
+# Geometry of one tensor: norms, their LMOs, preconditioned norms, the polar factor.
 from .geometry import Geometry
 from .norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, spectral_scale
 from .polar import orthogonalize, singular_values
 from .preconditioned import DNorm, LRNorm
+from .testing import NormLawError, check_norm
+
+# Geometry of a network: layers, composition, rules for plain torch.nn, the modular norm.
 from .auto import DEFAULT_RULES, Rules, register_bond, register_function, register_rule
 from .composition import Atom, Bond, Chain, Node, Tared, Tuple
 from .layers import Parallel, Residual, Scale, Sequential
 from .describe import describe, describe_rows
 from .module import GeometryError, analyze, budgets, geometries, modular_norm, structure
-from .testing import NormLawError, check_norm
+
+# The generated optimizer, its presets and preconditioners.
 from .optim import (
     ConfigError,
     ModnormOptimizer,
     OptimizerConfig,
     Preconditioner,
     Recipe,
+    Rule,
     optimizer,
     register_preconditioner,
     register_preset,
@@ -29,12 +35,14 @@ from .optim.hessian import HessianDiagonal, hutchinson_diagonal
 from .optim.matrix_preconditioners import SOAP, KLShampoo, Shampoo, SPlus
 from .invariance import InvarianceReport, check_invariance
 
+# torch.distributed: DDP/FSDP2 dual maps and DCP checkpoints.
 from .distributed import distributed_lmo, distributed_sharp
 from .distributed.checkpoint import CheckpointMismatchError, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # one tensor
     "Norm",
     "Frobenius",
     "Spectral",
@@ -51,13 +59,14 @@ __all__ = [
     "check_norm",
     "NormLawError",
     "Geometry",
+    # a network
     "geometries",
-    "describe",
-    "describe_rows",
     "budgets",
     "modular_norm",
     "structure",
     "analyze",
+    "describe",
+    "describe_rows",
     "GeometryError",
     "Rules",
     "DEFAULT_RULES",
@@ -74,22 +83,16 @@ __all__ = [
     "Chain",
     "Tuple",
     "Tared",
-    # generated optimizer (modnorm.optim)
+    # the generated optimizer
     "optimizer",
     "ModnormOptimizer",
     "OptimizerConfig",
     "ConfigError",
     "Recipe",
+    "Rule",
     "Preconditioner",
     "register_preconditioner",
     "register_preset",
-    # torch.distributed: DDP/FSDP2 dual maps and DCP checkpoints (modnorm.distributed)
-    "distributed_lmo",
-    "distributed_sharp",
-    "save_checkpoint",
-    "load_checkpoint",
-    "CheckpointMismatchError",
-    # matrix and Hessian preconditioners, invariance checks
     "Shampoo",
     "KLShampoo",
     "SOAP",
@@ -98,4 +101,10 @@ __all__ = [
     "hutchinson_diagonal",
     "check_invariance",
     "InvarianceReport",
+    # torch.distributed
+    "distributed_lmo",
+    "distributed_sharp",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CheckpointMismatchError",
 ]

@@ -1,0 +1,118 @@
+"""Every benchmark in --quick mode: its JSON has the expected structure and finite numbers."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+
+
+def run_quick(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> dict[str, Any]:
+    module = importlib.import_module(name)
+    monkeypatch.setattr(sys, "argv", [f"benchmarks/{name}.py", "--quick", "--out", str(tmp_path), *extra])
+    module.main()
+    data = json.loads((tmp_path / f"{name}.json").read_text())
+    assert data["benchmark"] == name and "--quick" in data["command"]
+    assert data["table"].startswith("|") and (tmp_path / f"{name}.md").read_text().count("|") > 4
+    assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    return data
+
+
+def test_lr_grid_and_tune() -> None:
+    assert common.lr_grid(1.0, 2, 1) == [0.25, 0.5, 1.0, 2.0]
+    best_lr, best, scores = common.tune(lambda lr: {"final": (lr - 0.5) ** 2 if lr < 2 else float("nan")}, [0.25, 0.5, 1.0, 2.0])
+    assert best_lr == 0.5 and best["final"] == 0.0 and scores[2.0] == float("inf")
+
+
+def test_matrix_quadratic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = run_quick("matrix_quadratic", tmp_path, monkeypatch)
+    assert set(data["results"]) == {"diagonal κ=1e4", "orthogonal κ=1e4", "hadamard κ=1e4"}
+    for setting in data["results"].values():
+        assert set(setting) == {"torch:sgd", "torch:adamw", "muon", "muadam", "muadam_sania"}
+        for r in setting.values():
+            assert math.isfinite(r["final_relative_loss"]) and 0 <= r["final_relative_loss"] < 1  # the best lr makes progress
+            assert str(r["best_lr"]) in r["grid"] or r["best_lr"] in map(float, r["grid"])
+
+
+def test_matrix_quadratic_hadamard_is_orthogonal() -> None:
+    import torch
+
+    import matrix_quadratic
+
+    H = matrix_quadratic.hadamard(16)
+    assert torch.allclose(H @ H.T, torch.eye(16, dtype=H.dtype), atol=1e-12)
+    with pytest.raises(ValueError, match="power of 2"):
+        matrix_quadratic.hadamard(12)
+
+
+def test_scale_invariance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = run_quick("scale_invariance", tmp_path, monkeypatch)
+    res = data["results"]
+    assert set(res) == {"adamw", "adam_sania", "muon", "muadam", "muadam_sania"}
+    assert common.is_finite_tree({m: [r["max_curve_gap"], r["first_layer_mismatch"]] for m, r in res.items()})
+    # Theorem 2: D = V^½ with ε = 0 is invariant to feature scaling, D = V^¼ and no D are not.
+    for invariant in ("adam_sania", "muadam_sania"):
+        assert res[invariant]["first_layer_mismatch"] < 1e-8, invariant
+    for variant in ("adamw", "muadam", "muon"):
+        assert res[variant]["first_layer_mismatch"] > 1e-4, variant
+
+
+def test_matrix_completion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = run_quick("matrix_completion", tmp_path, monkeypatch)
+    rank = data["config"]["model_rank"]
+    for r in data["results"].values():
+        log = r["log"]
+        assert common.is_finite_tree(log)
+        assert log["train_rmse"][-1] < log["train_rmse"][0]
+        for key in ("erank_P", "erank_Q", "srank_P", "srank_Q"):
+            assert all(1.0 - 1e-6 <= v <= rank + 1e-6 for v in log[key]), key
+
+
+def test_rank_measures() -> None:
+    import torch
+
+    import matrix_completion as mc
+
+    F = torch.diag(torch.tensor([3.0, 1.0, 0.0]))
+    assert mc.stable_rank(F) == pytest.approx(10 / 9)
+    assert mc.effective_rank(torch.eye(4)) == pytest.approx(4.0)
+
+
+def test_char_gpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    words = ["to", "be", "or", "not", "that", "is", "the", "question"]
+    text = "\n".join(" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(10)) for i in range(200))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text)
+    data = run_quick("char_gpt", tmp_path, monkeypatch, "--data", str(corpus))
+    vocab = data["config"]["model"]["vocab_size"]
+    assert vocab == len(set(text))
+    assert set(data["results"]) == {"torch:adamw", "torch:muon", "muon", "muadam"}
+    for r in data["results"].values():
+        assert math.isfinite(r["final_val_loss"]) and r["final_val_loss"] < math.log(vocab) + 1.0
+        assert common.is_finite_tree(r["train_curve"])
+
+
+def test_char_gpt_requires_a_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SystemExit, match="--data"):
+        run_quick("char_gpt", tmp_path, monkeypatch)
+    with pytest.raises(SystemExit, match="not a file"):
+        run_quick("char_gpt", tmp_path, monkeypatch, "--data", str(tmp_path / "missing.txt"))
+
+
+def test_lr_transfer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = run_quick("lr_transfer", tmp_path, monkeypatch)
+    for r in data["results"].values():
+        assert isinstance(r["optimal_lr_shift_grid_steps"], int) and r["optimal_lr_shift_grid_steps"] >= 0
+        for w in data["config"]["widths"]:
+            entry = r["per_width"][str(w)]
+            assert entry["best_lr"] in r["lr_grid"] and math.isfinite(entry["best_loss"])
