@@ -38,7 +38,7 @@ from .momentum import init_momentum
 from .preconditioner import RESERVED_STATE_KEYS, Preconditioner, StepContext, get_preconditioner
 from .presets import Preset, custom_recipe_preset
 from .recipe import DTYPES, Recipe, Rule, infer_geometry, norm_key, resolve_norm
-from .update import RuleSpec, update_bucket
+from .update import RuleSpec, compiled_update_bucket, update_bucket
 
 __all__ = ["ModnormOptimizer"]
 
@@ -76,13 +76,6 @@ def _freeze(value: Any) -> Any:
     if isinstance(value, Tensor):
         return ("tensor", tuple(value.flatten().tolist()))
     return value
-
-
-def _compiled_update(options: bool | dict[str, Any]) -> Callable[..., None] | None:
-    """``update_bucket`` under torch.compile (None when not compiling)."""
-    if options is False:
-        return None
-    return torch.compile(update_bucket, **(options if isinstance(options, dict) else {}))
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -139,7 +132,7 @@ class ModnormOptimizer(Optimizer):
         self.nonfinite = nonfinite
         self.state_dtype = state_dtype
         self._compile = compile
-        self._compiled = _compiled_update(compile)
+        self._compiled: dict[tuple, Callable[..., None]] = {}  # bucket → its compiled update
         self.skipped_steps = 0
         self._geometries = dict(geometries or {})
         self._budgets = {k: float(v) for k, v in (budgets or {}).items()}
@@ -250,7 +243,7 @@ class ModnormOptimizer(Optimizer):
         super().__setstate__(state)
         self._plan_cache = {}
         self._compile = state.get("_compile", False)
-        self._compiled = _compiled_update(self._compile)
+        self._compiled = {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load_state_dict, keeping fp32 state of 16-bit parameters in fp32 (torch casts it to the parameter's dtype)."""
@@ -311,11 +304,16 @@ class ModnormOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for members, t, lr, maximize in self._prepare():
-            self._update_bucket(members, t, lr, maximize, closure, loss)
+        self._apply(closure, loss)
         return loss
 
     @torch._dynamo.disable
+    def _apply(self, closure: Callable[[], Any] | None, loss: Any) -> None:
+        """Plan and update every bucket. Never traced: ``torch.compile(opt.step)`` runs this eagerly;
+        ``compile=True`` compiles each bucket's update (``update.compiled_update_bucket``)."""
+        for members, t, lr, maximize in self._prepare():
+            self._update_bucket(members, t, lr, maximize, closure, loss)
+
     def _prepare(self) -> list[tuple[list[tuple[Tensor, _Plan, dict]], int, Any, bool]]:
         """Check gradients, resolve plans, initialize state and form the buckets (eager, never traced)."""
         work = []
@@ -355,8 +353,11 @@ class ModnormOptimizer(Optimizer):
         grads = sharded.grads if sharded else [p.grad.reshape(shape) for p in params]
         budgets = [m[1].scale for m in members]
         fn: Callable[..., None] = update_bucket
-        if self._compiled is not None and sharded is None and not plan.precond.needs_hvp:
-            fn = self._compiled
+        if self._compile is not False and sharded is None and not plan.precond.needs_hvp:
+            key = (plan.key, len(members))
+            if key not in self._compiled:
+                self._compiled[key] = compiled_update_bucket(self._compile if isinstance(self._compile, dict) else {})
+            fn = self._compiled[key]
             lr = lr.to(device=views[0].device, dtype=torch.float64) if isinstance(lr, Tensor) else torch.tensor(float(lr), dtype=torch.float64, device=views[0].device)
             ctx = StepContext(step=step)
         else:

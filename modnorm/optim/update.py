@@ -19,6 +19,8 @@ bucketing and the step count are resolved before (``ModnormOptimizer._prepare``)
 from __future__ import annotations
 
 from collections.abc import Sequence
+import itertools
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +31,7 @@ from ..norms import Frobenius, Norm
 from .momentum import apply_momentum, momentum_scale
 from .preconditioner import Identity, Preconditioner, StepContext
 
-__all__ = ["RuleSpec", "update_bucket"]
+__all__ = ["RuleSpec", "update_bucket", "compiled_update_bucket"]
 
 Scalar = float | Tensor
 
@@ -151,3 +153,18 @@ def _decay_(views: list[Tensor], lr_r: Scalar, spec: RuleSpec) -> None:
     """Decoupled weight decay W ← W (1 − η_r λ)."""
     if spec.weight_decay and not spec.coupled:
         torch._foreach_mul_(views, 1.0 - lr_r * spec.weight_decay)
+
+
+_copies = itertools.count()
+
+
+def compiled_update_bucket(options: dict[str, Any]) -> Any:
+    """``update_bucket`` under ``torch.compile(**options)``, as a copy with its own code object.
+
+    torch.compile caches graphs per code object (8 by default); one copy per bucket keeps each
+    bucket's graphs apart, so a model with many bucket shapes neither recompiles step after step
+    nor runs out of cache entries.
+    """
+    code = update_bucket.__code__.replace(co_name=f"update_bucket_{next(_copies)}")
+    fn = types.FunctionType(code, update_bucket.__globals__, code.co_name, update_bucket.__defaults__, update_bucket.__closure__)
+    return torch.compile(fn, **options)
