@@ -350,7 +350,7 @@ class ModnormOptimizer(Optimizer):
             states = sharded.states
         shape = plan.shape
         views = sharded.views if sharded else [p.view(shape) if p.ndim == 0 else p for p in params]
-        grads = sharded.grads if sharded else [p.grad.reshape(shape) for p in params]
+        grads = sharded.grads if sharded else [p.grad if p.ndim else p.grad.reshape(shape) for p in params]
         budgets = [m[1].scale for m in members]
         fn: Callable[..., None] = update_bucket
         if self._compile is not False and sharded is None and not plan.precond.needs_hvp:
