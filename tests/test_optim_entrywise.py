@@ -68,3 +68,18 @@ def test_entrywise_shortcut_equals_stacked_dnorm(form: str, wd_mode: str) -> Non
     assert max(float((a - b).abs().max()) for a, b in zip(fast, start)) > 1e-2
     for a, b in zip(fast, slow):
         assert float((a - b).abs().max()) < 1e-12
+
+
+def test_dnorm_positive_skips_only_the_zero_handling() -> None:
+    g = torch.Generator().manual_seed(3)
+    G = torch.randn(2, 5, 4, generator=g, dtype=torch.float64)
+    D = torch.rand(2, 5, 4, generator=g, dtype=torch.float64) + 0.1
+    for base in (modnorm.Spectral(method="svd"), modnorm.Frobenius()):
+        general, positive = modnorm.DNorm(base, D), modnorm.DNorm(base, D, positive=True)
+        for op in ("lmo", "sharp", "dual"):
+            assert torch.allclose(getattr(general, op)(G), getattr(positive, op)(G), rtol=0, atol=1e-14), op
+    # with a zero entry the general form gives 0 there; the promise D > 0 would be broken
+    D0 = D.clone()
+    D0[0, 0, 0] = 0.0
+    assert modnorm.DNorm(modnorm.Frobenius(), D0).sharp(G)[0, 0, 0] == 0
+    assert not torch.isfinite(modnorm.DNorm(modnorm.Frobenius(), D0, positive=True).sharp(G)[0, 0, 0])

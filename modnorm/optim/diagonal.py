@@ -121,7 +121,7 @@ class SecondMoment(Preconditioner):
         return self._powers(states, step, 2.0 * self.outer) if self.eps > 0 else None
 
     def norm(self, base: Norm, states: Sequence[dict[str, Tensor]], step: int) -> Norm:
-        return DNorm(base, self.diagonal(states, step))
+        return DNorm(base, self.diagonal(states, step), positive=self.eps > 0)
 
     def __repr__(self) -> str:
         return (
