@@ -78,3 +78,17 @@ def test_compiled_float_lr_and_deepcopy() -> None:
 def test_compile_option_is_checked() -> None:
     with pytest.raises(modnorm.ConfigError, match="compile"):
         modnorm.optimizer(_model(), "adamw", compile="yes")
+
+
+def test_compiled_buckets_inside_compiled_step() -> None:
+    torch._dynamo.reset()
+    counters.clear()
+    model = _model()
+    opt = modnorm.optimizer(model, "adamw", lr=0.02, compile=BACKEND)
+    step = torch.compile(opt.step, backend="eager")  # planning stays eager; the buckets still compile
+    x = torch.randn(4, 6, dtype=torch.float64)
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).sum().backward()
+        step()
+    assert len(opt._compiled) == 3 and counters["stats"]["unique_graphs"] == 6

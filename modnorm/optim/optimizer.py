@@ -304,10 +304,12 @@ class ModnormOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._apply(closure, loss)
+        if torch.compiler.is_compiling():  # torch.compile(opt.step): keep planning out of the graph
+            torch.compiler.disable(self._apply)(closure, loss)
+        else:
+            self._apply(closure, loss)
         return loss
 
-    @torch._dynamo.disable
     def _apply(self, closure: Callable[[], Any] | None, loss: Any) -> None:
         """Plan and update every bucket. Never traced: ``torch.compile(opt.step)`` runs this eagerly;
         ``compile=True`` compiles each bucket's update (``update.compiled_update_bucket``)."""
