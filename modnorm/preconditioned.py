@@ -30,19 +30,26 @@ class DNorm(Norm):
     """‖W‖_D = ‖D ⊙ W‖ for a base norm and an entrywise-nonzero D (in practice positive).
 
     D has W's shape or broadcasts to it (e.g. one D for a whole batch, or a per-column D).
+    ``positive=True`` promises D > 0 everywhere (e.g. D built with ε > 0) and skips the
+    D == 0 handling below.
     Theorem 1 holds for any invertible entrywise scaling, so negative entries are exact
     too. Entries with D = 0 make ‖·‖_D degenerate; there D⁻¹ is taken as 0 (where an
     optimizer's D is 0 the gradient statistics, hence G, are 0 too). Non-finite G stays
     non-finite.
     """
 
-    def __init__(self, base: Norm, D: Tensor) -> None:
+    def __init__(self, base: Norm, D: Tensor, *, positive: bool = False) -> None:
         if not isinstance(base, Norm):
             raise TypeError(f"DNorm: base must be a modnorm.Norm, got {type(base).__name__}")
         if not isinstance(D, Tensor):
             raise TypeError(f"DNorm: D must be a torch.Tensor, got {type(D).__name__}")
         self.base, self.D = base, D
         self.ndim = base.ndim
+        self.positive = positive  # the caller guarantees D > 0: plain division, no D == 0 handling
+
+    def _inv(self, X: Tensor) -> Tensor:
+        """D⁻¹ ⊙ X."""
+        return X / self.D if self.positive else _div(X, self.D)
 
     def expected_shape(self) -> str:
         return self.base.expected_shape()
@@ -62,16 +69,16 @@ class DNorm(Norm):
 
     def dual(self, G: Tensor) -> Tensor:
         self._check(G)
-        return self.base.dual(_div(G, self.D))
+        return self.base.dual(self._inv(G))
 
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
-        return _div(self.base.lmo(_div(G, self.D)), self.D)
+        return self._inv(self.base.lmo(self._inv(G)))
 
     def sharp(self, G: Tensor) -> Tensor:
         self._check(G)
         # ‖·‖_D's sharp is D⁻¹ ⊙ sharp_base(D⁻¹ ⊙ G): one base evaluation instead of two.
-        return _div(self.base.sharp(_div(G, self.D)), self.D)
+        return self._inv(self.base.sharp(self._inv(G)))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base!r}, D={tuple(self.D.shape)})"

@@ -21,6 +21,7 @@ Registered forms (with a Frobenius base, ``sharp`` gives G/D²):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -34,14 +35,15 @@ from .preconditioner import Preconditioner, StepContext, register_preconditioner
 __all__ = ["SecondMoment", "adam", "sania", "adagrad"]
 
 
-def _power_(X: Tensor, p: float) -> Tensor:
+def _power_(X: list[Tensor], p: float) -> list[Tensor]:
     """X ← X**p in place, with the common exponents as exact root operations."""
     if p == 0.5:
-        X.sqrt_()
+        torch._foreach_sqrt_(X)
     elif p == 0.25:
-        X.sqrt_().sqrt_()
+        torch._foreach_sqrt_(X)
+        torch._foreach_sqrt_(X)
     elif p != 1.0:
-        X.pow_(p)
+        torch._foreach_pow_(X, p)
     return X
 
 
@@ -95,18 +97,31 @@ class SecondMoment(Preconditioner):
         else:
             torch._foreach_addcmul_(Vs, list(grads), list(grads), value=1.0)
 
+    def _powers(self, states: Sequence[dict[str, Tensor]], step: int, outer: float) -> list[Tensor]:
+        """(V̂^inner + ε)^outer per parameter, as fresh tensors (V is not touched)."""
+        Vs = [s[self.key] for s in states]
+        p = self.inner  # V̂^p = V^p / bc^p, as torch's Adam computes √V / √bc
+        if p == 0.5:
+            D = torch._foreach_sqrt(Vs)
+        else:
+            D = torch._foreach_pow(Vs, p) if p != 1.0 else [v.clone() for v in Vs]
+        if self.accumulate == "ema":
+            bc = 1.0 - self.beta2**step
+            torch._foreach_div_(D, math.sqrt(bc) if p == 0.5 else bc**p)
+        if self.eps:
+            torch._foreach_add_(D, self.eps)
+        return _power_(D, outer)
+
     def diagonal(self, states: Sequence[dict[str, Tensor]], step: int) -> Tensor:
         """The stacked D, shape (B, *param_shape); a fresh tensor (V is not touched)."""
-        D = torch.stack([s[self.key] for s in states])  # a copy: everything below is in place on it
-        if self.accumulate == "ema":
-            D.div_(1.0 - self.beta2**step)
-        _power_(D, self.inner)
-        if self.eps:
-            D.add_(self.eps)
-        return _power_(D, self.outer)
+        return torch.stack(self._powers(states, step, self.outer))
+
+    def entrywise_divisor(self, states: Sequence[dict[str, Tensor]], step: int) -> list[Tensor] | None:
+        """D² per parameter when ε > 0 (so D > 0): a Frobenius base's sharp is then d / D²."""
+        return self._powers(states, step, 2.0 * self.outer) if self.eps > 0 else None
 
     def norm(self, base: Norm, states: Sequence[dict[str, Tensor]], step: int) -> Norm:
-        return DNorm(base, self.diagonal(states, step))
+        return DNorm(base, self.diagonal(states, step), positive=self.eps > 0)
 
     def __repr__(self) -> str:
         return (

@@ -53,6 +53,7 @@ def optimizer(
     budgets: bool = True,
     nonfinite: str = "raise",
     state_dtype: str | None = None,
+    compile: bool | dict[str, Any] = False,
     **hyperparameters: Any,
 ) -> ModnormOptimizer:
     """Build the optimizer for a model (or parameters) from a preset name, a Recipe, or a config.
@@ -66,6 +67,7 @@ def optimizer(
         budgets: use the model's modular budgets (False: every budget is 1).
         nonfinite: "raise" or "skip" on a non-finite gradient.
         state_dtype: optimizer-state dtype (None: fp32 for 16-bit parameters).
+        compile: torch.compile each bucket's update (True or torch.compile options).
         **hyperparameters: the preset's hyperparameters.
     """
     if config is not None:
@@ -88,4 +90,4 @@ def optimizer(
             raise ConfigError("the model has no parameters to optimize")
     else:
         geometries, table, params = {}, {}, model_or_params
-    return ModnormOptimizer(params, preset, geometries=geometries, budgets=table, nonfinite=nonfinite, state_dtype=state_dtype, **hyperparameters)
+    return ModnormOptimizer(params, preset, geometries=geometries, budgets=table, nonfinite=nonfinite, state_dtype=state_dtype, compile=compile, **hyperparameters)

@@ -34,10 +34,11 @@ from ..distributed.bucket import placement_key, shard_bucket
 from ..geometry import Geometry
 from ..norms import Norm
 from .config import ConfigError, get_preset, validate_hyperparameters
-from .momentum import apply_momentum, init_momentum, momentum_scale
+from .momentum import init_momentum
 from .preconditioner import RESERVED_STATE_KEYS, Preconditioner, StepContext, get_preconditioner
 from .presets import Preset, custom_recipe_preset
 from .recipe import DTYPES, Recipe, Rule, infer_geometry, norm_key, resolve_norm
+from .update import RuleSpec, compiled_update_bucket, update_bucket
 
 __all__ = ["ModnormOptimizer"]
 
@@ -59,6 +60,7 @@ class _Plan:
     precond: Preconditioner
     precond_label: str
     key: tuple
+    spec: RuleSpec
 
 
 def _internal_shape(p: Tensor) -> tuple[int, ...]:
@@ -93,6 +95,9 @@ class ModnormOptimizer(Optimizer):
         nonfinite: "raise" (default) or "skip".
         state_dtype: dtype of optimizer state; None keeps fp32 for 16-bit parameters
             and the parameter's dtype otherwise.
+        compile: torch.compile each bucket's update (True, or a dict of torch.compile
+            options such as ``{"backend": "aot_eager"}``); lr enters as a 0-d tensor, so
+            lr schedules do not recompile. DTensor buckets and Hessian preconditioners stay eager.
         **hyperparameters: the preset's hyperparameters (validated; errors name the field).
     """
 
@@ -105,8 +110,11 @@ class ModnormOptimizer(Optimizer):
         budgets: dict[str, float] | None = None,
         nonfinite: str = "raise",
         state_dtype: str | None = None,
+        compile: bool | dict[str, Any] = False,
         **hyperparameters: Any,
     ) -> None:
+        if not isinstance(compile, (bool, dict)):
+            raise ConfigError(f"compile must be a bool or a dict of torch.compile options, got {type(compile).__name__}")
         if isinstance(preset, Recipe):
             self._preset: Preset = custom_recipe_preset(preset)
         else:
@@ -123,6 +131,8 @@ class ModnormOptimizer(Optimizer):
                 raise ConfigError(f"budget of parameter {name!r} must be a number ≥ 0, got {b!r}")
         self.nonfinite = nonfinite
         self.state_dtype = state_dtype
+        self._compile = compile
+        self._compiled: dict[tuple, Callable[..., None]] = {}  # bucket → its compiled update
         self.skipped_steps = 0
         self._geometries = dict(geometries or {})
         self._budgets = {k: float(v) for k, v in (budgets or {}).items()}
@@ -185,6 +195,7 @@ class ModnormOptimizer(Optimizer):
             return plans
         recipe = self._preset.build(validate_hyperparameters(self._preset, hp, where=f", param group {gi}"))
         preconds: dict[tuple, Preconditioner] = {}
+        specs: dict[int, RuleSpec] = {}
         plans = []
         for (label, geometry, budget), p in zip(self._meta[gi], group["params"]):
             rule = recipe.rule_for(geometry.role)
@@ -199,7 +210,7 @@ class ModnormOptimizer(Optimizer):
             options = ", ".join(f"{k}={v}" for k, v in rule.preconditioner_options.items()) if pname != "none" else ""
             plabel = f"{pname}({options})" if options else pname
             scale = budget * rule.shape_factor(tuple(p.shape))
-            plans.append(_Plan(label, geometry.role, budget, scale, shape, rule, norm, preconds[pkey], plabel, bucket))
+            plans.append(_Plan(label, geometry.role, budget, scale, shape, rule, norm, preconds[pkey], plabel, bucket, specs.setdefault(id(rule), RuleSpec.of(rule))))
         self._plan_cache[key] = plans
         self._plan_cache[gi] = (hp, plans)
         return plans
@@ -224,13 +235,15 @@ class ModnormOptimizer(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for k in ("_preset", "nonfinite", "state_dtype", "skipped_steps", "_geometries", "_budgets", "_meta"):
+        for k in ("_preset", "nonfinite", "state_dtype", "skipped_steps", "_geometries", "_budgets", "_meta", "_compile"):
             state[k] = getattr(self, k)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._plan_cache = {}
+        self._compile = state.get("_compile", False)
+        self._compiled = {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load_state_dict, keeping fp32 state of 16-bit parameters in fp32 (torch casts it to the parameter's dtype)."""
@@ -268,9 +281,12 @@ class ModnormOptimizer(Optimizer):
             by_device[g.device].append(k)
         bad: list[str] = []
         for idx in by_device.values():
-            norms = torch._foreach_norm([grads[k] for k in idx], float("inf"))
-            if not bool(torch.stack([n.float() for n in norms]).isfinite().all()):
-                bad += [labels[k] for k, n in zip(idx, norms) if not bool(n.isfinite())]
+            gs = [grads[k] for k in idx]
+            # NaN/inf propagate into a sum (one cheap pass per tensor on CPU); CUDA's foreach norm is one kernel.
+            # A finite sum that overflows is only a false alarm: the exact check below clears it.
+            probes = [g.sum() for g in gs] if gs[0].device.type == "cpu" else torch._foreach_norm(gs, float("inf"))
+            if not bool(torch.stack([n.float() for n in probes]).isfinite().all()):
+                bad += [labels[k] for k, g in zip(idx, gs) if not bool(g.isfinite().all())]
         if not bad:
             return True
         if self.nonfinite == "skip":
@@ -288,75 +304,68 @@ class ModnormOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if torch.compiler.is_compiling():  # torch.compile(opt.step): keep planning out of the graph
+            torch.compiler.disable(self._apply)(closure, loss)
+        else:
+            self._apply(closure, loss)
+        return loss
+
+    def _apply(self, closure: Callable[[], Any] | None, loss: Any) -> None:
+        """Plan and update every bucket. Never traced: ``torch.compile(opt.step)`` runs this eagerly;
+        ``compile=True`` compiles each bucket's update (``update.compiled_update_bucket``)."""
+        for members, t, lr, maximize in self._prepare():
+            self._update_bucket(members, t, lr, maximize, closure, loss)
+
+    def _prepare(self) -> list[tuple[list[tuple[Tensor, _Plan, dict]], int, Any, bool]]:
+        """Check gradients, resolve plans, initialize state and form the buckets (eager, never traced)."""
         work = []
         for gi, group in enumerate(self.param_groups):
             items = [(i, p) for i, p in enumerate(group["params"]) if p.grad is not None]
             if items:
                 work.append((gi, group, items))
         if not self._check_gradients(work):
-            return loss
+            return []
         # resolve every group first: hyperparameters changed to bad values fail before any update
         all_plans = [self._plans(gi, group) for gi, group, _ in work]
+        jobs = []
         for (gi, group, items), plans in zip(work, all_plans):
-            lr = float(group["lr"])
+            lr = group["lr"]
             buckets: dict[tuple, list[tuple[Tensor, _Plan, dict]]] = defaultdict(list)
             for i, p in items:
                 state = self.state[p]
                 if not state:
                     self._init_state(p, plans[i], state)
-                t = int(state["step"].item()) + 1
+                t = int(state["step"]) + 1  # step lives on the CPU (torch's convention): no device sync
                 buckets[(plans[i].key, t)].append((p, plans[i], state))
             for (_, t), members in buckets.items():
-                self._update_bucket(members, t, lr, bool(group["maximize"]), closure, loss)
-        return loss
+                jobs.append((members, t, lr, bool(group["maximize"])))
+        return jobs
 
-    def _update_bucket(self, members: list[tuple[Tensor, _Plan, dict]], step: int, lr: float, maximize: bool, closure: Any, loss: Any) -> None:
+    def _update_bucket(self, members: list[tuple[Tensor, _Plan, dict]], step: int, lr: Any, maximize: bool, closure: Any, loss: Any) -> None:
         params = [m[0] for m in members]
         plan = members[0][1]
         states = [m[2] for m in members]
+        names = [m[1].name for m in members]
         # FSDP2 (DTensor) parameters: run the pipeline on local shards (modnorm.distributed.bucket)
-        sharded = shard_bucket(params, states, [m[1].name for m in members])
+        sharded = shard_bucket(params, states, names)
         if sharded is not None:
             states = sharded.states
-        rule, shape = plan.rule, plan.shape
-        sdt = self._state_dtype(params[0])
+        shape = plan.shape
         views = sharded.views if sharded else [p.view(shape) if p.ndim == 0 else p for p in params]
-        grads = sharded.grads if sharded else [p.grad.reshape(shape) for p in params]
-        if grads[0].dtype != sdt:
-            grads = [g.to(sdt) for g in grads]
-        if maximize:
-            grads = torch._foreach_neg(grads)
-        wd = rule.weight_decay
-        if wd and rule.weight_decay_mode == "coupled":
-            grads = torch._foreach_add(grads, views if views[0].dtype == sdt else [v.to(sdt) for v in views], alpha=wd)
-        torch._foreach_add_([s["step"] for s in states], 1.0)
-
-        d = apply_momentum(rule.momentum, rule.beta, rule.dampening, states, grads, step)
-        ctx = StepContext(step=step, params=params, names=[m[1].name for m in members], closure=closure, loss=loss)
-        if sharded is not None:  # statistics on shards (or whole tensors); dual map via all_to_all to owner ranks
-            norm = sharded.precondition(plan.precond, plan.norm, grads, step, ctx)
-        else:
-            plan.precond.update_many(states, grads, step, ctx)
-            norm = plan.precond.norm(plan.norm, states, step)
-        X = torch.stack(d)  # a copy: the momentum buffers stay untouched
-        c = momentum_scale(rule.momentum, rule.beta, step)
-        if c != 1.0:
-            X.mul_(c)
-        U = norm.lmo(X) if rule.mode == "lmo" else norm.sharp(X)
-
-        lr_r = lr * rule.lr_ratio
-        if rule.lr_decay:
-            lr_r /= 1.0 + (step - 1) * rule.lr_decay
-        if wd and rule.weight_decay_mode == "decoupled":
-            torch._foreach_mul_(views, 1.0 - lr_r * wd)
+        grads = sharded.grads if sharded else [p.grad if p.ndim else p.grad.reshape(shape) for p in params]
         budgets = [m[1].scale for m in members]
-        alpha = -lr_r * budgets[0]
-        if any(b != budgets[0] for b in budgets):
-            U = U * torch.tensor(budgets, dtype=U.dtype, device=U.device).view(-1, *([1] * len(shape)))
-            alpha = -lr_r
-        if U.dtype != views[0].dtype:
-            U = U.to(views[0].dtype)
-        torch._foreach_add_(views, list(U.unbind(0)), alpha=alpha)
+        fn: Callable[..., None] = update_bucket
+        if self._compile is not False and sharded is None and not plan.precond.needs_hvp:
+            key = (plan.key, len(members))
+            if key not in self._compiled:
+                self._compiled[key] = compiled_update_bucket(self._compile if isinstance(self._compile, dict) else {})
+            fn = self._compiled[key]
+            lr = lr.to(device=views[0].device, dtype=torch.float64) if isinstance(lr, Tensor) else torch.tensor(float(lr), dtype=torch.float64, device=views[0].device)
+            ctx = StepContext(step=step)
+        else:
+            lr = float(lr)
+            ctx = StepContext(step=step, params=params, names=names, closure=closure, loss=loss)
+        fn(plan.spec, plan.norm, plan.precond, budgets, views, grads, states, step, lr, maximize, self._state_dtype(params[0]), ctx, sharded)
 
     # ------------------------------------------------------------------ introspection
 

@@ -130,6 +130,12 @@ class Preconditioner:
         """The preconditioned norm acting on the stacked (B, *shape) tensor."""
         raise NotImplementedError
 
+    def entrywise_divisor(self, states: Sequence[State], step: int) -> list[Tensor] | None:
+        """Optional shortcut: when ``norm`` is ``DNorm(base, D)`` with D > 0 entrywise, return D²
+        per parameter (fresh tensors); a Frobenius base in sharp mode then skips the stacked
+        path (sharp = d / D²). None (the default): use ``norm``."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

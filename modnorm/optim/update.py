@@ -1,0 +1,170 @@
+"""One bucket's step: same-shape parameters that share a rule, updated at once.
+
+    g ← ∓grad (maximize), + λW if weight decay is coupled      (cast to the state dtype)
+    d ← momentum(g); c ← its bias correction                   (momentum.py)
+    precond.update_many(states, g)                             (statistics of the raw g)
+    U ← N.lmo(c·stack d) or N.sharp(c·stack d),  N = precond.norm(base)   (Theorem 1)
+    W ← W (1 − η_r λ)  (decoupled weight decay);   W ← W − η_r · budget · U
+
+Entrywise shortcut: a Frobenius base in sharp mode with no preconditioner (U = c·d) or a
+preconditioner offering ``entrywise_divisor`` (U = c·d / D², e.g. Adam, SANIA, Adagrad
+with ε > 0) never stacks: it works on the per-parameter lists with ``torch._foreach_*``
+(the same mathematics as ``DNorm(Frobenius, D).sharp``, without the stack/unbind copies).
+
+``lr`` is a float (eager: torch's rounding) or a 0-d tensor (compiled: a new lr value is a
+new input, not a recompile). Everything here is traceable by torch.compile; plans,
+bucketing and the step count are resolved before (``ModnormOptimizer._prepare``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import itertools
+import types
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..norms import Frobenius, Norm
+from .momentum import apply_momentum, momentum_scale
+from .preconditioner import Identity, Preconditioner, StepContext
+
+__all__ = ["RuleSpec", "update_bucket", "compiled_update_bucket"]
+
+Scalar = float | Tensor
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """The plain-Python numbers of a ``Rule`` that the step reads (cheap for torch.compile to guard)."""
+
+    momentum: str
+    beta: float
+    dampening: float
+    mode: str
+    weight_decay: float
+    coupled: bool
+    lr_ratio: float
+    lr_decay: float
+
+    @classmethod
+    def of(cls, rule: Any) -> RuleSpec:
+        return cls(rule.momentum, rule.beta, rule.dampening, rule.mode, rule.weight_decay,
+                   rule.weight_decay_mode == "coupled", rule.lr_ratio, rule.lr_decay)
+
+
+def _alphas(lr_r: Scalar, c: float, budgets: Sequence[float]) -> Scalar | list[float]:
+    """−η_r·c·budget: one scalar when the budgets agree, else one float per parameter."""
+    if all(b == budgets[0] for b in budgets):
+        return -(lr_r * c) * budgets[0]
+    return [-(lr_r * c) * b for b in budgets]  # float lr only (a tensor lr with mixed budgets takes the stacked path)
+
+
+def _add_(views: list[Tensor], U: Sequence[Tensor], alpha: Scalar | list[float], fresh: bool) -> None:
+    """views ← views + alpha·U (U is modified only when ``fresh``)."""
+    if isinstance(alpha, float):
+        torch._foreach_add_(views, list(U), alpha=alpha)
+        return
+    if fresh:
+        torch._foreach_mul_(list(U), alpha)
+    else:
+        U = torch._foreach_mul(list(U), alpha)
+    torch._foreach_add_(views, list(U))
+
+
+def update_bucket(
+    spec: RuleSpec,
+    base: Norm,
+    precond: Preconditioner,
+    budgets: Sequence[float],
+    views: list[Tensor],
+    grads: list[Tensor],
+    states: Sequence[dict[str, Any]],
+    step: int,
+    lr: Scalar,
+    maximize: bool,
+    state_dtype: torch.dtype,
+    ctx: StepContext,
+    sharded: Any = None,
+) -> None:
+    """One step of a bucket (see the module docstring); ``sharded``: local shards (modnorm.distributed)."""
+    if grads[0].dtype != state_dtype:
+        grads = [g.to(state_dtype) for g in grads]
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    wd = spec.weight_decay
+    if wd and spec.coupled:
+        grads = torch._foreach_add(grads, views if views[0].dtype == state_dtype else [v.to(state_dtype) for v in views], alpha=wd)
+    torch._foreach_add_([s["step"] for s in states], 1.0)
+    d = apply_momentum(spec.momentum, spec.beta, spec.dampening, states, grads, step)
+    c = momentum_scale(spec.momentum, spec.beta, step)
+    lr_r = lr * spec.lr_ratio
+    if spec.lr_decay:
+        lr_r = lr_r / (1.0 + (step - 1) * spec.lr_decay)
+    uniform = all(b == budgets[0] for b in budgets)
+    entrywise = (
+        spec.mode == "sharp" and type(base) is Frobenius and views[0].dtype == state_dtype
+        and (uniform or not isinstance(lr_r, Tensor)) and (sharded is None or not sharded.whole_statistics)
+    )
+    if entrywise and isinstance(precond, Identity):
+        _decay_(views, lr_r, spec)
+        _add_(views, d, _alphas(lr_r, c, budgets), fresh=False)
+        return
+    if entrywise:
+        precond.update_many(states, grads, step, ctx)
+        D2 = precond.entrywise_divisor(states, step)
+        if D2 is not None:
+            _decay_(views, lr_r, spec)
+            alpha = _alphas(lr_r, c, budgets)
+            if isinstance(alpha, Tensor):  # views + d / (D²/alpha): torch's capturable AdamW does the same
+                torch._foreach_div_(D2, alpha)
+                torch._foreach_addcdiv_(views, d, D2)
+            elif isinstance(alpha, float):
+                torch._foreach_addcdiv_(views, d, D2, value=alpha)
+            else:
+                torch._foreach_addcdiv_(views, d, D2, alpha)
+            return
+        norm = precond.norm(base, states, step)
+        if sharded is not None:
+            norm = sharded.norm(norm)
+    elif sharded is not None:  # statistics on shards (or whole tensors); dual map via all_to_all to owner ranks
+        norm = sharded.precondition(precond, base, grads, step, ctx)
+    else:
+        precond.update_many(states, grads, step, ctx)
+        norm = precond.norm(base, states, step)
+    X = torch.stack(d)  # a copy: the momentum buffers stay untouched
+    if c != 1.0:
+        X.mul_(c)
+    U = norm.lmo(X) if spec.mode == "lmo" else norm.sharp(X)
+    _decay_(views, lr_r, spec)
+    if uniform:
+        alpha: Scalar = -lr_r * budgets[0]
+    else:
+        U = U * torch.tensor(budgets, dtype=U.dtype, device=U.device).view(-1, *([1] * (U.ndim - 1)))
+        alpha = -lr_r
+    if U.dtype != views[0].dtype:
+        U = U.to(views[0].dtype)
+    _add_(views, U.unbind(0), alpha, fresh=True)
+
+
+def _decay_(views: list[Tensor], lr_r: Scalar, spec: RuleSpec) -> None:
+    """Decoupled weight decay W ← W (1 − η_r λ)."""
+    if spec.weight_decay and not spec.coupled:
+        torch._foreach_mul_(views, 1.0 - lr_r * spec.weight_decay)
+
+
+_copies = itertools.count()
+
+
+def compiled_update_bucket(options: dict[str, Any]) -> Any:
+    """``update_bucket`` under ``torch.compile(**options)``, as a copy with its own code object.
+
+    torch.compile caches graphs per code object (8 by default); one copy per bucket keeps each
+    bucket's graphs apart, so a model with many bucket shapes neither recompiles step after step
+    nor runs out of cache entries.
+    """
+    code = update_bucket.__code__.replace(co_name=f"update_bucket_{next(_copies)}")
+    fn = types.FunctionType(code, update_bucket.__globals__, code.co_name, update_bucket.__defaults__, update_bucket.__closure__)
+    return torch.compile(fn, **options)

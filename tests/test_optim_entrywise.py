@@ -1,0 +1,85 @@
+"""The entrywise shortcut (Frobenius base, sharp mode: U = d / D² on per-parameter lists)
+equals the stacked Theorem-1 path (stack → DNorm(Frobenius, D).sharp → unbind), which a
+preconditioner without ``entrywise_divisor`` takes: same-shape parameters with different
+budgets, decoupled and coupled weight decay, Adam / SANIA / Adagrad statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import modnorm
+from modnorm.optim import Recipe, Rule, register_preconditioner
+from modnorm.optim.diagonal import SecondMoment
+from modnorm.optim.preconditioner import PRECONDITIONERS
+
+
+class _Stacked(SecondMoment):
+    """SecondMoment without the shortcut: the optimizer must use ``norm`` (DNorm)."""
+
+    def entrywise_divisor(self, states, step):  # type: ignore[override]
+        return None
+
+
+FORMS = {
+    "adam": {"inner": 0.5, "outer": 0.5},
+    "sania": {"inner": 1.0, "outer": 0.5},
+    "adagrad": {"accumulate": "sum", "initial_accumulator_value": 0.1},
+}
+
+
+@pytest.fixture(autouse=True)
+def _registered():
+    register_preconditioner("stacked_second_moment", lambda **kw: _Stacked(**kw))
+    register_preconditioner("entrywise_second_moment", lambda **kw: SecondMoment(**kw))
+    yield
+    PRECONDITIONERS.pop("stacked_second_moment")
+    PRECONDITIONERS.pop("entrywise_second_moment")
+
+
+def _rule(precond: str, form: str, wd_mode: str) -> Rule:
+    momentum = "none" if form == "adagrad" else "adam_ema"
+    return Rule(norm="frobenius", preconditioner=precond, preconditioner_options={"eps": 1e-6, **FORMS[form]},
+                momentum=momentum, beta=0.9, mode="sharp", weight_decay=0.1, weight_decay_mode=wd_mode)
+
+
+def _run(precond: str, form: str, wd_mode: str, steps: int = 12) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    shapes = {"a": (5, 3), "b": (5, 3), "c": (5, 3), "v": (4,)}
+    params = {n: torch.randn(s, generator=g, dtype=torch.float64).requires_grad_() for n, s in shapes.items()}
+    targets = {n: torch.randn(s, generator=g, dtype=torch.float64) for n, s in shapes.items()}
+    budgets: dict[str, Any] = {"a": 0.5, "b": 2.0, "c": 0.0, "v": 1.0}  # differing budgets inside one bucket
+    opt = modnorm.ModnormOptimizer(list(params.items()), Recipe(default=_rule(precond, form, wd_mode)), budgets=budgets, lr=0.05)
+    for _ in range(steps):
+        opt.zero_grad()
+        sum(((p - targets[n]) ** 2).sum() + 0.2 * ((p - targets[n]) ** 4).sum() for n, p in params.items()).backward()
+        opt.step()
+    return [p.detach() for p in params.values()]
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+@pytest.mark.parametrize("wd_mode", ["decoupled", "coupled"])
+def test_entrywise_shortcut_equals_stacked_dnorm(form: str, wd_mode: str) -> None:
+    fast = _run("entrywise_second_moment", form, wd_mode)
+    slow = _run("stacked_second_moment", form, wd_mode)
+    start = _run("entrywise_second_moment", form, wd_mode, steps=0)
+    assert max(float((a - b).abs().max()) for a, b in zip(fast, start)) > 1e-2
+    for a, b in zip(fast, slow):
+        assert float((a - b).abs().max()) < 1e-12
+
+
+def test_dnorm_positive_skips_only_the_zero_handling() -> None:
+    g = torch.Generator().manual_seed(3)
+    G = torch.randn(2, 5, 4, generator=g, dtype=torch.float64)
+    D = torch.rand(2, 5, 4, generator=g, dtype=torch.float64) + 0.1
+    for base in (modnorm.Spectral(method="svd"), modnorm.Frobenius()):
+        general, positive = modnorm.DNorm(base, D), modnorm.DNorm(base, D, positive=True)
+        for op in ("lmo", "sharp", "dual"):
+            assert torch.allclose(getattr(general, op)(G), getattr(positive, op)(G), rtol=0, atol=1e-14), op
+    # with a zero entry the general form gives 0 there; the promise D > 0 would be broken
+    D0 = D.clone()
+    D0[0, 0, 0] = 0.0
+    assert modnorm.DNorm(modnorm.Frobenius(), D0).sharp(G)[0, 0, 0] == 0
+    assert not torch.isfinite(modnorm.DNorm(modnorm.Frobenius(), D0, positive=True).sharp(G)[0, 0, 0])
