@@ -106,11 +106,10 @@ class Bond(Node):
         return f"Bond({self.name!r}, sensitivity={self.sensitivity:g})"
 
 
-@dataclass(frozen=True, eq=False)
-class Chain(Node):
-    """Sequential composition, first child applied first."""
+class _Composite(Node):
+    """A node over an ordered tuple of children whose masses add (Chain and Tuple)."""
 
-    items: tuple[Node, ...] = field(default_factory=tuple)
+    items: tuple[Node, ...]
 
     def __init__(self, items: Sequence[Node]) -> None:
         object.__setattr__(self, "items", tuple(items))
@@ -121,37 +120,31 @@ class Chain(Node):
     @property
     def mass(self) -> float:  # type: ignore[override]
         return sum(c.mass for c in self.items)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self.items)!r})"
+
+
+@dataclass(frozen=True, eq=False, init=False, repr=False)
+class Chain(_Composite):
+    """Sequential composition, first child applied first: sensitivities multiply."""
+
+    items: tuple[Node, ...] = field(default_factory=tuple)
 
     @property
     def sensitivity(self) -> float:  # type: ignore[override]
         return math.prod(c.sensitivity for c in self.items)
 
-    def __repr__(self) -> str:
-        return f"Chain({list(self.items)!r})"
 
-
-@dataclass(frozen=True, eq=False)
-class Tuple(Node):
-    """Parallel composition: every child sees the same input."""
+@dataclass(frozen=True, eq=False, init=False, repr=False)
+class Tuple(_Composite):
+    """Parallel composition, every child sees the same input: sensitivities add."""
 
     items: tuple[Node, ...] = field(default_factory=tuple)
-
-    def __init__(self, items: Sequence[Node]) -> None:
-        object.__setattr__(self, "items", tuple(items))
-
-    def children(self) -> Sequence[Node]:
-        return self.items
-
-    @property
-    def mass(self) -> float:  # type: ignore[override]
-        return sum(c.mass for c in self.items)
 
     @property
     def sensitivity(self) -> float:  # type: ignore[override]
         return sum(c.sensitivity for c in self.items)
-
-    def __repr__(self) -> str:
-        return f"Tuple({list(self.items)!r})"
 
 
 @dataclass(frozen=True, eq=False)
