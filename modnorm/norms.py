@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ._numerics import normalize, safe_div, vector_norm
-from .polar import DEFAULT_STEPS, METHODS, orthogonalize, singular_values
+from .polar import check_options, orthogonalize, singular_values
 
 __all__ = [
     "Norm",
@@ -209,14 +209,7 @@ class Spectral(Norm):
         eps: float = 1e-7,
     ) -> None:
         spectral_scale(scale, 1, 1)  # validate early
-        if method not in METHODS:
-            raise ValueError(f"Spectral: unknown method={method!r}; choose one of {METHODS}")
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"Spectral: steps must be a positive int or None (default {DEFAULT_STEPS}), got {steps!r}")
-        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-            raise ValueError(f"Spectral: dtype must be a floating torch.dtype (e.g. torch.bfloat16) or None, got {dtype!r}")
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f"Spectral: eps must be a positive float, got {eps!r}")
+        check_options(type(self).__name__, method, steps, dtype, eps)
         self.scale, self.method, self.steps, self.dtype, self.eps = scale, method, steps, dtype, eps
 
     def expected_shape(self) -> str:

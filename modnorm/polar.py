@@ -48,6 +48,7 @@ from ._numerics import vector_norm
 
 __all__ = [
     "orthogonalize",
+    "check_options",
     "ns_coefficients",
     "singular_values",
     "METHODS",
@@ -105,6 +106,18 @@ def ns_coefficients(method: str, steps: int) -> list[Coefficients]:
     raise ValueError(f"ns_coefficients: method={method!r} has no Newton–Schulz coefficients; choose one of {METHODS[:-1]}")
 
 
+def check_options(owner: str, method: str, steps: int | None, dtype: torch.dtype | None, eps: float) -> None:
+    """Validate the polar-factor options shared by ``orthogonalize`` and ``Spectral``; errors name ``owner``."""
+    if method not in METHODS:
+        raise ValueError(f"{owner}: unknown method={method!r}; choose one of {METHODS}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"{owner}: steps must be a positive int or None (the method's default, {DEFAULT_STEPS}), got {steps!r}")
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ValueError(f"{owner}: dtype must be a floating torch.dtype such as torch.bfloat16, or None, got {dtype!r}")
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise ValueError(f"{owner}: eps must be a positive float, got {eps!r}")
+
+
 def _check(X: Tensor, method: str, steps: int | None, dtype: torch.dtype | None, eps: float) -> None:
     if not isinstance(X, Tensor):
         raise TypeError(f"orthogonalize: X must be a torch.Tensor, got {type(X).__name__}")
@@ -114,14 +127,7 @@ def _check(X: Tensor, method: str, steps: int | None, dtype: torch.dtype | None,
         raise TypeError(f"orthogonalize: X must be a real floating-point tensor, got dtype {X.dtype}")
     if X.is_sparse:
         raise TypeError("orthogonalize: sparse tensors are not supported; call .to_dense() first")
-    if method not in METHODS:
-        raise ValueError(f"orthogonalize: unknown method={method!r}; choose one of {METHODS}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"orthogonalize: steps must be a positive int (or None for the method's default), got {steps!r}")
-    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-        raise ValueError(f"orthogonalize: dtype must be a floating torch.dtype such as torch.bfloat16 (or None), got {dtype!r}")
-    if not (isinstance(eps, (int, float)) and eps > 0):
-        raise ValueError(f"orthogonalize: eps must be a positive float, got {eps!r}")
+    check_options("orthogonalize", method, steps, dtype, eps)
 
 
 def _split_nonfinite(X: Tensor) -> tuple[Tensor, Tensor]:

@@ -103,6 +103,13 @@ def gather_to_all(values: Tensor, n: int, layout: ShardLayout) -> Tensor:
     return recv.view(n, *rest)
 
 
+def _gather_owned(local: Tensor, layout: ShardLayout, comm_dtype: torch.dtype | None) -> tuple[Tensor, slice]:
+    """This rank's owned whole parameters (n_own, *shape) and which of the N they are."""
+    layout.check_local(local, 1)
+    start, stop = owned_range(local.shape[0], layout.world, layout.rank)
+    return to_owners(local, layout, comm_dtype), slice(start, stop)
+
+
 def apply_whole(fn: Callable[[Tensor, slice], Tensor], local: Tensor, layout: ShardLayout, comm_dtype: torch.dtype | None = None) -> Tensor:
     """Run ``fn`` on whole parameters and return this rank's shards of its output.
 
@@ -115,10 +122,8 @@ def apply_whole(fn: Callable[[Tensor, slice], Tensor], local: Tensor, layout: Sh
     n = local.shape[0]
     if layout.dim is None or layout.world == 1:
         return fn(local, slice(0, n))
-    layout.check_local(local, 1)
-    start, stop = owned_range(n, layout.world, layout.rank)
-    whole = to_owners(local, layout, comm_dtype)
-    out = fn(whole, slice(start, stop)) if stop > start else whole
+    whole, owned = _gather_owned(local, layout, comm_dtype)
+    out = fn(whole, owned) if owned.stop > owned.start else whole
     if tuple(out.shape) != tuple(whole.shape):
         raise ValueError(f"apply_whole: fn must return its input's shape {tuple(whole.shape)}, got {tuple(out.shape)}")
     return from_owners(out, n, layout, comm_dtype)
@@ -130,8 +135,6 @@ def apply_whole_reduce(fn: Callable[[Tensor, slice], Tensor], local: Tensor, lay
     n = local.shape[0]
     if layout.dim is None or layout.world == 1:
         return fn(local, slice(0, n))
-    layout.check_local(local, 1)
-    start, stop = owned_range(n, layout.world, layout.rank)
-    whole = to_owners(local, layout, comm_dtype)
-    out = fn(whole, slice(start, stop))
+    whole, owned = _gather_owned(local, layout, comm_dtype)
+    out = fn(whole, owned)
     return gather_to_all(out.to(local.dtype), n, layout)

@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..polar import METHODS
-from .recipe import Recipe, Rule
+from .recipe import NsMethod, Recipe, Rule
 
 __all__ = ["Hyperparameters", "Preset", "PRESETS", "register_preset", "custom_recipe_preset"]
 
@@ -94,16 +94,9 @@ class _RoutedAdamW(BaseModel):
 
 
 class _Polar(BaseModel):
-    ns_method: str = "polar_express"
+    ns_method: NsMethod = "polar_express"
     ns_steps: Annotated[int, Field(ge=1, lt=100)] | None = None
     ns_dtype: NsDtype = None
-
-    @field_validator("ns_method")
-    @classmethod
-    def _method(cls, v: str) -> str:
-        if v not in METHODS:
-            raise ValueError(f"ns_method must be one of {METHODS}, got {v!r}")
-        return v
 
 
 def _adam_rule(precond: str, betas: tuple[float, float], eps: float, wd: float, lr_ratio: float = 1.0, **norm: Any) -> Rule:

@@ -25,12 +25,22 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from ..geometry import ROLES, Geometry
 from ..norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, spectral_scale
 from ..polar import METHODS
 from .momentum import MomentumKind
+
+
+def _check_ns_method(v: str) -> str:
+    if v not in METHODS:
+        raise ValueError(f"ns_method must be one of {METHODS}")
+    return v
+
+
+NsMethod = Annotated[str, AfterValidator(_check_ns_method)]
+"""A polar-factor method name (``modnorm.orthogonalize``), validated."""
 
 __all__ = ["Rule", "Recipe", "BaseNormName", "resolve_norm", "DTYPES"]
 
@@ -48,7 +58,7 @@ class Rule(BaseModel):
 
     norm: BaseNormName = Field("declared", description="base norm: declared|frobenius|sign|spectral|rms|colnorm|rownorm")
     scale: str | float = Field("rms", description="spectral scale: rms|original|match_rms_adamw|none or a positive float")
-    ns_method: str = Field("polar_express", description=f"polar-factor method, one of {METHODS}")
+    ns_method: NsMethod = Field("polar_express", description=f"polar-factor method, one of {METHODS}")
     ns_steps: int | None = Field(None, ge=1, description="Newton–Schulz steps, ≥ 1 (None: the method's default)")
     ns_coefficients: tuple[tuple[float, float, float], ...] | None = Field(None, description="explicit per-step (a, b, c)")
     ns_dtype: Literal["float32", "float64", "bfloat16", "float16"] | None = Field(None, description="Newton–Schulz compute dtype (None: bf16 on CUDA, else the gradient's)")
@@ -82,13 +92,6 @@ class Rule(BaseModel):
     @classmethod
     def _scale(cls, v: str | float) -> str | float:
         spectral_scale(v, 1, 1)
-        return v
-
-    @field_validator("ns_method")
-    @classmethod
-    def _method(cls, v: str) -> str:
-        if v not in METHODS:
-            raise ValueError(f"ns_method must be one of {METHODS}, got {v!r}")
         return v
 
     def label(self) -> str:
