@@ -2,6 +2,7 @@
 weight decay → update), presets as configurations of it, and the pieces to compose your own."""
 
 from . import diagonal as _diagonal  # noqa: F401  (registers "adam", "sania", "adagrad")
+from . import moment_variants as _moment_variants  # noqa: F401  (registers "amsgrad", "rmsprop")
 from .config import ConfigError, OptimizerConfig
 from .diagonal import SecondMoment
 from .factory import optimizer

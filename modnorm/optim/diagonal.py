@@ -56,6 +56,10 @@ class SecondMoment(Preconditioner):
         inner, outer: exponents of D = (V̂^inner + ε)^outer, both > 0.
         accumulate: "ema" (Adam, bias-corrected) or "sum" (Adagrad, no correction).
         initial_accumulator_value: V_0 (Adagrad's option), ≥ 0.
+        bias_correction: divide an EMA by 1-β2^t (Adam); False uses V itself (RMSprop, LAMB).
+
+    Subclasses may replace V by another statistic of the gradients (``second_moment``):
+    AMSGrad's running maximum, RMSprop's centred V − ḡ² (``moment_variants``).
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class SecondMoment(Preconditioner):
         outer: float = 0.5,
         accumulate: Literal["ema", "sum"] = "ema",
         initial_accumulator_value: float = 0.0,
+        bias_correction: bool = True,
     ) -> None:
         if not 0.0 <= beta2 < 1.0:
             raise ValueError(f"SecondMoment: beta2 must satisfy 0 ≤ beta2 < 1, got {beta2!r}")
@@ -81,6 +86,7 @@ class SecondMoment(Preconditioner):
         self.accumulate = accumulate
         self.initial_accumulator_value = float(initial_accumulator_value)
         self.key = "exp_avg_sq" if accumulate == "ema" else "sum"
+        self.bias_correction = bool(bias_correction)
 
     def init_state(self, param: Tensor, state_dtype: torch.dtype) -> dict[str, Tensor]:
         V = torch.full_like(param, self.initial_accumulator_value, dtype=state_dtype, memory_format=torch.preserve_format)
@@ -97,15 +103,19 @@ class SecondMoment(Preconditioner):
         else:
             torch._foreach_addcmul_(Vs, list(grads), list(grads), value=1.0)
 
+    def second_moment(self, states: Sequence[dict[str, Tensor]]) -> list[Tensor]:
+        """The statistic V that D is built from (not to be modified): here the accumulator itself."""
+        return [s[self.key] for s in states]
+
     def _powers(self, states: Sequence[dict[str, Tensor]], step: int, outer: float) -> list[Tensor]:
         """(V̂^inner + ε)^outer per parameter, as fresh tensors (V is not touched)."""
-        Vs = [s[self.key] for s in states]
+        Vs = self.second_moment(states)
         p = self.inner  # V̂^p = V^p / bc^p, as torch's Adam computes √V / √bc
         if p == 0.5:
             D = torch._foreach_sqrt(Vs)
         else:
             D = torch._foreach_pow(Vs, p) if p != 1.0 else [v.clone() for v in Vs]
-        if self.accumulate == "ema":
+        if self.accumulate == "ema" and self.bias_correction:
             bc = 1.0 - self.beta2**step
             torch._foreach_div_(D, math.sqrt(bc) if p == 0.5 else bc**p)
         if self.eps:
@@ -126,13 +136,14 @@ class SecondMoment(Preconditioner):
     def __repr__(self) -> str:
         return (
             f"SecondMoment(beta2={self.beta2}, eps={self.eps}, inner={self.inner}, outer={self.outer}, "
-            f"accumulate={self.accumulate!r})"
+            f"accumulate={self.accumulate!r}, bias_correction={self.bias_correction})"
         )
 
 
-def adam(beta2: float = 0.999, eps: float = 1e-8, inner: float = 0.5, outer: float = 0.5) -> SecondMoment:
-    """Adam's D = (√V̂ + ε)^½ (sharp of a Frobenius base → M̂/(√V̂+ε)); MuAdam: inner=1, outer=¼."""
-    return SecondMoment(beta2=beta2, eps=eps, inner=inner, outer=outer)
+def adam(beta2: float = 0.999, eps: float = 1e-8, inner: float = 0.5, outer: float = 0.5, bias_correction: bool = True) -> SecondMoment:
+    """Adam's D = (√V̂ + ε)^½ (sharp of a Frobenius base → M̂/(√V̂+ε)); MuAdam: inner=1, outer=¼;
+    LAMB: ``bias_correction=False``."""
+    return SecondMoment(beta2=beta2, eps=eps, inner=inner, outer=outer, bias_correction=bias_correction)
 
 
 def sania(beta2: float = 0.999, eps: float = 1e-8) -> SecondMoment:

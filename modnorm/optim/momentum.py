@@ -8,6 +8,8 @@ Kinds (β the momentum coefficient, τ the dampening, B the buffer, g_t the grad
 - ``"ema"``:           B_t = β B_{t-1} + (1-β) g_t (lerp);  d = B          (Scion, Signum)
 - ``"ema_nesterov"``:  the same B;  d = (1-β) g + β B                      (torch.optim.Muon)
 - ``"adam_ema"``:      M_t = β M_{t-1} + (1-β) g_t;  d = M_t/(1-β^t)        (Adam's M̂)
+- ``"lion"``:          d = β₁ B_{t-1} + (1-β₁) g_t (before the update);  B_t = β B_{t-1} + (1-β) g_t
+                       (Lion: β₁ = the rule's ``direction_beta``, β its ``beta``; with a Sign base)
 
 Buffers live in the parameter's state under ``momentum_buffer`` (heavy-ball and EMA
 kinds) or ``exp_avg`` (adam_ema), as in torch.optim. Everything is ``torch._foreach_*``
@@ -25,7 +27,7 @@ from torch import Tensor
 
 __all__ = ["MomentumKind", "MOMENTUM_KINDS", "momentum_key", "init_momentum", "apply_momentum", "momentum_scale"]
 
-MomentumKind = Literal["none", "heavy_ball", "nesterov", "ema", "ema_nesterov", "adam_ema"]
+MomentumKind = Literal["none", "heavy_ball", "nesterov", "ema", "ema_nesterov", "adam_ema", "lion"]
 MOMENTUM_KINDS: tuple[str, ...] = get_args(MomentumKind)
 
 
@@ -56,9 +58,11 @@ def apply_momentum(
     states: Sequence[dict[str, Tensor]],
     grads: list[Tensor],
     step: int,
+    direction_beta: float = 0.0,
 ) -> list[Tensor]:
     """Update the buffers in place and return the direction d for each parameter, up to the
-    scalar ``momentum_scale`` (so that the caller can apply it to the stacked tensor in place)."""
+    scalar ``momentum_scale`` (so that the caller can apply it to the stacked tensor in place).
+    ``direction_beta``: β₁ of the "lion" kind."""
     if kind == "none" or (beta == 0.0 and kind in ("heavy_ball", "nesterov", "ema", "ema_nesterov")):
         return grads
     key = momentum_key(kind)
@@ -77,6 +81,10 @@ def apply_momentum(
         if kind == "ema_nesterov":
             return torch._foreach_lerp(grads, bufs, beta)
         return bufs
+    if kind == "lion":
+        d = torch._foreach_lerp(grads, bufs, direction_beta)  # β₁ B_{t-1} + (1-β₁) g, from the old buffer
+        torch._foreach_lerp_(bufs, grads, 1.0 - beta)
+        return d
     if kind == "adam_ema":
         torch._foreach_lerp_(bufs, grads, 1.0 - beta)
         return bufs  # the bias correction 1/(1-β^t) is ``momentum_scale``, applied after stacking

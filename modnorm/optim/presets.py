@@ -9,6 +9,7 @@ preset        base norm (hidden / conv)      preconditioner    momentum         
 ============  =============================  ================  ===============  =====  ==================
 sgd           Frobenius                      none              heavy-ball/nest.  sharp  —
 adamw         Frobenius                      adam (√V̂+ε)^½    adam_ema         sharp  —
+  amsgrad     Frobenius                      amsgrad (max V)   adam_ema         sharp  —
 adagrad       Frobenius                      adagrad           none             sharp  —
 adam_sania    Frobenius                      sania (V̂+ε)^½    adam_ema         sharp  —
 signsgd       Sign                           none              none / ema       lmo    —
@@ -146,10 +147,11 @@ class AdamW(Hyperparameters):
     betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: NonNeg = 1e-8
     weight_decay: NonNeg = 1e-2
+    amsgrad: bool = False
 
 
 def _adamw(h: AdamW) -> Recipe:
-    return Recipe(default=_adam_rule("adam", h.betas, h.eps, h.weight_decay))
+    return Recipe(default=_adam_rule("amsgrad" if h.amsgrad else "adam", h.betas, h.eps, h.weight_decay))
 
 
 class Adagrad(Hyperparameters):

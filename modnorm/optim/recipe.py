@@ -4,6 +4,8 @@ A ``Rule`` fixes, for the parameters it applies to,
 
     base norm  ×  preconditioner  ×  momentum  ×  mode ("lmo" | "sharp")
     + weight decay (decoupled or coupled), an lr ratio and Adagrad's lr decay
+    + where momentum acts (on the gradient, or on the preconditioned update) and a
+      trust ratio (LAMB/LARS: a per-layer budget set by ‖W‖, ``update_stages``)
 
 and a ``Recipe`` routes parameters to rules by their declared role ("hidden",
 "embedding", "head", "conv", "vector"). Every preset is a function from its
@@ -65,7 +67,7 @@ class Rule(BaseModel):
     ns_eps: NonNeg = Field(1e-7, description="floor of the Frobenius normalizer before Newton–Schulz, ≥ 0")
     preconditioner: str = Field("none", description="registered preconditioner name, or 'declared'")
     preconditioner_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the preconditioner")
-    momentum: MomentumKind = Field("none", description="none|heavy_ball|nesterov|ema|ema_nesterov|adam_ema")
+    momentum: MomentumKind = Field("none", description="none|heavy_ball|nesterov|ema|ema_nesterov|adam_ema|lion")
     beta: Beta = Field(0.0, description="momentum coefficient, 0 ≤ β < 1")
     dampening: NonNeg = Field(0.0, description="heavy-ball dampening τ (torch.optim.SGD), ≥ 0")
     mode: Literal["lmo", "sharp"] = Field("lmo", description="lmo: normalized steepest descent; sharp: dual(G)·lmo(G)")
@@ -74,6 +76,12 @@ class Rule(BaseModel):
     lr_ratio: NonNeg = Field(1.0, description="this rule's lr = lr_ratio × the group's lr, ≥ 0")
     lr_decay: NonNeg = Field(0.0, description="Adagrad's lr/(1 + (t-1)·lr_decay), ≥ 0")
     lr_adjust: str | float | None = Field(None, description="torch.optim.Muon's adjust_lr_fn: lr × spectral_scale(lr_adjust, d0, d1) of the first two dims")
+    direction_beta: Beta = Field(0.0, description="Lion's β1 (momentum='lion'): direction = β1·buffer + (1-β1)·g, 0 ≤ β1 < 1")
+    momentum_on: Literal["gradient", "update"] = Field("gradient", description="gradient: momentum before the preconditioner; update: on the preconditioned direction (RMSprop, LARS)")
+    trust_ratio: Literal["none", "update", "triangle"] = Field("none", description="per-layer U ← c·min(‖W‖, clamp)/(den + ε)·U; den = ‖U‖ (update, LAMB) or ‖g‖ + λ‖W‖ (triangle, LARS)")
+    trust_coefficient: NonNeg = Field(1.0, description="c of the trust ratio, ≥ 0")
+    trust_clamp: float | None = Field(None, gt=0.0, description="upper clamp of ‖W‖ in the trust ratio (LAMB: 10), > 0 or None")
+    trust_eps: NonNeg = Field(0.0, description="ε of the trust ratio's denominator, ≥ 0")
 
     @field_validator("lr_adjust")
     @classmethod

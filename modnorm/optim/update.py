@@ -4,6 +4,7 @@
     d ← momentum(g); c ← its bias correction                   (momentum.py)
     precond.update_many(states, g)                             (statistics of the raw g)
     U ← N.lmo(c·stack d) or N.sharp(c·stack d),  N = precond.norm(base)   (Theorem 1)
+    U ← trust ratio · U;  U ← momentum(U) if momentum_on="update"   (update_stages.py; then c·U)
     W ← W (1 − η_r λ)  (decoupled weight decay);   W ← W − η_r · budget · U
 
 Entrywise shortcut: a Frobenius base in sharp mode with no preconditioner (U = c·d) or a
@@ -30,6 +31,7 @@ from torch import Tensor
 from ..norms import Frobenius, Norm
 from .momentum import apply_momentum, momentum_scale
 from .preconditioner import Identity, Preconditioner, StepContext
+from .update_stages import after_direction
 
 __all__ = ["RuleSpec", "update_bucket", "compiled_update_bucket"]
 
@@ -48,11 +50,23 @@ class RuleSpec:
     coupled: bool
     lr_ratio: float
     lr_decay: float
+    direction_beta: float = 0.0
+    momentum_on: str = "gradient"
+    trust_ratio: str = "none"
+    trust_coefficient: float = 1.0
+    trust_clamp: float | None = None
+    trust_eps: float = 0.0
 
     @classmethod
     def of(cls, rule: Any) -> RuleSpec:
         return cls(rule.momentum, rule.beta, rule.dampening, rule.mode, rule.weight_decay,
-                   rule.weight_decay_mode == "coupled", rule.lr_ratio, rule.lr_decay)
+                   rule.weight_decay_mode == "coupled", rule.lr_ratio, rule.lr_decay, rule.direction_beta,
+                   rule.momentum_on, rule.trust_ratio, rule.trust_coefficient, rule.trust_clamp, rule.trust_eps)
+
+    @property
+    def staged(self) -> bool:
+        """A stage runs between the direction and the update (trust ratio, momentum on the update)."""
+        return self.trust_ratio != "none" or (self.momentum_on == "update" and self.momentum != "none")
 
 
 def _alphas(lr_r: Scalar, c: float, budgets: Sequence[float]) -> Scalar | list[float]:
@@ -94,12 +108,17 @@ def update_bucket(
         grads = [g.to(state_dtype) for g in grads]
     if maximize:
         grads = torch._foreach_neg(grads)
+    raw = grads
     wd = spec.weight_decay
     if wd and spec.coupled:
         grads = torch._foreach_add(grads, views if views[0].dtype == state_dtype else [v.to(state_dtype) for v in views], alpha=wd)
     torch._foreach_add_([s["step"] for s in states], 1.0)
-    d = apply_momentum(spec.momentum, spec.beta, spec.dampening, states, grads, step)
-    c = momentum_scale(spec.momentum, spec.beta, step)
+    staged = spec.staged
+    if spec.momentum_on == "gradient":
+        d = apply_momentum(spec.momentum, spec.beta, spec.dampening, states, grads, step, spec.direction_beta)
+        c = momentum_scale(spec.momentum, spec.beta, step)
+    else:
+        d, c = grads, 1.0
     lr_r = lr * spec.lr_ratio
     if spec.lr_decay:
         lr_r = lr_r / (1.0 + (step - 1) * spec.lr_decay)
@@ -107,6 +126,7 @@ def update_bucket(
     entrywise = (
         spec.mode == "sharp" and type(base) is Frobenius and views[0].dtype == state_dtype
         and (uniform or not isinstance(lr_r, Tensor)) and (sharded is None or not sharded.whole_statistics)
+        and not staged
     )
     if entrywise and isinstance(precond, Identity):
         _decay_(views, lr_r, spec)
@@ -135,10 +155,18 @@ def update_bucket(
         precond.update_many(states, grads, step, ctx)
         norm = precond.norm(base, states, step)
     X = torch.stack(d)  # a copy: the momentum buffers stay untouched
-    if c != 1.0:
+    if c != 1.0 and not staged:  # staged: the bias correction scales the step after the stages
         X.mul_(c)
     U = norm.lmo(X) if spec.mode == "lmo" else norm.sharp(X)
     _decay_(views, lr_r, spec)
+    if staged:
+        steps, fresh = after_direction(spec, U, views, raw, states, step)
+        if not uniform:
+            steps, fresh = torch._foreach_mul(steps, [float(b) for b in budgets]), True
+        if steps[0].dtype != views[0].dtype:
+            steps, fresh = [u.to(views[0].dtype) for u in steps], True
+        _add_(views, steps, -(lr_r * c) * budgets[0] if uniform else -(lr_r * c), fresh=fresh)
+        return
     if uniform:
         alpha: Scalar = -lr_r * budgets[0]
     else:

@@ -1,0 +1,61 @@
+"""Stages between the direction U = lmo/sharp(d) and the parameter update: the trust ratio and
+momentum on the update.
+
+Trust ratio (LAMB, LARS): U ← r · U per parameter, with
+
+    r = c · min(‖W‖, clamp) / (den + ε),   r = 1 where ‖W‖ = 0 or den = 0,
+    den = ‖U‖                    (``trust_ratio="update"``, LAMB),
+    den = ‖g‖ + λ‖W‖             (``trust_ratio="triangle"``, LARS: the triangle bound of ‖g + λW‖),
+
+all norms Frobenius over the whole tensor, W after decoupled weight decay. The step
+η·r·U then has size η·c·‖W‖ (exactly, for "update" and ε = 0): every layer moves by
+the same fraction η·c of its own weight norm. In the modular norm's terms the trust
+ratio is a per-layer budget that the weights set at run time, instead of the static
+budgets that ``modnorm.budgets`` derives from the network's structure (which the
+presets of this family leave off: ``budgets=False`` reproduces the peers).
+
+Momentum on the update (RMSprop, LARS): the rule's momentum kind runs on U instead of
+on the gradient (``momentum_on="update"``): buffer ← β·buffer + (1-τ)·U, and the buffer
+(or Nesterov's U + β·buffer) is the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .momentum import apply_momentum, momentum_key
+
+__all__ = ["trust_ratios", "after_direction"]
+
+
+def trust_ratios(spec: Any, U: Sequence[Tensor], views: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
+    """The per-parameter trust ratios r (a 1-D tensor), see the module docstring."""
+    w = torch.stack(torch._foreach_norm(list(views))).to(U[0].dtype)
+    if spec.trust_ratio == "update":
+        den = torch.stack(torch._foreach_norm(list(U)))
+    else:
+        den = torch.stack(torch._foreach_norm(list(grads))).to(w.dtype) + spec.weight_decay * w
+    wc = w.clamp(max=spec.trust_clamp) if spec.trust_clamp is not None else w
+    r = spec.trust_coefficient * wc / (den + spec.trust_eps)
+    return torch.where((w == 0) | (den == 0), torch.ones_like(r), r)
+
+
+def after_direction(spec: Any, U: Tensor, views: Sequence[Tensor], grads: Sequence[Tensor],
+                    states: Sequence[dict[str, Any]], step: int) -> tuple[list[Tensor], bool]:
+    """Apply the trust ratio and the update momentum to the stacked U (B, *shape).
+
+    Returns the per-parameter steps and whether they are fresh tensors (not momentum buffers).
+    """
+    if spec.trust_ratio != "none":
+        r = trust_ratios(spec, U.unbind(0), views, grads)
+        U = U * r.view(-1, *([1] * (U.ndim - 1)))
+    steps = list(U.unbind(0))
+    if spec.momentum_on != "update" or spec.momentum == "none":
+        return steps, True
+    out = apply_momentum(spec.momentum, spec.beta, spec.dampening, states, steps, step, spec.direction_beta)
+    buffers = {id(s.get(momentum_key(spec.momentum))) for s in states}
+    return out, not any(id(o) in buffers for o in out)
