@@ -14,7 +14,7 @@ from modnorm import ConfigError, OptimizerConfig
 from modnorm.optim import PRESETS
 
 # sophia* need a Hessian source (loss_fn= or from_graph=True); they are tested with it in tests/test_hessian.py.
-PRESET_NAMES = sorted(p for p in PRESETS if not p.startswith("sophia"))
+PRESET_NAMES = sorted(p for p in PRESETS if not p.startswith("sophia") and "model" not in PRESETS[p].hyperparameters.model_fields)  # those need a loss or the model
 
 
 def params():

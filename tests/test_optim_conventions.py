@@ -15,7 +15,7 @@ from modnorm.optim import PRESETS
 
 # sophia* need a Hessian source (loss_fn= or from_graph=True with create_graph backward);
 # their conventions are tested in tests/test_hessian.py.
-PRESET_NAMES = sorted(p for p in PRESETS if not p.startswith("sophia"))
+PRESET_NAMES = sorted(p for p in PRESETS if not p.startswith("sophia") and "model" not in PRESETS[p].hyperparameters.model_fields)  # those need a loss or the model
 SHAPES = {"w1": (6, 4), "w2": (6, 4), "w3": (4, 6), "conv": (3, 2, 3, 3), "b": (5,), "s": ()}
 
 

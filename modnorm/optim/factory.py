@@ -6,6 +6,8 @@ Given an ``nn.Module``, each parameter's geometry and modular budget come from
 inferred from their rank, with nn.Embedding tables marked as embeddings, and budget 1).
 Given parameters or param groups, geometry is inferred from rank and budgets are 1.
 ``budgets=False`` gives every parameter budget 1 (to compare with torch.optim's optimizers).
+Presets that read the layers themselves (``kfac``, ``ekfac``, ``kfac_spectral``) get the
+module as their ``model`` hyperparameter.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import nn
 
 from ..geometry import Geometry
 from ..norms import ColNorm
-from .config import ConfigError, OptimizerConfig
+from .config import ConfigError, OptimizerConfig, get_preset
 from .optimizer import ModnormOptimizer
 from .recipe import Recipe
 
@@ -90,4 +92,7 @@ def optimizer(
             raise ConfigError("the model has no parameters to optimize")
     else:
         geometries, table, params = {}, {}, model_or_params
+    if isinstance(model_or_params, nn.Module) and isinstance(preset, str) and hyperparameters.get("model") is None:
+        if "model" in get_preset(preset).hyperparameters.model_fields:  # layer-declared statistics (kfac)
+            hyperparameters["model"] = model_or_params
     return ModnormOptimizer(params, preset, geometries=geometries, budgets=table, nonfinite=nonfinite, state_dtype=state_dtype, compile=compile, **hyperparameters)

@@ -355,7 +355,7 @@ class ModnormOptimizer(Optimizer):
         grads = sharded.grads if sharded else [p.grad if p.ndim else p.grad.reshape(shape) for p in params]
         budgets = [m[1].scale for m in members]
         fn: Callable[..., None] = update_bucket
-        if self._compile is not False and sharded is None and not plan.precond.needs_hvp:
+        if self._compile is not False and sharded is None and not (plan.precond.needs_hvp or plan.precond.eager_only):
             key = (plan.key, len(members))
             if key not in self._compiled:
                 self._compiled[key] = compiled_update_bucket(self._compile if isinstance(self._compile, dict) else {})

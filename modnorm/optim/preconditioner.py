@@ -112,6 +112,7 @@ class Preconditioner:
 
     name: str = "base"
     needs_hvp: bool = False
+    eager_only: bool = False  # needs ctx.params (e.g. layer statistics matched by parameter): never compiled
 
     def init_state(self, param: Tensor, state_dtype: torch.dtype) -> State:
         """Allocate this preconditioner's statistics for one parameter (zeros, usually)."""
