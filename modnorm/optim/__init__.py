@@ -18,6 +18,7 @@ from .preconditioner import (
 )
 from .presets import PRESETS, Hyperparameters, register_preset
 from .recipe import Recipe, Rule
+from .schedules import WSD, LinearCooldown, RefreshSpike
 
 __all__ = [
     "optimizer",
@@ -37,4 +38,7 @@ __all__ = [
     "PRECONDITIONERS",
     "register_preconditioner",
     "get_preconditioner",
+    "WSD",
+    "LinearCooldown",
+    "RefreshSpike",
 ]
