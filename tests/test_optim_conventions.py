@@ -155,6 +155,8 @@ def test_lr_scheduler_drives_the_step(preset):
     assert same(tensors(a), tensors(b))
     zero = torch.optim.lr_scheduler.LambdaLR(opt_a, lambda t: 0.0)
     assert opt_a.param_groups[0]["lr"] == 0.0 and zero is not None
+    if preset == "adamw_schedulefree":
+        return  # at lr 0 the averaging still moves y towards z (weight ∝ the largest lr so far), as in schedulefree
     before = [p.detach().clone() for p in tensors(a)]
     train(opt_a, tensors(a), 1)
     assert same(tensors(a), before)

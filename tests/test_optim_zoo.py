@@ -80,3 +80,34 @@ def test_trust_ratio_sets_the_relative_step():
         (p.sin().sum() + (p**2).sum()).backward()
         opt.step()
         assert abs((p.detach() - before).norm().item() - 0.01 / (1 - 0.9**t) * before.norm().item()) < 1e-12
+
+
+@pytest.mark.parametrize("hp", [{}, {"betas": (0.8, 0.99), "weight_decay": 0.05, "warmup_steps": 5, "r": 0.5, "weight_lr_power": 1.0}])
+def test_adamw_schedulefree_equals_peer_in_train_and_eval(hp):
+    from schedulefree import AdamWScheduleFree
+
+    init = make_params()
+    targets = make_params(seed=1)
+    from tests.test_optim_peers import loss_fn
+
+    def trajectory(make):
+        params = [p.clone().requires_grad_() for p in init]
+        opt = make(params)
+        opt.train()
+        evals = []
+        for t in range(30):
+            opt.zero_grad()
+            loss_fn(params, targets).backward()
+            opt.step()
+            if t % 10 == 9:  # evaluate at the averaged point, then go on training
+                opt.eval()
+                evals.append([p.detach().clone() for p in params])
+                opt.train()
+        return [p.detach() for p in params], evals
+
+    ref, ref_evals = trajectory(lambda ps: AdamWScheduleFree(ps, lr=0.02, foreach=False, **hp))
+    got, got_evals = trajectory(lambda ps: modnorm.optimizer(ps, "adamw_schedulefree", lr=0.02, budgets=False, **hp))
+    assert_close(got, ref, 1e-9)
+    for a, b in zip(got_evals, ref_evals):
+        assert_close(a, b, 1e-9)
+    assert max((a - b).abs().max().item() for a, b in zip(got_evals[-1], got)) > 1e-4  # x ≠ y: eval() moved them

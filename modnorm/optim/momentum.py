@@ -8,6 +8,9 @@ Kinds (β the momentum coefficient, τ the dampening, B the buffer, g_t the grad
 - ``"ema"``:           B_t = β B_{t-1} + (1-β) g_t (lerp);  d = B          (Scion, Signum)
 - ``"ema_nesterov"``:  the same B;  d = (1-β) g + β B                      (torch.optim.Muon)
 - ``"adam_ema"``:      M_t = β M_{t-1} + (1-β) g_t;  d = M_t/(1-β^t)        (Adam's M̂)
+- ``"schedule_free"``:  no buffer on g (d = g); the momentum lives in the iterates: z (state ``z``,
+                       the plain SGD sequence) and y (the parameter), updated by
+                       ``update_stages.schedule_free_`` (schedule-free, β = the interpolation β₁)
 - ``"lion"``:          d = β₁ B_{t-1} + (1-β₁) g_t (before the update);  B_t = β B_{t-1} + (1-β) g_t
                        (Lion: β₁ = the rule's ``direction_beta``, β its ``beta``; with a Sign base)
 
@@ -27,7 +30,7 @@ from torch import Tensor
 
 __all__ = ["MomentumKind", "MOMENTUM_KINDS", "momentum_key", "init_momentum", "apply_momentum", "momentum_scale"]
 
-MomentumKind = Literal["none", "heavy_ball", "nesterov", "ema", "ema_nesterov", "adam_ema", "lion"]
+MomentumKind = Literal["none", "heavy_ball", "nesterov", "ema", "ema_nesterov", "adam_ema", "lion", "schedule_free"]
 MOMENTUM_KINDS: tuple[str, ...] = get_args(MomentumKind)
 
 
@@ -35,7 +38,7 @@ def momentum_key(kind: str) -> str | None:
     """State key of the buffer a momentum kind keeps (None for "none")."""
     if kind == "none":
         return None
-    return "exp_avg" if kind == "adam_ema" else "momentum_buffer"
+    return {"adam_ema": "exp_avg", "schedule_free": "z"}.get(kind, "momentum_buffer")
 
 
 def init_momentum(kind: str, param: Tensor, state_dtype: torch.dtype) -> dict[str, Tensor]:
@@ -43,6 +46,9 @@ def init_momentum(kind: str, param: Tensor, state_dtype: torch.dtype) -> dict[st
     key = momentum_key(kind)
     if key is None:
         return {}
+    if kind == "schedule_free":  # z starts at the parameter; the averaging weights are CPU scalars like "step"
+        scalar = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+        return {"z": param.detach().clone().to(state_dtype), "sf_weight_sum": scalar(0.0), "sf_lr_max": scalar(-1.0)}
     return {key: torch.zeros_like(param, dtype=state_dtype, memory_format=torch.preserve_format)}
 
 
@@ -63,7 +69,7 @@ def apply_momentum(
     """Update the buffers in place and return the direction d for each parameter, up to the
     scalar ``momentum_scale`` (so that the caller can apply it to the stacked tensor in place).
     ``direction_beta``: β₁ of the "lion" kind."""
-    if kind == "none" or (beta == 0.0 and kind in ("heavy_ball", "nesterov", "ema", "ema_nesterov")):
+    if kind in ("none", "schedule_free") or (beta == 0.0 and kind in ("heavy_ball", "nesterov", "ema", "ema_nesterov")):
         return grads
     key = momentum_key(kind)
     bufs = [s[key] for s in states]  # type: ignore[index]

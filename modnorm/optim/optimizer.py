@@ -134,6 +134,7 @@ class ModnormOptimizer(Optimizer):
         self._compile = compile
         self._compiled: dict[tuple, Callable[..., None]] = {}  # bucket → its compiled update
         self.skipped_steps = 0
+        self._eval_mode = False  # schedule-free rules: parameters hold the averaged iterate (eval())
         self._geometries = dict(geometries or {})
         self._budgets = {k: float(v) for k, v in (budgets or {}).items()}
         self._meta: list[list[tuple[str, Geometry, float]]] = []
@@ -235,7 +236,7 @@ class ModnormOptimizer(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for k in ("_preset", "nonfinite", "state_dtype", "skipped_steps", "_geometries", "_budgets", "_meta", "_compile"):
+        for k in ("_preset", "nonfinite", "state_dtype", "skipped_steps", "_geometries", "_budgets", "_meta", "_compile", "_eval_mode"):
             state[k] = getattr(self, k)
         return state
 
@@ -366,6 +367,29 @@ class ModnormOptimizer(Optimizer):
             lr = float(lr)
             ctx = StepContext(step=step, params=params, names=names, closure=closure, loss=loss)
         fn(plan.spec, plan.norm, plan.precond, budgets, views, grads, states, step, lr, maximize, self._state_dtype(params[0]), ctx, sharded)
+
+    # ------------------------------------------------------------------ schedule-free train/eval
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Schedule-free rules: parameters back to the training iterate y (no-op when already there)."""
+        self._schedule_free_switch(to_eval=False)
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Schedule-free rules: parameters to the averaged iterate x (evaluate, checkpoint); ``train()`` undoes it."""
+        self._schedule_free_switch(to_eval=True)
+
+    def _schedule_free_switch(self, to_eval: bool) -> None:
+        if getattr(self, "_eval_mode", False) == to_eval:
+            return
+        for gi, group in enumerate(self.param_groups):
+            for p, plan in zip(group["params"], self._plans(gi, group)):
+                z = self.state[p].get("z") if p in self.state else None
+                if z is not None and plan.rule.momentum == "schedule_free":
+                    beta = plan.rule.beta
+                    p.lerp_(z.view_as(p).to(p.dtype), 1.0 - 1.0 / beta if to_eval else 1.0 - beta)
+        self._eval_mode = to_eval
 
     # ------------------------------------------------------------------ introspection
 

@@ -67,7 +67,7 @@ class Rule(BaseModel):
     ns_eps: NonNeg = Field(1e-7, description="floor of the Frobenius normalizer before Newton–Schulz, ≥ 0")
     preconditioner: str = Field("none", description="registered preconditioner name, or 'declared'")
     preconditioner_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the preconditioner")
-    momentum: MomentumKind = Field("none", description="none|heavy_ball|nesterov|ema|ema_nesterov|adam_ema|lion")
+    momentum: MomentumKind = Field("none", description="none|heavy_ball|nesterov|ema|ema_nesterov|adam_ema|lion|schedule_free")
     beta: Beta = Field(0.0, description="momentum coefficient, 0 ≤ β < 1")
     dampening: NonNeg = Field(0.0, description="heavy-ball dampening τ (torch.optim.SGD), ≥ 0")
     mode: Literal["lmo", "sharp"] = Field("lmo", description="lmo: normalized steepest descent; sharp: dual(G)·lmo(G)")
@@ -82,6 +82,9 @@ class Rule(BaseModel):
     trust_coefficient: NonNeg = Field(1.0, description="c of the trust ratio, ≥ 0")
     trust_clamp: float | None = Field(None, gt=0.0, description="upper clamp of ‖W‖ in the trust ratio (LAMB: 10), > 0 or None")
     trust_eps: NonNeg = Field(0.0, description="ε of the trust ratio's denominator, ≥ 0")
+    sf_warmup_steps: int = Field(0, ge=0, description="schedule-free: linear lr warmup steps inside the iterate update, ≥ 0")
+    sf_r: NonNeg = Field(0.0, description="schedule-free: averaging weight (k+1)^r, ≥ 0")
+    sf_weight_lr_power: NonNeg = Field(2.0, description="schedule-free: averaging weight lr_max^p, ≥ 0")
 
     @field_validator("lr_adjust")
     @classmethod

@@ -31,7 +31,7 @@ from torch import Tensor
 from ..norms import Frobenius, Norm
 from .momentum import apply_momentum, momentum_scale
 from .preconditioner import Identity, Preconditioner, StepContext
-from .update_stages import after_direction
+from .update_stages import after_direction, schedule_free_
 
 __all__ = ["RuleSpec", "update_bucket", "compiled_update_bucket"]
 
@@ -56,17 +56,22 @@ class RuleSpec:
     trust_coefficient: float = 1.0
     trust_clamp: float | None = None
     trust_eps: float = 0.0
+    sf_warmup_steps: int = 0
+    sf_r: float = 0.0
+    sf_weight_lr_power: float = 2.0
 
     @classmethod
     def of(cls, rule: Any) -> RuleSpec:
         return cls(rule.momentum, rule.beta, rule.dampening, rule.mode, rule.weight_decay,
                    rule.weight_decay_mode == "coupled", rule.lr_ratio, rule.lr_decay, rule.direction_beta,
-                   rule.momentum_on, rule.trust_ratio, rule.trust_coefficient, rule.trust_clamp, rule.trust_eps)
+                   rule.momentum_on, rule.trust_ratio, rule.trust_coefficient, rule.trust_clamp, rule.trust_eps,
+                   rule.sf_warmup_steps, rule.sf_r, rule.sf_weight_lr_power)
 
     @property
     def staged(self) -> bool:
         """A stage runs between the direction and the update (trust ratio, momentum on the update)."""
-        return self.trust_ratio != "none" or (self.momentum_on == "update" and self.momentum != "none")
+        return (self.trust_ratio != "none" or self.momentum == "schedule_free"
+                or (self.momentum_on == "update" and self.momentum != "none"))
 
 
 def _alphas(lr_r: Scalar, c: float, budgets: Sequence[float]) -> Scalar | list[float]:
@@ -158,13 +163,17 @@ def update_bucket(
     if c != 1.0 and not staged:  # staged: the bias correction scales the step after the stages
         X.mul_(c)
     U = norm.lmo(X) if spec.mode == "lmo" else norm.sharp(X)
-    _decay_(views, lr_r, spec)
+    if spec.momentum != "schedule_free":  # schedule-free decays at y inside its iterate update
+        _decay_(views, lr_r, spec)
     if staged:
         steps, fresh = after_direction(spec, U, views, raw, states, step)
         if not uniform:
             steps, fresh = torch._foreach_mul(steps, [float(b) for b in budgets]), True
         if steps[0].dtype != views[0].dtype:
             steps, fresh = [u.to(views[0].dtype) for u in steps], True
+        if spec.momentum == "schedule_free":
+            schedule_free_(spec, views, steps, states, step, lr_r * c * (budgets[0] if uniform else 1.0))
+            return
         _add_(views, steps, -(lr_r * c) * budgets[0] if uniform else -(lr_r * c), fresh=fresh)
         return
     if uniform:

@@ -14,6 +14,15 @@ ratio is a per-layer budget that the weights set at run time, instead of the sta
 budgets that ``modnorm.budgets`` derives from the network's structure (which the
 presets of this family leave off: ``budgets=False`` reproduces the peers).
 
+Schedule-free iterates (momentum kind "schedule_free"; Defazio et al. 2024), replacing
+W ← W − η·U: with the step k = t − 1, η_k = η·min(1, (k+1)/warmup), η_max = max_k η_k,
+weight w = (k+1)^r · η_max^p, c = w / Σw, and U' = U + λy (decay at y):
+
+    y ← (1 − c)·y + c·z + η_k (β(1 − c) − 1)·U',     z ← z − η_k·U'
+
+y is the parameter during training; ``ModnormOptimizer.eval()`` sets it to the averaged
+iterate x = lerp(y, z, 1 − 1/β) and ``train()`` back to y = lerp(x, z, 1 − β) (exact inverses).
+
 Momentum on the update (RMSprop, LARS): the rule's momentum kind runs on U instead of
 on the gradient (``momentum_on="update"``): buffer ← β·buffer + (1-τ)·U, and the buffer
 (or Nesterov's U + β·buffer) is the step.
@@ -29,7 +38,7 @@ from torch import Tensor
 
 from .momentum import apply_momentum, momentum_key
 
-__all__ = ["trust_ratios", "after_direction"]
+__all__ = ["trust_ratios", "after_direction", "schedule_free_"]
 
 
 def trust_ratios(spec: Any, U: Sequence[Tensor], views: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
@@ -54,8 +63,29 @@ def after_direction(spec: Any, U: Tensor, views: Sequence[Tensor], grads: Sequen
         r = trust_ratios(spec, U.unbind(0), views, grads)
         U = U * r.view(-1, *([1] * (U.ndim - 1)))
     steps = list(U.unbind(0))
-    if spec.momentum_on != "update" or spec.momentum == "none":
+    if spec.momentum_on != "update" or spec.momentum in ("none", "schedule_free"):
         return steps, True
     out = apply_momentum(spec.momentum, spec.beta, spec.dampening, states, steps, step, spec.direction_beta)
     buffers = {id(s.get(momentum_key(spec.momentum))) for s in states}
     return out, not any(id(o) in buffers for o in out)
+
+
+def schedule_free_(spec: Any, views: Sequence[Tensor], U: Sequence[Tensor], states: Sequence[dict[str, Any]],
+                   step: int, lr: float) -> None:
+    """The schedule-free iterate update (module docstring); ``lr`` includes the budget."""
+    k, lr = step - 1, float(lr)
+    lr_k = lr * min(1.0, (k + 1) / spec.sf_warmup_steps) if spec.sf_warmup_steps else lr
+    state = states[0]  # every member of a bucket has the same step count and lr: one weight for all
+    lr_max = max(lr_k, float(state["sf_lr_max"]))
+    weight = (k + 1) ** spec.sf_r * lr_max**spec.sf_weight_lr_power
+    weight_sum = float(state["sf_weight_sum"]) + weight
+    c = weight / weight_sum if weight_sum else 0.0
+    for s in states:
+        s["sf_lr_max"].fill_(lr_max)
+        s["sf_weight_sum"].fill_(weight_sum)
+    if spec.weight_decay:
+        U = torch._foreach_add(list(U), list(views), alpha=spec.weight_decay)
+    zs = [s["z"] for s in states]
+    torch._foreach_lerp_(list(views), zs, c)
+    torch._foreach_add_(list(views), list(U), alpha=lr_k * (spec.beta * (1 - c) - 1))
+    torch._foreach_add_(zs, list(U), alpha=-lr_k)

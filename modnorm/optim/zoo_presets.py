@@ -7,7 +7,12 @@ rmsprop    Frobenius  rmsprop: √V (or √(V−ḡ²))+ε  heavy-ball on the up
 lion       Sign       none                        lion (β₁-interpolated EMA) lmo    —
 lamb       Frobenius  adam, V not bias-corrected  adam_ema (after the ratio) sharp  trust ratio ‖W‖/‖U‖
 lars       Frobenius  none                        heavy-ball on the update   sharp  trust ratio c‖W‖/(‖g‖+λ‖W‖)
+adamw_sf   Frobenius  adam: (√V̂+ε)^½              schedule_free (iterates)   sharp  y, z iterate update
 =========  =========  ==========================  =========================  =====  ======================
+
+``adamw_sf`` is ``adamw_schedulefree`` = schedulefree's AdamWScheduleFree: call
+``optimizer.eval()`` before evaluating or saving and ``optimizer.train()`` before training
+again (the peer's convention; here the optimizer starts in train mode).
 
 ``rmsprop`` = torch.optim.RMSprop (coupled weight decay), ``lion`` = lion-pytorch's Lion
 (decoupled weight decay W ← W(1 − ηλ)), ``lamb`` = pytorch-optimizer's Lamb (defaults:
@@ -105,7 +110,27 @@ def _lars(h: LARSHP) -> Recipe:
     return Recipe(default=matrix, roles={"vector": Rule(**common)})
 
 
+class AdamWScheduleFreeHP(Hyperparameters):
+    """schedulefree's AdamWScheduleFree names and defaults (β1 > 0: the eval point divides by it)."""
+
+    lr: float | torch.Tensor = 0.0025
+    betas: tuple[Annotated[float, Field(gt=0.0, lt=1.0)], Beta] = (0.9, 0.999)
+    eps: NonNeg = 1e-8
+    weight_decay: NonNeg = 0.0
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    r: NonNeg = 0.0
+    weight_lr_power: NonNeg = 2.0
+
+
+def _adamw_schedulefree(h: AdamWScheduleFreeHP) -> Recipe:
+    rule = Rule(norm="frobenius", preconditioner="adam", preconditioner_options={"beta2": h.betas[1], "eps": h.eps},
+                momentum="schedule_free", beta=h.betas[0], mode="sharp", weight_decay=h.weight_decay,
+                sf_warmup_steps=h.warmup_steps, sf_r=h.r, sf_weight_lr_power=h.weight_lr_power)
+    return Recipe(default=rule)
+
+
 for _name, _hp, _build, _src in (
+    ("adamw_schedulefree", AdamWScheduleFreeHP, _adamw_schedulefree, "Defazio et al. 2024 (schedule-free); schedulefree's AdamWScheduleFree"),
     ("rmsprop", RMSpropHP, _rmsprop, "Tieleman & Hinton 2012 (RMSprop); Graves 2013 (centred); torch.optim.RMSprop"),
     ("lion", LionHP, _lion, "Chen et al. 2023 (Lion, symbolic discovery); lion-pytorch"),
     ("lamb", LambHP, _lamb, "You et al. 2020 (LAMB); pytorch-optimizer's Lamb"),
