@@ -116,3 +116,29 @@ def test_lr_transfer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         for w in data["config"]["widths"]:
             entry = r["per_width"][str(w)]
             assert entry["best_lr"] in r["lr_grid"] and math.isfinite(entry["best_loss"])
+
+
+def test_zoo_2d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = run_quick("zoo_2d", tmp_path, monkeypatch)
+    import zoo_2d
+
+    assert set(data["results"]) == set(zoo_2d.METHODS)
+    # the functions are the textbook ones: their known minima are zeros
+    import torch
+
+    for fn, point in (("rosenbrock", (1.0, 1.0)), ("himmelblau", (3.0, 2.0)), ("saddle", (0.0, 0.0))):
+        assert zoo_2d.FUNCTIONS[fn](torch.tensor(point)) == 0
+    assert data["results"]["adam"]["rosenbrock"]["mean_final"] < 100  # the tuned lr made progress from f ≈ 100s
+
+
+def test_mlp_zoo_and_lr_spike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = run_quick("mlp_zoo", tmp_path, monkeypatch)
+    import mlp_zoo
+
+    assert list(data["results"]) == mlp_zoo.QUICK
+    for r in data["results"].values():
+        for sched in ("cosine", "step", "wsd"):
+            assert 0.0 <= r[sched]["test_acc"] <= 1.0
+    assert data["results"]["adam"]["cosine"]["test_acc"] > 0.1  # better than chance (10 classes)
+    spike = run_quick("lr_spike", tmp_path, monkeypatch)
+    assert len(spike["results"]) == 4 and all(math.isfinite(r["final"]) for r in spike["results"].values())
