@@ -1,7 +1,8 @@
 """Every preset on one problem: a 3-layer, 256-wide MLP on mnist1d (40 inputs, 10 classes).
 
 The data set is generated locally (``mnist1d.data.make_dataset``: 4000 training and 1000
-test sequences, standardized). Each method trains with batch 128 from the same
+test sequences, standardized); ``--cifar DIR`` uses CIFAR-10's python batches instead,
+reduced to 256 features by a random orthogonal projection. Each method trains with batch 128 from the same
 initialization for 400 steps (about 13 epochs); its lr is picked from centre × {1/3, 1, 3} by the final training loss
 under a cosine schedule, then the same lr runs the step (×0.1 at 50% and 75%) and WSD
 (5% warmup, last 20% linear decay) schedules. The table gives test accuracy and test loss
@@ -45,7 +46,7 @@ METHODS: dict[str, tuple[str, dict[str, Any], float]] = {  # name → (preset, f
 }
 QUICK = ["sgd", "adam", "lion", "kfac", "ekfac", "adamw_schedulefree", "prodigy"]
 SCHEDULES: dict[str, Callable[[int, int], float]] = {
-    "cosine": lambda t, T: 0.5 * (1 + math.cos(math.pi * min(1.0, t / T))),
+    "cosine": lambda t, T: common.cosine_factor(t, T),
     "step": lambda t, T: 0.1 ** ((t >= T // 2) + (t >= 3 * T // 4)),
     "wsd": lambda t, T: wsd_factor(t, T, max(1, T // 20), T // 5),
 }
@@ -61,6 +62,28 @@ def load_mnist1d(seed: int, samples: int = 5000) -> tuple[Tensor, Tensor, Tensor
     x, xt = torch.tensor(d["x"], dtype=torch.float32), torch.tensor(d["x_test"], dtype=torch.float32)
     mean, std = x.mean(0), x.std(0) + 1e-6
     return (x - mean) / std, torch.tensor(d["y"]), (xt - mean) / std, torch.tensor(d["y_test"])
+
+
+def load_cifar10(folder: str, dim: int = 256, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """CIFAR-10 from its python batches in ``folder`` (data_batch_1..5, test_batch; never downloaded),
+    standardized per pixel and reduced to ``dim`` features by a random orthogonal projection."""
+    import pickle
+    from pathlib import Path
+
+    def read(name: str) -> tuple[Tensor, Tensor]:
+        with open(Path(folder) / name, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        return torch.tensor(d[b"data"], dtype=torch.float32) / 255.0, torch.tensor(d[b"labels"])
+
+    parts = [read(f"data_batch_{i}") for i in range(1, 6) if (Path(folder) / f"data_batch_{i}").exists()]
+    if not parts:
+        raise SystemExit(f"no CIFAR-10 python batches (data_batch_1 …) in {folder}")
+    x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    xt, yt = read("test_batch")
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    gen = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(x.shape[1], dim, generator=gen))  # orthonormal columns
+    return ((x - mean) / std) @ Q, y, ((xt - mean) / std) @ Q, yt
 
 
 def make_mlp(inputs: int, width: int, classes: int, seed: int) -> nn.Module:
@@ -133,6 +156,7 @@ def train(method: str, lr: float, data: tuple[Tensor, ...], steps: int, schedule
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], "runs/bench")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 400; 10 with --quick)")
+    p.add_argument("--cifar", default=None, help="folder of CIFAR-10's python batches: train on it (256-dim projection) instead of mnist1d")
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)} (--quick: {','.join(QUICK)})")
     args = p.parse_args()
     out = common.setup(args)
@@ -144,7 +168,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; choose from {list(METHODS)}")
     evals = 2 if args.quick else 20
-    data = load_mnist1d(args.seed, 300 if args.quick else 5000)
+    data = load_cifar10(args.cifar, 256, args.seed) if args.cifar else load_mnist1d(args.seed, 300 if args.quick else 5000)
     results: dict[str, Any] = {}
     panels: dict[str, dict[str, tuple[list[int], list[float]]]] = {s: {} for s in SCHEDULES}
     rows = []
@@ -167,7 +191,7 @@ def main() -> None:
     headers = ["method", "lr"] + [f"{s} {m}" for s in SCHEDULES for m in ("test acc", "test loss")]
     table = common.markdown_table(headers, rows)
     common.plot_curves(out / "mlp_zoo.png", {f"{s}: test loss": c for s, c in panels.items()}, ylabel="test loss")
-    meta = {"methods": methods, "steps": steps, "batch": 128, "width": 256, "lr_factors": factors, "tuned_on": "final training loss, cosine schedule"}
+    meta = {"data": f"cifar10 ({args.cifar}), 256-dim projection" if args.cifar else "mnist1d", "methods": methods, "steps": steps, "batch": 128, "width": 256, "lr_factors": factors, "tuned_on": "final training loss, cosine schedule"}
     common.finish(out, "mlp_zoo", {"config": meta, "results": results}, table, started, common.command_line())
 
 

@@ -4,7 +4,7 @@ The point (x, y) is one 1×2 parameter matrix (so Shampoo sees a matrix: A = G G
 B = Gᵀ G is 2×2). Every method runs 500 steps at a constant lr picked from a grid (×√10)
 by the mean final loss over the starts; on the saddle, which has no minimum, each method
 runs 100 steps from (1, 10⁻³) at its Rosenbrock lr and the table gives f at the end (more
-negative = escaped faster). Prodigy is prodigyopt's optimizer (lr 1 is its convention).
+negative = escaped faster; a run that leaves |x|, |y| < 10⁶ shows as "diverged", i.e. escaped). Prodigy is prodigyopt's optimizer (lr 1 is its convention).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def main() -> None:
                      res["himmelblau"]["mean_final"], saddle["final"]])
         print(f"{method:<10} rosenbrock {res['rosenbrock']['mean_final']:.3g} himmelblau {res['himmelblau']['mean_final']:.3g} saddle {saddle['final']:.3g}", flush=True)
     starts = [f"Rosenbrock f from {s}" for s in STARTS["rosenbrock"]]
-    table = common.markdown_table(["method", "lr (Rosenbrock)", *starts, "lr (Himmelblau)", "Himmelblau mean f", f"saddle f after {saddle_steps}"], rows)
+    table = common.markdown_table(["method", "lr (Rosenbrock)", *starts, "lr (Himmelblau)", "Himmelblau mean f", f"saddle f after {saddle_steps} (diverged: left the ±1e6 box)"], rows)
     plot(out / "zoo_2d.png", panels)
     meta = {"steps": steps, "saddle_steps": saddle_steps, "lr_grid": grid, "starts": STARTS, "methods": METHODS}
     common.finish(out, "zoo_2d", {"config": meta, "results": results}, table, started, common.command_line())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 __all__ = ["main", "benchmark_dir", "BENCHMARKS"]
 
-BENCHMARKS: tuple[str, ...] = ("matrix_quadratic", "scale_invariance", "matrix_completion", "char_gpt", "lr_transfer")
+BENCHMARKS: tuple[str, ...] = ("matrix_quadratic", "scale_invariance", "matrix_completion", "char_gpt", "lr_transfer", "zoo_2d", "mlp_zoo", "lr_spike")
 
 
 def benchmark_dir() -> Path:

@@ -142,3 +142,22 @@ def test_mlp_zoo_and_lr_spike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert data["results"]["adam"]["cosine"]["test_acc"] > 0.1  # better than chance (10 classes)
     spike = run_quick("lr_spike", tmp_path, monkeypatch)
     assert len(spike["results"]) == 4 and all(math.isfinite(r["final"]) for r in spike["results"].values())
+
+
+def test_cifar_loader_reads_python_batches(tmp_path: Path) -> None:
+    import pickle
+
+    import numpy as np
+    import torch
+
+    import mlp_zoo
+
+    rng = np.random.default_rng(0)
+    for name, n in (("data_batch_1", 20), ("data_batch_2", 12), ("test_batch", 8)):
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}, f)
+    x, y, xt, yt = mlp_zoo.load_cifar10(str(tmp_path), dim=16)
+    assert x.shape == (32, 16) and xt.shape == (8, 16) and y.shape == (32,) and int(y.max()) < 10
+    raw = torch.cat([torch.tensor(pickle.load(open(tmp_path / f"data_batch_{i}", "rb"))[b"data"]) for i in (1, 2)]).float() / 255
+    z = (raw - raw.mean(0)) / (raw.std(0) + 1e-6)
+    assert torch.all(x.norm(dim=1) <= z.norm(dim=1) + 1e-3)  # an orthonormal projection never lengthens a row

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import modnorm
-from modnorm.optim.schedules import WSD, LinearCooldown, RefreshSpike, cosine_factor
+from modnorm.demo.training import cosine_factor
+from modnorm.optim.schedules import WSD, LinearCooldown, RefreshSpike
 
 
 def lrs(make, steps, lr=0.1, **opt_hp):

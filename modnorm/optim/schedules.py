@@ -23,7 +23,7 @@ from typing import Literal
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["WSD", "LinearCooldown", "RefreshSpike", "wsd_factor", "cosine_factor"]
+__all__ = ["WSD", "LinearCooldown", "RefreshSpike", "wsd_factor"]
 
 
 def wsd_factor(t: int, total: int, warmup: int, decay: int, shape: str = "linear", min_ratio: float = 0.0) -> float:
@@ -41,12 +41,6 @@ def wsd_factor(t: int, total: int, warmup: int, decay: int, shape: str = "linear
     else:  # "sqrt"
         f = 1.0 - math.sqrt(x)
     return min_ratio + (1.0 - min_ratio) * f
-
-
-def cosine_factor(t: int, total: int, min_ratio: float = 0.0) -> float:
-    """Cosine decay from 1 at t = 0 to ``min_ratio`` at t = total (then constant)."""
-    x = min(1.0, t / total)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * x))
 
 
 def _check(name: str, value: float, low: float, what: str) -> None:
