@@ -109,6 +109,8 @@ def update_bucket(
     sharded: Any = None,
 ) -> None:
     """One step of a bucket (see the module docstring); ``sharded``: local shards (modnorm.distributed)."""
+    if sharded is not None and (spec.trust_ratio != "none" or spec.momentum == "schedule_free"):
+        raise NotImplementedError("trust ratios (lamb, lars) and schedule-free need whole tensors; they do not run on FSDP2 shards")
     if grads[0].dtype != state_dtype:
         grads = [g.to(state_dtype) for g in grads]
     if maximize:
