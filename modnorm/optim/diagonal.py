@@ -16,7 +16,8 @@ Registered forms (with a Frobenius base, ``sharp`` gives G/D²):
 - ``"sania"``:   inner 1, outer ½ → D = (V̂ + ε)^½: Adam-SANIA's M̂/(V̂ + ε); MuAdam-SANIA.
 - ``"adagrad"``: accumulate "sum", inner ½, outer ½ → G/(√ΣG² + ε): torch.optim.Adagrad.
 
-ε is added to a fresh tensor each step; V itself is never modified by ε.
+ε is added to a fresh tensor each step; V itself is never modified by ε. The new V is a
+new tensor assigned to the state key (the old one is not written: a step can be discarded).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class SecondMoment(Preconditioner):
         initial_accumulator_value: V_0 (Adagrad's option), ≥ 0.
     """
 
+    updates_in_place = False
+
     def __init__(
         self,
         beta2: float = 0.999,
@@ -92,10 +95,12 @@ class SecondMoment(Preconditioner):
     def update_many(self, states: Sequence[dict[str, Tensor]], grads: Sequence[Tensor], step: int, ctx: StepContext) -> None:
         Vs = [s[self.key] for s in states]
         if self.accumulate == "ema":
-            torch._foreach_mul_(Vs, self.beta2)
-            torch._foreach_addcmul_(Vs, list(grads), list(grads), value=1.0 - self.beta2)
+            new = torch._foreach_mul(Vs, self.beta2)
+            torch._foreach_addcmul_(new, list(grads), list(grads), value=1.0 - self.beta2)
         else:
-            torch._foreach_addcmul_(Vs, list(grads), list(grads), value=1.0)
+            new = torch._foreach_addcmul(Vs, list(grads), list(grads), value=1.0)
+        for s, v in zip(states, new):
+            s[self.key] = v
 
     def _powers(self, states: Sequence[dict[str, Tensor]], step: int, outer: float) -> list[Tensor]:
         """(V̂^inner + ε)^outer per parameter, as fresh tensors (V is not touched)."""

@@ -100,6 +100,7 @@ class HessianDiagonal(Preconditioner):
     """
 
     name = "hessian"
+    updates_in_place = False
 
     def __init__(
         self,
@@ -142,9 +143,9 @@ class HessianDiagonal(Preconditioner):
         }
 
     def absorb(self, state: State, estimate: Tensor) -> None:
-        """h ← β2 h + (1-β2) · estimate (one refresh)."""
-        state["h"].lerp_(estimate.reshape(state["h"].shape).to(state["h"].dtype), 1.0 - self.beta2)
-        state["refreshes"] += 1
+        """h ← β2 h + (1-β2) · estimate (one refresh; new tensors are assigned, the old ones are not written)."""
+        state["h"] = state["h"].lerp(estimate.reshape(state["h"].shape).to(state["h"].dtype), 1.0 - self.beta2)
+        state["refreshes"] = state["refreshes"] + 1
 
     def estimates(self, step: int) -> dict[str, Tensor]:
         """Hutchinson estimates of all ``params`` at this step (computed once per step)."""

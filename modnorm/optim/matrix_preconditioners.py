@@ -134,10 +134,9 @@ class _Factors:
         for key, outer in (("A", lambda: G @ G.mT), ("B", lambda: G.mT @ G)):
             if key in states[0]:
                 S, new = [s[key] for s in states], list(outer().unbind(0))
-                if self.beta2 is None:
-                    torch._foreach_add_(S, new)
-                else:
-                    torch._foreach_lerp_(S, new, 1.0 - self.beta2)
+                S = torch._foreach_add(S, new) if self.beta2 is None else torch._foreach_lerp(S, new, 1.0 - self.beta2)
+                for s, x in zip(states, S):
+                    s[key] = x
 
     def corrected(self, states: Sequence[State], key: str, step: int) -> Tensor:
         """The stacked statistic with EMA bias correction 1/(1 - β2^t) (a sum is returned as is)."""
@@ -148,7 +147,9 @@ class _Factors:
 
 
 def _copy_into(states: Sequence[State], key: str, X: Tensor) -> None:
-    torch._foreach_copy_([s[key] for s in states], list(X.unbind(0)))
+    """Assign each state's new ``key`` from the stack X (new tensors; the old ones are not written)."""
+    for s, x in zip(states, X.to(states[0][key].dtype).unbind(0)):
+        s[key] = x.clone()
 
 
 def _stacked_grads(grads: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
@@ -173,6 +174,7 @@ class Shampoo(Preconditioner):
     """
 
     name = "shampoo"
+    updates_in_place = False
 
     def __init__(
         self,
@@ -247,6 +249,7 @@ class KLShampoo(Preconditioner):
     """
 
     name = "kl_shampoo"
+    updates_in_place = False
 
     def __init__(
         self,
@@ -291,8 +294,8 @@ class KLShampoo(Preconditioner):
         m, n = G.shape[-2:]
         new_a = self._whitened_outer(G, _stack(states, "Qb"), _stack(states, "lb")) / n
         new_b = self._whitened_outer(G.mT, _stack(states, "Qa"), _stack(states, "la")) / m
-        torch._foreach_lerp_([s["Sa"] for s in states], list(new_a.unbind(0)), 1.0 - self.beta2)
-        torch._foreach_lerp_([s["Sb"] for s in states], list(new_b.unbind(0)), 1.0 - self.beta2)
+        _copy_into(states, "Sa", torch.lerp(_stack(states, "Sa"), new_a, 1.0 - self.beta2))
+        _copy_into(states, "Sb", torch.lerp(_stack(states, "Sb"), new_b, 1.0 - self.beta2))
         if _due(step, self.precondition_frequency):
             for S, Q, lam in (("Sa", "Qa", "la"), ("Sb", "Qb", "lb")):
                 l, V = _eigh(_stack(states, S), self.root_dtype)
@@ -315,6 +318,8 @@ class KLShampoo(Preconditioner):
 
 class _Eigenbasis(Preconditioner):
     """Shared part of SOAP and SPlus: Shampoo statistics and their eigenbases Q_L, Q_R."""
+
+    updates_in_place = False
 
     def __init__(self, shampoo_beta2: float | None, precondition_frequency: int, root_dtype: torch.dtype) -> None:
         _check_hp(type(self).__name__, shampoo_beta2, 0.0, precondition_frequency, root_dtype)

@@ -21,6 +21,7 @@ modified (``nonfinite="raise"``) or skip the step and count it in ``skipped_step
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -38,7 +39,8 @@ from .momentum import init_momentum
 from .preconditioner import RESERVED_STATE_KEYS, Preconditioner, StepContext, get_preconditioner
 from .presets import Preset, custom_recipe_preset
 from .recipe import DTYPES, Recipe, Rule, infer_geometry, norm_key, resolve_norm
-from .update import RuleSpec, compiled_update_bucket, update_bucket
+from .transaction import PendingWrite, StepTransaction
+from .update import Computed, RuleSpec, compiled_update_bucket, update_bucket
 
 __all__ = ["ModnormOptimizer"]
 
@@ -209,7 +211,7 @@ class ModnormOptimizer(Optimizer):
             bucket = (id(rule), pname, norm_key(norm), shape, p.dtype, p.device, placement_key(p))
             options = ", ".join(f"{k}={v}" for k, v in rule.preconditioner_options.items()) if pname != "none" else ""
             plabel = f"{pname}({options})" if options else pname
-            scale = budget * rule.shape_factor(tuple(p.shape))
+            scale = budget * rule.shape_factor(tuple(p.shape)) if p.numel() else budget  # a 0-size parameter is never stepped
             plans.append(_Plan(label, geometry.role, budget, scale, shape, rule, norm, preconds[pkey], plabel, bucket, specs.setdefault(id(rule), RuleSpec.of(rule))))
         self._plan_cache[key] = plans
         self._plan_cache[gi] = (hp, plans)
@@ -261,41 +263,15 @@ class ModnormOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ step
 
-    def _check_gradients(self, work: list[tuple[int, dict, list[tuple[int, Tensor]]]]) -> bool:
-        """Reject sparse/complex gradients; return False (or raise) on a non-finite one."""
-        grads, labels = [], []
+    def _check_gradients(self, work: list[tuple[int, dict, list[tuple[int, Tensor]]]]) -> None:
+        """Refuse sparse/complex gradients (their finiteness is checked with the new state)."""
         for gi, _, items in work:
             for i, p in items:
                 label = self._meta[gi][i][0]
-                g = p.grad
-                if g.is_sparse:
+                if p.grad.is_sparse:
                     raise RuntimeError(f"parameter {label!r} has a sparse gradient; modnorm optimizers need dense gradients (e.g. nn.Embedding(sparse=False))")
-                if g.is_complex():
+                if p.grad.is_complex():
                     raise RuntimeError(f"parameter {label!r} has a complex gradient; modnorm optimizers support real tensors only")
-                grads.append(g)
-                labels.append(label)
-        if not grads:
-            return True
-        by_device: dict[torch.device, list[int]] = defaultdict(list)
-        for k, g in enumerate(grads):
-            by_device[g.device].append(k)
-        bad: list[str] = []
-        for idx in by_device.values():
-            gs = [grads[k] for k in idx]
-            # NaN/inf propagate into a sum (one cheap pass per tensor on CPU); CUDA's foreach norm is one kernel.
-            # A finite sum that overflows is only a false alarm: the exact check below clears it.
-            probes = [g.sum() for g in gs] if gs[0].device.type == "cpu" else torch._foreach_norm(gs, float("inf"))
-            if not bool(torch.stack([n.float() for n in probes]).isfinite().all()):
-                bad += [labels[k] for k, g in zip(idx, gs) if not bool(g.isfinite().all())]
-        if not bad:
-            return True
-        if self.nonfinite == "skip":
-            self.skipped_steps += 1
-            return False
-        raise FloatingPointError(
-            f"non-finite gradient in parameter(s) {bad}; nothing was updated. "
-            "Find the cause (lr too high, overflow), or pass nonfinite='skip' to skip such steps."
-        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -311,37 +287,77 @@ class ModnormOptimizer(Optimizer):
         return loss
 
     def _apply(self, closure: Callable[[], Any] | None, loss: Any) -> None:
-        """Plan and update every bucket. Never traced: ``torch.compile(opt.step)`` runs this eagerly;
-        ``compile=True`` compiles each bucket's update (``update.compiled_update_bucket``)."""
-        for members, t, lr, maximize in self._prepare():
-            self._update_bucket(members, t, lr, maximize, closure, loss)
+        """Plan, compute every bucket aside, check once, commit (``transaction``). Never traced:
+        ``torch.compile(opt.step)`` runs this eagerly; ``compile=True`` compiles each bucket's
+        computation (``update.compiled_update_bucket``)."""
+        txn = StepTransaction()
+        failure: BaseException | None = None
+        try:
+            for members, t, lr, maximize in self._prepare(txn):
+                self._update_bucket(members, t, lr, maximize, closure, loss, txn)
+        except torch.linalg.LinAlgError as e:  # e.g. eigh of statistics made non-finite by this step
+            failure = e
+        if failure is None and txn.all_finite():
+            txn.commit(self.state)
+            return
+        bad = txn.bad_gradients()
+        if self.nonfinite == "skip":
+            self.skipped_steps += 1
+            return
+        if bad:
+            message = f"non-finite gradient in parameter(s) {bad}"
+        elif failure is not None:
+            message = f"a decomposition failed ({failure})"
+        else:
+            message = f"the step would make non-finite values in {txn.bad_values()}"
+        raise FloatingPointError(
+            f"{message}; nothing was updated. Find the cause (lr too high, a gradient too large for the "
+            "state dtype, overflow), or pass nonfinite='skip' to skip such steps."
+        ) from failure
 
-    def _prepare(self) -> list[tuple[list[tuple[Tensor, _Plan, dict]], int, Any, bool]]:
-        """Check gradients, resolve plans, initialize state and form the buckets (eager, never traced)."""
+    def _prepare(self, txn: StepTransaction) -> list[tuple[list[tuple[Tensor, _Plan, dict]], int, Any, bool]]:
+        """Resolve plans, open each parameter's shadow state and form the buckets (eager, never traced)."""
         work = []
         for gi, group in enumerate(self.param_groups):
-            items = [(i, p) for i, p in enumerate(group["params"]) if p.grad is not None]
+            items = [(i, p) for i, p in enumerate(group["params"]) if p.grad is not None and p.numel() > 0]
             if items:
                 work.append((gi, group, items))
-        if not self._check_gradients(work):
-            return []
+        self._check_gradients(work)
         # resolve every group first: hyperparameters changed to bad values fail before any update
         all_plans = [self._plans(gi, group) for gi, group, _ in work]
+        lrs = [self._checked_lr(gi, group) for gi, group, _ in work]
         jobs = []
-        for (gi, group, items), plans in zip(work, all_plans):
-            lr = group["lr"]
+        for (gi, group, items), plans, lr in zip(work, all_plans, lrs):
             buckets: dict[tuple, list[tuple[Tensor, _Plan, dict]]] = defaultdict(list)
             for i, p in items:
-                state = self.state[p]
-                if not state:
-                    self._init_state(p, plans[i], state)
-                t = int(state["step"]) + 1  # step lives on the CPU (torch's convention): no device sync
-                buckets[(plans[i].key, t)].append((p, plans[i], state))
+                original = self.state.get(p) or None
+                if original is None:
+                    shadow: dict[str, Any] = {}
+                    self._init_state(p, plans[i], shadow)
+                else:
+                    shadow = dict(original)
+                    if plans[i].precond.updates_in_place:  # it writes its tensors: give it copies
+                        shadow.update({k: v.clone() for k, v in original.items() if k not in RESERVED_STATE_KEYS and isinstance(v, Tensor)})
+                txn.open(p, plans[i].name, original, shadow)
+                t = int(shadow["step"]) + 1  # step lives on the CPU (torch's convention): no device sync
+                buckets[(plans[i].key, t)].append((p, plans[i], shadow))
             for (_, t), members in buckets.items():
                 jobs.append((members, t, lr, bool(group["maximize"])))
         return jobs
 
-    def _update_bucket(self, members: list[tuple[Tensor, _Plan, dict]], step: int, lr: Any, maximize: bool, closure: Any, loss: Any) -> None:
+    def _checked_lr(self, gi: int, group: dict[str, Any]) -> Any:
+        """The group's lr, validated again (a scheduler or the user may have set it after construction)."""
+        lr = group["lr"]
+        if isinstance(lr, Tensor):  # a tensor on an accelerator is not read (that would synchronize)
+            ok = lr.numel() == 1 and lr.is_floating_point() and (lr.device.type != "cpu" or (math.isfinite(float(lr)) and float(lr) >= 0))
+        else:
+            ok = isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr >= 0
+        if not ok:
+            raise ConfigError(f"param group {gi}: lr must be a finite number ≥ 0 (float or 1-element floating tensor), got {lr!r}; nothing was updated")
+        return lr
+
+    def _update_bucket(self, members: list[tuple[Tensor, _Plan, dict]], step: int, lr: Any, maximize: bool, closure: Any, loss: Any,
+                       txn: StepTransaction) -> None:
         params = [m[0] for m in members]
         plan = members[0][1]
         states = [m[2] for m in members]
@@ -350,11 +366,13 @@ class ModnormOptimizer(Optimizer):
         sharded = shard_bucket(params, states, names)
         if sharded is not None:
             states = sharded.states
+            for p, work in zip(params, states):
+                txn.bind_work(p, work)
         shape = plan.shape
         views = sharded.views if sharded else [p.view(shape) if p.ndim == 0 else p for p in params]
         grads = sharded.grads if sharded else [p.grad if p.ndim else p.grad.reshape(shape) for p in params]
         budgets = [m[1].scale for m in members]
-        fn: Callable[..., None] = update_bucket
+        fn: Callable[..., Computed] = update_bucket
         if self._compile is not False and sharded is None and not plan.precond.needs_hvp:
             key = (plan.key, len(members))
             if key not in self._compiled:
@@ -365,7 +383,9 @@ class ModnormOptimizer(Optimizer):
         else:
             lr = float(lr)
             ctx = StepContext(step=step, params=params, names=names, closure=closure, loss=loss)
-        fn(plan.spec, plan.norm, plan.precond, budgets, views, grads, states, step, lr, maximize, self._state_dtype(params[0]), ctx, sharded)
+        update, alpha, decay, divisor, fresh, checks = fn(
+            plan.spec, plan.norm, plan.precond, budgets, views, grads, states, step, lr, maximize, self._state_dtype(params[0]), ctx, sharded)
+        txn.add_write(PendingWrite(views, update, alpha, decay, divisor, fresh), checks, names)
 
     # ------------------------------------------------------------------ introspection
 

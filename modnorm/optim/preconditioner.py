@@ -30,7 +30,10 @@ Contract (checked by the optimizer's tests for every registered preconditioner):
 - ``init_state`` allocates everything the preconditioner will ever need; state holds
   tensors and Python numbers only (so ``torch.load(weights_only=True)`` works). Keys
   must not collide with the optimizer's own: "step", "momentum_buffer", "exp_avg".
-- ``update``/``update_many`` change only their own state, in place, from the raw gradient.
+- ``update``/``update_many`` change only their own state, from the raw gradient: in place
+  (the optimizer then hands them copies, so that a failed step can be discarded), or, with
+  ``updates_in_place = False`` (the built-ins), by assigning new tensors to their state
+  keys without writing the old ones (no copies needed).
 - ``norm`` does not modify state.
 """
 
@@ -112,6 +115,7 @@ class Preconditioner:
 
     name: str = "base"
     needs_hvp: bool = False
+    updates_in_place: bool = True  # False: update_many assigns new tensors to state keys, never writes old ones
 
     def init_state(self, param: Tensor, state_dtype: torch.dtype) -> State:
         """Allocate this preconditioner's statistics for one parameter (zeros, usually)."""
@@ -144,6 +148,7 @@ class Identity(Preconditioner):
     """No preconditioning: the base norm itself."""
 
     name = "none"
+    updates_in_place = False
 
     def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
         return base

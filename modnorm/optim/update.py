@@ -62,16 +62,9 @@ def _alphas(lr_r: Scalar, c: float, budgets: Sequence[float]) -> Scalar | list[f
     return [-(lr_r * c) * b for b in budgets]  # float lr only (a tensor lr with mixed budgets takes the stacked path)
 
 
-def _add_(views: list[Tensor], U: Sequence[Tensor], alpha: Scalar | list[float], fresh: bool) -> None:
-    """views ← views + alpha·U (U is modified only when ``fresh``)."""
-    if isinstance(alpha, float):
-        torch._foreach_add_(views, list(U), alpha=alpha)
-        return
-    if fresh:
-        torch._foreach_mul_(list(U), alpha)
-    else:
-        U = torch._foreach_mul(list(U), alpha)
-    torch._foreach_add_(views, list(U))
+Computed = tuple[Sequence[Tensor], Any, Any, Any, bool, list[Tensor]]
+"""(update, alpha, decay, divisor, fresh, checks): the fields of a ``PendingWrite`` and the
+tensors to check besides the new state (see ``update_bucket``)."""
 
 
 def update_bucket(
@@ -88,8 +81,11 @@ def update_bucket(
     state_dtype: torch.dtype,
     ctx: StepContext,
     sharded: Any = None,
-) -> None:
-    """One step of a bucket (see the module docstring); ``sharded``: local shards (modnorm.distributed)."""
+) -> Computed:
+    """One step of a bucket (see the module docstring), computed aside: new state tensors are
+    assigned to the keys of ``states`` (shadow dicts), the parameters are not touched; returns
+    the parameter change (``transaction.PendingWrite`` fields) and the update tensors to check.
+    ``sharded``: local shards (modnorm.distributed)."""
     if grads[0].dtype != state_dtype:
         grads = [g.to(state_dtype) for g in grads]
     if maximize:
@@ -97,35 +93,26 @@ def update_bucket(
     wd = spec.weight_decay
     if wd and spec.coupled:
         grads = torch._foreach_add(grads, views if views[0].dtype == state_dtype else [v.to(state_dtype) for v in views], alpha=wd)
-    torch._foreach_add_([s["step"] for s in states], 1.0)
+    for s, t in zip(states, torch._foreach_add([s["step"] for s in states], 1.0)):
+        s["step"] = t
     d = apply_momentum(spec.momentum, spec.beta, spec.dampening, states, grads, step)
     c = momentum_scale(spec.momentum, spec.beta, step)
     lr_r = lr * spec.lr_ratio
     if spec.lr_decay:
         lr_r = lr_r / (1.0 + (step - 1) * spec.lr_decay)
+    decay = 1.0 - lr_r * spec.weight_decay if spec.weight_decay and not spec.coupled else None
     uniform = all(b == budgets[0] for b in budgets)
     entrywise = (
         spec.mode == "sharp" and type(base) is Frobenius and views[0].dtype == state_dtype
         and (uniform or not isinstance(lr_r, Tensor)) and (sharded is None or not sharded.whole_statistics)
     )
     if entrywise and isinstance(precond, Identity):
-        _decay_(views, lr_r, spec)
-        _add_(views, d, _alphas(lr_r, c, budgets), fresh=False)
-        return
+        return d, _alphas(lr_r, c, budgets), decay, None, False, list(d)
     if entrywise:
         precond.update_many(states, grads, step, ctx)
         D2 = precond.entrywise_divisor(states, step)
-        if D2 is not None:
-            _decay_(views, lr_r, spec)
-            alpha = _alphas(lr_r, c, budgets)
-            if isinstance(alpha, Tensor):  # views + d / (D²/alpha): torch's capturable AdamW does the same
-                torch._foreach_div_(D2, alpha)
-                torch._foreach_addcdiv_(views, d, D2)
-            elif isinstance(alpha, float):
-                torch._foreach_addcdiv_(views, d, D2, value=alpha)
-            else:
-                torch._foreach_addcdiv_(views, d, D2, alpha)
-            return
+        if D2 is not None:  # d and the state are checked; D² > 0 (eps validated against the state dtype)
+            return d, _alphas(lr_r, c, budgets), decay, D2, False, list(d)
         norm = precond.norm(base, states, step)
         if sharded is not None:
             norm = sharded.norm(norm)
@@ -138,7 +125,6 @@ def update_bucket(
     if c != 1.0:
         X.mul_(c)
     U = norm.lmo(X) if spec.mode == "lmo" else norm.sharp(X)
-    _decay_(views, lr_r, spec)
     if uniform:
         alpha: Scalar = -lr_r * budgets[0]
     else:
@@ -146,13 +132,8 @@ def update_bucket(
         alpha = -lr_r
     if U.dtype != views[0].dtype:
         U = U.to(views[0].dtype)
-    _add_(views, U.unbind(0), alpha, fresh=True)
-
-
-def _decay_(views: list[Tensor], lr_r: Scalar, spec: RuleSpec) -> None:
-    """Decoupled weight decay W ← W (1 − η_r λ)."""
-    if spec.weight_decay and not spec.coupled:
-        torch._foreach_mul_(views, 1.0 - lr_r * spec.weight_decay)
+    checks = [U] if spec.momentum != "none" else [U, *d]  # without momentum, d (the gradient) is in no state
+    return U.unbind(0), alpha, decay, None, True, checks
 
 
 _copies = itertools.count()
