@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..norms import Norm
 from ..preconditioned import DNorm
-from .preconditioner import Preconditioner, StepContext, register_preconditioner
+from .preconditioner import Preconditioner, StepContext, check_eps, register_preconditioner
 
 __all__ = ["SecondMoment", "adam", "sania", "adagrad"]
 
@@ -88,6 +88,10 @@ class SecondMoment(Preconditioner):
     def init_state(self, param: Tensor, state_dtype: torch.dtype) -> dict[str, Tensor]:
         V = torch.full_like(param, self.initial_accumulator_value, dtype=state_dtype, memory_format=torch.preserve_format)
         return {self.key: V}
+
+    def check_state_dtype(self, state_dtype: torch.dtype) -> None:
+        """ε must survive the state dtype: D² = (V̂^inner + ε)^(2·outer) > 0 where V̂ = 0."""
+        check_eps(type(self).__name__, self.eps, state_dtype, max(1.0, 2.0 * self.outer))
 
     def update(self, state: dict[str, Tensor], grad: Tensor, step: int) -> None:
         self.update_many([state], [grad], step, StepContext(step=step))

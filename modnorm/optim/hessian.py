@@ -30,7 +30,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from ..norms import Norm
 from ..preconditioned import DNorm
-from .preconditioner import Preconditioner, State, StepContext, register_preconditioner
+from .preconditioner import Preconditioner, State, StepContext, check_eps, register_preconditioner
 
 __all__ = ["hutchinson_diagonal", "functional_loss", "HessianDiagonal"]
 
@@ -141,6 +141,10 @@ class HessianDiagonal(Preconditioner):
             "h": torch.zeros(param.shape, dtype=state_dtype, device=param.device),
             "refreshes": torch.zeros((), dtype=torch.float64),
         }
+
+    def check_state_dtype(self, state_dtype: torch.dtype) -> None:
+        """ε floors |h| in the state dtype: D² = max(|h|, ε)^(2p) > 0."""
+        check_eps("HessianDiagonal", self.eps, state_dtype, max(1.0, 2.0 * self.power))
 
     def absorb(self, state: State, estimate: Tensor) -> None:
         """h ← β2 h + (1-β2) · estimate (one refresh; new tensors are assigned, the old ones are not written)."""

@@ -38,7 +38,7 @@ from torch import Tensor
 from ..norms import Norm
 from ..preconditioned import DNorm, LRNorm
 from .diagonal import SecondMoment
-from .preconditioner import Preconditioner, State, StepContext, register_preconditioner
+from .preconditioner import Preconditioner, State, StepContext, check_eps, register_preconditioner
 
 __all__ = [
     "Shampoo",
@@ -72,6 +72,12 @@ def _check_matrix(owner: str, param: Tensor) -> None:
             f"{owner}: needs a matrix parameter (d_out, d_in), got shape {tuple(param.shape)}; "
             "route vectors/conv kernels to another preconditioner (e.g. 'adam') or reshape them"
         )
+
+
+def _check_root_eps(owner: str, eps: float, power: float, sides: int, dtypes: Sequence[torch.dtype]) -> None:
+    """The inverse roots reach ε^-power per side: keep their product within √(largest float)."""
+    for dtype in dtypes:
+        check_eps(owner, eps, dtype, power * sides, max_inverse=torch.finfo(dtype).max ** 0.5)
 
 
 def _eigh(S: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -204,6 +210,9 @@ class Shampoo(Preconditioner):
             state["R_inv"] = torch.eye(n, dtype=state_dtype, device=param.device)
         return state
 
+    def check_state_dtype(self, state_dtype: torch.dtype) -> None:
+        _check_root_eps(type(self).__name__, self.eps, self.power, 2 if self.sides == "both" else 1, (state_dtype, self.root_dtype))
+
     def update(self, state: State, grad: Tensor, step: int) -> None:
         self.update_many([state], [grad], step, None)
 
@@ -280,6 +289,9 @@ class KLShampoo(Preconditioner):
             "Qb": torch.eye(n, **kw),
             "lb": torch.full((n,), self.init, **kw),
         }
+
+    def check_state_dtype(self, state_dtype: torch.dtype) -> None:
+        _check_root_eps("KLShampoo", self.eps, max(self.power, 1.0), 1, (state_dtype, self.root_dtype))  # (S + εI)⁻¹ whitens
 
     def _whitened_outer(self, X: Tensor, Q: Tensor, lam: Tensor) -> Tensor:
         """X (S + εI)⁻¹ Xᵀ with S = Q diag(λ) Qᵀ."""
@@ -376,6 +388,9 @@ class SOAP(_Eigenbasis):
         state = super().init_state(param, state_dtype)
         state.update(self.adam.init_state(param, state_dtype))
         return state
+
+    def check_state_dtype(self, state_dtype: torch.dtype) -> None:
+        self.adam.check_state_dtype(state_dtype)
 
     def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
         G = _stacked_grads(grads, states[0]["A"].dtype)

@@ -208,6 +208,10 @@ class ModnormOptimizer(Optimizer):
             if pkey not in preconds:
                 options = rule.preconditioner_options if pname != "none" else {}
                 preconds[pkey] = get_preconditioner(pname, **options)
+            try:
+                preconds[pkey].check_state_dtype(self._state_dtype(p))
+            except ValueError as e:
+                raise ConfigError(f"parameter {label!r}: {e}") from None
             bucket = (id(rule), pname, norm_key(norm), shape, p.dtype, p.device, placement_key(p))
             options = ", ".join(f"{k}={v}" for k, v in rule.preconditioner_options.items()) if pname != "none" else ""
             plabel = f"{pname}({options})" if options else pname

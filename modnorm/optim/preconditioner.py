@@ -55,6 +55,7 @@ __all__ = [
     "get_preconditioner",
     "PRECONDITIONERS",
     "RESERVED_STATE_KEYS",
+    "check_eps",
 ]
 
 State = dict[str, Tensor]
@@ -121,6 +122,11 @@ class Preconditioner:
         """Allocate this preconditioner's statistics for one parameter (zeros, usually)."""
         return {}
 
+    def check_state_dtype(self, state_dtype: torch.dtype) -> None:
+        """Raise a ValueError when the hyperparameters cannot work in ``state_dtype`` (e.g. an ε
+        that rounds to 0); called when the optimizer is built, before any step."""
+        return None
+
     def update(self, state: State, grad: Tensor, step: int) -> None:
         """Update one parameter's statistics in place from its raw gradient."""
         return None
@@ -142,6 +148,21 @@ class Preconditioner:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def check_eps(owner: str, eps: float, dtype: torch.dtype, exponent: float = 1.0, max_inverse: float | None = None) -> None:
+    """Refuse an ε > 0 whose power ε^exponent (what the preconditioner divides by where the
+    statistics vanish) rounds to 0 in ``dtype`` — 0/0 — or, with ``max_inverse``, exceeds it inverted."""
+    if eps == 0.0:
+        return
+    info = torch.finfo(dtype)
+    smallest = max(info.tiny, 1.0 / max_inverse) if max_inverse is not None else info.tiny
+    if eps**exponent < smallest:
+        raise ValueError(
+            f"{owner}: eps={eps:g} is too small for the dtype {dtype}: the preconditioner divides by up to "
+            f"eps^{exponent:g} = {eps**exponent:.3g}, below {smallest:.3g} (0/0 or overflow where the statistics vanish). "
+            f"Use eps ≥ {smallest ** (1.0 / exponent):.3g}, or state_dtype='float32'/'float64'"
+        )
 
 
 class Identity(Preconditioner):
