@@ -39,6 +39,7 @@ from .momentum import init_momentum
 from .preconditioner import RESERVED_STATE_KEYS, Preconditioner, StepContext, get_preconditioner
 from .presets import Preset, custom_recipe_preset
 from .recipe import DTYPES, Recipe, Rule, infer_geometry, norm_key, resolve_norm
+from .state_io import PRESET_KEY, check_loadable, is_runtime, portable
 from .transaction import PendingWrite, StepTransaction
 from .update import Computed, RuleSpec, compiled_update_bucket, update_bucket
 
@@ -251,9 +252,42 @@ class ModnormOptimizer(Optimizer):
         self._compile = state.get("_compile", False)
         self._compiled = {}
 
+    def _expected_state(self) -> list[dict[str, tuple[int, ...]]]:
+        """State key → shape that each parameter (in group order) has once stepped ({} for 0-size ones)."""
+        out = []
+        for gi, group in enumerate(self.param_groups):
+            for p, plan in zip(group["params"], self._plans(gi, group)):
+                shadow: dict[str, Any] = {}
+                if p.numel():
+                    self._init_state(torch.empty(p.shape, dtype=p.dtype, device="meta"), plan, shadow)
+                out.append({k: tuple(v.shape) for k, v in shadow.items()})
+        return out
+
+    def initialize_state(self) -> list[Tensor]:
+        """Give every trainable parameter without state its initial state (step 0), without a step;
+        returns those parameters. Checkpoint loading uses it instead of torch's zero-gradient step."""
+        added = []
+        for gi, group in enumerate(self.param_groups):
+            for p, plan in zip(group["params"], self._plans(gi, group)):
+                if p.requires_grad and p.numel() and not self.state.get(p):
+                    self._init_state(p, plan, self.state[p])
+                    added.append(p)
+        return added
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict, plus the preset's name, minus runtime hyperparameters (``state_io``)."""
+        return portable(super().state_dict(), self.preset)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's load_state_dict, keeping fp32 state of 16-bit parameters in fp32 (torch casts it to the parameter's dtype)."""
-        super().load_state_dict(state_dict)
+        """torch's load_state_dict after ``state_io.check_loadable`` (another preset's state, or state
+        that does not fit, is refused with nothing changed); keeps this optimizer's runtime
+        hyperparameters and fp32 state of 16-bit parameters (torch casts it to the parameter's dtype)."""
+        check_loadable(self, state_dict, self._expected_state())
+        runtime = [{k: v for k, v in g.items() if is_runtime(v)} for g in self.param_groups]
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != PRESET_KEY})
+        for group, values in zip(self.param_groups, runtime):
+            for k, v in values.items():
+                group.setdefault(k, v)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for sid, p in zip(saved_ids, params):
