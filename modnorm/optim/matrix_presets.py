@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
+import torch
 from pydantic import Field, model_validator
 
 from .presets import Hyperparameters, _Polar, _RoutedAdamW, register_preset
@@ -93,7 +94,7 @@ def _kl_shampoo(h: KLShampooHP) -> Recipe:
 class SOAPHP(Hyperparameters, _RoutedAdamW):
     """SOAP's defaults: betas (0.95, 0.95), Shampoo β = β2, refresh every 10 steps, wd 0.01."""
 
-    lr: Any = 3e-3
+    lr: float | torch.Tensor = 3e-3
     momentum: Beta = 0.95
     beta2: Beta = 0.95
     shampoo_beta2: Beta | None = 0.95
@@ -112,7 +113,7 @@ def _soap(h: SOAPHP) -> Recipe:
 class SPlusHP(Hyperparameters, _RoutedAdamW):
     """SPlus without iterate averaging; the 2/(m+n) width scaling is part of the norm."""
 
-    lr: Any = 0.1
+    lr: float | torch.Tensor = 0.1
     momentum: Beta = 0.9
     shampoo_beta2: Beta | None = 0.999
     precondition_frequency: Frequency = 100
