@@ -101,6 +101,7 @@ class HessianDiagonal(Preconditioner):
 
     name = "hessian"
     updates_in_place = False
+    needs_hvp = True  # it reads the step context (params, Hessian-vector products): the bucket stays eager
 
     def __init__(
         self,

@@ -16,9 +16,11 @@ Only hidden matrices (role "hidden") take the matrix rule; embeddings, heads, ve
 and conv kernels go to the AdamW rule (``adamw_*`` hyperparameters). ``sophia`` needs the
 Hessian-vector products: ``loss_fn=`` (params dict → loss, torch.func) with
 ``loss_params=dict(model.named_parameters())``, or ``from_graph=True`` (train with
-``loss.backward(create_graph=True)``). A callable in the hyperparameters is kept in the
-param group, so ``state_dict()`` of a loss_fn-driven sophia does not load with
-``weights_only=True``; the from_graph variant does.
+``loss.backward(create_graph=True)``). ``loss_fn`` and ``loss_params`` belong to the running
+program: ``state_dict()`` leaves them out (it loads with ``weights_only=True``) and
+``load_state_dict`` keeps the optimizer's own. Every estimate of a step is computed before
+any parameter changes (the step commits at the end), so results do not depend on the order
+or grouping of the parameters.
 """
 
 from __future__ import annotations

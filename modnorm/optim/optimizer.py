@@ -39,7 +39,7 @@ from .momentum import init_momentum
 from .preconditioner import RESERVED_STATE_KEYS, Preconditioner, StepContext, get_preconditioner
 from .presets import Preset, custom_recipe_preset
 from .recipe import DTYPES, Recipe, Rule, infer_geometry, norm_key, resolve_norm
-from .state_io import PRESET_KEY, check_loadable, is_runtime, portable
+from .state_io import PRESET_KEY, SKIPPED_KEY, check_loadable, is_runtime, portable
 from .transaction import PendingWrite, StepTransaction
 from .update import Computed, RuleSpec, compiled_update_bucket, update_bucket
 
@@ -276,7 +276,7 @@ class ModnormOptimizer(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict, plus the preset's name, minus runtime hyperparameters (``state_io``)."""
-        return portable(super().state_dict(), self.preset)
+        return portable(super().state_dict(), self.preset, self.skipped_steps)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load_state_dict after ``state_io.check_loadable`` (another preset's state, or state
@@ -284,7 +284,8 @@ class ModnormOptimizer(Optimizer):
         hyperparameters and fp32 state of 16-bit parameters (torch casts it to the parameter's dtype)."""
         check_loadable(self, state_dict, self._expected_state())
         runtime = [{k: v for k, v in g.items() if is_runtime(v)} for g in self.param_groups]
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != PRESET_KEY})
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in (PRESET_KEY, SKIPPED_KEY)})
+        self.skipped_steps = int(state_dict.get(SKIPPED_KEY, self.skipped_steps))
         for group, values in zip(self.param_groups, runtime):
             for k, v in values.items():
                 group.setdefault(k, v)

@@ -1,6 +1,7 @@
 """What an optimizer's ``state_dict`` holds, and what ``load_state_dict`` accepts.
 
-``state_dict()`` is torch's, plus ``"modnorm_preset"`` (the preset's name), minus the
+``state_dict()`` is torch's, plus ``"modnorm_preset"`` (the preset's name) and
+``"modnorm_skipped_steps"`` (``nonfinite="skip"``'s count), minus the
 *runtime* hyperparameters — callables and mappings such as sophia's ``loss_fn`` and
 ``loss_params``, which belong to the running program, not to the state (so the dict
 loads with ``torch.load(weights_only=True)`` and a resumed optimizer keeps its own).
@@ -17,9 +18,10 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["CheckpointMismatchError", "PRESET_KEY", "is_runtime", "portable", "check_loadable"]
+__all__ = ["CheckpointMismatchError", "PRESET_KEY", "SKIPPED_KEY", "is_runtime", "portable", "check_loadable"]
 
 PRESET_KEY = "modnorm_preset"
+SKIPPED_KEY = "modnorm_skipped_steps"
 _GROUP_KEYS = ("params", "param_names")
 
 
@@ -32,10 +34,10 @@ def is_runtime(value: Any) -> bool:
     return callable(value) or isinstance(value, Mapping)
 
 
-def portable(state_dict: dict[str, Any], preset: str) -> dict[str, Any]:
-    """torch's state dict with the preset's name and without runtime hyperparameters."""
+def portable(state_dict: dict[str, Any], preset: str, skipped_steps: int) -> dict[str, Any]:
+    """torch's state dict with the preset's name and the skipped-step count, without runtime hyperparameters."""
     groups = [{k: v for k, v in g.items() if not is_runtime(v)} for g in state_dict["param_groups"]]
-    return {**state_dict, "param_groups": groups, PRESET_KEY: preset}
+    return {**state_dict, "param_groups": groups, PRESET_KEY: preset, SKIPPED_KEY: skipped_steps}
 
 
 def _presets_with_fields(fields: set[str]) -> list[str]:
@@ -71,7 +73,8 @@ def check_loadable(optimizer: Any, state_dict: Any, expected: list[dict[str, tup
                 f"param group {gi} of this state_dict has hyperparameters {sorted(keys)}, preset {mine!r} has {sorted(fields)}; "
                 f"it was written by {' or '.join(map(repr, theirs))}: {hint}")
         try:
-            validate_hyperparameters(optimizer._preset, {k: v for k, v in g.items() if k in fields}, where=f", param group {gi} of the state_dict")
+            values = {**{k: own[k] for k in runtime}, **{k: v for k, v in g.items() if k in fields}}
+            validate_hyperparameters(optimizer._preset, values, where=f", param group {gi} of the state_dict")
         except ConfigError as e:
             raise CheckpointMismatchError(str(e)) from None
     ids = [i for g in groups for i in g["params"]]

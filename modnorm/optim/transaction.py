@@ -94,7 +94,8 @@ class _Entry:
 
 
 def _checked(t: Tensor) -> bool:
-    return t.is_floating_point() and t.ndim > 0 and t.numel() > 0
+    """Floating tensors with values (not step counters, not ``meta`` tensors, which hold none)."""
+    return t.is_floating_point() and t.ndim > 0 and t.numel() > 0 and t.device.type != "meta"
 
 
 class StepTransaction:
