@@ -60,6 +60,7 @@ class SecondMoment(Preconditioner):
     """
 
     updates_in_place = False
+    covers_gradient = True
 
     def __init__(
         self,

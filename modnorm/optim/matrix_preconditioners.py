@@ -181,6 +181,7 @@ class Shampoo(Preconditioner):
 
     name = "shampoo"
     updates_in_place = False
+    covers_gradient = True
 
     def __init__(
         self,
@@ -259,6 +260,7 @@ class KLShampoo(Preconditioner):
 
     name = "kl_shampoo"
     updates_in_place = False
+    covers_gradient = True
 
     def __init__(
         self,
@@ -332,6 +334,7 @@ class _Eigenbasis(Preconditioner):
     """Shared part of SOAP and SPlus: Shampoo statistics and their eigenbases Q_L, Q_R."""
 
     updates_in_place = False
+    covers_gradient = True
 
     def __init__(self, shampoo_beta2: float | None, precondition_frequency: int, root_dtype: torch.dtype) -> None:
         _check_hp(type(self).__name__, shampoo_beta2, 0.0, precondition_frequency, root_dtype)

@@ -35,13 +35,13 @@ from ..distributed.bucket import placement_key, shard_bucket
 from ..geometry import Geometry
 from ..norms import Norm
 from .config import ConfigError, get_preset, validate_hyperparameters
-from .momentum import init_momentum
+from .momentum import init_momentum, momentum_key
 from .preconditioner import RESERVED_STATE_KEYS, Preconditioner, StepContext, get_preconditioner
 from .presets import Preset, custom_recipe_preset
 from .recipe import DTYPES, Recipe, Rule, infer_geometry, norm_key, resolve_norm
 from .state_io import PRESET_KEY, SKIPPED_KEY, check_loadable, is_runtime, portable
 from .transaction import PendingWrite, StepTransaction
-from .update import Computed, RuleSpec, compiled_update_bucket, update_bucket
+from .update import Computed, RuleSpec, compiled_update_bucket, momentum_implied, update_bucket
 
 __all__ = ["ModnormOptimizer"]
 
@@ -291,6 +291,9 @@ class ModnormOptimizer(Optimizer):
                 group.setdefault(k, v)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
+        for p in params:  # torch keeps the dict's own step tensors; the step advances them in place
+            if isinstance(self.state.get(p, {}).get("step"), Tensor):
+                self.state[p]["step"] = self.state[p]["step"].clone()
         for sid, p in zip(saved_ids, params):
             saved = state_dict["state"].get(sid)
             if saved is None or p.dtype == self._state_dtype(p):
@@ -424,7 +427,8 @@ class ModnormOptimizer(Optimizer):
             ctx = StepContext(step=step, params=params, names=names, closure=closure, loss=loss)
         update, alpha, decay, divisor, fresh, checks = fn(
             plan.spec, plan.norm, plan.precond, budgets, views, grads, states, step, lr, maximize, self._state_dtype(params[0]), ctx, sharded)
-        txn.add_write(PendingWrite(views, update, alpha, decay, divisor, fresh), checks, names)
+        implied = momentum_key(plan.rule.momentum) if momentum_implied(plan.spec, plan.precond, self._state_dtype(params[0])) else None
+        txn.add_write(PendingWrite(views, update, alpha, decay, divisor, fresh), checks, names, params, implied)
 
     # ------------------------------------------------------------------ introspection
 

@@ -117,6 +117,9 @@ class Preconditioner:
     name: str = "base"
     needs_hvp: bool = False
     updates_in_place: bool = True  # False: update_many assigns new tensors to state keys, never writes old ones
+    # True: the new state is non-finite whenever a gradient entry is, and finite state bounds the
+    # gradient (statistics of G ⊙ G or G Gᵀ): the step's finiteness check then skips momentum buffers
+    covers_gradient: bool = False
 
     def init_state(self, param: Tensor, state_dtype: torch.dtype) -> State:
         """Allocate this preconditioner's statistics for one parameter (zeros, usually)."""

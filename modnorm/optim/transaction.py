@@ -25,12 +25,16 @@ the old and the new state of one step together (about twice the optimizer state)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from ..distributed.layout import is_dtensor
+from ..distributed.sharded_norm import to_local
 
 __all__ = ["PendingWrite", "StepTransaction"]
 
@@ -88,6 +92,7 @@ class _Entry:
     shadow: dict[str, Any]
     work: dict[str, Any]  # == shadow, or the local-shard view of it (DTensor parameters)
     before: dict[str, int] = field(default_factory=dict)  # id of each work value before the step
+    implied: str | None = None  # a state key the check skips (see ``update.momentum_implied``)
 
     def changed(self) -> list[tuple[str, Tensor]]:
         return [(k, v) for k, v in self.work.items() if isinstance(v, Tensor) and self.before.get(k) != id(v)]
@@ -119,14 +124,20 @@ class StepTransaction:
         entry.work = work
         entry.before = {k: id(v) for k, v in work.items()}
 
-    def add_write(self, write: PendingWrite, checks: list[Tensor], labels: list[str]) -> None:
+    def add_write(self, write: PendingWrite, checks: list[Tensor], labels: list[str], params: Sequence[Tensor] = (),
+                  implied: str | None = None) -> None:
+        """A bucket's pending write and its update tensors to check; ``implied``: a state key of
+        these parameters whose finiteness follows from the rest of their new state (not read)."""
         self.writes.append((write, checks, labels))
+        if implied is not None:
+            for p in params:
+                self.entries[id(p)].implied = implied
 
     # ------------------------------------------------------------------ check phase
 
     def _tensors(self) -> list[tuple[str, str, Tensor]]:
         """(parameter label(s), what, tensor) for everything the check reads."""
-        out = [(e.label, f"state {k!r}", v) for e in self.entries.values() for k, v in e.changed() if k != "step" and _checked(v)]
+        out = [(e.label, f"state {k!r}", v) for e in self.entries.values() for k, v in e.changed() if k != e.implied and _checked(v)]
         seen = {id(t) for *_, t in out}
         for _, checks, labels in self.writes:
             for t in checks:
@@ -145,7 +156,8 @@ class StepTransaction:
                 probes = [t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32).float() for t in ts]
             else:
                 probes = [n.float() for n in torch._foreach_norm(ts, float("inf"))]
-            if not bool(torch.stack(probes).isfinite().all()) and not all(bool(t.isfinite().all()) for t in ts):
+            # one number: NaN/inf in any probe propagate into the total (a finite total that overflows is cleared here)
+            if not math.isfinite(float(torch.stack(probes).sum())) and not all(bool(t.isfinite().all()) for t in ts):
                 return False
         return True
 
@@ -164,10 +176,8 @@ class StepTransaction:
     # ------------------------------------------------------------------ commit phase
 
     def commit(self, state: dict[Tensor, Any]) -> None:
-        """Write the new state (swap; copy into DTensor shards) and then the parameters."""
-        from ..distributed.layout import is_dtensor
-        from ..distributed.sharded_norm import to_local
-
+        """Write the new state (swap; copy into DTensor shards), advance the step counters (one
+        foreach add, in place), then write the parameters."""
         for e in self.entries.values():
             if e.work is not e.shadow:
                 for k, v in e.changed():
@@ -180,5 +190,8 @@ class StepTransaction:
                 state[e.param] = e.shadow
             else:
                 e.original.update(e.shadow)
+        steps = [e.shadow["step"] for e in self.entries.values()]
+        if steps:
+            torch._foreach_add_(steps, 1.0)
         for write, _, _ in self.writes:
             write.apply()

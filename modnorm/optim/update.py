@@ -31,7 +31,7 @@ from ..norms import Frobenius, Norm
 from .momentum import apply_momentum, momentum_scale
 from .preconditioner import Identity, Preconditioner, StepContext
 
-__all__ = ["RuleSpec", "update_bucket", "compiled_update_bucket"]
+__all__ = ["RuleSpec", "update_bucket", "compiled_update_bucket", "momentum_implied"]
 
 Scalar = float | Tensor
 
@@ -62,6 +62,13 @@ def _alphas(lr_r: Scalar, c: float, budgets: Sequence[float]) -> Scalar | list[f
     return [-(lr_r * c) * b for b in budgets]  # float lr only (a tensor lr with mixed budgets takes the stacked path)
 
 
+def momentum_implied(spec: RuleSpec, precond: Preconditioner, state_dtype: torch.dtype) -> bool:
+    """Whether the finiteness check may skip the momentum buffers and directions: when the
+    preconditioner's new state holds G ⊙ G (or G Gᵀ), finite state means |G| < √max, and a
+    momentum buffer (|B| ≤ max|G|/(1-β)) then stays finite in a float32-range dtype."""
+    return spec.momentum != "none" and precond.covers_gradient and torch.finfo(state_dtype).max >= 1e38
+
+
 Computed = tuple[Sequence[Tensor], Any, Any, Any, bool, list[Tensor]]
 """(update, alpha, decay, divisor, fresh, checks): the fields of a ``PendingWrite`` and the
 tensors to check besides the new state (see ``update_bucket``)."""
@@ -85,7 +92,7 @@ def update_bucket(
     """One step of a bucket (see the module docstring), computed aside: new state tensors are
     assigned to the keys of ``states`` (shadow dicts), the parameters are not touched; returns
     the parameter change (``transaction.PendingWrite`` fields) and the update tensors to check.
-    ``sharded``: local shards (modnorm.distributed)."""
+    The step counters are advanced when the step commits. ``sharded``: local shards (modnorm.distributed)."""
     if grads[0].dtype != state_dtype:
         grads = [g.to(state_dtype) for g in grads]
     if maximize:
@@ -93,8 +100,6 @@ def update_bucket(
     wd = spec.weight_decay
     if wd and spec.coupled:
         grads = torch._foreach_add(grads, views if views[0].dtype == state_dtype else [v.to(state_dtype) for v in views], alpha=wd)
-    for s, t in zip(states, torch._foreach_add([s["step"] for s in states], 1.0)):
-        s["step"] = t
     d = apply_momentum(spec.momentum, spec.beta, spec.dampening, states, grads, step)
     c = momentum_scale(spec.momentum, spec.beta, step)
     lr_r = lr * spec.lr_ratio
@@ -112,7 +117,7 @@ def update_bucket(
         precond.update_many(states, grads, step, ctx)
         D2 = precond.entrywise_divisor(states, step)
         if D2 is not None:  # d and the state are checked; D² > 0 (eps validated against the state dtype)
-            return d, _alphas(lr_r, c, budgets), decay, D2, False, list(d)
+            return d, _alphas(lr_r, c, budgets), decay, D2, False, [] if momentum_implied(spec, precond, state_dtype) else list(d)
         norm = precond.norm(base, states, step)
         if sharded is not None:
             norm = sharded.norm(norm)
@@ -132,7 +137,7 @@ def update_bucket(
         alpha = -lr_r
     if U.dtype != views[0].dtype:
         U = U.to(views[0].dtype)
-    checks = [U] if spec.momentum != "none" else [U, *d]  # without momentum, d (the gradient) is in no state
+    checks = [U, *d] if spec.momentum == "none" and not precond.covers_gradient else [U]  # d (the gradient) is in no state
     return U.unbind(0), alpha, decay, None, True, checks
 
 
