@@ -414,6 +414,9 @@ class SPlus(_Eigenbasis):
 
     With the Sign base, lmo(M) = c · Q_L sign(Q_Lᵀ M Q_R) Q_Rᵀ: SPlus's update (Frans et
     al. 2025) without its iterate averaging. ``shape_scale=False`` sets c = 1.
+    As in SPlus, the basis used at step t comes from the statistics of steps < t: Q = I at
+    step 1, and the refresh due after steps 1, 1+k, … is done at the start of the next
+    step, before the current gradient enters A and B.
     """
 
     name = "splus"
@@ -428,9 +431,22 @@ class SPlus(_Eigenbasis):
         super().__init__(shampoo_beta2, precondition_frequency, root_dtype)
         self.shape_scale = bool(shape_scale)
 
+    def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
+        if step > 1 and _due(step - 1, self.precondition_frequency):  # the refresh due after step t-1's update
+            _copy_into(states, "QL", eigenbasis(_stack(states, "A"), self.root_dtype))
+            _copy_into(states, "QR", eigenbasis(_stack(states, "B"), self.root_dtype))
+        self.factors.accumulate(states, _stacked_grads(grads, states[0]["A"].dtype))
+
+    def _scale(self, m: int, n: int) -> float:
+        return 2.0 / (m + n) if self.shape_scale else 1.0
+
+    def decay_scale(self, shape: Sequence[int]) -> float:
+        """SPlus scales the weight decay like the update: λ · 2/(m+n)."""
+        return self._scale(shape[-2], shape[-1])
+
     def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
         QL = _stack(states, "QL")
-        c = 2.0 / (QL.shape[-1] + states[0]["QR"].shape[-1]) if self.shape_scale else 1.0
+        c = self._scale(QL.shape[-1], states[0]["QR"].shape[-1])
         return LRNorm(base, L_inv=QL * c, R_inv=_stack(states, "QR").mT)
 
     def __repr__(self) -> str:

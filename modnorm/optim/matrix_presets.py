@@ -113,7 +113,9 @@ def _soap(h: SOAPHP) -> Recipe:
 
 
 class SPlusHP(Hyperparameters, _RoutedAdamW):
-    """SPlus without iterate averaging; the 2/(m+n) width scaling is part of the norm."""
+    """SPlus without iterate averaging; the 2/(m+n) width scaling is part of the norm (and
+    scales the weight decay). Other parameters: SPlus's sign(M) · ``others_scale``
+    (``others="sign"``), or the AdamW rule (``others="adamw"``, ``adamw_*`` hyperparameters)."""
 
     lr: float | torch.Tensor = 0.1
     momentum: Beta = 0.9
@@ -122,12 +124,15 @@ class SPlusHP(Hyperparameters, _RoutedAdamW):
     shape_scale: bool = True
     root_dtype: RootDtype = "float32"
     weight_decay: NonNeg = 0.0
+    others: Literal["sign", "adamw"] = "sign"
+    others_scale: NonNeg = 1e-3
 
 
 def _splus(h: SPlusHP) -> Recipe:
     options = {"shampoo_beta2": h.shampoo_beta2, "precondition_frequency": h.precondition_frequency,
                "shape_scale": h.shape_scale, "root_dtype": DTYPES[h.root_dtype]}
-    return _hidden_only(_rule(h, "sign", "splus", options, "ema", "lmo"), h.adamw_rule())
+    other = (_rule(h, "sign", "none", {}, "ema", "lmo", lr_ratio=h.others_scale) if h.others == "sign" else h.adamw_rule())
+    return _hidden_only(_rule(h, "sign", "splus", options, "ema", "lmo"), other)
 
 
 class SophiaHP(Hyperparameters, _RoutedAdamW, _Polar):

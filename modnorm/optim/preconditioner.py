@@ -143,6 +143,10 @@ class Preconditioner:
         """The preconditioned norm acting on the stacked (B, *shape) tensor."""
         raise NotImplementedError
 
+    def decay_scale(self, shape: Sequence[int]) -> float:
+        """Factor on the decoupled weight decay of a parameter of this shape: W ← W(1 − η λ s)."""
+        return 1.0
+
     def entrywise_divisor(self, states: Sequence[State], step: int) -> list[Tensor] | None:
         """Optional shortcut: when ``norm`` is ``DNorm(base, D)`` with D > 0 entrywise, return D²
         per parameter (fresh tensors); a Frobenius base in sharp mode then skips the stacked

@@ -4,7 +4,7 @@
     d ← momentum(g); c ← its bias correction                   (momentum.py)
     precond.update_many(states, g)                             (statistics of the raw g)
     U ← N.lmo(c·stack d) or N.sharp(c·stack d),  N = precond.norm(base)   (Theorem 1)
-    W ← W (1 − η_r λ)  (decoupled weight decay);   W ← W − η_r · budget · U
+    W ← W (1 − η_r λ s)  (decoupled weight decay, s = precond.decay_scale);   W ← W − η_r · budget · U
 
 Entrywise shortcut: a Frobenius base in sharp mode with no preconditioner (U = c·d) or a
 preconditioner offering ``entrywise_divisor`` (U = c·d / D², e.g. Adam, SANIA, Adagrad
@@ -105,7 +105,7 @@ def update_bucket(
     lr_r = lr * spec.lr_ratio
     if spec.lr_decay:
         lr_r = lr_r / (1.0 + (step - 1) * spec.lr_decay)
-    decay = 1.0 - lr_r * spec.weight_decay if spec.weight_decay and not spec.coupled else None
+    decay = 1.0 - lr_r * (spec.weight_decay * precond.decay_scale(views[0].shape)) if spec.weight_decay and not spec.coupled else None
     uniform = all(b == budgets[0] for b in budgets)
     entrywise = (
         spec.mode == "sharp" and type(base) is Frobenius and views[0].dtype == state_dtype
