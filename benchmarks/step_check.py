@@ -41,9 +41,8 @@ def _timed(name: str, fn):
     return wrapper
 
 
-transaction.StepTransaction.all_finite = _timed("check", transaction.StepTransaction.all_finite)
-transaction.StepTransaction.commit = _timed("commit", transaction.StepTransaction.commit)
-transaction.PendingWrite.apply = _timed("write", transaction.PendingWrite.apply)
+PATCHES = ((transaction.StepTransaction, "all_finite", "check"), (transaction.StepTransaction, "commit", "commit"),
+           (transaction.PendingWrite, "apply", "write"))
 
 
 def grad_check(params) -> bool:
@@ -51,7 +50,20 @@ def grad_check(params) -> bool:
 
 
 def run(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(1)
+    originals = [(cls, attr, getattr(cls, attr)) for cls, attr, _ in PATCHES]
+    threads = torch.get_num_threads()
+    try:
+        for cls, attr, name in PATCHES:
+            setattr(cls, attr, _timed(name, getattr(cls, attr)))
+        torch.set_num_threads(1)
+        return _measure(args)
+    finally:
+        for cls, attr, fn in originals:
+            setattr(cls, attr, fn)
+        torch.set_num_threads(threads)
+
+
+def _measure(args: argparse.Namespace) -> dict:
     shapes = gpt_shapes(args.width, args.layers, args.vocab)
     table = builders(shapes, {})
     names = ["torch.AdamW(foreach)", "modnorm.adamw", "modnorm.muon(ns float32)"]

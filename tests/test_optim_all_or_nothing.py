@@ -167,3 +167,20 @@ def test_property_a_step_commits_finite_values_or_changes_nothing(preset, expone
             assert unchanged(opt, [w, b], snap)
         else:
             assert all_finite(opt, [w, b])
+
+
+def test_step_check_benchmark_runs(monkeypatch, tmp_path):
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    import step_check
+
+    monkeypatch.setattr(sys, "argv", ["step_check.py", "--quick", "--out", str(tmp_path)])
+    step_check.main()
+    import json
+
+    results = json.loads((tmp_path / "step_check.json").read_text())["results"]
+    for name in ("modnorm.adamw", "modnorm.muon(ns float32)"):
+        assert results[name]["step_ms"] > 0 and 0 < results[name]["check_fraction"] < 1
