@@ -7,7 +7,7 @@ shampoo            Frobenius        shampoo: A^{-1/4} G B^{-1/4}           adam_
 shampoo_one_sided  Frobenius        shampoo (sides="left"): A^{-1/2} G     adam_ema    sharp  AdamW
 kl_shampoo         Frobenius        kl_shampoo: S_a^{-1/2} G S_b^{-1/2}    adam_ema    sharp  AdamW
 soap               Frobenius        soap: Adam in Shampoo's eigenbasis     adam_ema    sharp  AdamW
-splus              Sign             splus: eigenbasis, 2/(m+n) scale       ema         lmo    AdamW
+splus              Sign             splus: eigenbasis, 2/(m+n) scale       ema         lmo    sign·1e-3
 sophia             Frobenius        hessian: G / max(|h|, ε)               adam_ema    sharp  same rule
 sophia_spectral    Spectral (RMS)   hessian: |h|^{-½} polar(|h|^{-½} G)    adam_ema    lmo    AdamW
 =================  ===============  =====================================  ==========  =====  =========
