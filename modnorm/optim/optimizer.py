@@ -8,8 +8,8 @@ dtype, a device and a step count (so one batched call serves them all)::
     precond.update_many(states, g)                              (statistics of the raw g)
     N   ← precond.norm(base, states, t)                         (Theorem 1: DNorm / LRNorm)
     U   ← N.lmo(stack d)   or   N.sharp(stack d)                (mode)
-    W   ← W (1 − η_r λ)                                         (decoupled weight decay)
-    W   ← W − η_r · budget · U                                  (η_r = lr · rule.lr_ratio)
+    W   ← W (1 − η_r · budget · λ)                              (decoupled weight decay)
+    W   ← W − η_r · budget · shape · U                          (η_r = lr · rule.lr_ratio)
 
 torch.optim conventions: param groups with per-group hyperparameters (validated), named
 parameters, state_dict loadable with ``torch.load(weights_only=True)``, tensor lr,
@@ -365,7 +365,8 @@ class ModnormOptimizer(Optimizer):
         else:
             lr = float(lr)
             ctx = StepContext(step=step, params=params, names=names, closure=closure, loss=loss)
-        fn(plan.spec, plan.norm, plan.precond, budgets, views, grads, states, step, lr, maximize, self._state_dtype(params[0]), ctx, sharded)
+        fn(plan.spec, plan.norm, plan.precond, budgets, views, grads, states, step, lr, maximize, self._state_dtype(params[0]), ctx, sharded,
+           [m[1].budget for m in members])
 
     # ------------------------------------------------------------------ introspection
 

@@ -4,7 +4,11 @@
     d ← momentum(g); c ← its bias correction                   (momentum.py)
     precond.update_many(states, g)                             (statistics of the raw g)
     U ← N.lmo(c·stack d) or N.sharp(c·stack d),  N = precond.norm(base)   (Theorem 1)
-    W ← W (1 − η_r λ)  (decoupled weight decay);   W ← W − η_r · budget · U
+    W ← W (1 − η_r · budget · λ)  (decoupled weight decay);   W ← W − η_r · budget · shape · U
+
+The decoupled decay takes the parameter's budget like the step it accompanies (with
+budget 1 it is torch's ``W (1 − lr λ)``): the ratio of decay to step is the same for
+every layer, whatever its share of the update.
 
 Entrywise shortcut: a Frobenius base in sharp mode with no preconditioner (U = c·d) or a
 preconditioner offering ``entrywise_divisor`` (U = c·d / D², e.g. Adam, SANIA, Adagrad
@@ -88,8 +92,10 @@ def update_bucket(
     state_dtype: torch.dtype,
     ctx: StepContext,
     sharded: Any = None,
+    decays: Sequence[float] | None = None,
 ) -> None:
-    """One step of a bucket (see the module docstring); ``sharded``: local shards (modnorm.distributed)."""
+    """One step of a bucket (see the module docstring); ``sharded``: local shards (modnorm.distributed);
+    ``decays``: each parameter's budget for the decoupled weight decay (default: 1)."""
     if grads[0].dtype != state_dtype:
         grads = [g.to(state_dtype) for g in grads]
     if maximize:
@@ -109,14 +115,14 @@ def update_bucket(
         and (uniform or not isinstance(lr_r, Tensor)) and (sharded is None or not sharded.whole_statistics)
     )
     if entrywise and isinstance(precond, Identity):
-        _decay_(views, lr_r, spec)
+        _decay_(views, lr_r, spec, decays)
         _add_(views, d, _alphas(lr_r, c, budgets), fresh=False)
         return
     if entrywise:
         precond.update_many(states, grads, step, ctx)
         D2 = precond.entrywise_divisor(states, step)
         if D2 is not None:
-            _decay_(views, lr_r, spec)
+            _decay_(views, lr_r, spec, decays)
             alpha = _alphas(lr_r, c, budgets)
             if isinstance(alpha, Tensor):  # views + d / (D²/alpha): torch's capturable AdamW does the same
                 torch._foreach_div_(D2, alpha)
@@ -138,7 +144,7 @@ def update_bucket(
     if c != 1.0:
         X.mul_(c)
     U = norm.lmo(X) if spec.mode == "lmo" else norm.sharp(X)
-    _decay_(views, lr_r, spec)
+    _decay_(views, lr_r, spec, decays)
     if uniform:
         alpha: Scalar = -lr_r * budgets[0]
     else:
@@ -149,10 +155,14 @@ def update_bucket(
     _add_(views, U.unbind(0), alpha, fresh=True)
 
 
-def _decay_(views: list[Tensor], lr_r: Scalar, spec: RuleSpec) -> None:
-    """Decoupled weight decay W ← W (1 − η_r λ)."""
-    if spec.weight_decay and not spec.coupled:
-        torch._foreach_mul_(views, 1.0 - lr_r * spec.weight_decay)
+def _decay_(views: list[Tensor], lr_r: Scalar, spec: RuleSpec, decays: Sequence[float] | None) -> None:
+    """Decoupled weight decay W ← W (1 − η_r · budget · λ)."""
+    if not spec.weight_decay or spec.coupled:
+        return
+    if decays is None or all(b == decays[0] for b in decays):
+        torch._foreach_mul_(views, 1.0 - lr_r * spec.weight_decay * (decays[0] if decays else 1.0))
+    else:
+        torch._foreach_mul_(views, [1.0 - lr_r * spec.weight_decay * b for b in decays])
 
 
 _copies = itertools.count()
