@@ -128,7 +128,9 @@ class _Recorder(TorchFunctionMode):
         v = frame.vertex.get(id(t))
         if v is not None:
             return v
-        if id(t) in self.owners:
+        if id(t) in self.owners:  # a parameter is read where it is used: never a free input
+            if frame.kind == "declared":
+                return None  # a declaration accounts for its own parameters
             owner, name = self.owners[id(t)]
             geo = self.ctx.declared_geometry(owner, name.rsplit(".", 1)[-1]) or self.ctx.bare_geometry(name, t, owner)
             v = frame.new_vertex()
@@ -262,6 +264,7 @@ def capture(ctx: Context, example_inputs: Any) -> Captured:
     model = ctx.model
     args, kwargs = as_call(example_inputs)
     captured = Captured()
+    ctx.captured = captured  # declarations resolved during the forward look their children up here
     recorder = _Recorder(ctx, captured)
     handles = []
     training = {m: m.training for m in model.modules()}
