@@ -22,7 +22,10 @@ everything else — integer inputs (token ids, masks), buffers, constants, shape
 what is computed from them alone — is static and adds no edges (an embedding lookup of
 token ids is an edge from the source through a sensitivity-0 bond). A dynamic tensor that
 a module reads without receiving it as an argument (a closure, an attribute set in the
-forward) is one more input of that module's call. The model's outputs are the tensors in
+forward) is one more input of that module's call. A parameter read directly (a layer
+scale ``gamma * h``, a position table) is an atom of sensitivity 0 on an edge from the
+operation's first other operand (from the source if it has none), so that it joins the
+dataflow where it is used rather than bridging from the source. The model's outputs are the tensors in
 what it returns (nested tuples, lists and dicts; the keys ``hidden_states``,
 ``attentions`` and ``cross_attentions`` of a transformers ``ModelOutput`` are left out,
 and non-tensor objects such as caches are skipped).
@@ -96,6 +99,13 @@ class _Frame:
         return ("v", id(self), self.count)
 
 
+class _Param:
+    """A parameter read by an operation: its atom is placed when the operation's edge is."""
+
+    def __init__(self, atom: Atom) -> None:
+        self.atom = atom
+
+
 class Captured:
     """What one recorded forward found: the node of every recorded module call."""
 
@@ -133,9 +143,8 @@ class _Recorder(TorchFunctionMode):
                 return None  # a declaration accounts for its own parameters
             owner, name = self.owners[id(t)]
             geo = self.ctx.declared_geometry(owner, name.rsplit(".", 1)[-1]) or self.ctx.bare_geometry(name, t, owner)
-            v = frame.new_vertex()
-            frame.graph.add("S", v, Atom(((name.rsplit(".", 1)[-1], t, geo),), 1.0, 0.0, name=name, kind="Parameter"))
-        elif depth > 0 and self._lookup(t, depth - 1) is not None:
+            return _Param(Atom(((name.rsplit(".", 1)[-1], t, geo),), 1.0, 0.0, name=name, kind="Parameter"))
+        if depth > 0 and self._lookup(t, depth - 1) is not None:
             v = frame.new_vertex()
             frame.graph.add("S", v, _IDENTITY)
             frame.free.append(t)
@@ -148,11 +157,16 @@ class _Recorder(TorchFunctionMode):
     def _inputs(self, values: Any, unique: bool) -> list[object]:
         found = [self._lookup(t, len(self.frames) - 1) for t in _tensors(values)]
         found = [v for v in found if v is not None]
-        return list(dict.fromkeys(found)) if unique else found
+        return list(dict.fromkeys(found)) if unique else found  # _Param objects are distinct: never merged
 
     def _emit(self, inputs: list[object], node: Node, outputs: Any) -> None:
         """An edge (through a join when there are several inputs) from ``inputs`` to the vertex of ``outputs``."""
         frame = self.frames[-1]
+        anchor = next((v for v in inputs if not isinstance(v, _Param)), "S")
+        for k, v in enumerate(inputs):
+            if isinstance(v, _Param):  # a parameter's atom (ν 0) hangs off the operation's other operand
+                inputs[k] = frame.new_vertex()
+                frame.graph.add(anchor, inputs[k], v.atom)
         out = frame.new_vertex()
         if not inputs:
             frame.graph.add("S", out, Chain([Bond(0.0, name="constant"), node]))

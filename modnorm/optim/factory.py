@@ -6,7 +6,7 @@ default, example_inputs)``; parameters with ``requires_grad=False`` are left out
 ``param_groups`` (torch-style dicts over the model's parameters, given as tensors or
 (name, tensor) pairs) set per-group hyperparameters without losing that geometry.
 Given bare parameters or param groups instead of the model, geometry is inferred from
-each tensor's rank and budgets are 1 — with a warning when they are ``nn.Parameter``\ s
+each tensor's rank and budgets are 1 — with a warning when they are ``nn.Parameter`` objects
 (they come from a model whose geometry is then lost). ``budgets=False`` gives every
 parameter budget 1 (to compare with torch.optim's optimizers).
 """
