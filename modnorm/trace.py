@@ -6,8 +6,10 @@ only (``assert T <= block_size``) is assumed to take its true branch; control fl
 values makes tracing fail. The traced dataflow becomes a
 two-terminal graph whose edges carry composition nodes:
 
-- a source S feeds every input (identity) and every parameter the forward reads
-  directly (an atom of sensitivity 0: it does not depend on the input);
+- a source S feeds every input (identity); a parameter the forward reads directly is an
+  atom of sensitivity 0 (it does not depend on the input) on an edge from the first other
+  operand of the operation that uses it (from S if there is none), once per use — so a
+  layer scale ``gamma * h`` joins where it is used instead of bridging from the source;
 - values that do not depend on the input's values — shapes, dtypes, buffers, constants
   and whatever is computed from them alone — are static: they add no edges, so shape
   bookkeeping (``B, T, C = x.shape``) does not tie branches together;
@@ -234,6 +236,7 @@ def trace_node(module: nn.Module, ctx: Context) -> Node:
     ident = Bond(1.0, name="identity")
     prefix = ctx.path(module)
     static: set[fx.Node] = set()
+    params: dict[fx.Node, Atom] = {}
     for node in graph.nodes:
         if node.op != "output" and _is_static(node, static, module):
             static.add(node)
@@ -244,9 +247,11 @@ def trace_node(module: nn.Module, ctx: Context) -> Node:
             obj = _fetch(module, str(node.target))  # a Parameter: buffers are static
             name = f"{prefix}.{node.target}" if prefix else str(node.target)
             geo = ctx.bare_geometry(name, obj, module)
-            g.add(S, node, Atom(((str(node.target), obj, geo),), 1.0, 0.0, name=name, kind="Parameter"))
+            params[node] = Atom(((str(node.target), obj, geo),), 1.0, 0.0, name=name, kind="Parameter")
         elif node.op in ("call_module", "call_function", "call_method"):
             ins = [i for i in _inputs(node) if i not in static]
+            anchor = next((i for i in ins if i not in params), S)
+            ins = [_hang(g, params, i, anchor, (node, k)) for k, i in enumerate(ins)]
             if node.op == "call_module":
                 op = ctx.resolve(module.get_submodule(str(node.target)))
                 ins = list(dict.fromkeys(ins))  # a module sees a tensor passed twice once: attn(h, h, h)
@@ -262,13 +267,22 @@ def trace_node(module: nn.Module, ctx: Context) -> Node:
                     g.add(i, join, ident)
                 g.add(join, node, op)
         elif node.op == "output":
-            for i in _inputs(node):
+            for k, i in enumerate(_inputs(node)):
                 if i not in static:
-                    g.add(i, T, ident)
+                    g.add(_hang(g, params, i, S, (node, k)), T, ident)
     g.prune(T)
     if not g.edges:
         raise TraceError("its output does not depend on its inputs or parameters")
     return g.reduce(S, T)
+
+
+def _hang(g: Graph, params: dict[fx.Node, Atom], i: fx.Node, anchor: object, use: object) -> object:
+    """The vertex of input ``i``; a parameter gets a fresh vertex per use, its atom on an edge from ``anchor``."""
+    if i not in params:
+        return i
+    v = ("parameter", use)
+    g.add(anchor, v, params[i])
+    return v
 
 
 def _fetch(module: nn.Module, target: str) -> Any:
