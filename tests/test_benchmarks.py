@@ -116,3 +116,19 @@ def test_lr_transfer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         for w in data["config"]["widths"]:
             entry = r["per_width"][str(w)]
             assert entry["best_lr"] in r["lr_grid"] and math.isfinite(entry["best_loss"])
+
+
+def test_lr_transfer_arch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("transformers")
+    data = run_quick("lr_transfer_arch", tmp_path, monkeypatch)
+    for kind in ("gpt2", "cnn"):
+        res = data["results"][kind]
+        for method in ("muon", "muadam"):
+            r = res[method]
+            assert set(r["per_config"]) == set(res["configs"]) and len(res["configs"]) == 3
+            for c in r["per_config"].values():
+                assert c["best_lr"] in r["lr_grid"] and math.isfinite(c["loss"])
+            base, deeper, wider = (r["per_config"][c]["best_lr"] for c in res["configs"])
+            assert r["depth_shift"] == round(math.log2(deeper / base)) and r["width_shift"] == round(math.log2(wider / base))
+        for ratios in res["step_time_vs_adamw"].values():
+            assert all(v > 0 and math.isfinite(v) for v in ratios.values())

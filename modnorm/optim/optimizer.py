@@ -8,8 +8,8 @@ dtype, a device and a step count (so one batched call serves them all)::
     precond.update_many(states, g)                              (statistics of the raw g)
     N   ← precond.norm(base, states, t)                         (Theorem 1: DNorm / LRNorm)
     U   ← N.lmo(stack d)   or   N.sharp(stack d)                (mode)
-    W   ← W (1 − η_r λ)                                         (decoupled weight decay)
-    W   ← W − η_r · budget · U                                  (η_r = lr · rule.lr_ratio)
+    W   ← W (1 − η_r · budget · λ)                              (decoupled weight decay)
+    W   ← W − η_r · budget · shape · U                          (η_r = lr · rule.lr_ratio)
 
 torch.optim conventions: param groups with per-group hyperparameters (validated), named
 parameters, state_dict loadable with ``torch.load(weights_only=True)``, tensor lr,
@@ -426,7 +426,8 @@ class ModnormOptimizer(Optimizer):
             lr = float(lr)
             ctx = StepContext(step=step, params=params, names=names, closure=closure, loss=loss)
         update, alpha, decay, divisor, fresh, checks = fn(
-            plan.spec, plan.norm, plan.precond, budgets, views, grads, states, step, lr, maximize, self._state_dtype(params[0]), ctx, sharded)
+            plan.spec, plan.norm, plan.precond, budgets, views, grads, states, step, lr, maximize, self._state_dtype(params[0]), ctx, sharded,
+            [m[1].budget for m in members])
         implied = momentum_key(plan.rule.momentum) if momentum_implied(plan.spec, plan.precond, self._state_dtype(params[0])) else None
         txn.add_write(PendingWrite(views, update, alpha, decay, divisor, fresh), checks, names, params, implied)
 

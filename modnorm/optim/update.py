@@ -4,7 +4,11 @@
     d ← momentum(g); c ← its bias correction                   (momentum.py)
     precond.update_many(states, g)                             (statistics of the raw g)
     U ← N.lmo(c·stack d) or N.sharp(c·stack d),  N = precond.norm(base)   (Theorem 1)
-    W ← W (1 − η_r λ s)  (decoupled weight decay, s = precond.decay_scale);   W ← W − η_r · budget · U
+    W ← W (1 − η_r · budget · λ s)  (decoupled weight decay, s = precond.decay_scale);   W ← W − η_r · budget · shape · U
+
+The decoupled decay takes the parameter's budget like the step it accompanies (with
+budget 1 it is torch's ``W (1 − lr λ)``): the ratio of decay to step is the same for
+every layer, whatever its share of the update.
 
 Entrywise shortcut: a Frobenius base in sharp mode with no preconditioner (U = c·d) or a
 preconditioner offering ``entrywise_divisor`` (U = c·d / D², e.g. Adam, SANIA, Adagrad
@@ -88,11 +92,13 @@ def update_bucket(
     state_dtype: torch.dtype,
     ctx: StepContext,
     sharded: Any = None,
+    decays: Sequence[float] | None = None,
 ) -> Computed:
     """One step of a bucket (see the module docstring), computed aside: new state tensors are
     assigned to the keys of ``states`` (shadow dicts), the parameters are not touched; returns
     the parameter change (``transaction.PendingWrite`` fields) and the update tensors to check.
-    The step counters are advanced when the step commits. ``sharded``: local shards (modnorm.distributed)."""
+    The step counters are advanced when the step commits. ``sharded``: local shards (modnorm.distributed);
+    ``decays``: each parameter's budget for the decoupled weight decay (default: 1)."""
     if grads[0].dtype != state_dtype:
         grads = [g.to(state_dtype) for g in grads]
     if maximize:
@@ -105,7 +111,7 @@ def update_bucket(
     lr_r = lr * spec.lr_ratio
     if spec.lr_decay:
         lr_r = lr_r / (1.0 + (step - 1) * spec.lr_decay)
-    decay = 1.0 - lr_r * (spec.weight_decay * precond.decay_scale(views[0].shape)) if spec.weight_decay and not spec.coupled else None
+    decay = _decay(lr_r, spec.weight_decay * precond.decay_scale(views[0].shape), decays) if spec.weight_decay and not spec.coupled else None
     uniform = all(b == budgets[0] for b in budgets)
     entrywise = (
         spec.mode == "sharp" and type(base) is Frobenius and views[0].dtype == state_dtype
@@ -139,6 +145,13 @@ def update_bucket(
         U = U.to(views[0].dtype)
     checks = [U, *d] if spec.momentum == "none" and not precond.covers_gradient else [U]  # d (the gradient) is in no state
     return U.unbind(0), alpha, decay, None, True, checks
+
+
+def _decay(lr_r: Scalar, wd: float, decays: Sequence[float] | None) -> Scalar | list[Scalar]:
+    """The decoupled decay factor 1 − η_r · budget · λ: one scalar when the budgets agree, else one per parameter."""
+    if decays is None or all(b == decays[0] for b in decays):
+        return 1.0 - lr_r * (wd * (decays[0] if decays else 1.0))
+    return [1.0 - lr_r * (wd * b) for b in decays]
 
 
 _copies = itertools.count()
