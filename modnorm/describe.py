@@ -40,10 +40,11 @@ def _budget(x: float) -> str:
 
 
 def describe_rows(
-    model: nn.Module, rules: Rules | None = None, default: Default = None, overrides: Overrides | None = None
+    model: nn.Module, rules: Rules | None = None, default: Default = None, overrides: Overrides | None = None,
+    example_inputs: object = None,
 ) -> list[dict[str, str]]:
     """The rows of ``describe``: one dict per parameter, in ``named_parameters`` order."""
-    return _rows(analyze(model, rules, default), overrides)
+    return _rows(analyze(model, rules, default, example_inputs), overrides)
 
 
 def _rows(analysis: Analysis, overrides: Overrides | None) -> list[dict[str, str]]:
@@ -93,10 +94,13 @@ def describe(
     overrides: Overrides | None = None,
     columns: Sequence[str] | None = None,
     tree: bool = False,
+    example_inputs: object = None,
 ) -> str:
     """A table with one row per parameter; ``overrides`` replaces or adds cells (name → column → text),
-    ``columns`` selects and orders columns, ``tree=True`` appends the composition tree."""
-    analysis = analyze(model, rules, default)
+    ``columns`` selects and orders columns, ``tree=True`` appends the composition tree;
+    ``example_inputs`` captures the composition from a real forward (``modnorm.analyze``).
+    A ``torch.compile``/DDP wrapper is looked through: names carry no wrapper prefix."""
+    analysis = analyze(model, rules, default, example_inputs)
     rows = _rows(analysis, overrides)
     if columns is not None:
         known = set(COLUMNS).union(*(r.keys() for r in rows))

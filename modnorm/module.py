@@ -7,10 +7,19 @@
    ``modnorm.layers`` layer and ``modnorm.Sequential``/``Residual``/``Parallel``/``Scale``);
 2. a rule (``modnorm.auto.Rules``) for its type: an atom, a bond or a custom node;
 3. ``nn.Sequential``: the chain of its children;
-4. tracing its forward with torch.fx (``modnorm.trace``), every submodule a leaf
-   resolved in turn by these steps;
-5. if tracing fails: the fallback, a flat ``Tuple`` of its children (and of its own
-   parameters), with a warning naming the module.
+4. its node from a real forward on example inputs (``modnorm.capture``) when
+   ``example_inputs`` are given (or the model carries ``dummy_inputs``, as transformers'
+   models do); else tracing its forward with torch.fx (``modnorm.trace``), every
+   submodule a leaf resolved in turn by these steps;
+5. if neither recovers it: the fallback, a flat ``Tuple`` of its children (and of its
+   own parameters). One warning per analysis names every such module, why, and what
+   the budgets fall back to.
+
+Plain residual sums found by tracing or capture are then composed in the convex form
+(``modnorm.residual``). A model wrapped by ``torch.compile``, ``DistributedDataParallel``
+or ``DataParallel`` is analysed as the module it wraps (names without the wrapper's
+``_orig_mod.``/``module.`` prefix). Parameters with no declared or inferable geometry
+are all collected and reported by one ``GeometryError``.
 
 A mass override (``rules.set_mass(path, mass)``) wraps the module's node in ``Tared``.
 
@@ -36,7 +45,10 @@ from torch import Tensor, nn
 
 from .auto import DEFAULT_RULES, Rules
 from .composition import Atom, Bond, Chain, Node, Tared, Tuple, atom_budgets, node_norm
+from .fixes import GeometryError, fallback_warning, geometry_error
 from .geometry import Geometry
+from .residual import residual_form
+from .layers import defaults as _D
 
 __all__ = [
     "Modular",
@@ -53,6 +65,8 @@ __all__ = [
 
 Default = Geometry | Callable[[str, Tensor], Geometry] | None
 
+_PLACEHOLDER = _D.vector()  # stands in for a missing geometry until analyze() reports them all
+
 
 @runtime_checkable
 class Modular(Protocol):
@@ -61,14 +75,12 @@ class Modular(Protocol):
     def modular(self, ctx: Context) -> Node: ...
 
 
-class GeometryError(TypeError):
-    """A parameter has no declared or inferable geometry."""
-
-
 class Context:
     """Resolves modules of one model into nodes; passed to ``modular(ctx)`` and to node rules."""
 
     def __init__(self, model: nn.Module, rules: Rules | None = None, default: Default = None) -> None:
+        from .capture import Captured
+
         if rules is not None and not isinstance(rules, Rules):
             raise TypeError(f"rules must be a modnorm.Rules, got {type(rules).__name__}")
         if default is not None and not (isinstance(default, Geometry) or callable(default)):
@@ -78,6 +90,8 @@ class Context:
         for name, m in model.named_modules(remove_duplicate=False):
             self._paths.setdefault(id(m), name)
         self.untraced: list[tuple[str, str]] = []
+        self.missing: dict[str, tuple[Tensor, nn.Module]] = {}  # parameters without a geometry, reported together
+        self.captured: Captured | None = None
 
     # -- helpers for declarations -----------------------------------------------------
     def path(self, module: nn.Module) -> str:
@@ -119,20 +133,25 @@ class Context:
         )
 
     def bare_geometry(self, name: str, param: Tensor, owner: nn.Module) -> Geometry:
-        """Geometry of a parameter no rule declares: a name override, else the default, else an error."""
+        """Geometry of a parameter no rule declares: a name override, else the default. Without
+        either the parameter is recorded in ``missing`` (``analyze`` raises one ``GeometryError``
+        for all of them) and a placeholder is returned."""
         geo = self.rules.apply_overrides(name, None)
         if geo is None and self.default is not None:
             geo = self.default if isinstance(self.default, Geometry) else self.default(name, param)
         if geo is None:
-            local = name.rsplit(".", 1)[-1]
-            t = type(owner).__name__
-            raise GeometryError(
-                f"parameter {name!r} (shape {tuple(param.shape)}) of a {t} has no declared or inferable geometry. "
-                f"Register one for the layer type with modnorm.register_rule({t}, {{{local!r}: modnorm.Geometry(norm, "
-                f"'adam', role)}}) (or on a modnorm.Rules passed as rules=), declare it by name with "
-                f"rules.override({name!r}, modnorm.Geometry(...)), or opt into a fallback with default=modnorm.Geometry(...)"
-            )
+            self.missing.setdefault(name, (param, owner))
+            return _PLACEHOLDER
         return geo
+
+    def declared_geometry(self, owner: nn.Module, local: str) -> Geometry | None:
+        """The geometry ``owner``'s declaration or rule gives its parameter ``local`` (None if none does)."""
+        declared = getattr(owner, "declared", None)
+        if callable(declared):
+            return declared().get(local)
+        rule = self.rules.lookup(owner)
+        geos = rule.geometries_for(owner) if rule is not None and rule.node is None else None
+        return geos.get(local) if geos else None
 
     def own_params_atom(self, module: nn.Module) -> Atom | None:
         """Atom of ``module``'s own (non-submodule) parameters, geometries from overrides/default."""
@@ -170,22 +189,21 @@ class Context:
         has_children = any(True for _ in module.children())
         if not has_children and any(True for _ in module.parameters(recurse=False)):
             return self.own_params_atom(module)  # type: ignore[return-value]
+        if self.captured is not None:
+            node = self.captured.node(module)
+            if node is not None:
+                return node
         from .trace import TraceError, trace_node
 
         try:
             return trace_node(module, self)
         except TraceError as e:
-            return self._fallback(module, str(e))
+            return self.fallback(module, str(e))
 
-    def _fallback(self, module: nn.Module, reason: str) -> Node:
+    def fallback(self, module: nn.Module, reason: str) -> Node:
+        """A flat tuple of ``module``'s children and own parameters; recorded in ``untraced``."""
         path = self.path(module) or "<model>"
-        self.untraced.append((path, reason))
-        warnings.warn(
-            f"modnorm: could not trace {path} ({type(module).__name__}): {reason}. Its submodules are composed as a "
-            "flat tuple (each gets its mass's share; sensitivities are not chained). Give the module a rule "
-            "(modnorm.Rules.register_node) or make its forward traceable by torch.fx.",
-            stacklevel=4,
-        )
+        self.untraced.append((f"{path} ({type(module).__name__})", reason))
         items = [self.resolve(c) for c in module.children()]
         own = self.own_params_atom(module)
         if own is not None:
@@ -248,12 +266,44 @@ class Analysis:
         return self.effective.get(id(atom), atom.params)
 
 
-def analyze(model: nn.Module, rules: Rules | None = None, default: Default = None) -> Analysis:
-    """Resolve ``model``'s structure and compute every parameter's geometry and budget."""
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile``, ``DistributedDataParallel`` and ``DataParallel`` wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            model = inner
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def _dummy_inputs(model: nn.Module) -> object | None:
+    """transformers' ``PreTrainedModel.dummy_inputs`` (a dict of small input tensors), if the model has them."""
+    try:
+        dummy = getattr(model, "dummy_inputs", None)
+    except Exception:  # noqa: BLE001 - a property that cannot build them for this config
+        return None
+    return dummy if isinstance(dummy, Mapping) and dummy and all(isinstance(v, Tensor) for v in dummy.values()) else None
+
+
+def analyze(model: nn.Module, rules: Rules | None = None, default: Default = None, example_inputs: object = None) -> Analysis:
+    """Resolve ``model``'s structure and compute every parameter's geometry and budget.
+
+    ``example_inputs`` (a tensor, a tuple of positional arguments or a dict of keyword
+    arguments): capture the composition from one forward on them (``modnorm.capture``);
+    by default a model's ``dummy_inputs`` (transformers' models) are used, else torch.fx.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap(model)
     ctx = Context(model, rules, default)
-    root = ctx.resolve(model)
+    inputs = example_inputs if example_inputs is not None else _dummy_inputs(model)
+    if inputs is not None:
+        from .capture import capture
+
+        ctx.captured = capture(ctx, inputs)
+    root = residual_form(ctx.resolve(model))
     rules_ = ctx.rules
     effective: dict[int, tuple[tuple[str, Tensor, Geometry], ...]] = {}
     terminal, _ = _terminals(root)
@@ -295,6 +345,10 @@ def analyze(model: nn.Module, rules: Rules | None = None, default: Default = Non
         for owner in sorted(owners, key=len):
             sub = ctx.resolve(model.get_submodule(owner))
             visit(sub)
+    if ctx.missing:
+        raise geometry_error(ctx.missing)
+    if ctx.untraced:
+        warnings.warn(fallback_warning(ctx.untraced, ctx.captured is not None), stacklevel=3)
     infos: dict[str, ParamInfo] = {}
     for name, p in model.named_parameters():
         f = found.get(name)
@@ -306,27 +360,28 @@ def analyze(model: nn.Module, rules: Rules | None = None, default: Default = Non
     return Analysis(root, infos, effective, ctx.untraced)
 
 
-def structure(model: nn.Module, rules: Rules | None = None, default: Default = None) -> Node:
+def structure(model: nn.Module, rules: Rules | None = None, default: Default = None, example_inputs: object = None) -> Node:
     """The composition tree of ``model`` (see the module docstring for how it is found)."""
-    return analyze(model, rules, default).root
+    return analyze(model, rules, default, example_inputs).root
 
 
-def geometries(model: nn.Module, rules: Rules | None = None, default: Default = None) -> dict[str, Geometry]:
+def geometries(model: nn.Module, rules: Rules | None = None, default: Default = None, example_inputs: object = None) -> dict[str, Geometry]:
     """Geometry of every parameter of ``model``, keyed as in ``model.named_parameters()``.
 
-    Raises ``GeometryError`` naming a parameter with no declaration, rule or override,
+    Raises ``GeometryError`` naming every parameter with no declaration, rule or override,
     unless ``default`` (a Geometry, or a function (name, param) → Geometry) is given.
+    ``example_inputs``: see ``analyze``.
     """
-    return {n: i.geometry for n, i in analyze(model, rules, default).params.items()}
+    return {n: i.geometry for n, i in analyze(model, rules, default, example_inputs).params.items()}
 
 
-def budgets(model: nn.Module, rules: Rules | None = None, default: Default = None) -> dict[str, float]:
+def budgets(model: nn.Module, rules: Rules | None = None, default: Default = None, example_inputs: object = None) -> dict[str, float]:
     """Each parameter's share of the update (the optimizer multiplies its learning rate by it).
 
     Dualizing the modular norm of the whole network with budget 1: composition gives the
     first module budget t·μ1/(μ·ν2) and the second t·μ2/μ, a tuple gives child i t·μi/μ.
     """
-    out = {n: i.budget for n, i in analyze(model, rules, default).params.items()}
+    out = {n: i.budget for n, i in analyze(model, rules, default, example_inputs).params.items()}
     bad = [n for n, b in out.items() if not (b > 0 and math.isfinite(b))]
     if bad:
         raise ValueError(f"parameters {bad} get no positive finite budget (their module has mass 0); give it a positive mass")
@@ -346,13 +401,15 @@ def modular_norm(
     rules: Rules | None = None,
     default: Default = None,
     strict: bool = True,
+    example_inputs: object = None,
 ) -> float:
     """The modular norm of a set of weights or updates ``tensors`` (name → tensor, shapes as the parameters').
 
     Equals max over parameters of ‖tensor‖_geometry / budget. With ``strict=False`` absent
     names count as zero. Leading dims beyond a norm's ``ndim`` are a batch: their max is taken.
     """
-    analysis = analyze(model, rules, default)
+    analysis = analyze(model, rules, default, example_inputs)
+    model = unwrap(model)
     unknown = sorted(set(tensors) - set(analysis.params))
     if unknown:
         raise KeyError(f"modular_norm: {unknown} are not parameters of the model; names must match model.named_parameters()")

@@ -162,10 +162,20 @@ def _svd_polar(X: Tensor, dtype: torch.dtype | None) -> Tensor:
     return O.masked_fill(bad, float("nan")).to(X.dtype)
 
 
+def _power_of_two_scale(Y: Tensor) -> Tensor:
+    """2^-k per matrix with max |2^-k Y| in [0.5, 1) (1 for a zero or non-finite matrix)."""
+    peak = Y.abs().amax(dim=(-2, -1), keepdim=True)
+    scale = torch.ldexp(torch.ones_like(peak), -torch.frexp(peak).exponent)
+    return torch.where((peak > 0) & peak.isfinite(), scale, torch.ones_like(peak))
+
+
 def _newton_schulz(X: Tensor, coefficients: Sequence[Coefficients], safety: float, eps: float, dtype: torch.dtype) -> Tensor:
     """Run the quintic iteration on the short side of every matrix of X, batched."""
     m, n = X.shape[-2:]
-    Y = X.reshape(-1, m, n).to(dtype)
+    Y = X.reshape(-1, m, n)
+    if torch.finfo(dtype).max < torch.finfo(Y.dtype).max:  # e.g. float16: scale by 2^-k first, so the cast neither
+        Y = Y * _power_of_two_scale(Y)  # overflows nor flushes to 0 (exact: the normalized result is unchanged)
+    Y = Y.to(dtype)
     if m > n:
         Y = Y.mT
     norm = vector_norm(Y.to(torch.promote_types(dtype, torch.float32)), dim=(-2, -1), keepdim=True)

@@ -6,8 +6,10 @@ only (``assert T <= block_size``) is assumed to take its true branch; control fl
 values makes tracing fail. The traced dataflow becomes a
 two-terminal graph whose edges carry composition nodes:
 
-- a source S feeds every input (identity) and every parameter the forward reads
-  directly (an atom of sensitivity 0: it does not depend on the input);
+- a source S feeds every input (identity); a parameter the forward reads directly is an
+  atom of sensitivity 0 (it does not depend on the input) on an edge from the first other
+  operand of the operation that uses it (from S if there is none), once per use — so a
+  layer scale ``gamma * h`` joins where it is used instead of bridging from the source;
 - values that do not depend on the input's values — shapes, dtypes, buffers, constants
   and whatever is computed from them alone — are static: they add no edges, so shape
   bookkeeping (``B, T, C = x.shape``) does not tie branches together;
@@ -28,7 +30,6 @@ caller falls back to a flat tuple.
 
 from __future__ import annotations
 
-import operator
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,7 @@ from .composition import Atom, Bond, Chain, Node, Tuple
 if TYPE_CHECKING:
     from .module import Context
 
-__all__ = ["TraceError", "trace_node"]
+__all__ = ["TraceError", "Graph", "SumBond", "op_bond", "trace_node"]
 
 
 class TraceError(RuntimeError):
@@ -82,8 +83,15 @@ def _shape_only(node: fx.Node, root: nn.Module) -> bool:
     return True
 
 
-_MUL = (operator.mul, torch.mul, "mul", operator.imul)
-_DIV = (operator.truediv, torch.div, torch.true_divide, "div", "truediv", operator.itruediv)
+_MUL = frozenset({"mul", "__mul__", "__rmul__", "imul", "__imul__", "mul_", "multiply"})
+_DIV = frozenset({"truediv", "__truediv__", "div", "div_", "__div__", "itruediv", "__itruediv__", "true_divide", "divide"})
+_CAT = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack"})
+_SUM = frozenset({"add", "__add__", "__radd__", "iadd", "__iadd__", "add_", "sub", "__sub__", "__rsub__", "isub", "__isub__", "sub_"})
+
+
+class SumBond(Bond):
+    """The bond of a traced or captured ``a + b`` (or ``a − b``) of two or more dynamic operands:
+    sensitivity 1 on the joined tuple. ``modnorm.residual`` recognizes residual sums by it."""
 
 
 def _number(x: object) -> float | None:
@@ -92,20 +100,33 @@ def _number(x: object) -> float | None:
     return float(x)
 
 
-def _op_sensitivity(node: fx.Node, ctx: Context) -> float:
-    target = node.target
-    args = list(node.args)
-    if target in _MUL and len(args) == 2:
+def op_bond(target: object, args: list[Any], ctx: Context, operands: int = 1) -> Bond:
+    """The bond of an operation (a function, a method name, or a tensor method) on ``args``.
+
+    ``x * c`` and ``c * x`` are |c|, ``x / c`` is 1/|c| (named "×c", as ``composition.scaled``
+    names a scale); a sum of several dynamic operands is a ``SumBond``; a concatenation of n
+    dynamic operands is 1/n (the joined tuple's ν is Σν_i; the RMS of the concatenation is at
+    most the largest part's, which equals the mean for equal parts); other operations take
+    the sensitivity registered for them (``Rules.register_function``, by object or by name), else 1.
+    """
+    name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
+    if name in _MUL and len(args) == 2:
         c = _number(args[0]) if _number(args[1]) is None else _number(args[1])
         if c is not None:
-            return abs(c)
-    if target in _DIV and len(args) == 2 and _number(args[1]) is not None:
+            return Bond(abs(c), name=f"×{c:g}")
+    if name in _DIV and len(args) == 2 and _number(args[1]) is not None:
         c = _number(args[1])
         if c == 0:
-            raise TraceError(f"{node.name}: division by zero")
-        return 1.0 / abs(c)  # type: ignore[operator]
+            raise TraceError(f"{name}: division by zero")
+        return Bond(1.0 / abs(c), name=f"×{1.0 / c:g}")  # type: ignore[operator]
+    if name in _SUM and operands >= 2:
+        return SumBond(1.0, name=name)
+    if name in _CAT and operands >= 2:  # RMS of a concatenation ≤ max of the parts': the tuple's Σν over n
+        return Bond(1.0 / operands, name=name)
     s = ctx.rules.function_sensitivity(target)
-    return 1.0 if s is None else s
+    if s is None and not isinstance(target, str):
+        s = ctx.rules.function_sensitivity(name)
+    return Bond(1.0 if s is None else s, name=name)
 
 
 def _inputs(node: fx.Node) -> list[fx.Node]:
@@ -135,7 +156,7 @@ def _is_static(node: fx.Node, static: set[fx.Node], module: nn.Module) -> bool:
     return False
 
 
-class _Graph:
+class Graph:
     """A multigraph with composition nodes on its edges."""
 
     def __init__(self) -> None:
@@ -211,10 +232,11 @@ def trace_node(module: nn.Module, ctx: Context) -> Node:
     except Exception as e:  # noqa: BLE001 - any tracing failure means "fall back"
         raise TraceError(f"torch.fx could not trace its forward ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     S, T = "<source>", "<sink>"
-    g = _Graph()
+    g = Graph()
     ident = Bond(1.0, name="identity")
     prefix = ctx.path(module)
     static: set[fx.Node] = set()
+    params: dict[fx.Node, Atom] = {}
     for node in graph.nodes:
         if node.op != "output" and _is_static(node, static, module):
             static.add(node)
@@ -225,14 +247,16 @@ def trace_node(module: nn.Module, ctx: Context) -> Node:
             obj = _fetch(module, str(node.target))  # a Parameter: buffers are static
             name = f"{prefix}.{node.target}" if prefix else str(node.target)
             geo = ctx.bare_geometry(name, obj, module)
-            g.add(S, node, Atom(((str(node.target), obj, geo),), 1.0, 0.0, name=name, kind="Parameter"))
+            params[node] = Atom(((str(node.target), obj, geo),), 1.0, 0.0, name=name, kind="Parameter")
         elif node.op in ("call_module", "call_function", "call_method"):
+            ins = [i for i in _inputs(node) if i not in static]
+            anchor = next((i for i in ins if i not in params), S)
+            ins = [_hang(g, params, i, anchor, (node, k)) for k, i in enumerate(ins)]
             if node.op == "call_module":
                 op = ctx.resolve(module.get_submodule(str(node.target)))
+                ins = list(dict.fromkeys(ins))  # a module sees a tensor passed twice once: attn(h, h, h)
             else:
-                name = getattr(node.target, "__name__", str(node.target))
-                op = Bond(_op_sensitivity(node, ctx), name=name)
-            ins = [i for i in _inputs(node) if i not in static]
+                op = op_bond(node.target, list(node.args), ctx, operands=len(ins))
             if not ins:
                 g.add(S, node, Chain([Bond(0.0, name="constant"), op]))
             elif len(ins) == 1:
@@ -243,13 +267,22 @@ def trace_node(module: nn.Module, ctx: Context) -> Node:
                     g.add(i, join, ident)
                 g.add(join, node, op)
         elif node.op == "output":
-            for i in _inputs(node):
+            for k, i in enumerate(_inputs(node)):
                 if i not in static:
-                    g.add(i, T, ident)
+                    g.add(_hang(g, params, i, S, (node, k)), T, ident)
     g.prune(T)
     if not g.edges:
         raise TraceError("its output does not depend on its inputs or parameters")
     return g.reduce(S, T)
+
+
+def _hang(g: Graph, params: dict[fx.Node, Atom], i: fx.Node, anchor: object, use: object) -> object:
+    """The vertex of input ``i``; a parameter gets a fresh vertex per use, its atom on an edge from ``anchor``."""
+    if i not in params:
+        return i
+    v = ("parameter", use)
+    g.add(anchor, v, params[i])
+    return v
 
 
 def _fetch(module: nn.Module, target: str) -> Any:

@@ -161,3 +161,17 @@ def test_cifar_loader_reads_python_batches(tmp_path: Path) -> None:
     raw = torch.cat([torch.tensor(pickle.load(open(tmp_path / f"data_batch_{i}", "rb"))[b"data"]) for i in (1, 2)]).float() / 255
     z = (raw - raw.mean(0)) / (raw.std(0) + 1e-6)
     assert torch.all(x.norm(dim=1) <= z.norm(dim=1) + 1e-3)  # an orthonormal projection never lengthens a row
+def test_lr_transfer_arch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("transformers")
+    data = run_quick("lr_transfer_arch", tmp_path, monkeypatch)
+    for kind in ("gpt2", "cnn"):
+        res = data["results"][kind]
+        for method in ("muon", "muadam"):
+            r = res[method]
+            assert set(r["per_config"]) == set(res["configs"]) and len(res["configs"]) == 3
+            for c in r["per_config"].values():
+                assert c["best_lr"] in r["lr_grid"] and math.isfinite(c["loss"])
+            base, deeper, wider = (r["per_config"][c]["best_lr"] for c in res["configs"])
+            assert r["depth_shift"] == round(math.log2(deeper / base)) and r["width_shift"] == round(math.log2(wider / base))
+        for ratios in res["step_time_vs_adamw"].values():
+            assert all(v > 0 and math.isfinite(v) for v in ratios.values())

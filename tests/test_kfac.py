@@ -153,7 +153,7 @@ def test_three_layer_mlp_trains(preset, lr):
 def test_bad_input_and_missing_statistics():
     model = mlp()
     p = list(model.parameters())
-    with pytest.raises(modnorm.ConfigError, match="pass the model"):
+    with pytest.raises(modnorm.ConfigError, match="pass the model"), pytest.warns(UserWarning, match="not the model"):
         modnorm.optimizer(p, "kfac")
     with pytest.raises(modnorm.ConfigError, match="fisher"):
         modnorm.optimizer(model, "kfac", fisher="exact")

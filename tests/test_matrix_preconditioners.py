@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import modnorm
 from modnorm import Frobenius, Sign, Spectral
 from modnorm.optim.matrix_preconditioners import SOAP, KLShampoo, Shampoo, SPlus, shampoo_one_sided
 from modnorm.optim.preconditioner import get_preconditioner
@@ -166,10 +167,11 @@ def test_splus_matches_formula(shape_scale: bool) -> None:
     m, n, T, sb2, k = 5, 7, 5, 0.9, 2
     gs = grads(T, m, n, 21)
     A, B = np.zeros((m, m)), np.zeros((n, n))
+    QL, QR = np.eye(m), np.eye(n)
     for t, g in enumerate(gs, start=1):
-        A, B = sb2 * A + (1 - sb2) * g @ g.T, sb2 * B + (1 - sb2) * g.T @ g
-        if due(t, k):
+        if t > 1 and due(t - 1, k):  # refreshed after step t-1: the current gradient is not in the basis
             QL, QR = eigvecs_desc(A), eigvecs_desc(B)
+        A, B = sb2 * A + (1 - sb2) * g @ g.T, sb2 * B + (1 - sb2) * g.T @ g
     M = np.random.default_rng(22).standard_normal((m, n))
     c = 2 / (m + n) if shape_scale else 1.0
     want = c * QL @ np.sign(QL.T @ M @ QR) @ QR.T
@@ -312,3 +314,34 @@ def test_presets_train_a_small_mlp_and_checkpoint(preset: str) -> None:
     torch.save(opt.state_dict(), buf)
     buf.seek(0)
     opt.load_state_dict(torch.load(buf, weights_only=True))
+
+
+def test_splus_preset_follows_the_reference_update() -> None:
+    """A float64 port of SPlus's step: M ← lerp(M, G, 1-β1); for the hidden matrix
+    W ← W − lr·c·(Q_L sign(Q_Lᵀ M Q_R) Q_Rᵀ + λW), c = 2/(m+n), with Q = I at step 1 and the
+    basis refreshed from A, B after the update (every k steps); other parameters
+    W ← W − lr·0.001·(sign(M) + λW). The first step is exactly c·sign(G) (no round-off noise)."""
+    m, n, T, b1, sb2, k, lr, wd = 5, 5, 6, 0.9, 0.99, 2, 0.1, 0.05  # square: full-rank statistics, a unique basis
+    rng = np.random.default_rng(31)
+    W0, b0 = rng.standard_normal((m, n)), rng.standard_normal(m)
+    gs = [(rng.standard_normal((m, n)), rng.standard_normal(m)) for _ in range(T)]
+    W, b = W0.copy(), b0.copy()
+    M, Mb, A, B, QL, QR = np.zeros((m, n)), np.zeros(m), np.zeros((m, m)), np.zeros((n, n)), np.eye(m), np.eye(n)
+    c = 2 / (m + n)
+    Wt = torch.tensor(W0, requires_grad=True)
+    bt = torch.tensor(b0, requires_grad=True)
+    opt = modnorm.optimizer([("w", Wt), ("b", bt)], "splus", lr=lr, momentum=b1, shampoo_beta2=sb2,
+                            precondition_frequency=k, weight_decay=wd, root_dtype="float64")
+    for t, (g, gb) in enumerate(gs, start=1):
+        M, Mb = M + (1 - b1) * (g - M), Mb + (1 - b1) * (gb - Mb)
+        W = W - lr * c * (QL @ np.sign(QL.T @ M @ QR) @ QR.T + wd * W)
+        b = b - lr * 1e-3 * (np.sign(Mb) + wd * b)
+        A, B = sb2 * A + (1 - sb2) * g @ g.T, sb2 * B + (1 - sb2) * g.T @ g
+        if due(t, k):
+            QL, QR = eigvecs_desc(A), eigvecs_desc(B)
+        Wt.grad, bt.grad = torch.from_numpy(g), torch.from_numpy(gb)
+        opt.step()
+        if t == 1:
+            np.testing.assert_array_equal(np.sign(W0 - Wt.detach().numpy() - lr * c * wd * W0), np.sign(g))
+        np.testing.assert_allclose(Wt.detach().numpy(), W, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(bt.detach().numpy(), b, rtol=0, atol=1e-14)

@@ -13,7 +13,8 @@ communication. Only two things see whole matrices:
   see whole tensors: ``bucket.precondition`` all-gathers the gradients and the
   preconditioner's sharded state (e.g. SOAP's V, which lives in the rotated basis),
   updates and builds the norm on whole tensors on every rank (replicated work), and
-  writes each rank's slice of the updated sharded state back.
+  hands each rank's slice of the updated sharded state back to the optimizer, which
+  writes it when the step commits.
 
 Bucket key: ``placement_key(p)`` separates parameters by sharding so a bucket never mixes
 placements.
@@ -66,9 +67,10 @@ class ShardedBucket:
         gathered = [{k for k, v in s.items() if k not in RESERVED_STATE_KEYS and is_dtensor(v)} for s in self.dstates]
         whole = [{k: (v.full_tensor() if k in keys else v) for k, v in s.items()} for s, keys in zip(self.dstates, gathered)]
         precond.update_many(whole, self.whole(grads), step, ctx)
-        for s, w, keys in zip(self.dstates, whole, gathered):
-            for k in keys:
-                to_local(s[k]).copy_(self.local_slice(w[k]))
+        for local, w, keys in zip(self.states, whole, gathered):  # the new values; the optimizer commits them
+            for k, v in w.items():
+                if k not in RESERVED_STATE_KEYS:
+                    local[k] = self.local_slice(v) if k in keys else v
         return self.norm(precond.norm(base, whole, step))
 
     def local_slice(self, whole: Tensor) -> Tensor:

@@ -25,13 +25,11 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict
 
+from ..optim.state_io import CheckpointMismatchError
+
 __all__ = ["save_checkpoint", "load_checkpoint", "optimizer_identity", "CheckpointMismatchError"]
 
 META = "modnorm.json"
-
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint was written by a different optimizer configuration."""
 
 
 def _rank0() -> bool:
@@ -64,9 +62,38 @@ def _check(saved: dict[str, Any], current: dict[str, Any], path: str) -> None:
             )
 
 
+def _initialize(optimizer: torch.optim.Optimizer | None) -> list[Any]:
+    """Give an optimizer without state its initial state without a step (torch's state-dict
+    helpers would otherwise run a zero-gradient step, which advances step counters)."""
+    init = getattr(optimizer, "initialize_state", None)
+    return init() if callable(init) else []
+
+
+def _check_shapes(path: str, state: dict[str, Any]) -> None:
+    """Compare every tensor we are about to load with the checkpoint's metadata (before any read)."""
+    from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+
+    saved = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    flat, _ = flatten_state_dict(state)
+    missing, wrong = [], []
+    for key, value in flat.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if key not in saved:
+            missing.append(key)
+        elif hasattr(saved[key], "size") and tuple(saved[key].size) != tuple(value.shape):
+            wrong.append(f"{key}: checkpoint {tuple(saved[key].size)}, here {tuple(value.shape)}")
+    if missing or wrong:
+        raise CheckpointMismatchError(
+            f"checkpoint {path!r} does not fit: " + "; ".join(([f"missing {missing[:5]}"] if missing else []) + wrong[:5])
+            + ". Build the model (and optimizer) as when it was saved; nothing was loaded")
+
+
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
     """Save ``model`` (and ``optimizer``) to the directory ``path`` with DCP; collective."""
     path = os.fspath(path)
+    if optimizer is not None:
+        _initialize(optimizer)
     msd, osd = (get_model_state_dict(model), None) if optimizer is None else get_state_dict(model, optimizer)
     state: dict[str, Any] = {"model": msd}
     if osd is not None:
@@ -79,10 +106,19 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, optimizer: t
     _barrier()
 
 
+def _load(path: str, state: dict[str, Any]) -> None:
+    _check_shapes(path, state)
+    try:
+        dcp.load(state, checkpoint_id=path)
+    except dcp.api.CheckpointException as e:  # a BaseException: turn it into an ordinary error
+        raise CheckpointMismatchError(f"checkpoint {path!r} could not be loaded: {e}") from None
+
+
 def load_checkpoint(path: str | os.PathLike[str], model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
     """Load a ``save_checkpoint`` directory into ``model`` (and ``optimizer``), resharding
     to the current world size and placements; collective. Raises
-    ``CheckpointMismatchError`` when the optimizer differs from the saved one."""
+    ``CheckpointMismatchError`` when the optimizer or a tensor's shape differs from the saved
+    ones, with the model and the optimizer unchanged."""
     path = os.fspath(path)
     meta_path = os.path.join(path, META)
     if not os.path.exists(meta_path):
@@ -91,13 +127,19 @@ def load_checkpoint(path: str | os.PathLike[str], model: nn.Module, optimizer: t
         meta = json.load(f)
     if optimizer is None:
         state: dict[str, Any] = {"model": get_model_state_dict(model)}
-        dcp.load(state, checkpoint_id=path)
+        _load(path, state)
         set_model_state_dict(model, state["model"])
         return
     if meta.get("optimizer") is None:
         raise CheckpointMismatchError(f"checkpoint {path!r} holds no optimizer state; pass optimizer=None to load the model only")
-    msd, osd = get_state_dict(model, optimizer)  # initializes the optimizer's state if empty
-    _check(meta["optimizer"], optimizer_identity(optimizer, osd), path)
-    state = {"model": msd, "optim": osd}
-    dcp.load(state, checkpoint_id=path)
+    added = _initialize(optimizer)
+    try:
+        msd, osd = get_state_dict(model, optimizer)
+        _check(meta["optimizer"], optimizer_identity(optimizer, osd), path)
+        state = {"model": msd, "optim": osd}
+        _load(path, state)
+    except BaseException:
+        for p in added:  # a refused load leaves the optimizer as it was
+            optimizer.state.pop(p, None)
+        raise
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])

@@ -44,13 +44,16 @@ def validate_hyperparameters(preset: Preset, values: dict[str, Any], where: str 
     try:
         return model(**values)
     except ValidationError as e:
-        lines = []
+        lines, seen = [], set()
         for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"]) or "(model)"
             field = str(err["loc"][0]) if err["loc"] else ""
+            if field and field in seen:  # one line per field (a union reports each arm)
+                continue
+            seen.add(field)
+            loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith(("float", "is-instance", "int", "bool"))) or "(model)"
             allowed = f"; allowed: {RANGES[field]}" if field in RANGES else ""
             got = f" (got {err['input']!r})" if "input" in err and err["loc"] else ""
-            lines.append(f"{loc}: {err['msg']}{got}{allowed}")
+            lines.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}{got}{allowed}")
         raise ConfigError(f"{prefix}: invalid hyperparameters:\n  " + "\n  ".join(lines)) from None
 
 

@@ -16,7 +16,8 @@ Registered forms (with a Frobenius base, ``sharp`` gives G/D²):
 - ``"sania"``:   inner 1, outer ½ → D = (V̂ + ε)^½: Adam-SANIA's M̂/(V̂ + ε); MuAdam-SANIA.
 - ``"adagrad"``: accumulate "sum", inner ½, outer ½ → G/(√ΣG² + ε): torch.optim.Adagrad.
 
-ε is added to a fresh tensor each step; V itself is never modified by ε.
+ε is added to a fresh tensor each step; V itself is never modified by ε. The new V is a
+new tensor assigned to the state key (the old one is not written: a step can be discarded).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch import Tensor
 
 from ..norms import Norm
 from ..preconditioned import DNorm
-from .preconditioner import Preconditioner, StepContext, register_preconditioner
+from .preconditioner import Preconditioner, StepContext, check_eps, register_preconditioner
 
 __all__ = ["SecondMoment", "adam", "sania", "adagrad"]
 
@@ -62,6 +63,9 @@ class SecondMoment(Preconditioner):
     AMSGrad's running maximum, RMSprop's centred V − ḡ² (``moment_variants``).
     """
 
+    updates_in_place = False
+    covers_gradient = True
+
     def __init__(
         self,
         beta2: float = 0.999,
@@ -92,16 +96,22 @@ class SecondMoment(Preconditioner):
         V = torch.full_like(param, self.initial_accumulator_value, dtype=state_dtype, memory_format=torch.preserve_format)
         return {self.key: V}
 
+    def check_state_dtype(self, state_dtype: torch.dtype) -> None:
+        """ε must survive the state dtype: D² = (V̂^inner + ε)^(2·outer) > 0 where V̂ = 0."""
+        check_eps(type(self).__name__, self.eps, state_dtype, max(1.0, 2.0 * self.outer))
+
     def update(self, state: dict[str, Tensor], grad: Tensor, step: int) -> None:
         self.update_many([state], [grad], step, StepContext(step=step))
 
     def update_many(self, states: Sequence[dict[str, Tensor]], grads: Sequence[Tensor], step: int, ctx: StepContext) -> None:
         Vs = [s[self.key] for s in states]
         if self.accumulate == "ema":
-            torch._foreach_mul_(Vs, self.beta2)
-            torch._foreach_addcmul_(Vs, list(grads), list(grads), value=1.0 - self.beta2)
+            new = torch._foreach_mul(Vs, self.beta2)
+            torch._foreach_addcmul_(new, list(grads), list(grads), value=1.0 - self.beta2)
         else:
-            torch._foreach_addcmul_(Vs, list(grads), list(grads), value=1.0)
+            new = torch._foreach_addcmul(Vs, list(grads), list(grads), value=1.0)
+        for s, v in zip(states, new):
+            s[self.key] = v
 
     def second_moment(self, states: Sequence[dict[str, Tensor]]) -> list[Tensor]:
         """The statistic V that D is built from (not to be modified): here the accumulator itself."""

@@ -1,25 +1,28 @@
 """``modnorm.optimizer(model_or_params, preset, **hyperparameters)``: the generated optimizer.
 
-Given an ``nn.Module``, each parameter's geometry and modular budget come from
-``modnorm.geometries(model)`` / ``modnorm.budgets(model)`` when those are available
-(parameters they do not cover, and every parameter when they are not, get a geometry
-inferred from their rank, with nn.Embedding tables marked as embeddings, and budget 1).
-Given parameters or param groups, geometry is inferred from rank and budgets are 1.
-``budgets=False`` gives every parameter budget 1 (to compare with torch.optim's optimizers).
-Presets that read the layers themselves (``kfac``, ``ekfac``, ``kfac_spectral``) get the
-module as their ``model`` hyperparameter.
+Given an ``nn.Module`` (a ``torch.compile``/DDP wrapper is looked through), every
+parameter's geometry and modular budget come from ``modnorm.analyze(model, rules,
+default, example_inputs)``; parameters with ``requires_grad=False`` are left out, and
+``param_groups`` (torch-style dicts over the model's parameters, given as tensors or
+(name, tensor) pairs) set per-group hyperparameters without losing that geometry.
+Given bare parameters or param groups instead of the model, geometry is inferred from
+each tensor's rank and budgets are 1 — with a warning when they are ``nn.Parameter`` objects
+(they come from a model whose geometry is then lost). ``budgets=False`` gives every
+parameter budget 1 (to compare with torch.optim's optimizers). Presets that read the
+layers themselves (``kfac``, ``ekfac``, ``kfac_spectral``) get the module as their ``model``
+hyperparameter.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
-from ..geometry import Geometry
-from ..norms import ColNorm
+from ..auto import Rules
 from .config import ConfigError, OptimizerConfig, get_preset
 from .optimizer import ModnormOptimizer
 from .recipe import Recipe
@@ -27,30 +30,63 @@ from .recipe import Recipe
 __all__ = ["optimizer"]
 
 
-def _module_geometries(model: nn.Module) -> dict[str, Geometry]:
-    import modnorm
+def _groups(model: nn.Module, param_groups: Any) -> list[dict[str, Any]]:
+    """``param_groups`` over ``model``'s parameters as groups with names; frozen parameters dropped."""
+    if isinstance(param_groups, (dict, Tensor)) or not isinstance(param_groups, Iterable):
+        raise ConfigError("param_groups must be a list of dicts such as [{'params': [...], 'lr': 1e-3}, ...]")
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups, seen = [], set()
+    for gi, group in enumerate(param_groups):
+        if not isinstance(group, dict) or "params" not in group:
+            raise ConfigError(f"param_groups[{gi}] must be a dict with a 'params' entry, got {group!r:.80}")
+        items = group["params"]
+        items = [items] if isinstance(items, Tensor) else list(items)
+        params, pnames = [], []
+        for item in items:
+            p = item[1] if isinstance(item, tuple) and len(item) == 2 else item
+            if not isinstance(p, Tensor) or id(p) not in names:
+                raise ConfigError(f"param_groups[{gi}] holds {type(p).__name__} that is not a parameter of the model; "
+                                  "groups must list the model's parameters (tensors or (name, tensor) pairs)")
+            if id(p) in seen:
+                raise ConfigError(f"param_groups[{gi}]: parameter {names[id(p)]!r} is already in an earlier group")
+            seen.add(id(p))
+            if p.requires_grad:
+                params.append(p)
+                pnames.append(names[id(p)])
+        if params:
+            groups.append({**{k: v for k, v in group.items() if k not in ("params", "param_names")}, "params": params, "param_names": pnames})
+    if not groups:
+        raise ConfigError("param_groups hold no trainable parameter (requires_grad=True)")
+    return groups
 
-    declared = getattr(modnorm, "geometries", None)
-    if callable(declared):
-        return dict(declared(model))
-    out: dict[str, Geometry] = {}
-    for mname, module in model.named_modules():
-        if isinstance(module, nn.Embedding):
-            out[f"{mname}.weight" if mname else "weight"] = Geometry(ColNorm(layout="embedding"), role="embedding")
-    return out
 
-
-def _module_budgets(model: nn.Module) -> dict[str, float]:
-    import modnorm
-
-    declared = getattr(modnorm, "budgets", None)
-    return dict(declared(model)) if callable(declared) else {}
+def _warn_if_model_parameters(params: Any) -> Any:
+    if isinstance(params, (Tensor, set, dict)) or not isinstance(params, Iterable):
+        return params  # torch.optim's own errors
+    items = list(params)
+    flat: list[Any] = []
+    for it in items:
+        inner = it.get("params", ()) if isinstance(it, dict) else [it]
+        flat += [inner] if isinstance(inner, Tensor) else list(inner) if isinstance(inner, (list, tuple)) else []
+    if any(isinstance(q[1] if isinstance(q, tuple) and len(q) == 2 else q, nn.Parameter) for q in flat):
+        warnings.warn(
+            "modnorm.optimizer got parameters, not the model: each geometry is inferred from the tensor's rank (no "
+            "embedding or head roles) and every budget is 1. Pass the model to keep its geometry, with param groups as "
+            "modnorm.optimizer(model, preset, param_groups=[{'params': [...], 'lr': ...}, ...]); frozen parameters "
+            "(requires_grad=False) are left out by themselves.",
+            stacklevel=3,
+        )
+    return items
 
 
 def optimizer(
     model_or_params: nn.Module | Iterable[Any],
     preset: str | Recipe = "adamw",
     *,
+    param_groups: Iterable[dict[str, Any]] | None = None,
+    rules: Rules | None = None,
+    default: Any = None,
+    example_inputs: Any = None,
     config: OptimizerConfig | str | dict[str, Any] | None = None,
     budgets: bool = True,
     nonfinite: str = "raise",
@@ -61,9 +97,13 @@ def optimizer(
     """Build the optimizer for a model (or parameters) from a preset name, a Recipe, or a config.
 
     Args:
-        model_or_params: an nn.Module, an iterable of tensors or (name, tensor) pairs, or
-            param-group dicts.
+        model_or_params: an nn.Module (recommended), or an iterable of tensors, (name, tensor)
+            pairs or param-group dicts (geometry then inferred from rank, budgets 1).
         preset: a preset name (see ``modnorm.optim.PRESETS``) or a ``modnorm.Recipe``.
+        param_groups: with a model, torch-style groups over its parameters (tensors or
+            (name, tensor) pairs) with per-group hyperparameters; geometry and budgets stay the model's.
+        rules, default, example_inputs: as in ``modnorm.analyze`` (rules for your layer
+            types, a fallback geometry, inputs to capture the composition from a real forward).
         config: an ``OptimizerConfig`` (or its JSON text, or a dict); replaces ``preset``,
             ``budgets``, ``nonfinite``, ``state_dtype`` and the hyperparameters.
         budgets: use the model's modular budgets (False: every budget is 1).
@@ -84,15 +124,22 @@ def optimizer(
         preset, budgets, nonfinite, state_dtype = config.preset, config.budgets, config.nonfinite, config.state_dtype
         hyperparameters = dict(config.hyperparameters)
     if isinstance(model_or_params, nn.Module):
-        model = model_or_params
-        geometries = _module_geometries(model)
-        table = _module_budgets(model) if budgets else {}
-        params: Any = list(model.named_parameters())
-        if not params:
-            raise ConfigError("the model has no parameters to optimize")
+        from ..module import analyze, unwrap
+
+        model = unwrap(model_or_params)
+        if isinstance(preset, str) and hyperparameters.get("model") is None and "model" in get_preset(preset).hyperparameters.model_fields:
+            hyperparameters["model"] = model  # presets reading the layers themselves (kfac, ekfac, kfac_spectral)
+        analysis = analyze(model, rules, default, example_inputs)
+        geometries = {n: i.geometry for n, i in analysis.params.items()}
+        table = {n: i.budget for n, i in analysis.params.items()} if budgets else {}
+        if param_groups is not None:
+            params: Any = _groups(model, param_groups)
+        else:
+            params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            if not params:
+                raise ConfigError("the model has no trainable parameters (requires_grad=True) to optimize")
     else:
-        geometries, table, params = {}, {}, model_or_params
-    if isinstance(model_or_params, nn.Module) and isinstance(preset, str) and hyperparameters.get("model") is None:
-        if "model" in get_preset(preset).hyperparameters.model_fields:  # layer-declared statistics (kfac)
-            hyperparameters["model"] = model_or_params
+        if param_groups is not None or rules is not None or default is not None or example_inputs is not None:
+            raise ConfigError("param_groups=, rules=, default= and example_inputs= need the model as the first argument")
+        geometries, table, params = {}, {}, _warn_if_model_parameters(model_or_params)
     return ModnormOptimizer(params, preset, geometries=geometries, budgets=table, nonfinite=nonfinite, state_dtype=state_dtype, compile=compile, **hyperparameters)

@@ -30,7 +30,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from ..norms import Norm
 from ..preconditioned import DNorm
-from .preconditioner import Preconditioner, State, StepContext, register_preconditioner
+from .preconditioner import Preconditioner, State, StepContext, check_eps, register_preconditioner
 
 __all__ = ["hutchinson_diagonal", "functional_loss", "HessianDiagonal"]
 
@@ -100,6 +100,8 @@ class HessianDiagonal(Preconditioner):
     """
 
     name = "hessian"
+    updates_in_place = False
+    needs_hvp = True  # it reads the step context (params, Hessian-vector products): the bucket stays eager
 
     def __init__(
         self,
@@ -141,10 +143,14 @@ class HessianDiagonal(Preconditioner):
             "refreshes": torch.zeros((), dtype=torch.float64),
         }
 
+    def check_state_dtype(self, state_dtype: torch.dtype) -> None:
+        """ε floors |h| in the state dtype: D² = max(|h|, ε)^(2p) > 0."""
+        check_eps("HessianDiagonal", self.eps, state_dtype, max(1.0, 2.0 * self.power))
+
     def absorb(self, state: State, estimate: Tensor) -> None:
-        """h ← β2 h + (1-β2) · estimate (one refresh)."""
-        state["h"].lerp_(estimate.reshape(state["h"].shape).to(state["h"].dtype), 1.0 - self.beta2)
-        state["refreshes"] += 1
+        """h ← β2 h + (1-β2) · estimate (one refresh; new tensors are assigned, the old ones are not written)."""
+        state["h"] = state["h"].lerp(estimate.reshape(state["h"].shape).to(state["h"].dtype), 1.0 - self.beta2)
+        state["refreshes"] = state["refreshes"] + 1
 
     def estimates(self, step: int) -> dict[str, Tensor]:
         """Hutchinson estimates of all ``params`` at this step (computed once per step)."""

@@ -38,7 +38,7 @@ from torch import Tensor
 from ..norms import Norm
 from ..preconditioned import DNorm, LRNorm
 from .diagonal import SecondMoment
-from .preconditioner import Preconditioner, State, StepContext, register_preconditioner
+from .preconditioner import Preconditioner, State, StepContext, check_eps, register_preconditioner
 
 __all__ = [
     "Shampoo",
@@ -72,6 +72,12 @@ def _check_matrix(owner: str, param: Tensor) -> None:
             f"{owner}: needs a matrix parameter (d_out, d_in), got shape {tuple(param.shape)}; "
             "route vectors/conv kernels to another preconditioner (e.g. 'adam') or reshape them"
         )
+
+
+def _check_root_eps(owner: str, eps: float, power: float, sides: int, dtypes: Sequence[torch.dtype]) -> None:
+    """The inverse roots reach ε^-power per side: keep their product within √(largest float)."""
+    for dtype in dtypes:
+        check_eps(owner, eps, dtype, power * sides, max_inverse=torch.finfo(dtype).max ** 0.5)
 
 
 def _eigh(S: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -134,10 +140,9 @@ class _Factors:
         for key, outer in (("A", lambda: G @ G.mT), ("B", lambda: G.mT @ G)):
             if key in states[0]:
                 S, new = [s[key] for s in states], list(outer().unbind(0))
-                if self.beta2 is None:
-                    torch._foreach_add_(S, new)
-                else:
-                    torch._foreach_lerp_(S, new, 1.0 - self.beta2)
+                S = torch._foreach_add(S, new) if self.beta2 is None else torch._foreach_lerp(S, new, 1.0 - self.beta2)
+                for s, x in zip(states, S):
+                    s[key] = x
 
     def corrected(self, states: Sequence[State], key: str, step: int) -> Tensor:
         """The stacked statistic with EMA bias correction 1/(1 - β2^t) (a sum is returned as is)."""
@@ -148,7 +153,9 @@ class _Factors:
 
 
 def _copy_into(states: Sequence[State], key: str, X: Tensor) -> None:
-    torch._foreach_copy_([s[key] for s in states], list(X.unbind(0)))
+    """Assign each state's new ``key`` from the stack X (new tensors; the old ones are not written)."""
+    for s, x in zip(states, X.to(states[0][key].dtype).unbind(0)):
+        s[key] = x.clone()
 
 
 def _stacked_grads(grads: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
@@ -173,6 +180,8 @@ class Shampoo(Preconditioner):
     """
 
     name = "shampoo"
+    updates_in_place = False
+    covers_gradient = True
 
     def __init__(
         self,
@@ -201,6 +210,9 @@ class Shampoo(Preconditioner):
         if "B" in state:
             state["R_inv"] = torch.eye(n, dtype=state_dtype, device=param.device)
         return state
+
+    def check_state_dtype(self, state_dtype: torch.dtype) -> None:
+        _check_root_eps(type(self).__name__, self.eps, self.power, 2 if self.sides == "both" else 1, (state_dtype, self.root_dtype))
 
     def update(self, state: State, grad: Tensor, step: int) -> None:
         self.update_many([state], [grad], step, None)
@@ -247,6 +259,8 @@ class KLShampoo(Preconditioner):
     """
 
     name = "kl_shampoo"
+    updates_in_place = False
+    covers_gradient = True
 
     def __init__(
         self,
@@ -278,6 +292,9 @@ class KLShampoo(Preconditioner):
             "lb": torch.full((n,), self.init, **kw),
         }
 
+    def check_state_dtype(self, state_dtype: torch.dtype) -> None:
+        _check_root_eps("KLShampoo", self.eps, max(self.power, 1.0), 1, (state_dtype, self.root_dtype))  # (S + εI)⁻¹ whitens
+
     def _whitened_outer(self, X: Tensor, Q: Tensor, lam: Tensor) -> Tensor:
         """X (S + εI)⁻¹ Xᵀ with S = Q diag(λ) Qᵀ."""
         Y = X @ Q
@@ -291,8 +308,8 @@ class KLShampoo(Preconditioner):
         m, n = G.shape[-2:]
         new_a = self._whitened_outer(G, _stack(states, "Qb"), _stack(states, "lb")) / n
         new_b = self._whitened_outer(G.mT, _stack(states, "Qa"), _stack(states, "la")) / m
-        torch._foreach_lerp_([s["Sa"] for s in states], list(new_a.unbind(0)), 1.0 - self.beta2)
-        torch._foreach_lerp_([s["Sb"] for s in states], list(new_b.unbind(0)), 1.0 - self.beta2)
+        _copy_into(states, "Sa", torch.lerp(_stack(states, "Sa"), new_a, 1.0 - self.beta2))
+        _copy_into(states, "Sb", torch.lerp(_stack(states, "Sb"), new_b, 1.0 - self.beta2))
         if _due(step, self.precondition_frequency):
             for S, Q, lam in (("Sa", "Qa", "la"), ("Sb", "Qb", "lb")):
                 l, V = _eigh(_stack(states, S), self.root_dtype)
@@ -315,6 +332,9 @@ class KLShampoo(Preconditioner):
 
 class _Eigenbasis(Preconditioner):
     """Shared part of SOAP and SPlus: Shampoo statistics and their eigenbases Q_L, Q_R."""
+
+    updates_in_place = False
+    covers_gradient = True
 
     def __init__(self, shampoo_beta2: float | None, precondition_frequency: int, root_dtype: torch.dtype) -> None:
         _check_hp(type(self).__name__, shampoo_beta2, 0.0, precondition_frequency, root_dtype)
@@ -372,6 +392,9 @@ class SOAP(_Eigenbasis):
         state.update(self.adam.init_state(param, state_dtype))
         return state
 
+    def check_state_dtype(self, state_dtype: torch.dtype) -> None:
+        self.adam.check_state_dtype(state_dtype)
+
     def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
         G = _stacked_grads(grads, states[0]["A"].dtype)
         self._refresh(states, G, step)
@@ -391,6 +414,9 @@ class SPlus(_Eigenbasis):
 
     With the Sign base, lmo(M) = c · Q_L sign(Q_Lᵀ M Q_R) Q_Rᵀ: SPlus's update (Frans et
     al. 2025) without its iterate averaging. ``shape_scale=False`` sets c = 1.
+    As in SPlus, the basis used at step t comes from the statistics of steps < t: Q = I at
+    step 1, and the refresh due after steps 1, 1+k, … is done at the start of the next
+    step, before the current gradient enters A and B.
     """
 
     name = "splus"
@@ -405,9 +431,22 @@ class SPlus(_Eigenbasis):
         super().__init__(shampoo_beta2, precondition_frequency, root_dtype)
         self.shape_scale = bool(shape_scale)
 
+    def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
+        if step > 1 and _due(step - 1, self.precondition_frequency):  # the refresh due after step t-1's update
+            _copy_into(states, "QL", eigenbasis(_stack(states, "A"), self.root_dtype))
+            _copy_into(states, "QR", eigenbasis(_stack(states, "B"), self.root_dtype))
+        self.factors.accumulate(states, _stacked_grads(grads, states[0]["A"].dtype))
+
+    def _scale(self, m: int, n: int) -> float:
+        return 2.0 / (m + n) if self.shape_scale else 1.0
+
+    def decay_scale(self, shape: Sequence[int]) -> float:
+        """SPlus scales the weight decay like the update: λ · 2/(m+n)."""
+        return self._scale(shape[-2], shape[-1])
+
     def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
         QL = _stack(states, "QL")
-        c = 2.0 / (QL.shape[-1] + states[0]["QR"].shape[-1]) if self.shape_scale else 1.0
+        c = self._scale(QL.shape[-1], states[0]["QR"].shape[-1])
         return LRNorm(base, L_inv=QL * c, R_inv=_stack(states, "QR").mT)
 
     def __repr__(self) -> str:

@@ -7,7 +7,7 @@ shampoo            Frobenius        shampoo: A^{-1/4} G B^{-1/4}           adam_
 shampoo_one_sided  Frobenius        shampoo (sides="left"): A^{-1/2} G     adam_ema    sharp  AdamW
 kl_shampoo         Frobenius        kl_shampoo: S_a^{-1/2} G S_b^{-1/2}    adam_ema    sharp  AdamW
 soap               Frobenius        soap: Adam in Shampoo's eigenbasis     adam_ema    sharp  AdamW
-splus              Sign             splus: eigenbasis, 2/(m+n) scale       ema         lmo    AdamW
+splus              Sign             splus: eigenbasis, 2/(m+n) scale       ema         lmo    sign·1e-3
 sophia             Frobenius        hessian: G / max(|h|, ε)               adam_ema    sharp  same rule
 sophia_spectral    Spectral (RMS)   hessian: |h|^{-½} polar(|h|^{-½} G)    adam_ema    lmo    AdamW
 =================  ===============  =====================================  ==========  =====  =========
@@ -16,9 +16,11 @@ Only hidden matrices (role "hidden") take the matrix rule; embeddings, heads, ve
 and conv kernels go to the AdamW rule (``adamw_*`` hyperparameters). ``sophia`` needs the
 Hessian-vector products: ``loss_fn=`` (params dict → loss, torch.func) with
 ``loss_params=dict(model.named_parameters())``, or ``from_graph=True`` (train with
-``loss.backward(create_graph=True)``). A callable in the hyperparameters is kept in the
-param group, so ``state_dict()`` of a loss_fn-driven sophia does not load with
-``weights_only=True``; the from_graph variant does.
+``loss.backward(create_graph=True)``). ``loss_fn`` and ``loss_params`` belong to the running
+program: ``state_dict()`` leaves them out (it loads with ``weights_only=True``) and
+``load_state_dict`` keeps the optimizer's own. Every estimate of a step is computed before
+any parameter changes (the step commits at the end), so results do not depend on the order
+or grouping of the parameters.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
+import torch
 from pydantic import Field, model_validator
 
 from .presets import Hyperparameters, _Polar, _RoutedAdamW, register_preset
@@ -93,7 +96,7 @@ def _kl_shampoo(h: KLShampooHP) -> Recipe:
 class SOAPHP(Hyperparameters, _RoutedAdamW):
     """SOAP's defaults: betas (0.95, 0.95), Shampoo β = β2, refresh every 10 steps, wd 0.01."""
 
-    lr: Any = 3e-3
+    lr: float | torch.Tensor = 3e-3
     momentum: Beta = 0.95
     beta2: Beta = 0.95
     shampoo_beta2: Beta | None = 0.95
@@ -110,21 +113,26 @@ def _soap(h: SOAPHP) -> Recipe:
 
 
 class SPlusHP(Hyperparameters, _RoutedAdamW):
-    """SPlus without iterate averaging; the 2/(m+n) width scaling is part of the norm."""
+    """SPlus without iterate averaging; the 2/(m+n) width scaling is part of the norm (and
+    scales the weight decay). Other parameters: SPlus's sign(M) · ``others_scale``
+    (``others="sign"``), or the AdamW rule (``others="adamw"``, ``adamw_*`` hyperparameters)."""
 
-    lr: Any = 0.1
+    lr: float | torch.Tensor = 0.1
     momentum: Beta = 0.9
     shampoo_beta2: Beta | None = 0.999
     precondition_frequency: Frequency = 100
     shape_scale: bool = True
     root_dtype: RootDtype = "float32"
     weight_decay: NonNeg = 0.0
+    others: Literal["sign", "adamw"] = "sign"
+    others_scale: NonNeg = 1e-3
 
 
 def _splus(h: SPlusHP) -> Recipe:
     options = {"shampoo_beta2": h.shampoo_beta2, "precondition_frequency": h.precondition_frequency,
                "shape_scale": h.shape_scale, "root_dtype": DTYPES[h.root_dtype]}
-    return _hidden_only(_rule(h, "sign", "splus", options, "ema", "lmo"), h.adamw_rule())
+    other = (_rule(h, "sign", "none", {}, "ema", "lmo", lr_ratio=h.others_scale) if h.others == "sign" else h.adamw_rule())
+    return _hidden_only(_rule(h, "sign", "splus", options, "ema", "lmo"), other)
 
 
 class SophiaHP(Hyperparameters, _RoutedAdamW, _Polar):

@@ -38,7 +38,9 @@ class AMSGrad(SecondMoment):
 
     def update_many(self, states: Sequence[dict[str, Tensor]], grads: Sequence[Tensor], step: int, ctx: StepContext) -> None:
         super().update_many(states, grads, step, ctx)
-        torch._foreach_maximum_([s["max_exp_avg_sq"] for s in states], [s[self.key] for s in states])
+        new = torch._foreach_maximum([s["max_exp_avg_sq"] for s in states], [s[self.key] for s in states])
+        for s, m in zip(states, new):  # out of place, as the built-ins (a failed step is discarded)
+            s["max_exp_avg_sq"] = m
 
     def second_moment(self, states: Sequence[dict[str, Tensor]]) -> list[Tensor]:
         return [s["max_exp_avg_sq"] for s in states]
@@ -66,7 +68,9 @@ class RMSprop(SecondMoment):
     def update_many(self, states: Sequence[dict[str, Tensor]], grads: Sequence[Tensor], step: int, ctx: StepContext) -> None:
         super().update_many(states, grads, step, ctx)
         if self.centered:
-            torch._foreach_lerp_([s["grad_avg"] for s in states], list(grads), 1.0 - self.beta2)
+            new = torch._foreach_lerp([s["grad_avg"] for s in states], list(grads), 1.0 - self.beta2)
+            for s, m in zip(states, new):
+                s["grad_avg"] = m
 
     def second_moment(self, states: Sequence[dict[str, Tensor]]) -> list[Tensor]:
         Vs = [s[self.key] for s in states]

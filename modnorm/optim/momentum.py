@@ -8,16 +8,17 @@ Kinds (β the momentum coefficient, τ the dampening, B the buffer, g_t the grad
 - ``"ema"``:           B_t = β B_{t-1} + (1-β) g_t (lerp);  d = B          (Scion, Signum)
 - ``"ema_nesterov"``:  the same B;  d = (1-β) g + β B                      (torch.optim.Muon)
 - ``"adam_ema"``:      M_t = β M_{t-1} + (1-β) g_t;  d = M_t/(1-β^t)        (Adam's M̂)
-- ``"schedule_free"``:  no buffer on g (d = g); the momentum lives in the iterates: z (state ``z``,
-                       the plain SGD sequence) and y (the parameter), updated by
-                       ``update_stages.schedule_free_`` (schedule-free, β = the interpolation β₁)
 - ``"lion"``:          d = β₁ B_{t-1} + (1-β₁) g_t (before the update);  B_t = β B_{t-1} + (1-β) g_t
                        (Lion: β₁ = the rule's ``direction_beta``, β its ``beta``; with a Sign base)
+- ``"schedule_free"``: no buffer on g (d = g); the momentum lives in the iterates: z (state ``z``,
+                       the plain SGD sequence) and y (the parameter), updated by
+                       ``update_stages.schedule_free`` (schedule-free, β = the interpolation β₁)
 
 Buffers live in the parameter's state under ``momentum_buffer`` (heavy-ball and EMA
 kinds) or ``exp_avg`` (adam_ema), as in torch.optim. Everything is ``torch._foreach_*``
-over the bucket. The returned tensors may alias the buffers: callers must not modify
-them in place.
+over the bucket, out of place: new buffers replace the old ones in the state dicts (so a
+step can be discarded). The returned tensors may alias the new buffers: callers must not
+modify them in place.
 """
 
 from __future__ import annotations
@@ -66,32 +67,29 @@ def apply_momentum(
     step: int,
     direction_beta: float = 0.0,
 ) -> list[Tensor]:
-    """Update the buffers in place and return the direction d for each parameter, up to the
-    scalar ``momentum_scale`` (so that the caller can apply it to the stacked tensor in place).
-    ``direction_beta``: β₁ of the "lion" kind."""
+    """Compute the new buffers (assigned to each state's key: the old tensors are not written)
+    and return the direction d for each parameter, up to the scalar ``momentum_scale`` (so
+    that the caller can apply it to the stacked tensor in place). ``direction_beta``: β₁ of "lion"."""
     if kind in ("none", "schedule_free") or (beta == 0.0 and kind in ("heavy_ball", "nesterov", "ema", "ema_nesterov")):
         return grads
     key = momentum_key(kind)
     bufs = [s[key] for s in states]  # type: ignore[index]
     if kind in ("heavy_ball", "nesterov"):
         if step == 1:
-            torch._foreach_copy_(bufs, grads)
+            new = [g.to(b.dtype, copy=True) for g, b in zip(grads, bufs)]
         else:
-            torch._foreach_mul_(bufs, beta)
-            torch._foreach_add_(bufs, grads, alpha=1.0 - dampening)
-        if kind == "nesterov":
-            return torch._foreach_add(grads, bufs, alpha=beta)
-        return bufs
-    if kind in ("ema", "ema_nesterov"):
-        torch._foreach_lerp_(bufs, grads, 1.0 - beta)
-        if kind == "ema_nesterov":
-            return torch._foreach_lerp(grads, bufs, beta)
-        return bufs
+            new = torch._foreach_mul(bufs, beta)
+            torch._foreach_add_(new, grads, alpha=1.0 - dampening)
+    elif kind in ("ema", "ema_nesterov", "adam_ema", "lion"):
+        new = torch._foreach_lerp(bufs, grads, 1.0 - beta)
+    else:
+        raise ValueError(f"unknown momentum kind {kind!r}; choose one of {MOMENTUM_KINDS}")
+    for s, b in zip(states, new):
+        s[key] = b  # type: ignore[index]
     if kind == "lion":
-        d = torch._foreach_lerp(grads, bufs, direction_beta)  # β₁ B_{t-1} + (1-β₁) g, from the old buffer
-        torch._foreach_lerp_(bufs, grads, 1.0 - beta)
-        return d
-    if kind == "adam_ema":
-        torch._foreach_lerp_(bufs, grads, 1.0 - beta)
-        return bufs  # the bias correction 1/(1-β^t) is ``momentum_scale``, applied after stacking
-    raise ValueError(f"unknown momentum kind {kind!r}; choose one of {MOMENTUM_KINDS}")
+        return torch._foreach_lerp(grads, bufs, direction_beta)  # β₁ B_{t-1} + (1-β₁) g, from the old buffer
+    if kind == "nesterov":
+        return torch._foreach_add(grads, new, alpha=beta)
+    if kind == "ema_nesterov":
+        return torch._foreach_lerp(grads, new, beta)
+    return new  # adam_ema: the bias correction 1/(1-β^t) is ``momentum_scale``, applied after stacking

@@ -8,8 +8,8 @@ dtype, a device and a step count (so one batched call serves them all)::
     precond.update_many(states, g)                              (statistics of the raw g)
     N   ← precond.norm(base, states, t)                         (Theorem 1: DNorm / LRNorm)
     U   ← N.lmo(stack d)   or   N.sharp(stack d)                (mode)
-    W   ← W (1 − η_r λ)                                         (decoupled weight decay)
-    W   ← W − η_r · budget · U                                  (η_r = lr · rule.lr_ratio)
+    W   ← W (1 − η_r · budget · λ)                              (decoupled weight decay)
+    W   ← W − η_r · budget · shape · U                          (η_r = lr · rule.lr_ratio)
 
 torch.optim conventions: param groups with per-group hyperparameters (validated), named
 parameters, state_dict loadable with ``torch.load(weights_only=True)``, tensor lr,
@@ -21,6 +21,7 @@ modified (``nonfinite="raise"``) or skip the step and count it in ``skipped_step
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -34,11 +35,13 @@ from ..distributed.bucket import placement_key, shard_bucket
 from ..geometry import Geometry
 from ..norms import Norm
 from .config import ConfigError, get_preset, validate_hyperparameters
-from .momentum import init_momentum
+from .momentum import init_momentum, momentum_key
 from .preconditioner import RESERVED_STATE_KEYS, Preconditioner, StepContext, get_preconditioner
 from .presets import Preset, custom_recipe_preset
 from .recipe import DTYPES, Recipe, Rule, infer_geometry, norm_key, resolve_norm
-from .update import RuleSpec, compiled_update_bucket, update_bucket
+from .state_io import PRESET_KEY, SKIPPED_KEY, check_loadable, is_runtime, portable
+from .transaction import PendingWrite, StepTransaction
+from .update import Computed, RuleSpec, compiled_update_bucket, momentum_implied, update_bucket
 
 __all__ = ["ModnormOptimizer"]
 
@@ -207,10 +210,14 @@ class ModnormOptimizer(Optimizer):
             if pkey not in preconds:
                 options = rule.preconditioner_options if pname != "none" else {}
                 preconds[pkey] = get_preconditioner(pname, **options)
+            try:
+                preconds[pkey].check_state_dtype(self._state_dtype(p))
+            except ValueError as e:
+                raise ConfigError(f"parameter {label!r}: {e}") from None
             bucket = (id(rule), pname, norm_key(norm), shape, p.dtype, p.device, placement_key(p))
             options = ", ".join(f"{k}={v}" for k, v in rule.preconditioner_options.items()) if pname != "none" else ""
             plabel = f"{pname}({options})" if options else pname
-            scale = budget * rule.shape_factor(tuple(p.shape))
+            scale = budget * rule.shape_factor(tuple(p.shape)) if p.numel() else budget  # a 0-size parameter is never stepped
             plans.append(_Plan(label, geometry.role, budget, scale, shape, rule, norm, preconds[pkey], plabel, bucket, specs.setdefault(id(rule), RuleSpec.of(rule))))
         self._plan_cache[key] = plans
         self._plan_cache[gi] = (hp, plans)
@@ -246,11 +253,48 @@ class ModnormOptimizer(Optimizer):
         self._compile = state.get("_compile", False)
         self._compiled = {}
 
+    def _expected_state(self) -> list[dict[str, tuple[int, ...]]]:
+        """State key → shape that each parameter (in group order) has once stepped ({} for 0-size ones)."""
+        out = []
+        for gi, group in enumerate(self.param_groups):
+            for p, plan in zip(group["params"], self._plans(gi, group)):
+                shadow: dict[str, Any] = {}
+                if p.numel():
+                    self._init_state(torch.empty(p.shape, dtype=p.dtype, device="meta"), plan, shadow)
+                out.append({k: tuple(v.shape) for k, v in shadow.items()})
+        return out
+
+    def initialize_state(self) -> list[Tensor]:
+        """Give every trainable parameter without state its initial state (step 0), without a step;
+        returns those parameters. Checkpoint loading uses it instead of torch's zero-gradient step."""
+        added = []
+        for gi, group in enumerate(self.param_groups):
+            for p, plan in zip(group["params"], self._plans(gi, group)):
+                if p.requires_grad and p.numel() and not self.state.get(p):
+                    self._init_state(p, plan, self.state[p])
+                    added.append(p)
+        return added
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict, plus the preset's name, minus runtime hyperparameters (``state_io``)."""
+        return portable(super().state_dict(), self.preset, self.skipped_steps)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's load_state_dict, keeping fp32 state of 16-bit parameters in fp32 (torch casts it to the parameter's dtype)."""
-        super().load_state_dict(state_dict)
+        """torch's load_state_dict after ``state_io.check_loadable`` (another preset's state, or state
+        that does not fit, is refused with nothing changed); keeps this optimizer's runtime
+        hyperparameters and fp32 state of 16-bit parameters (torch casts it to the parameter's dtype)."""
+        check_loadable(self, state_dict, self._expected_state())
+        runtime = [{k: v for k, v in g.items() if is_runtime(v)} for g in self.param_groups]
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in (PRESET_KEY, SKIPPED_KEY)})
+        self.skipped_steps = int(state_dict.get(SKIPPED_KEY, self.skipped_steps))
+        for group, values in zip(self.param_groups, runtime):
+            for k, v in values.items():
+                group.setdefault(k, v)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
+        for p in params:  # torch keeps the dict's own step tensors; the step advances them in place
+            if isinstance(self.state.get(p, {}).get("step"), Tensor):
+                self.state[p]["step"] = self.state[p]["step"].clone()
         for sid, p in zip(saved_ids, params):
             saved = state_dict["state"].get(sid)
             if saved is None or p.dtype == self._state_dtype(p):
@@ -262,41 +306,15 @@ class ModnormOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ step
 
-    def _check_gradients(self, work: list[tuple[int, dict, list[tuple[int, Tensor]]]]) -> bool:
-        """Reject sparse/complex gradients; return False (or raise) on a non-finite one."""
-        grads, labels = [], []
+    def _check_gradients(self, work: list[tuple[int, dict, list[tuple[int, Tensor]]]]) -> None:
+        """Refuse sparse/complex gradients (their finiteness is checked with the new state)."""
         for gi, _, items in work:
             for i, p in items:
                 label = self._meta[gi][i][0]
-                g = p.grad
-                if g.is_sparse:
+                if p.grad.is_sparse:
                     raise RuntimeError(f"parameter {label!r} has a sparse gradient; modnorm optimizers need dense gradients (e.g. nn.Embedding(sparse=False))")
-                if g.is_complex():
+                if p.grad.is_complex():
                     raise RuntimeError(f"parameter {label!r} has a complex gradient; modnorm optimizers support real tensors only")
-                grads.append(g)
-                labels.append(label)
-        if not grads:
-            return True
-        by_device: dict[torch.device, list[int]] = defaultdict(list)
-        for k, g in enumerate(grads):
-            by_device[g.device].append(k)
-        bad: list[str] = []
-        for idx in by_device.values():
-            gs = [grads[k] for k in idx]
-            # NaN/inf propagate into a sum (one cheap pass per tensor on CPU); CUDA's foreach norm is one kernel.
-            # A finite sum that overflows is only a false alarm: the exact check below clears it.
-            probes = [g.sum() for g in gs] if gs[0].device.type == "cpu" else torch._foreach_norm(gs, float("inf"))
-            if not bool(torch.stack([n.float() for n in probes]).isfinite().all()):
-                bad += [labels[k] for k, g in zip(idx, gs) if not bool(g.isfinite().all())]
-        if not bad:
-            return True
-        if self.nonfinite == "skip":
-            self.skipped_steps += 1
-            return False
-        raise FloatingPointError(
-            f"non-finite gradient in parameter(s) {bad}; nothing was updated. "
-            "Find the cause (lr too high, overflow), or pass nonfinite='skip' to skip such steps."
-        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -312,37 +330,77 @@ class ModnormOptimizer(Optimizer):
         return loss
 
     def _apply(self, closure: Callable[[], Any] | None, loss: Any) -> None:
-        """Plan and update every bucket. Never traced: ``torch.compile(opt.step)`` runs this eagerly;
-        ``compile=True`` compiles each bucket's update (``update.compiled_update_bucket``)."""
-        for members, t, lr, maximize in self._prepare():
-            self._update_bucket(members, t, lr, maximize, closure, loss)
+        """Plan, compute every bucket aside, check once, commit (``transaction``). Never traced:
+        ``torch.compile(opt.step)`` runs this eagerly; ``compile=True`` compiles each bucket's
+        computation (``update.compiled_update_bucket``)."""
+        txn = StepTransaction()
+        failure: BaseException | None = None
+        try:
+            for members, t, lr, maximize in self._prepare(txn):
+                self._update_bucket(members, t, lr, maximize, closure, loss, txn)
+        except torch.linalg.LinAlgError as e:  # e.g. eigh of statistics made non-finite by this step
+            failure = e
+        if failure is None and txn.all_finite():
+            txn.commit(self.state)
+            return
+        bad = txn.bad_gradients()
+        if self.nonfinite == "skip":
+            self.skipped_steps += 1
+            return
+        if bad:
+            message = f"non-finite gradient in parameter(s) {bad}"
+        elif failure is not None:
+            message = f"a decomposition failed ({failure})"
+        else:
+            message = f"the step would make non-finite values in {txn.bad_values()}"
+        raise FloatingPointError(
+            f"{message}; nothing was updated. Find the cause (lr too high, a gradient too large for the "
+            "state dtype, overflow), or pass nonfinite='skip' to skip such steps."
+        ) from failure
 
-    def _prepare(self) -> list[tuple[list[tuple[Tensor, _Plan, dict]], int, Any, bool]]:
-        """Check gradients, resolve plans, initialize state and form the buckets (eager, never traced)."""
+    def _prepare(self, txn: StepTransaction) -> list[tuple[list[tuple[Tensor, _Plan, dict]], int, Any, bool]]:
+        """Resolve plans, open each parameter's shadow state and form the buckets (eager, never traced)."""
         work = []
         for gi, group in enumerate(self.param_groups):
-            items = [(i, p) for i, p in enumerate(group["params"]) if p.grad is not None]
+            items = [(i, p) for i, p in enumerate(group["params"]) if p.grad is not None and p.numel() > 0]
             if items:
                 work.append((gi, group, items))
-        if not self._check_gradients(work):
-            return []
+        self._check_gradients(work)
         # resolve every group first: hyperparameters changed to bad values fail before any update
         all_plans = [self._plans(gi, group) for gi, group, _ in work]
+        lrs = [self._checked_lr(gi, group) for gi, group, _ in work]
         jobs = []
-        for (gi, group, items), plans in zip(work, all_plans):
-            lr = group["lr"]
+        for (gi, group, items), plans, lr in zip(work, all_plans, lrs):
             buckets: dict[tuple, list[tuple[Tensor, _Plan, dict]]] = defaultdict(list)
             for i, p in items:
-                state = self.state[p]
-                if not state:
-                    self._init_state(p, plans[i], state)
-                t = int(state["step"]) + 1  # step lives on the CPU (torch's convention): no device sync
-                buckets[(plans[i].key, t)].append((p, plans[i], state))
+                original = self.state.get(p) or None
+                if original is None:
+                    shadow: dict[str, Any] = {}
+                    self._init_state(p, plans[i], shadow)
+                else:
+                    shadow = dict(original)
+                    if plans[i].precond.updates_in_place:  # it writes its tensors: give it copies
+                        shadow.update({k: v.clone() for k, v in original.items() if k not in RESERVED_STATE_KEYS and isinstance(v, Tensor)})
+                txn.open(p, plans[i].name, original, shadow)
+                t = int(shadow["step"]) + 1  # step lives on the CPU (torch's convention): no device sync
+                buckets[(plans[i].key, t)].append((p, plans[i], shadow))
             for (_, t), members in buckets.items():
                 jobs.append((members, t, lr, bool(group["maximize"])))
         return jobs
 
-    def _update_bucket(self, members: list[tuple[Tensor, _Plan, dict]], step: int, lr: Any, maximize: bool, closure: Any, loss: Any) -> None:
+    def _checked_lr(self, gi: int, group: dict[str, Any]) -> Any:
+        """The group's lr, validated again (a scheduler or the user may have set it after construction)."""
+        lr = group["lr"]
+        if isinstance(lr, Tensor):  # a tensor on an accelerator is not read (that would synchronize)
+            ok = lr.numel() == 1 and lr.is_floating_point() and (lr.device.type != "cpu" or (math.isfinite(float(lr)) and float(lr) >= 0))
+        else:
+            ok = isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr >= 0
+        if not ok:
+            raise ConfigError(f"param group {gi}: lr must be a finite number ≥ 0 (float or 1-element floating tensor), got {lr!r}; nothing was updated")
+        return lr
+
+    def _update_bucket(self, members: list[tuple[Tensor, _Plan, dict]], step: int, lr: Any, maximize: bool, closure: Any, loss: Any,
+                       txn: StepTransaction) -> None:
         params = [m[0] for m in members]
         plan = members[0][1]
         states = [m[2] for m in members]
@@ -351,11 +409,13 @@ class ModnormOptimizer(Optimizer):
         sharded = shard_bucket(params, states, names)
         if sharded is not None:
             states = sharded.states
+            for p, work in zip(params, states):
+                txn.bind_work(p, work)
         shape = plan.shape
         views = sharded.views if sharded else [p.view(shape) if p.ndim == 0 else p for p in params]
         grads = sharded.grads if sharded else [p.grad if p.ndim else p.grad.reshape(shape) for p in params]
         budgets = [m[1].scale for m in members]
-        fn: Callable[..., None] = update_bucket
+        fn: Callable[..., Computed] = update_bucket
         if self._compile is not False and sharded is None and not (plan.precond.needs_hvp or plan.precond.eager_only):
             key = (plan.key, len(members))
             if key not in self._compiled:
@@ -366,7 +426,11 @@ class ModnormOptimizer(Optimizer):
         else:
             lr = float(lr)
             ctx = StepContext(step=step, params=params, names=names, closure=closure, loss=loss)
-        fn(plan.spec, plan.norm, plan.precond, budgets, views, grads, states, step, lr, maximize, self._state_dtype(params[0]), ctx, sharded)
+        update, alpha, decay, divisor, fresh, checks = fn(
+            plan.spec, plan.norm, plan.precond, budgets, views, grads, states, step, lr, maximize, self._state_dtype(params[0]), ctx, sharded,
+            [m[1].budget for m in members])
+        implied = momentum_key(plan.rule.momentum) if momentum_implied(plan.spec, plan.precond, self._state_dtype(params[0])) else None
+        txn.add_write(PendingWrite(views, update, alpha, decay, divisor, fresh), checks, names, params, implied)
 
     # ------------------------------------------------------------------ schedule-free train/eval
 

@@ -30,7 +30,10 @@ Contract (checked by the optimizer's tests for every registered preconditioner):
 - ``init_state`` allocates everything the preconditioner will ever need; state holds
   tensors and Python numbers only (so ``torch.load(weights_only=True)`` works). Keys
   must not collide with the optimizer's own: "step", "momentum_buffer", "exp_avg".
-- ``update``/``update_many`` change only their own state, in place, from the raw gradient.
+- ``update``/``update_many`` change only their own state, from the raw gradient: in place
+  (the optimizer then hands them copies, so that a failed step can be discarded), or, with
+  ``updates_in_place = False`` (the built-ins), by assigning new tensors to their state
+  keys without writing the old ones (no copies needed).
 - ``norm`` does not modify state.
 """
 
@@ -52,6 +55,7 @@ __all__ = [
     "get_preconditioner",
     "PRECONDITIONERS",
     "RESERVED_STATE_KEYS",
+    "check_eps",
 ]
 
 State = dict[str, Tensor]
@@ -113,10 +117,19 @@ class Preconditioner:
     name: str = "base"
     needs_hvp: bool = False
     eager_only: bool = False  # needs ctx.params (e.g. layer statistics matched by parameter): never compiled
+    updates_in_place: bool = True  # False: update_many assigns new tensors to state keys, never writes old ones
+    # True: the new state is non-finite whenever a gradient entry is, and finite state bounds the
+    # gradient (statistics of G ⊙ G or G Gᵀ): the step's finiteness check then skips momentum buffers
+    covers_gradient: bool = False
 
     def init_state(self, param: Tensor, state_dtype: torch.dtype) -> State:
         """Allocate this preconditioner's statistics for one parameter (zeros, usually)."""
         return {}
+
+    def check_state_dtype(self, state_dtype: torch.dtype) -> None:
+        """Raise a ValueError when the hyperparameters cannot work in ``state_dtype`` (e.g. an ε
+        that rounds to 0); called when the optimizer is built, before any step."""
+        return None
 
     def update(self, state: State, grad: Tensor, step: int) -> None:
         """Update one parameter's statistics in place from its raw gradient."""
@@ -131,6 +144,10 @@ class Preconditioner:
         """The preconditioned norm acting on the stacked (B, *shape) tensor."""
         raise NotImplementedError
 
+    def decay_scale(self, shape: Sequence[int]) -> float:
+        """Factor on the decoupled weight decay of a parameter of this shape: W ← W(1 − η λ s)."""
+        return 1.0
+
     def entrywise_divisor(self, states: Sequence[State], step: int) -> list[Tensor] | None:
         """Optional shortcut: when ``norm`` is ``DNorm(base, D)`` with D > 0 entrywise, return D²
         per parameter (fresh tensors); a Frobenius base in sharp mode then skips the stacked
@@ -141,10 +158,26 @@ class Preconditioner:
         return f"{type(self).__name__}()"
 
 
+def check_eps(owner: str, eps: float, dtype: torch.dtype, exponent: float = 1.0, max_inverse: float | None = None) -> None:
+    """Refuse an ε > 0 whose power ε^exponent (what the preconditioner divides by where the
+    statistics vanish) rounds to 0 in ``dtype`` — 0/0 — or, with ``max_inverse``, exceeds it inverted."""
+    if eps == 0.0:
+        return
+    info = torch.finfo(dtype)
+    smallest = max(info.tiny, 1.0 / max_inverse) if max_inverse is not None else info.tiny
+    if eps**exponent < smallest:
+        raise ValueError(
+            f"{owner}: eps={eps:g} is too small for the dtype {dtype}: the preconditioner divides by up to "
+            f"eps^{exponent:g} = {eps**exponent:.3g}, below {smallest:.3g} (0/0 or overflow where the statistics vanish). "
+            f"Use eps ≥ {smallest ** (1.0 / exponent):.3g}, or state_dtype='float32'/'float64'"
+        )
+
+
 class Identity(Preconditioner):
     """No preconditioning: the base norm itself."""
 
     name = "none"
+    updates_in_place = False
 
     def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
         return base

@@ -27,11 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import math
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..polar import METHODS
 from .recipe import NsMethod, Recipe, Rule
+from .strict import check_strict
 
 __all__ = ["Hyperparameters", "Preset", "PRESETS", "register_preset", "custom_recipe_preset"]
 
@@ -41,7 +44,7 @@ NsDtype = Literal["float32", "float64", "bfloat16", "float16"] | None
 
 # Allowed ranges, quoted in error messages.
 RANGES: dict[str, str] = {
-    "lr": "lr ≥ 0 (float or 1-element tensor)",
+    "lr": "finite lr ≥ 0 (float or 1-element floating tensor)",
     "betas": "betas = (β1, β2) with 0 ≤ β < 1",
     "adamw_betas": "adamw_betas = (β1, β2) with 0 ≤ β < 1",
     "momentum": "0 ≤ momentum < 1",
@@ -63,22 +66,27 @@ RANGES: dict[str, str] = {
 class Hyperparameters(BaseModel):
     """Fields every preset has: the learning rate and ``maximize``."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True, allow_inf_nan=False)
 
     lr: float | torch.Tensor = 1e-3
     maximize: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strict(cls, values: Any) -> Any:
+        return check_strict(cls, values)
 
     @field_validator("lr")
     @classmethod
     def _lr(cls, v: float | torch.Tensor) -> float | torch.Tensor:
         if isinstance(v, torch.Tensor):
-            if v.numel() != 1:
-                raise ValueError(f"a tensor lr must have exactly 1 element, got shape {tuple(v.shape)}")
-            if not float(v) >= 0.0:
-                raise ValueError(f"lr must be ≥ 0, got {float(v)}")
+            if v.numel() != 1 or not v.is_floating_point():
+                raise ValueError(f"a tensor lr must be a floating tensor with exactly 1 element, got {v.dtype} of shape {tuple(v.shape)}")
+            if not (math.isfinite(float(v)) and float(v) >= 0.0):
+                raise ValueError(f"lr must be a finite number ≥ 0, got {float(v)}")
             return v
-        if not v >= 0.0:
-            raise ValueError(f"lr must be ≥ 0, got {v}")
+        if not (math.isfinite(v) and v >= 0.0):
+            raise ValueError(f"lr must be a finite number ≥ 0, got {v}")
         return v
 
 

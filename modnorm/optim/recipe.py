@@ -56,7 +56,7 @@ NonNeg = Annotated[float, Field(ge=0.0, description="≥ 0")]
 class Rule(BaseModel):
     """One configuration of the pipeline (see the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     norm: BaseNormName = Field("declared", description="base norm: declared|frobenius|sign|spectral|rms|colnorm|rownorm")
     scale: str | float = Field("rms", description="spectral scale: rms|original|match_rms_adamw|none or a positive float")

@@ -5,7 +5,11 @@
     precond.update_many(states, g)                             (statistics of the raw g)
     U ← N.lmo(c·stack d) or N.sharp(c·stack d),  N = precond.norm(base)   (Theorem 1)
     U ← trust ratio · U;  U ← momentum(U) if momentum_on="update"   (update_stages.py; then c·U)
-    W ← W (1 − η_r λ)  (decoupled weight decay);   W ← W − η_r · budget · U
+    W ← W (1 − η_r · budget · λ s)  (decoupled weight decay, s = precond.decay_scale);   W ← W − η_r · budget · shape · U
+
+The decoupled decay takes the parameter's budget like the step it accompanies (with
+budget 1 it is torch's ``W (1 − lr λ)``): the ratio of decay to step is the same for
+every layer, whatever its share of the update.
 
 Entrywise shortcut: a Frobenius base in sharp mode with no preconditioner (U = c·d) or a
 preconditioner offering ``entrywise_divisor`` (U = c·d / D², e.g. Adam, SANIA, Adagrad
@@ -31,9 +35,9 @@ from torch import Tensor
 from ..norms import Frobenius, Norm
 from .momentum import apply_momentum, momentum_scale
 from .preconditioner import Identity, Preconditioner, StepContext
-from .update_stages import after_direction, schedule_free_
+from .update_stages import after_direction, schedule_free
 
-__all__ = ["RuleSpec", "update_bucket", "compiled_update_bucket"]
+__all__ = ["RuleSpec", "update_bucket", "compiled_update_bucket", "momentum_implied"]
 
 Scalar = float | Tensor
 
@@ -69,7 +73,7 @@ class RuleSpec:
 
     @property
     def staged(self) -> bool:
-        """A stage runs between the direction and the update (trust ratio, momentum on the update)."""
+        """A stage runs between the direction and the update (trust ratio, momentum on the update, schedule-free)."""
         return (self.trust_ratio != "none" or self.momentum == "schedule_free"
                 or (self.momentum_on == "update" and self.momentum != "none"))
 
@@ -81,16 +85,16 @@ def _alphas(lr_r: Scalar, c: float, budgets: Sequence[float]) -> Scalar | list[f
     return [-(lr_r * c) * b for b in budgets]  # float lr only (a tensor lr with mixed budgets takes the stacked path)
 
 
-def _add_(views: list[Tensor], U: Sequence[Tensor], alpha: Scalar | list[float], fresh: bool) -> None:
-    """views ← views + alpha·U (U is modified only when ``fresh``)."""
-    if isinstance(alpha, float):
-        torch._foreach_add_(views, list(U), alpha=alpha)
-        return
-    if fresh:
-        torch._foreach_mul_(list(U), alpha)
-    else:
-        U = torch._foreach_mul(list(U), alpha)
-    torch._foreach_add_(views, list(U))
+def momentum_implied(spec: RuleSpec, precond: Preconditioner, state_dtype: torch.dtype) -> bool:
+    """Whether the finiteness check may skip the momentum buffers and directions: when the
+    preconditioner's new state holds G ⊙ G (or G Gᵀ), finite state means |G| < √max, and a
+    momentum buffer (|B| ≤ max|G|/(1-β)) then stays finite in a float32-range dtype."""
+    return spec.momentum != "none" and precond.covers_gradient and torch.finfo(state_dtype).max >= 1e38
+
+
+Computed = tuple[Sequence[Tensor], Any, Any, Any, bool, list[Tensor]]
+"""(update, alpha, decay, divisor, fresh, checks): the fields of a ``PendingWrite`` and the
+tensors to check besides the new state (see ``update_bucket``)."""
 
 
 def update_bucket(
@@ -107,8 +111,13 @@ def update_bucket(
     state_dtype: torch.dtype,
     ctx: StepContext,
     sharded: Any = None,
-) -> None:
-    """One step of a bucket (see the module docstring); ``sharded``: local shards (modnorm.distributed)."""
+    decays: Sequence[float] | None = None,
+) -> Computed:
+    """One step of a bucket (see the module docstring), computed aside: new state tensors are
+    assigned to the keys of ``states`` (shadow dicts), the parameters are not touched; returns
+    the parameter change (``transaction.PendingWrite`` fields) and the update tensors to check.
+    The step counters are advanced when the step commits. ``sharded``: local shards (modnorm.distributed);
+    ``decays``: each parameter's budget for the decoupled weight decay (default: 1)."""
     if sharded is not None and (spec.trust_ratio != "none" or spec.momentum == "schedule_free"):
         raise NotImplementedError("trust ratios (lamb, lars) and schedule-free need whole tensors; they do not run on FSDP2 shards")
     if grads[0].dtype != state_dtype:
@@ -119,7 +128,6 @@ def update_bucket(
     wd = spec.weight_decay
     if wd and spec.coupled:
         grads = torch._foreach_add(grads, views if views[0].dtype == state_dtype else [v.to(state_dtype) for v in views], alpha=wd)
-    torch._foreach_add_([s["step"] for s in states], 1.0)
     staged = spec.staged
     if spec.momentum_on == "gradient":
         d = apply_momentum(spec.momentum, spec.beta, spec.dampening, states, grads, step, spec.direction_beta)
@@ -129,6 +137,8 @@ def update_bucket(
     lr_r = lr * spec.lr_ratio
     if spec.lr_decay:
         lr_r = lr_r / (1.0 + (step - 1) * spec.lr_decay)
+    decay = (_decay(lr_r, spec.weight_decay * precond.decay_scale(views[0].shape), decays)
+             if spec.weight_decay and not spec.coupled and spec.momentum != "schedule_free" else None)  # schedule-free decays at y itself
     uniform = all(b == budgets[0] for b in budgets)
     entrywise = (
         spec.mode == "sharp" and type(base) is Frobenius and views[0].dtype == state_dtype
@@ -136,23 +146,12 @@ def update_bucket(
         and not staged
     )
     if entrywise and isinstance(precond, Identity):
-        _decay_(views, lr_r, spec)
-        _add_(views, d, _alphas(lr_r, c, budgets), fresh=False)
-        return
+        return d, _alphas(lr_r, c, budgets), decay, None, False, list(d)
     if entrywise:
         precond.update_many(states, grads, step, ctx)
         D2 = precond.entrywise_divisor(states, step)
-        if D2 is not None:
-            _decay_(views, lr_r, spec)
-            alpha = _alphas(lr_r, c, budgets)
-            if isinstance(alpha, Tensor):  # views + d / (D²/alpha): torch's capturable AdamW does the same
-                torch._foreach_div_(D2, alpha)
-                torch._foreach_addcdiv_(views, d, D2)
-            elif isinstance(alpha, float):
-                torch._foreach_addcdiv_(views, d, D2, value=alpha)
-            else:
-                torch._foreach_addcdiv_(views, d, D2, alpha)
-            return
+        if D2 is not None:  # d and the state are checked; D² > 0 (eps validated against the state dtype)
+            return d, _alphas(lr_r, c, budgets), decay, D2, False, [] if momentum_implied(spec, precond, state_dtype) else list(d)
         norm = precond.norm(base, states, step)
         if sharded is not None:
             norm = sharded.norm(norm)
@@ -165,19 +164,8 @@ def update_bucket(
     if c != 1.0 and not staged:  # staged: the bias correction scales the step after the stages
         X.mul_(c)
     U = norm.lmo(X) if spec.mode == "lmo" else norm.sharp(X)
-    if spec.momentum != "schedule_free":  # schedule-free decays at y inside its iterate update
-        _decay_(views, lr_r, spec)
     if staged:
-        steps, fresh = after_direction(spec, U, views, raw, states, step)
-        if not uniform:
-            steps, fresh = torch._foreach_mul(steps, [float(b) for b in budgets]), True
-        if steps[0].dtype != views[0].dtype:
-            steps, fresh = [u.to(views[0].dtype) for u in steps], True
-        if spec.momentum == "schedule_free":
-            schedule_free_(spec, views, steps, states, step, lr_r * c * (budgets[0] if uniform else 1.0))
-            return
-        _add_(views, steps, -(lr_r * c) * budgets[0] if uniform else -(lr_r * c), fresh=fresh)
-        return
+        return _staged(spec, U, views, raw, states, step, lr_r * c, budgets, uniform, decay)
     if uniform:
         alpha: Scalar = -lr_r * budgets[0]
     else:
@@ -185,13 +173,29 @@ def update_bucket(
         alpha = -lr_r
     if U.dtype != views[0].dtype:
         U = U.to(views[0].dtype)
-    _add_(views, U.unbind(0), alpha, fresh=True)
+    checks = [U, *d] if spec.momentum == "none" and not precond.covers_gradient else [U]  # d (the gradient) is in no state
+    return U.unbind(0), alpha, decay, None, True, checks
 
 
-def _decay_(views: list[Tensor], lr_r: Scalar, spec: RuleSpec) -> None:
-    """Decoupled weight decay W ← W (1 − η_r λ)."""
-    if spec.weight_decay and not spec.coupled:
-        torch._foreach_mul_(views, 1.0 - lr_r * spec.weight_decay)
+def _staged(spec: RuleSpec, U: Tensor, views: list[Tensor], raw: Sequence[Tensor], states: Sequence[dict[str, Any]],
+            step: int, lr_c: Scalar, budgets: Sequence[float], uniform: bool, decay: Any) -> Computed:
+    """The stages after U (``update_stages``) and the parameter change they give."""
+    steps, fresh = after_direction(spec, U, views, raw, states, step, decay)
+    if not uniform:
+        steps, fresh = torch._foreach_mul(steps, [float(b) for b in budgets]), True
+    if steps[0].dtype != views[0].dtype:
+        steps, fresh = [u.to(views[0].dtype) for u in steps], True
+    if spec.momentum == "schedule_free":
+        update, y_decay = schedule_free(spec, views, steps, states, step, lr_c * (budgets[0] if uniform else 1.0))
+        return update, 1.0, y_decay, None, True, list(update)
+    return steps, -lr_c * budgets[0] if uniform else -lr_c, decay, None, fresh, list(steps)
+
+
+def _decay(lr_r: Scalar, wd: float, decays: Sequence[float] | None) -> Scalar | list[Scalar]:
+    """The decoupled decay factor 1 − η_r · budget · λ: one scalar when the budgets agree, else one per parameter."""
+    if decays is None or all(b == decays[0] for b in decays):
+        return 1.0 - lr_r * (wd * (decays[0] if decays else 1.0))
+    return [1.0 - lr_r * (wd * b) for b in decays]
 
 
 _copies = itertools.count()

@@ -38,12 +38,15 @@ from torch import Tensor
 
 from .momentum import apply_momentum, momentum_key
 
-__all__ = ["trust_ratios", "after_direction", "schedule_free_"]
+__all__ = ["trust_ratios", "after_direction", "schedule_free"]
 
 
-def trust_ratios(spec: Any, U: Sequence[Tensor], views: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
-    """The per-parameter trust ratios r (a 1-D tensor), see the module docstring."""
+def trust_ratios(spec: Any, U: Sequence[Tensor], views: Sequence[Tensor], grads: Sequence[Tensor], decay: Any = None) -> Tensor:
+    """The per-parameter trust ratios r (a 1-D tensor), see the module docstring; ``decay``: the
+    decoupled-decay factor(s) the parameters are about to be multiplied by (‖W‖ is taken after it)."""
     w = torch.stack(torch._foreach_norm(list(views))).to(U[0].dtype)
+    if decay is not None:
+        w = w * (torch.tensor(decay, dtype=w.dtype) if isinstance(decay, list) else decay)
     if spec.trust_ratio == "update":
         den = torch.stack(torch._foreach_norm(list(U)))
     else:
@@ -54,13 +57,13 @@ def trust_ratios(spec: Any, U: Sequence[Tensor], views: Sequence[Tensor], grads:
 
 
 def after_direction(spec: Any, U: Tensor, views: Sequence[Tensor], grads: Sequence[Tensor],
-                    states: Sequence[dict[str, Any]], step: int) -> tuple[list[Tensor], bool]:
+                    states: Sequence[dict[str, Any]], step: int, decay: Any = None) -> tuple[list[Tensor], bool]:
     """Apply the trust ratio and the update momentum to the stacked U (B, *shape).
 
     Returns the per-parameter steps and whether they are fresh tensors (not momentum buffers).
     """
     if spec.trust_ratio != "none":
-        r = trust_ratios(spec, U.unbind(0), views, grads)
+        r = trust_ratios(spec, U.unbind(0), views, grads, decay)
         U = U * r.view(-1, *([1] * (U.ndim - 1)))
     steps = list(U.unbind(0))
     if spec.momentum_on != "update" or spec.momentum in ("none", "schedule_free"):
@@ -70,22 +73,26 @@ def after_direction(spec: Any, U: Tensor, views: Sequence[Tensor], grads: Sequen
     return out, not any(id(o) in buffers for o in out)
 
 
-def schedule_free_(spec: Any, views: Sequence[Tensor], U: Sequence[Tensor], states: Sequence[dict[str, Any]],
-                   step: int, lr: float) -> None:
-    """The schedule-free iterate update (module docstring); ``lr`` includes the budget."""
+def schedule_free(spec: Any, views: Sequence[Tensor], U: Sequence[Tensor], states: Sequence[dict[str, Any]],
+                  step: int, lr: Any) -> tuple[list[Tensor], float]:
+    """The schedule-free iterate update (module docstring), computed aside: new z and averaging
+    scalars are assigned to the states; returns (A, f) with y_new = f·y + A (``lr`` includes the budget)."""
     k, lr = step - 1, float(lr)
     lr_k = lr * min(1.0, (k + 1) / spec.sf_warmup_steps) if spec.sf_warmup_steps else lr
-    state = states[0]  # every member of a bucket has the same step count and lr: one weight for all
-    lr_max = max(lr_k, float(state["sf_lr_max"]))
+    lr_max = max(lr_k, float(states[0]["sf_lr_max"]))  # a bucket shares its step count and lr: one weight for all
     weight = (k + 1) ** spec.sf_r * lr_max**spec.sf_weight_lr_power
-    weight_sum = float(state["sf_weight_sum"]) + weight
+    weight_sum = float(states[0]["sf_weight_sum"]) + weight
     c = weight / weight_sum if weight_sum else 0.0
-    for s in states:
-        s["sf_lr_max"].fill_(lr_max)
-        s["sf_weight_sum"].fill_(weight_sum)
-    if spec.weight_decay:
-        U = torch._foreach_add(list(U), list(views), alpha=spec.weight_decay)
+    coef = lr_k * (spec.beta * (1 - c) - 1)
     zs = [s["z"] for s in states]
-    torch._foreach_lerp_(list(views), zs, c)
-    torch._foreach_add_(list(views), list(U), alpha=lr_k * (spec.beta * (1 - c) - 1))
-    torch._foreach_add_(zs, list(U), alpha=-lr_k)
+    # U' = U + λy;  y ← (1-c)y + c z + coef·U' = (1 - c + coef·λ) y + (c z + coef·U);  z ← z − η_k U'
+    A = torch._foreach_mul(zs, c)
+    torch._foreach_add_(A, list(U), alpha=coef)
+    new_z = torch._foreach_add(zs, list(U), alpha=-lr_k)
+    if spec.weight_decay:
+        torch._foreach_add_(new_z, list(views), alpha=-lr_k * spec.weight_decay)
+    for s, z in zip(states, new_z):
+        s["z"] = z
+        s["sf_lr_max"] = torch.tensor(lr_max, dtype=torch.float64)
+        s["sf_weight_sum"] = torch.tensor(weight_sum, dtype=torch.float64)
+    return A, 1.0 - c + coef * spec.weight_decay

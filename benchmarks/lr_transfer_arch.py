@@ -1,0 +1,216 @@
+"""Learning-rate transfer across depth and width on a transformers GPT-2 and a ResNet-like CNN.
+
+GPT-2 (``transformers.GPT2LMHeadModel`` from a config, random init, no dropout; its
+``Conv1D`` layers replaced by the equivalent ``nn.Linear``, transposed weight, so that only
+the composition is under test) learns a synthetic next-token task: sequences of a fixed
+random Markov chain over 64 tokens (each token has 4 likely successors), 32 tokens, batch
+16. The CNN (3×3 conv stem, BatchNorm, ``blocks`` basic residual blocks, pooling, linear
+head) classifies scikit-learn's 8×8 digits, batch 64. Depth goes 2 → 8 (transformer
+layers / residual blocks) at the base width, width ×4 at depth 2 (GPT-2 64 → 256, CNN
+16 → 64 channels). Each (model, size, optimizer) runs a ×2 lr grid with a cosine schedule;
+the score is the held-out loss after training; the result is where the best lr moves
+(in grid steps). The step time of each optimizer relative to torch's AdamW is measured
+side by side on the largest configurations. modnorm presets use the captured budgets.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+import common
+from modnorm.demo import load_digits_split
+
+METHODS: dict[str, tuple[dict[str, Any], float]] = {  # name → (fixed hyperparameters, lr grid centre)
+    "muon": ({"weight_decay": 0.0}, 0.2),
+    "muadam": ({"weight_decay": 0.0}, 0.02),
+}
+VOCAB, SEQ = 64, 32
+
+
+def gpt2(layers: int, width: int) -> nn.Module:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    cfg = transformers.GPT2Config(n_layer=layers, n_embd=width, n_head=max(1, width // 32), vocab_size=VOCAB, n_positions=SEQ,
+                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = transformers.GPT2LMHeadModel(cfg)
+    from transformers.pytorch_utils import Conv1D
+
+    for name, m in list(model.named_modules()):
+        if isinstance(m, Conv1D):
+            lin = nn.Linear(m.weight.shape[0], m.weight.shape[1])
+            with torch.no_grad():
+                lin.weight.copy_(m.weight.T)
+                lin.bias.copy_(m.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, lin)
+    return model
+
+
+class Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.na, self.nb = nn.BatchNorm2d(c), nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.nb(self.b(torch.relu(self.na(self.a(x))))))
+
+
+def cnn(blocks: int, width: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                         *[Block(width) for _ in range(blocks)], nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10))
+
+
+def markov(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.full((VOCAB, VOCAB), -4.0)
+    for t in range(VOCAB):
+        logits[t, torch.randperm(VOCAB, generator=g)[:4]] = torch.randn(4, generator=g) + 2.0
+    return logits.softmax(-1)
+
+
+def sample(P: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    x = torch.empty(n, SEQ, dtype=torch.long)
+    x[:, 0] = torch.randint(0, VOCAB, (n,), generator=g)
+    for t in range(1, SEQ):
+        x[:, t] = torch.multinomial(P[x[:, t - 1]], 1, generator=g).squeeze(1)
+    return x
+
+
+class Task:
+    """Batches and the held-out loss of one model family."""
+
+    def __init__(self, kind: str, seed: int) -> None:
+        self.kind = kind
+        if kind == "gpt2":
+            P, g = markov(seed), torch.Generator().manual_seed(seed + 1)
+            self.train, self.test = sample(P, 4096, g), sample(P, 256, g)
+        else:
+            Xtr, ytr, Xte, yte = load_digits_split(seed)
+            self.train, self.test = (Xtr.view(-1, 1, 8, 8), ytr), (Xte.view(-1, 1, 8, 8), yte)
+
+    def model(self, depth: int, width: int) -> nn.Module:
+        return gpt2(depth, width) if self.kind == "gpt2" else cnn(depth, width)
+
+    def example(self) -> Any:
+        return {"input_ids": self.test[:2]} if self.kind == "gpt2" else self.test[0][:2]
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        if self.kind == "gpt2":
+            return model(input_ids=batch, labels=batch).loss
+        return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    def batch(self, step: int, seed: int) -> Any:
+        g = torch.Generator().manual_seed(seed * 100_003 + step)
+        if self.kind == "gpt2":
+            return self.train[torch.randint(0, len(self.train), (16,), generator=g)]
+        idx = torch.randint(0, len(self.train[1]), (64,), generator=g)
+        return self.train[0][idx], self.train[1][idx]
+
+
+def make(method: str, model: nn.Module, task: Task, lr: float) -> torch.optim.Optimizer:
+    if method == "torch:adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr)
+    import modnorm
+
+    return modnorm.optimizer(model, method, lr=lr, example_inputs=task.example(), **METHODS[method][0])
+
+
+def run(task: Task, method: str, lr: float, depth: int, width: int, steps: int, seed: int) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    model = task.model(depth, width)
+    opt = make(method, model, task, lr)
+    base = [g["lr"] for g in opt.param_groups]
+    for s in range(steps):
+        for g, b in zip(opt.param_groups, base):
+            g["lr"] = b * common.cosine_factor(s, steps)
+        loss = task.loss(model, task.batch(s, seed))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if not math.isfinite(float(loss.detach())):
+            return {"final": float("inf")}
+    model.eval()
+    with torch.no_grad():
+        final = float(task.loss(model, task.test))
+    return {"final": final if math.isfinite(final) else float("inf")}
+
+
+def step_times(task: Task, depth: int, width: int, repeats: int) -> dict[str, float]:
+    """Seconds per optimizer step (forward and backward excluded), the optimizers interleaved."""
+    torch.manual_seed(0)
+    models = {m: task.model(depth, width) for m in ("torch:adamw", *METHODS)}
+    opts = {m: make(m, models[m], task, 1e-3) for m in models}
+    times = {m: [] for m in models}
+    for r in range(repeats + 2):
+        for m, model in models.items():
+            opts[m].zero_grad()
+            task.loss(model, task.batch(r, 0)).backward()
+            t = time.perf_counter()
+            opts[m].step()
+            if r >= 2:  # the first steps build state
+                times[m].append(time.perf_counter() - t)
+    return {m: sorted(v)[len(v) // 2] for m, v in times.items()}
+
+
+def main() -> None:
+    p = common.parser(__doc__.splitlines()[0], "runs/bench")
+    p.add_argument("--steps", type=int, default=None, help="steps per run (default 40; 2 with --quick)")
+    args = p.parse_args()
+    out = common.setup(args)
+    started = time.perf_counter()
+    quick = args.quick
+    sizes = {"gpt2": {"depth": (2, 8), "width": (64, 256)}, "cnn": {"depth": (2, 8), "width": (16, 64)}}
+    if quick:
+        sizes = {"gpt2": {"depth": (1, 2), "width": (32, 64)}, "cnn": {"depth": (1, 2), "width": (4, 8)}}  # seconds
+    below, above = (1, 1) if quick else (2, 2)
+    results: dict[str, Any] = {}
+    rows, panels = [], {}
+    for kind, dims in sizes.items():
+        task = Task(kind, args.seed)
+        steps = args.steps or (2 if quick else 40)
+        d0, d1 = dims["depth"]
+        w0, w1 = dims["width"]
+        configs = {f"L={d0} w={w0}": (d0, w0), f"L={d1} w={w0}": (d1, w0), f"L={d0} w={w1}": (d0, w1)}
+        results[kind] = {}
+        for method, (_, centre) in METHODS.items():
+            lrs = common.lr_grid(centre, below, above)
+            best = {}
+            panels[f"{kind} {method}"] = {}
+            for label, (depth, width) in configs.items():
+                best_lr, _, scores = common.tune(lambda lr: run(task, method, lr, depth, width, steps, args.seed), lrs)
+                best[label] = {"best_lr": best_lr, "loss": scores[best_lr], "grid": scores, "at_grid_edge": best_lr in (lrs[0], lrs[-1])}
+                panels[f"{kind} {method}"][label] = (lrs, [min(v, 10.0) for v in scores.values()])
+                print(f"{kind:<5} {method:<7} {label:<10} best lr {best_lr:.3g} loss {scores[best_lr]:.4f}", flush=True)
+            labels = list(configs)
+            depth_shift = round(math.log2(best[labels[1]]["best_lr"] / best[labels[0]]["best_lr"]))
+            width_shift = round(math.log2(best[labels[2]]["best_lr"] / best[labels[0]]["best_lr"]))
+            results[kind][method] = {"per_config": best, "depth_shift": depth_shift, "width_shift": width_shift, "lr_grid": lrs}
+            rows.append([kind, method] + [f"{best[lb]['best_lr']:.3g}" + ("*" if best[lb]["at_grid_edge"] else "") for lb in labels]
+                        + [depth_shift, width_shift])
+        timing = step_times(task, d1, w0, 1 if quick else 10)
+        timing_w = step_times(task, d0, w1, 1 if quick else 10)
+        results[kind]["step_time_vs_adamw"] = {
+            f"L={d1} w={w0}": {m: timing[m] / timing["torch:adamw"] for m in METHODS},
+            f"L={d0} w={w1}": {m: timing_w[m] / timing_w["torch:adamw"] for m in METHODS},
+        }
+        results[kind]["configs"] = list(configs)
+    table = common.markdown_table(["model", "optimizer", "best lr: base", "deeper", "wider", "depth shift", "width shift"], rows)
+    table += ("\n\nBest lr per configuration (* = at the grid edge); shift = log₂ of the best lr's ratio to the base "
+              "configuration's, in ×2 grid steps. Base, deeper, wider: " + "; ".join(
+                  f"{k}: {', '.join(results[k]['configs'])}" for k in sizes))
+    trows = [[k, cfg, *(f"{v[m]:.2f}×" for m in METHODS)] for k in sizes for cfg, v in results[k]["step_time_vs_adamw"].items()]
+    table += "\n\n" + common.markdown_table(["model", "configuration", *(f"{m} step / AdamW step" for m in METHODS)], trows)
+    common.plot_curves(out / "lr_transfer_arch.png", panels, xlabel="learning rate", ylabel="held-out loss (capped at 10)", logx=True)
+    meta = {"sizes": sizes, "lr_grid": "centre × 2^k, k = -%d..%d" % (below, above), "seed": args.seed}
+    common.finish(out, "lr_transfer_arch", {"config": meta, "results": results}, table, started, common.command_line())
+
+
+if __name__ == "__main__":
+    main()

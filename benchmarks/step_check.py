@@ -1,0 +1,124 @@
+"""Cost of the all-or-nothing step: its finiteness check and commit, as a fraction of a step.
+
+GPT-like parameter set (``optimizer_step.gpt_shapes``), fixed gradients. For each optimizer,
+steps are timed interleaved (rotating order, so machine load hits all alike); inside every
+step the transaction's check (``StepTransaction.all_finite``: one sum per new state tensor
+and update, one host read) and its commit (state swap + the parameter writes, which any
+optimizer does) are timed too. Reported: median step time, the check's and the swap's share
+of it, and for reference a gradient-only check (one sum per gradient) timed in the same loop.
+
+    python benchmarks/step_check.py --quick --out /tmp/check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from optimizer_step import builders, gpt_shapes, make_params  # noqa: E402
+
+from modnorm.optim import transaction  # noqa: E402
+
+TIMES: dict[str, float] = {}
+
+
+def _timed(name: str, fn):
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        TIMES[name] = TIMES.get(name, 0.0) + time.perf_counter() - t0
+        return out
+
+    return wrapper
+
+
+PATCHES = ((transaction.StepTransaction, "all_finite", "check"), (transaction.StepTransaction, "commit", "commit"),
+           (transaction.PendingWrite, "apply", "write"))
+
+
+def grad_check(params) -> bool:
+    return bool(torch.stack([p.grad.sum() for _, p in params]).isfinite().all())
+
+
+def run(args: argparse.Namespace) -> dict:
+    originals = [(cls, attr, getattr(cls, attr)) for cls, attr, _ in PATCHES]
+    threads = torch.get_num_threads()
+    try:
+        for cls, attr, name in PATCHES:
+            setattr(cls, attr, _timed(name, getattr(cls, attr)))
+        torch.set_num_threads(1)
+        return _measure(args)
+    finally:
+        for cls, attr, fn in originals:
+            setattr(cls, attr, fn)
+        torch.set_num_threads(threads)
+
+
+def _measure(args: argparse.Namespace) -> dict:
+    shapes = gpt_shapes(args.width, args.layers, args.vocab)
+    table = builders(shapes, {})
+    names = ["torch.AdamW(foreach)", "modnorm.adamw", "modnorm.muon(ns float32)"]
+    entries = {n: (make_params(shapes, torch.float32), None) for n in names}
+    entries = {n: (ps, table[n](ps)) for n, (ps, _) in entries.items()}
+    rows: dict[str, dict[str, list[float]]] = {n: {"step": [], "check": [], "swap": [], "grad_check": []} for n in names}
+    for r in range(args.warmup + args.repeats):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            params, opts = entries[n]
+            TIMES.clear()
+            t0 = time.perf_counter()
+            for opt in opts:
+                opt.step()
+            step = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            grad_check(params)
+            gc = time.perf_counter() - t0
+            if r >= args.warmup:
+                rows[n]["step"].append(step)
+                rows[n]["check"].append(TIMES.get("check", 0.0))
+                rows[n]["swap"].append(TIMES.get("commit", 0.0) - TIMES.get("write", 0.0))
+                rows[n]["grad_check"].append(gc)
+    out = {}
+    for n, row in rows.items():
+        med = {k: statistics.median(v) for k, v in row.items()}
+        out[n] = {"step_ms": 1e3 * med["step"], "check_fraction": med["check"] / med["step"],
+                  "swap_fraction": med["swap"] / med["step"], "grad_check_fraction": med["grad_check"] / med["step"]}
+    return {"config": vars(args), "results": out}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--vocab", type=int, default=256)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--quick", action="store_true", help="width 64, 5 repeats")
+    ap.add_argument("--out", type=str, default=None, help="JSON file or directory")
+    args = ap.parse_args()
+    if args.quick:
+        args.width, args.repeats, args.warmup = 64, 5, 1
+    result = run(args)
+    print("| optimizer | ms/step | check / step | state swap / step | gradient-only check / step |")
+    print("|---|---|---|---|---|")
+    for n, r in result["results"].items():
+        print(f"| {n} | {r['step_ms']:.2f} | {r['check_fraction']:.1%} | {r['swap_fraction']:.1%} | {r['grad_check_fraction']:.1%} |")
+    if args.out:
+        path = Path(args.out)
+        if path.is_dir() or not path.suffix:
+            path.mkdir(parents=True, exist_ok=True)
+            path = path / "step_check.json"
+        path.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

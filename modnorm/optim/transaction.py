@@ -1,0 +1,197 @@
+"""An all-or-nothing optimizer step: compute everything aside, check it once, then commit.
+
+A step runs in three phases:
+
+1. **compute** — every bucket works on *shadow* state dicts (shallow copies of the
+   parameters' state; fresh state for a parameter's first step). The built-in stages
+   assign new tensors to the shadow keys instead of writing in place (a preconditioner
+   with ``updates_in_place = True`` gets copies of its own tensors); the parameter
+   change of every bucket is kept as a ``PendingWrite``;
+2. **check** — one reduction over every new state tensor and every update direction
+   (a sum per tensor on the CPU, ``torch._foreach_norm`` on accelerators), stacked and
+   read with one host synchronization per device;
+3. **commit** — only when everything is finite: the shadow tensors replace the state
+   entries (a swap, no copy; DTensor shards are copied into their local tensors) and the
+   parameters are written.
+
+A failed check (or a ``torch.linalg.LinAlgError`` during the computation) leaves
+parameters, state and step counters untouched; the optimizer then raises
+``FloatingPointError`` naming the parameters or skips the step (``nonfinite="skip"``).
+Any other exception propagates with nothing changed.
+
+Cost: the check reads every new state tensor once more (a sum), and peak memory holds
+the old and the new state of one step together (about twice the optimizer state).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..distributed.layout import is_dtensor
+from ..distributed.sharded_norm import to_local
+
+__all__ = ["PendingWrite", "StepTransaction"]
+
+Scalar = float | Tensor
+_LOW = (torch.float16, torch.bfloat16)
+
+
+def _add_(views: list[Tensor], U: Sequence[Tensor], alpha: Scalar | list[float], fresh: bool) -> None:
+    """views ← views + alpha·U (U is modified only when ``fresh``)."""
+    if isinstance(alpha, float):
+        torch._foreach_add_(views, list(U), alpha=alpha)
+        return
+    if fresh:
+        torch._foreach_mul_(list(U), alpha)
+    else:
+        U = torch._foreach_mul(list(U), alpha)
+    torch._foreach_add_(views, list(U))
+
+
+@dataclass
+class PendingWrite:
+    """A bucket's parameter change, computed but not applied:
+    W ← W·decay, then W ← W + alpha·U (or W + alpha·U / divisor entrywise)."""
+
+    views: list[Tensor]
+    update: Sequence[Tensor]
+    alpha: Scalar | list[float]
+    decay: Scalar | None = None
+    divisor: list[Tensor] | None = None
+    fresh: bool = False  # ``update`` is a temporary that may be overwritten
+
+    def apply(self) -> None:
+        if self.decay is not None:
+            torch._foreach_mul_(self.views, self.decay)
+        if self.divisor is None:
+            _add_(self.views, self.update, self.alpha, self.fresh)
+            return
+        D2, alpha = self.divisor, self.alpha
+        if isinstance(alpha, Tensor):  # views + d / (D²/alpha): torch's capturable AdamW does the same
+            torch._foreach_div_(D2, alpha)
+            torch._foreach_addcdiv_(self.views, list(self.update), D2)
+        elif isinstance(alpha, float):
+            torch._foreach_addcdiv_(self.views, list(self.update), D2, value=alpha)
+        else:
+            torch._foreach_addcdiv_(self.views, list(self.update), D2, alpha)
+
+
+@dataclass
+class _Entry:
+    """One parameter in a step: where its state lives, its shadow and the dict the pipeline writes."""
+
+    param: Tensor
+    label: str
+    original: dict[str, Any] | None  # the committed state (None on the first step)
+    shadow: dict[str, Any]
+    work: dict[str, Any]  # == shadow, or the local-shard view of it (DTensor parameters)
+    before: dict[str, int] = field(default_factory=dict)  # id of each work value before the step
+    implied: str | None = None  # a state key the check skips (see ``update.momentum_implied``)
+
+    def changed(self) -> list[tuple[str, Tensor]]:
+        return [(k, v) for k, v in self.work.items() if isinstance(v, Tensor) and self.before.get(k) != id(v)]
+
+
+def _checked(t: Tensor) -> bool:
+    """Floating tensors with values (not step counters, not ``meta`` tensors, which hold none)."""
+    return t.is_floating_point() and t.ndim > 0 and t.numel() > 0 and t.device.type != "meta"
+
+
+class StepTransaction:
+    """Collects one step's shadow states and pending writes; checks them once; commits."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, _Entry] = {}
+        self.writes: list[tuple[PendingWrite, list[Tensor], list[str]]] = []
+
+    # ------------------------------------------------------------------ compute phase
+
+    def open(self, param: Tensor, label: str, original: dict[str, Any] | None, shadow: dict[str, Any]) -> dict[str, Any]:
+        entry = _Entry(param, label, original, shadow, shadow)
+        entry.before = {k: id(v) for k, v in shadow.items()}
+        self.entries[id(param)] = entry
+        return shadow
+
+    def bind_work(self, param: Tensor, work: dict[str, Any]) -> None:
+        """The pipeline of a DTensor parameter writes local shards into ``work``."""
+        entry = self.entries[id(param)]
+        entry.work = work
+        entry.before = {k: id(v) for k, v in work.items()}
+
+    def add_write(self, write: PendingWrite, checks: list[Tensor], labels: list[str], params: Sequence[Tensor] = (),
+                  implied: str | None = None) -> None:
+        """A bucket's pending write and its update tensors to check; ``implied``: a state key of
+        these parameters whose finiteness follows from the rest of their new state (not read)."""
+        self.writes.append((write, checks, labels))
+        if implied is not None:
+            for p in params:
+                self.entries[id(p)].implied = implied
+
+    # ------------------------------------------------------------------ check phase
+
+    def _tensors(self) -> list[tuple[str, str, Tensor]]:
+        """(parameter label(s), what, tensor) for everything the check reads."""
+        out = [(e.label, f"state {k!r}", v) for e in self.entries.values() for k, v in e.changed() if k != e.implied and _checked(v)]
+        seen = {id(t) for *_, t in out}
+        for _, checks, labels in self.writes:
+            for t in checks:
+                if id(t) not in seen and _checked(t):
+                    seen.add(id(t))
+                    out.append((", ".join(labels), "update", t))
+        return out
+
+    def all_finite(self) -> bool:
+        """One reduction per device over every new tensor; True when all are finite."""
+        by_device: dict[torch.device, list[Tensor]] = {}
+        for *_, t in self._tensors():
+            by_device.setdefault(t.device, []).append(t)
+        for device, ts in by_device.items():
+            if device.type == "cpu":  # NaN/inf propagate into a sum; a finite sum that overflows is cleared below
+                probes = [t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32).float() for t in ts]
+            else:
+                probes = [n.float() for n in torch._foreach_norm(ts, float("inf"))]
+            # one number: NaN/inf in any probe propagate into the total (a finite total that overflows is cleared here)
+            if not math.isfinite(float(torch.stack(probes).sum())) and not all(bool(t.isfinite().all()) for t in ts):
+                return False
+        return True
+
+    def bad_gradients(self) -> list[str]:
+        return [e.label for e in self.entries.values() if e.param.grad is not None and not bool(e.param.grad.isfinite().all())]
+
+    def bad_values(self) -> list[str]:
+        """'label (what)' for each non-finite new tensor (the slow, exact check of a failed step)."""
+        bad: list[str] = []
+        for label, what, t in self._tensors():
+            item = f"{label} ({what})"
+            if item not in bad and not bool(t.isfinite().all()):
+                bad.append(item)
+        return bad
+
+    # ------------------------------------------------------------------ commit phase
+
+    def commit(self, state: dict[Tensor, Any]) -> None:
+        """Write the new state (swap; copy into DTensor shards), advance the step counters (one
+        foreach add, in place), then write the parameters."""
+        for e in self.entries.values():
+            if e.work is not e.shadow:
+                for k, v in e.changed():
+                    target = e.shadow.get(k)
+                    if target is not None and is_dtensor(target):
+                        to_local(target).copy_(v)
+                    else:
+                        e.shadow[k] = v
+            if e.original is None:
+                state[e.param] = e.shadow
+            else:
+                e.original.update(e.shadow)
+        steps = [e.shadow["step"] for e in self.entries.values()]
+        if steps:
+            torch._foreach_add_(steps, 1.0)
+        for write, _, _ in self.writes:
+            write.apply()

@@ -1,0 +1,116 @@
+"""Checkpoints: a refused load changes nothing; another preset's state is refused naming both."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import modnorm
+from modnorm import CheckpointMismatchError, load_checkpoint, save_checkpoint
+
+
+def build(preset, width=6, **hp):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, width), nn.Tanh(), nn.Linear(width, 3))
+    return model, modnorm.optimizer(model, preset, **hp)
+
+
+def train(model, opt, steps):
+    torch.manual_seed(1)
+    x = torch.randn(8, 4)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def snapshot(model, opt):
+    return [p.detach().clone() for p in model.parameters()], {id(p): {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
+
+
+def same(model, opt, snap):
+    params, state = snap
+    now = {id(p): s for p, s in opt.state.items()}
+    return (all(torch.equal(p, q) for p, q in zip(model.parameters(), params)) and now.keys() == state.keys()
+            and all(torch.equal(now[i][k], state[i][k]) for i in state for k in state[i]))
+
+
+@pytest.fixture
+def adamw_checkpoint(tmp_path):
+    model, opt = build("adamw")
+    train(model, opt, 2)
+    save_checkpoint(tmp_path, model, opt)
+    return tmp_path, model, opt
+
+
+def test_refused_load_leaves_no_phantom_step(adamw_checkpoint):
+    path, *_ = adamw_checkpoint
+    model, opt = build("muadam")
+    snap = snapshot(model, opt)
+    with pytest.raises(CheckpointMismatchError, match="'adamw'.*'muadam'"):
+        load_checkpoint(path, model, opt)
+    assert same(model, opt, snap)
+    fresh_model, fresh = build("muadam")
+    assert all(torch.equal(a, b) for a, b in zip(train(model, opt, 5), train(fresh_model, fresh, 5)))
+
+
+def test_shape_mismatch_is_an_ordinary_error_and_changes_nothing(adamw_checkpoint):
+    path, *_ = adamw_checkpoint
+    model, opt = build("adamw", width=7)
+    train(model, opt, 1)
+    snap = snapshot(model, opt)
+    with pytest.raises(CheckpointMismatchError, match=r"0\.weight: checkpoint \(6, 4\), here \(7, 4\)"):
+        load_checkpoint(path, model, opt)  # an Exception (DCP's CheckpointException is a BaseException)
+    assert same(model, opt, snap)
+
+
+def test_existing_gradients_do_not_break_a_valid_load(adamw_checkpoint):
+    path, saved_model, saved_opt = adamw_checkpoint
+    model, opt = build("adamw")
+    model(torch.randn(2, 4)).sum().backward()  # .grad present before the load
+    load_checkpoint(path, model, opt)
+    assert all(torch.equal(a, b) for a, b in zip(train(model, opt, 3), train(saved_model, saved_opt, 3)))
+
+
+def test_save_before_the_first_step_takes_no_step(tmp_path):
+    model, opt = build("adamw")
+    before = [p.detach().clone() for p in model.parameters()]
+    save_checkpoint(tmp_path, model, opt)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert all(int(s["step"]) == 0 for s in opt.state.values())
+    fresh_model, fresh = build("adamw")
+    assert all(torch.equal(a, b) for a, b in zip(train(model, opt, 3), train(fresh_model, fresh, 3)))
+
+
+@pytest.mark.parametrize("source", ["adamw", "muon"])
+def test_load_state_dict_of_another_preset_names_both(source):
+    model, opt = build(source)
+    train(model, opt, 1)
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+    target_model, target = build("muadam", lr=0.02, weight_decay=0.0)
+    snap = snapshot(target_model, target)
+    groups = [dict(g) for g in target.param_groups]
+    with pytest.raises(CheckpointMismatchError, match=f"preset '{source}'.*'muadam'"):
+        target.load_state_dict(sd)
+    sd.pop("modnorm_preset")  # a dict without the name: recognized by its hyperparameters (muon's), or by its state keys
+    with pytest.raises(CheckpointMismatchError, match="'muadam'"):
+        target.load_state_dict(sd)
+    assert same(target_model, target, snap) and [dict(g) for g in target.param_groups] == groups
+
+
+def test_load_state_dict_round_trip_is_exact():
+    model, opt = build("muadam")
+    train(model, opt, 2)
+    sd = opt.state_dict()
+    assert sd["modnorm_preset"] == "muadam"
+    model2, opt2 = build("muadam")
+    model2.load_state_dict(model.state_dict())
+    opt2.load_state_dict(sd)
+    assert all(torch.equal(a, b) for a, b in zip(train(model, opt, 3), train(model2, opt2, 3)))
