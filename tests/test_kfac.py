@@ -10,11 +10,13 @@ from torch import nn
 import modnorm
 from modnorm.optim.kfac_hooks import curvature_backward, remove_kfac_hooks
 
-torch.set_default_dtype(torch.float64)
-
-
-def teardown_module(module):
-    torch.set_default_dtype(torch.float32)
+@pytest.fixture(autouse=True)
+def float64():
+    """Every test here in float64 (references to 1e-12), the default restored afterwards."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def mlp(seed=0, widths=(5, 7, 4)):
