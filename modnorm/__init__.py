@@ -35,9 +35,30 @@ from .optim.hessian import HessianDiagonal, hutchinson_diagonal
 from .optim.matrix_preconditioners import SOAP, KLShampoo, Shampoo, SPlus
 from .invariance import InvarianceReport, check_invariance
 
-# torch.distributed: DDP/FSDP2 dual maps and DCP checkpoints.
+# torch.distributed: DDP/FSDP2 dual maps; DCP checkpoints are imported on first use (below).
 from .distributed import distributed_lmo, distributed_sharp
-from .distributed.checkpoint import CheckpointMismatchError, load_checkpoint, save_checkpoint
+
+# name → module, imported on first attribute access: torch.distributed.checkpoint alone
+# takes longer to import than the rest of modnorm.
+_LAZY: dict[str, str] = {
+    "save_checkpoint": ".distributed.checkpoint",
+    "load_checkpoint": ".distributed.checkpoint",
+    "CheckpointMismatchError": ".distributed.checkpoint",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'modnorm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,43 @@
+"""What a core install (no extras) gives: a light ``import modnorm`` and a CLI that explains what is missing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Makes the named top-level packages unimportable, as in an install without the [demo] extra.
+BLOCKER = """
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def _python(code: str, *args: str, blocked: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+    prelude = BLOCKER.format(blocked=set(blocked)) if blocked else ""
+    return subprocess.run([sys.executable, "-c", prelude + code, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_import_modnorm_leaves_distributed_checkpoint_unimported() -> None:
+    out = _python(
+        "import sys, modnorm\n"
+        "print('torch.distributed.checkpoint' in sys.modules)\n"
+        "print('load_checkpoint' in dir(modnorm), modnorm.load_checkpoint.__module__)\n"
+        "print('torch.distributed.checkpoint' in sys.modules)\n"
+        "try:\n    modnorm.no_such_name\nexcept AttributeError as e:\n    print(e)\n"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "False",
+        "True modnorm.distributed.checkpoint",
+        "True",
+        "module 'modnorm' has no attribute 'no_such_name'",
+    ]
