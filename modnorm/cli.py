@@ -67,9 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "bench" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "demo":
-        from modnorm.demo import run_demo
+        from modnorm.demo import MissingExtraError, run_demo
 
-        run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+        try:
+            run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+        except MissingExtraError as e:
+            raise SystemExit(str(e)) from None
         return 0
     if args.command == "describe":
         return _describe()

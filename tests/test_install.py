@@ -41,3 +41,11 @@ def test_import_modnorm_leaves_distributed_checkpoint_unimported() -> None:
         "True",
         "module 'modnorm' has no attribute 'no_such_name'",
     ]
+
+
+def test_modnorm_demo_without_the_demo_extra_prints_one_line_and_no_traceback(tmp_path: Path) -> None:
+    out = _python("from modnorm.cli import main; main()", "demo", "--out", str(tmp_path), blocked=("sklearn", "matplotlib", "tqdm"))
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        'modnorm demo needs scikit-learn, matplotlib, tqdm, not installed here; install the demo extra: pip install "modnorm[demo]"'
+    ]
