@@ -153,3 +153,10 @@ def test_api_reference_regenerates_cleanly() -> None:
     assert headings == set(modnorm.__all__)
     committed = set(re.findall(r"^### `(\w+)", (ROOT / "docs" / "api.md").read_text(), flags=re.M))
     assert committed == set(modnorm.__all__), "docs/api.md is out of date: run python docs/gen_api.py"
+
+
+def test_demo_adamw_at_three_times_the_lr_takes_torch_adamw_steps(demo_run: tuple[Path, dict]) -> None:
+    _, summary = demo_run
+    ours, torchs = summary["results"]["adamw"], summary["results"]["torch:adamw"]
+    assert ours["curve"]["loss"] == pytest.approx(torchs["curve"]["loss"], rel=1e-4)
+    assert ours["test_accuracy"] == pytest.approx(torchs["test_accuracy"], abs=1 / 360)
