@@ -1,0 +1,61 @@
+"""Every python block of README.md and docs/*.md runs as written.
+
+Blocks of a page run in order in one namespace (a page may build on its earlier
+blocks), in a temporary working directory. A block preceded by an HTML comment
+``<!-- skip: REASON -->`` is only compiled; REASON must say what it needs that a
+single CPU process without optional frameworks lacks.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+BLOCK = re.compile(r"(?:<!--\s*skip:\s*(?P<reason>[^>]*?)\s*-->\s*\n)?```python\n(?P<code>.*?)```", re.S)
+SKIP_REASONS = ("needs several processes", "needs the optional framework")
+
+
+def python_blocks(text: str) -> list[tuple[int, str, str | None]]:
+    """(line number, code, skip reason or None) of every ```python block, in order."""
+    return [(text.count("\n", 0, m.start("code")) + 1, m.group("code"), m.group("reason")) for m in BLOCK.finditer(text)]
+
+
+def _with_blocks() -> list[Path]:
+    return [p for p in PAGES if python_blocks(p.read_text())]
+
+
+def test_block_extraction() -> None:
+    text = "intro\n```python\na = 1\n```\n<!-- skip: needs several processes -->\n```python\nb = 2\n```\n```bash\nc\n```\n"
+    assert python_blocks(text) == [(3, "a = 1\n", None), (7, "b = 2\n", "needs several processes")]
+
+
+@pytest.mark.parametrize("page", _with_blocks(), ids=lambda p: p.name)
+def test_page_runs_as_written(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
+    for line, code, reason in python_blocks(page.read_text()):
+        compiled = compile(code, f"{page.relative_to(ROOT)}:{line}", "exec")
+        if reason is not None:
+            assert reason.startswith(SKIP_REASONS), f"{page.name}:{line}: skip reason {reason!r} must start with one of {SKIP_REASONS}"
+            continue
+        exec(compiled, namespace)
+
+
+def test_skip_markers_precede_python_blocks() -> None:
+    for page in PAGES:
+        text = page.read_text()
+        markers = len(re.findall(r"<!--\s*skip:", text))
+        assert markers == sum(reason is not None for _, _, reason in python_blocks(text)), page.name
+
+
+def test_docs_are_self_contained() -> None:
+    """No reference to design notes, section numbers of other documents, branches or folders outside the repository."""
+    for page in PAGES:
+        text = page.read_text()
+        for pattern in (r"DESIGN", r"§", r"\bbranch `", r"\.\./shared", r"[Bb]ranch \w+'s"):
+            assert not re.search(pattern, text), f"{page.name}: {pattern!r} at {re.search(pattern, text).group(0)!r}"
