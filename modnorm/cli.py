@@ -85,7 +85,10 @@ def _describe(target: str | None, preset: str | None, lr: float | None, tree: bo
 
 
 def _bench(name: str, rest: Sequence[str]) -> int:
-    folder = benchmark_dir()
+    try:
+        folder = benchmark_dir()
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
     script = folder / f"{name}.py"
     if not script.is_file():
         available = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_") and p.stem != "common")

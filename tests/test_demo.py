@@ -104,6 +104,15 @@ def test_cli_bench_unknown_name_lists_available() -> None:
         cli.main(["bench", "no_such_benchmark"])
 
 
+def test_cli_bench_outside_a_checkout_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def no_folder() -> Path:
+        raise FileNotFoundError("modnorm bench: no benchmarks/ folder found")
+
+    monkeypatch.setattr(cli, "benchmark_dir", no_folder)
+    with pytest.raises(SystemExit, match="no benchmarks/ folder found"):
+        cli.main(["bench", "char_gpt"])
+
+
 def test_cli_rejects_stray_arguments() -> None:
     with pytest.raises(SystemExit):
         cli.main(["demo", "--bogus"])
