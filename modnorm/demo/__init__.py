@@ -146,7 +146,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     """The printed results table."""
     lines = [f"{'optimizer':<14} {'lr':>8} {'train loss':>11} {'test acc':>9} {'time (s)':>9}", "-" * 55]
     for name, r in results.items():
-        lines.append(f"{name:<14} {r['hyperparameters'].get('lr', float('nan')):>8.3g} {r['final_train_loss']:>11.4f} {r['test_accuracy']:>9.3f} {r['seconds']:>9.2f}")
+        lines.append(f"{name:<14} {r['hyperparameters'].get('lr', float('nan')):>8.3g} {r['final_train_loss']:>11.3g} {r['test_accuracy']:>9.3f} {r['seconds']:>9.2f}")
     return "\n".join(lines)
 
 
