@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -37,13 +38,18 @@ def test_block_extraction() -> None:
 @pytest.mark.parametrize("page", _with_blocks(), ids=lambda p: p.name)
 def test_page_runs_as_written(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
-    for line, code, reason in python_blocks(page.read_text()):
-        compiled = compile(code, f"{page.relative_to(ROOT)}:{line}", "exec")
-        if reason is not None:
-            assert reason.startswith(SKIP_REASONS), f"{page.name}:{line}: skip reason {reason!r} must start with one of {SKIP_REASONS}"
-            continue
-        exec(compiled, namespace)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest, and CI's cores are shared
+    try:
+        namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
+        for line, code, reason in python_blocks(page.read_text()):
+            compiled = compile(code, f"{page.relative_to(ROOT)}:{line}", "exec")
+            if reason is not None:
+                assert reason.startswith(SKIP_REASONS), f"{page.name}:{line}: skip reason {reason!r} must start with one of {SKIP_REASONS}"
+                continue
+            exec(compiled, namespace)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_skip_markers_precede_python_blocks() -> None:
