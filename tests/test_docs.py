@@ -65,3 +65,19 @@ def test_docs_are_self_contained() -> None:
         text = page.read_text()
         for pattern in (r"DESIGN", r"§", r"\bbranch `", r"\.\./shared", r"[Bb]ranch \w+'s"):
             assert not re.search(pattern, text), f"{page.name}: {pattern!r} at {re.search(pattern, text).group(0)!r}"
+
+
+def test_readme_quick_start_prints_what_the_optimizer_does(capsys: pytest.CaptureFixture[str]) -> None:
+    _, code, _ = python_blocks((ROOT / "README.md").read_text())[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        exec(compile(code, "README.md quick start", "exec"), {"__name__": "readme"})
+    finally:
+        torch.set_num_threads(threads)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "ModnormOptimizer(preset='muadam')" and lines[1].split()[3:4] == ["route"] and lines[1].split()[-1] == "lr"
+    rows = {ln.split()[0]: ln.split() for ln in lines[3:9]}
+    assert rows["0.weight"][3] == "hidden" and rows["4.weight"][3] == "default"  # the head goes to muadam's AdamW rule
+    assert all(r[-1] == "0.003333" for r in rows.values())  # lr 1e-2 × budget 1/3
+    assert "lr × budget" in lines[9]
