@@ -49,3 +49,17 @@ def test_modnorm_demo_without_the_demo_extra_prints_one_line_and_no_traceback(tm
     assert out.stderr.strip().splitlines() == [
         'modnorm demo needs scikit-learn, matplotlib, tqdm, not installed here; install the demo extra: pip install "modnorm[demo]"'
     ]
+
+
+def test_import_leaves_the_garbage_collector_as_it_found_it() -> None:
+    out = _python(
+        "import gc, torch\n"
+        "x = [object() for _ in range(10)]; gc.freeze(); frozen = gc.get_freeze_count()\n"
+        "import modnorm\n"
+        "print(gc.isenabled(), gc.get_freeze_count() > 0.9 * frozen)\n"  # the application's freeze stays (less what refcounting freed)
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]
+    out = _python("import gc, modnorm\nprint(gc.isenabled(), gc.get_freeze_count())\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "0"]
