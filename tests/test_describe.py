@@ -83,10 +83,10 @@ def test_budgets_scale_the_lr_a_3_layer_mlp_moves_a_third_of_torch_adamw() -> No
     same_lr = _one_step(m := _mlp(), modnorm.optimizer(m, "adamw", lr=1e-3, weight_decay=0.0))
     for t, s in zip(no_decay, same_lr):
         torch.testing.assert_close(s, t / 3, rtol=1e-9, atol=1e-15)
-    # the documented ways to take torch's step: budgets=False, or lr × 3 (1 / budget) with weight decay ÷ 3
-    # (the decoupled decay W ← W(1 − lr·λ) is not scaled by the budget)
+    # the documented ways to take torch's step: budgets=False, or lr × 3 (1 / budget); the decoupled
+    # decay W ← W(1 − lr·budget·λ) follows the budget, so λ stays torch's
     torch_steps = _one_step(m := _mlp(), torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01))
-    for opt_of in (lambda m: modnorm.optimizer(m, "adamw", lr=3e-3, weight_decay=0.01 / 3), lambda m: modnorm.optimizer(m, "adamw", lr=1e-3, budgets=False)):
+    for opt_of in (lambda m: modnorm.optimizer(m, "adamw", lr=3e-3, weight_decay=0.01), lambda m: modnorm.optimizer(m, "adamw", lr=1e-3, budgets=False)):
         for t, s in zip(torch_steps, _one_step(m := _mlp(), opt_of(m))):
             torch.testing.assert_close(s, t, rtol=1e-9, atol=1e-15)
 
