@@ -36,11 +36,22 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
+TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+
+def default_data() -> Path:
+    """Where --data looks by default: ~/.cache/modnorm/tinyshakespeare.txt."""
+    return Path.home() / ".cache" / "modnorm" / "tinyshakespeare.txt"
+
+
 def load_corpus(path: str | None) -> tuple[Tensor, Tensor, int]:
     """(train ids, validation ids, vocabulary size) of a character-level corpus, split 90/10."""
-    if path is None:
-        raise SystemExit("char_gpt: --data PATH is required: a UTF-8 text file, e.g. --data ../shared/data/tinyshakespeare.txt")
-    file = Path(path)
+    file = Path(path) if path is not None else default_data()
+    if path is None and not file.is_file():
+        raise SystemExit(
+            f"char_gpt: no corpus at {file} (the --data default). Download tinyshakespeare there "
+            f"(mkdir -p {file.parent} && curl -o {file} {TINYSHAKESPEARE_URL}) or pass --data PATH of any UTF-8 text file"
+        )
     if not file.is_file():
         raise SystemExit(f"char_gpt: --data {path!r} is not a file; pass the path of a UTF-8 text corpus (e.g. tinyshakespeare.txt)")
     text = file.read_text(encoding="utf-8")
@@ -111,7 +122,7 @@ def parse_override(text: str) -> tuple[str, float]:
 
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], "runs/bench")
-    p.add_argument("--data", default=None, help="path of a UTF-8 text corpus (required), e.g. ../shared/data/tinyshakespeare.txt")
+    p.add_argument("--data", default=None, help=f"path of a UTF-8 text corpus (default: {default_data()}; tinyshakespeare: {TINYSHAKESPEARE_URL})")
     p.add_argument("--iters", type=int, default=None, help="training iterations per optimizer (default 2000; 4 with --quick)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--lr", action="append", default=[], type=parse_override, help="override a learning rate, e.g. --lr muon=0.03 (repeatable)")

@@ -4,6 +4,18 @@ Each parameter declares a norm (with its dual map, the LMO) and a preconditioner
 framework composes them into a modular norm over the network and derives the update.
 """
 
+import gc as _gc
+
+import torch as _torch  # noqa: F401  (first, so that the freeze below covers its objects)
+
+# Importing modnorm allocates many long-lived objects, and each garbage collection this
+# triggers would rescan torch's large heap (about a third of the import time). Freeze
+# what exists now and unfreeze at the end, which returns it to the oldest generation,
+# collectable as before. Skipped when the application has frozen objects itself.
+_FREEZE = _gc.get_freeze_count() == 0
+if _FREEZE:
+    _gc.freeze()
+
 # Geometry of one tensor: norms, their LMOs, preconditioned norms, the polar factor.
 from .geometry import Geometry
 from .norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, spectral_scale
@@ -37,9 +49,33 @@ from .optim.hessian import HessianDiagonal, hutchinson_diagonal
 from .optim.matrix_preconditioners import SOAP, KLShampoo, Shampoo, SPlus
 from .invariance import InvarianceReport, check_invariance
 
-# torch.distributed: DDP/FSDP2 dual maps and DCP checkpoints.
+# torch.distributed: DDP/FSDP2 dual maps; DCP checkpoints are imported on first use (below).
 from .distributed import distributed_lmo, distributed_sharp
-from .distributed.checkpoint import CheckpointMismatchError, load_checkpoint, save_checkpoint
+
+# name → module, imported on first attribute access: torch.distributed.checkpoint alone
+# takes longer to import than the rest of modnorm.
+_LAZY: dict[str, str] = {
+    "save_checkpoint": ".distributed.checkpoint",
+    "load_checkpoint": ".distributed.checkpoint",
+    "CheckpointMismatchError": ".distributed.checkpoint",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'modnorm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+if _FREEZE:
+    _gc.unfreeze()
 
 __version__ = "0.1.0"
 

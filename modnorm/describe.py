@@ -1,5 +1,9 @@
 """``describe(model)``: one row per parameter — shape, norm, preconditioner, role, mass, sensitivity, budget.
 
+``describe(optimizer)`` (a ``modnorm.optimizer(...)``) shows instead what the optimizer
+does: per parameter the norm and preconditioner it really uses, the route (which rule of
+the preset), momentum, mode, budget and the effective lr (``modnorm.optim.describe``).
+
 ``describe_rows`` returns the rows as dicts (column → str) so that callers can add or
 replace cells: an optimizer passes ``overrides={name: {column: text}}`` to show the
 preconditioner it actually uses, or new columns such as ``"lr"``. Columns are
@@ -15,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 
+import torch
 from torch import nn
 
 from .auto import Rules
@@ -88,7 +93,7 @@ def format_table(rows: Sequence[Mapping[str, str]], columns: Sequence[str] | Non
 
 
 def describe(
-    model: nn.Module,
+    model: nn.Module | torch.optim.Optimizer,
     rules: Rules | None = None,
     default: Default = None,
     overrides: Overrides | None = None,
@@ -99,7 +104,15 @@ def describe(
     """A table with one row per parameter; ``overrides`` replaces or adds cells (name → column → text),
     ``columns`` selects and orders columns, ``tree=True`` appends the composition tree;
     ``example_inputs`` captures the composition from a real forward (``modnorm.analyze``).
-    A ``torch.compile``/DDP wrapper is looked through: names carry no wrapper prefix."""
+    A ``torch.compile``/DDP wrapper is looked through: names carry no wrapper prefix.
+
+    Given a ``modnorm.optimizer(...)`` instead of a model: what the optimizer does per parameter
+    (norm used, preconditioner, route, momentum, mode, budget, effective lr); only ``columns`` applies.
+    """
+    if isinstance(model, torch.optim.Optimizer):
+        return _describe_optimizer(model, columns, rules=rules, default=default, overrides=overrides, tree=tree, example_inputs=example_inputs)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"describe: expected an nn.Module or a modnorm optimizer, got {type(model).__name__}")
     analysis = analyze(model, rules, default, example_inputs)
     rows = _rows(analysis, overrides)
     if columns is not None:
@@ -115,3 +128,15 @@ def describe(
     if tree:
         text += "\n\n" + render(analysis.root)
     return text
+
+
+def _describe_optimizer(opt: torch.optim.Optimizer, columns: Sequence[str] | None, **model_only: object) -> str:
+    from .optim import ModnormOptimizer
+    from .optim.describe import optimizer_table
+
+    if not isinstance(opt, ModnormOptimizer):
+        raise TypeError(f"describe: a {type(opt).__module__}.{type(opt).__name__} is not a modnorm optimizer; pass the model, or an optimizer from modnorm.optimizer(...)")
+    given = [k for k, v in model_only.items() if v not in (None, False)]
+    if given:
+        raise ValueError(f"describe: {given} apply to a model, not to an optimizer; describe the model for them")
+    return optimizer_table(opt, None if columns is None else list(columns))

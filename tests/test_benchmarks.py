@@ -96,6 +96,11 @@ def test_char_gpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = run_quick("char_gpt", tmp_path, monkeypatch, "--data", str(corpus))
     vocab = data["config"]["model"]["vocab_size"]
     assert vocab == len(set(text))
+    home = tmp_path / "home"
+    (home / ".cache" / "modnorm").mkdir(parents=True)
+    (home / ".cache" / "modnorm" / "tinyshakespeare.txt").write_text(text)
+    monkeypatch.setenv("HOME", str(home))
+    assert run_quick("char_gpt", tmp_path, monkeypatch, "--methods", "muadam")["config"]["model"]["vocab_size"] == vocab  # the default --data
     assert set(data["results"]) == {"torch:adamw", "torch:muon", "muon", "muadam"}
     for r in data["results"].values():
         assert math.isfinite(r["final_val_loss"]) and r["final_val_loss"] < math.log(vocab) + 1.0
@@ -103,7 +108,8 @@ def test_char_gpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_char_gpt_requires_a_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(SystemExit, match="--data"):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.cache/modnorm/tinyshakespeare.txt
+    with pytest.raises(SystemExit, match=r"no corpus at .*home/.cache/modnorm/tinyshakespeare.txt .*curl -o .*--data PATH"):
         run_quick("char_gpt", tmp_path, monkeypatch)
     with pytest.raises(SystemExit, match="not a file"):
         run_quick("char_gpt", tmp_path, monkeypatch, "--data", str(tmp_path / "missing.txt"))

@@ -6,6 +6,7 @@ import json
 import math
 import re
 import runpy
+import struct
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from modnorm import cli
 from modnorm.demo import DEMO_OPTIMIZERS, run_demo
+from modnorm.demo.plot import demo_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("demo")
-    return out, run_demo(out, quick=True, progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "tqdm", None)  # without a progress bar the demo does not need tqdm
+        return out, run_demo(out, quick=True, progress=False)
 
 
 def test_demo_writes_results_and_plot(demo_run: tuple[Path, dict]) -> None:
@@ -29,6 +33,48 @@ def test_demo_writes_results_and_plot(demo_run: tuple[Path, dict]) -> None:
     assert set(data["results"]) == set(DEMO_OPTIMIZERS)
     png = (out / "loss_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk
+    assert (width, height) == (1200, 500)
+
+
+def test_demo_records_test_accuracy_during_training(demo_run: tuple[Path, dict]) -> None:
+    _, summary = demo_run
+    for name, r in summary["results"].items():
+        acc = r["accuracy_curve"]
+        assert acc["step"][0] == 0 and acc["step"] == sorted(acc["step"]) and len(acc["step"]) >= 10, name
+        assert acc["accuracy"][-1] == r["test_accuracy"] and all(0.0 <= a <= 1.0 for a in acc["accuracy"]), name
+        assert acc["accuracy"][-1] > acc["accuracy"][0], name  # it learned
+
+
+def test_demo_figure_shows_every_curve_inside_its_axes(demo_run: tuple[Path, dict]) -> None:
+    import matplotlib.pyplot as plt
+
+    _, summary = demo_run
+    results = summary["results"]
+    results = {**results, "muadam": {**results["muadam"], "curve": {"step": [0, 1, 2], "loss": [2.0, 1e-9, float("nan")]}}}
+    fig = demo_figure(results)
+    try:
+        loss_ax, acc_ax = fig.axes
+        assert "loss" in loss_ax.get_title() and "accuracy" in acc_ax.get_title() and loss_ax.get_yscale() == "log"
+        for ax in (loss_ax, acc_ax):
+            lines = ax.get_lines()
+            assert [ln.get_label().split()[0] for ln in lines] == list(results)
+            assert len({(ln.get_linestyle(), ln.get_marker()) for ln in lines}) == len(lines)  # coinciding curves stay visible
+            lo, hi = ax.get_ylim()
+            for ln in lines:
+                ys = [y for y in ln.get_ydata() if math.isfinite(y)]
+                assert lo <= min(ys) and max(ys) <= hi, (ax.get_title(), ln.get_label())
+    finally:
+        plt.close(fig)
+
+
+def test_demo_without_its_extra_stops_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--quick", "--no-progress", "--out", str(tmp_path / "out")])
+    message = str(exit_info.value.code)
+    assert "\n" not in message and "scikit-learn" in message and 'pip install "modnorm[demo]"' in message
+    assert "tqdm" not in message and not (tmp_path / "out").exists()
 
 
 def test_demo_losses_decrease(demo_run: tuple[Path, dict]) -> None:
@@ -56,6 +102,15 @@ def test_cli_describe_prints_geometry(capsys: pytest.CaptureFixture[str]) -> Non
 def test_cli_bench_unknown_name_lists_available() -> None:
     with pytest.raises(SystemExit, match="available: .*matrix_quadratic"):
         cli.main(["bench", "no_such_benchmark"])
+
+
+def test_cli_bench_outside_a_checkout_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def no_folder() -> Path:
+        raise FileNotFoundError("modnorm bench: no benchmarks/ folder found")
+
+    monkeypatch.setattr(cli, "benchmark_dir", no_folder)
+    with pytest.raises(SystemExit, match="no benchmarks/ folder found"):
+        cli.main(["bench", "char_gpt"])
 
 
 def test_cli_rejects_stray_arguments() -> None:
@@ -107,3 +162,10 @@ def test_api_reference_regenerates_cleanly() -> None:
     assert headings == set(modnorm.__all__)
     committed = set(re.findall(r"^### `(\w+)", (ROOT / "docs" / "api.md").read_text(), flags=re.M))
     assert committed == set(modnorm.__all__), "docs/api.md is out of date: run python docs/gen_api.py"
+
+
+def test_demo_adamw_at_three_times_the_lr_takes_torch_adamw_steps(demo_run: tuple[Path, dict]) -> None:
+    _, summary = demo_run
+    ours, torchs = summary["results"]["adamw"], summary["results"]["torch:adamw"]
+    assert ours["curve"]["loss"] == pytest.approx(torchs["curve"]["loss"], rel=1e-4)
+    assert ours["test_accuracy"] == pytest.approx(torchs["test_accuracy"], abs=1 / 360)

@@ -345,3 +345,46 @@ def test_splus_preset_follows_the_reference_update() -> None:
             np.testing.assert_array_equal(np.sign(W0 - Wt.detach().numpy() - lr * c * wd * W0), np.sign(g))
         np.testing.assert_allclose(Wt.detach().numpy(), W, rtol=0, atol=1e-12)
         np.testing.assert_allclose(bt.detach().numpy(), b, rtol=0, atol=1e-14)
+
+
+def soap_reference_port(W0, gs, lr, b1, b2, sb2, eps, k):
+    """SOAP's published step in float64: the first call only sets GG and Q = eigh(GG); then
+    t = 1, 2, …: rotate, V and M EMAs, W ← W − lr·√(1-b2^t)/(1-b1^t)·Q_L[(Q_Lᵀ M Q_R)/(√V + ε)]Q_Rᵀ,
+    GG update, and after steps k, 2k, … a sorted power-iteration + QR refresh (V permuted)."""
+    W = W0.copy()
+    m, n = W.shape
+    L, R, M, V = np.zeros((m, m)), np.zeros((n, n)), np.zeros((m, n)), np.zeros((m, n))
+    L, R = (1 - sb2) * gs[0] @ gs[0].T, (1 - sb2) * gs[0].T @ gs[0]
+    QL, QR = eigvecs_desc(L), eigvecs_desc(R)
+    out = [W.copy()]
+    for t, g in enumerate(gs[1:], start=1):
+        V = b2 * V + (1 - b2) * (QL.T @ g @ QR) ** 2
+        M = b1 * M + (1 - b1) * g
+        step = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+        W = W - step * QL @ ((QL.T @ M @ QR) / (np.sqrt(V) + eps)) @ QR.T
+        L, R = sb2 * L + (1 - sb2) * g @ g.T, sb2 * R + (1 - sb2) * g.T @ g
+        if t % k == 0:
+            for side in ("L", "R"):
+                S, Q = (L, QL) if side == "L" else (R, QR)
+                order = np.argsort(-np.diag(Q.T @ S @ Q), kind="stable")
+                V = V[order, :] if side == "L" else V[:, order]
+                Q = np.linalg.qr(S @ Q[:, order])[0]
+                QL, QR = (Q, QR) if side == "L" else (QL, Q)
+        out.append(W.copy())
+    return out
+
+
+def test_soap_reference_option_follows_the_published_update() -> None:
+    m, n, T, lr, b1, b2, sb2, eps, k = 5, 5, 9, 3e-3, 0.95, 0.95, 0.95, 1e-8, 3
+    rng = np.random.default_rng(41)
+    W0 = rng.standard_normal((m, n))
+    gs = [rng.standard_normal((m, n)) for _ in range(T)]
+    want = soap_reference_port(W0, gs, lr, b1, b2, sb2, eps, k)
+    W = torch.tensor(W0, requires_grad=True)
+    opt = modnorm.optimizer([("w", W)], "soap", lr=lr, momentum=b1, beta2=b2, shampoo_beta2=sb2, eps=eps,
+                            precondition_frequency=k, weight_decay=0.0, root_dtype="float64", reference=True)
+    for g, expected in zip(gs, want):
+        W.grad = torch.from_numpy(g)
+        opt.step()
+        np.testing.assert_allclose(W.detach().numpy(), expected, rtol=0, atol=1e-12)
+    assert int(opt.state[W]["step"]) == T

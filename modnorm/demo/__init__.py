@@ -2,11 +2,15 @@
 
 Each optimizer starts from the same initialization and sees the same minibatches; the
 demo prints a table (final train loss, test accuracy, wall time) and writes
-``results.json`` and ``loss_curves.png`` to the output folder.
+``results.json`` and ``loss_curves.png`` (training loss and test accuracy) to the output
+folder. It needs the ``demo`` extra (``pip install "modnorm[demo]"``: scikit-learn for
+the data, matplotlib for the plot, tqdm for the progress bar); without it ``run_demo``
+raises ``MissingExtraError`` naming what is missing, before any work.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 from pathlib import Path
 from typing import Any
@@ -14,9 +18,30 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .training import cosine_factor, make_optimizer, mlp, plot_curves, train_steps, write_json
+from .training import _shrink_png, cosine_factor, make_optimizer, mlp, train_steps, write_json
 
-__all__ = ["DEMO_OPTIMIZERS", "demo_model", "load_digits_split", "run_demo"]
+__all__ = ["DEMO_OPTIMIZERS", "DEMO_EXTRA", "MissingExtraError", "require_demo_extra", "demo_model", "load_digits_split", "run_demo"]
+
+#: import name → package of the ``demo`` extra
+DEMO_EXTRA: dict[str, str] = {"sklearn": "scikit-learn", "matplotlib": "matplotlib", "tqdm": "tqdm"}
+
+
+class MissingExtraError(ImportError):
+    """A package of an optional extra is not installed; the message says how to install it."""
+
+
+def require_demo_extra(progress: bool = True) -> None:
+    """Raise ``MissingExtraError`` unless the demo's packages import (tqdm only when ``progress``)."""
+    missing = []
+    for module, package in DEMO_EXTRA.items():
+        if module == "tqdm" and not progress:
+            continue
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise MissingExtraError(f"modnorm demo needs {', '.join(missing)}, not installed here; install the demo extra: pip install \"modnorm[demo]\"")
 
 #: optimizer name → hyperparameters. "torch:*" are PyTorch's own optimizers (the baseline).
 DEMO_OPTIMIZERS: dict[str, dict[str, Any]] = {
@@ -44,6 +69,30 @@ def load_digits_split(seed: int = 0, test_fraction: float = 0.2) -> tuple[Tensor
     return X_t[train], y_t[train], X_t[test], y_t[test]
 
 
+class _NoBar:
+    """Stands in for a tqdm bar when the progress bar is off (tqdm need not be installed)."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        return None
+
+    def set_postfix_str(self, text: str) -> None:
+        return None
+
+
+def _progress_bar(total: int, progress: bool) -> Any:
+    if not progress:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="modnorm demo", unit="step")
+
+
 def demo_model(width: int = 128, seed: int = 0) -> nn.Sequential:
     """The demo network: 64 → width → width → 10 ReLU MLP."""
     torch.manual_seed(seed)
@@ -62,28 +111,53 @@ def _train_one(name: str, hp: dict[str, Any], data: tuple[Tensor, ...], steps: i
         idx = batches[step]
         return loss_fn(model(X[idx]), y[idx])
 
-    xs, ys, seconds = train_steps(model, opt, step_loss, steps, schedule=lambda s: cosine_factor(s, steps, final=0.1), on_step=lambda s, v: bar.update(1), every=max(1, steps // 100))
+    def test_accuracy() -> float:
+        with torch.no_grad():
+            return float((model(X_test).argmax(-1) == y_test).float().mean())
+
+    every = max(1, steps // 20)
+    acc_steps: list[int] = []
+    accs: list[float] = []
+
+    def on_step(step: int, loss: float) -> None:
+        bar.update(1)
+        if step % every == 0:  # before this step's update: the accuracy after `step` updates
+            acc_steps.append(step)
+            accs.append(test_accuracy())
+
+    xs, ys, seconds = train_steps(model, opt, step_loss, steps, schedule=lambda s: cosine_factor(s, steps, final=0.1), on_step=on_step, every=max(1, steps // 100))
     bar.update(steps - 1 - xs[-1])  # a diverged run stops early
+    accuracy = test_accuracy()
+    acc_steps.append(xs[-1] + 1)
+    accs.append(accuracy)
     with torch.no_grad():
         train_loss = float(loss_fn(model(X), y))
-        accuracy = float((model(X_test).argmax(-1) == y_test).float().mean())
-    return {"hyperparameters": hp, "final_train_loss": train_loss, "test_accuracy": accuracy, "seconds": seconds, "curve": {"step": xs, "loss": ys}}
+    return {
+        "hyperparameters": hp,
+        "final_train_loss": train_loss,
+        "test_accuracy": accuracy,
+        "seconds": seconds,
+        "curve": {"step": xs, "loss": ys},
+        "accuracy_curve": {"step": acc_steps, "accuracy": accs},
+    }
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     """The printed results table."""
     lines = [f"{'optimizer':<14} {'lr':>8} {'train loss':>11} {'test acc':>9} {'time (s)':>9}", "-" * 55]
     for name, r in results.items():
-        lines.append(f"{name:<14} {r['hyperparameters'].get('lr', float('nan')):>8.3g} {r['final_train_loss']:>11.4f} {r['test_accuracy']:>9.3f} {r['seconds']:>9.2f}")
+        lines.append(f"{name:<14} {r['hyperparameters'].get('lr', float('nan')):>8.3g} {r['final_train_loss']:>11.3g} {r['test_accuracy']:>9.3f} {r['seconds']:>9.2f}")
     return "\n".join(lines)
 
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, optimizers: dict[str, dict[str, Any]] | None = None, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Train the demo MLP with each optimizer; write ``out/results.json`` and ``out/loss_curves.png``.
 
-    ``quick`` shrinks the run (60 steps instead of 400) for tests.
+    ``quick`` shrinks the run (60 steps instead of 400) for tests. Raises
+    ``MissingExtraError`` first when a package of the ``demo`` extra is missing.
     """
-    from tqdm import tqdm
+    require_demo_extra(progress)
+    from .plot import plot_demo
 
     optimizers = DEMO_OPTIMIZERS if optimizers is None else optimizers
     steps, batch = (60, 64) if quick else (400, 128)
@@ -91,7 +165,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, optimizers: dic
     data = load_digits_split(seed)
     results: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
-    with tqdm(total=steps * len(optimizers), desc="modnorm demo", unit="step", disable=not progress) as bar:
+    with _progress_bar(steps * len(optimizers), progress) as bar:
         for name, hp in optimizers.items():
             bar.set_postfix_str(name)
             results[name] = _train_one(name, hp, data, steps, batch, seed, bar)
@@ -106,7 +180,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, optimizers: dic
         "results": results,
     }
     write_json(out / "results.json", summary)
-    plot_curves(out / "loss_curves.png", {"digits MLP: training loss (minibatch)": {n: (r["curve"]["step"], r["curve"]["loss"]) for n, r in results.items()}})
+    _shrink_png(plot_demo(out / "loss_curves.png", results))
     print(format_table(results))
     print(f"wrote {out / 'results.json'} and {out / 'loss_curves.png'} ({summary['total_seconds']:.1f} s)")
     return summary

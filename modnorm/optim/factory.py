@@ -106,7 +106,10 @@ def optimizer(
             types, a fallback geometry, inputs to capture the composition from a real forward).
         config: an ``OptimizerConfig`` (or its JSON text, or a dict); replaces ``preset``,
             ``budgets``, ``nonfinite``, ``state_dtype`` and the hyperparameters.
-        budgets: use the model's modular budgets (False: every budget is 1).
+        budgets: use the model's modular budgets (False: every budget is 1). Budgets scale
+            the lr: each parameter steps with lr × budget (× the rule's lr_ratio), so the
+            layers of a 3-layer MLP (budget 1/3 each) move 1/3 as far as torch.optim's with
+            the same lr; ``modnorm.describe(opt)`` lists every parameter's effective lr.
         nonfinite: "raise" or "skip" on a non-finite gradient.
         state_dtype: optimizer-state dtype (None: fp32 for 16-bit parameters).
         compile: torch.compile each bucket's update (True or torch.compile options).

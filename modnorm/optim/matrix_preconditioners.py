@@ -370,6 +370,13 @@ class SOAP(_Eigenbasis):
     ``SecondMoment`` preconditioner, fed rotated gradients). D = (√V̂ + ε)^p with V̂
     bias-corrected: p = 1/2 (default) is Adam's D, whose Frobenius sharp divides by
     √V̂ + ε. V is kept as is when the basis is refreshed.
+
+    ``reference=True`` follows SOAP's published code instead: the first step only feeds A, B
+    and sets Q = eigh(A), eigh(B) (no update: the current gradient never rotates itself);
+    later steps (counted from the second) rotate G with the current basis, update V and
+    divide by (√V + ε)/√(1-β2^t); the basis is refreshed after steps k, 2k, … by one power
+    iteration and a QR decomposition, Q ← qr(A Q) with the columns sorted by the estimated
+    eigenvalues diag(Qᵀ A Q) (and V's rows/columns permuted alike).
     """
 
     name = "soap"
@@ -382,10 +389,13 @@ class SOAP(_Eigenbasis):
         precondition_frequency: int = 10,
         power: float = 0.5,
         root_dtype: torch.dtype = torch.float32,
+        reference: bool = False,
     ) -> None:
         super().__init__(shampoo_beta2, precondition_frequency, root_dtype)
         self.adam = SecondMoment(beta2=beta2, eps=eps, inner=0.5, outer=power)
         self.beta2, self.eps, self.power = self.adam.beta2, self.adam.eps, self.adam.outer
+        self.reference = bool(reference)
+        self.warmup_steps = 1 if self.reference else 0
 
     def init_state(self, param: Tensor, state_dtype: torch.dtype) -> State:
         state = super().init_state(param, state_dtype)
@@ -397,12 +407,37 @@ class SOAP(_Eigenbasis):
 
     def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
         G = _stacked_grads(grads, states[0]["A"].dtype)
-        self._refresh(states, G, step)
+        if not self.reference:
+            self._refresh(states, G, step)
+        elif step <= 0:  # the warm-up step: statistics and the first basis only
+            self.factors.accumulate(states, G)
+            _copy_into(states, "QL", eigenbasis(_stack(states, "A"), self.root_dtype))
+            _copy_into(states, "QR", eigenbasis(_stack(states, "B"), self.root_dtype))
+            return
+        elif step > 1 and (step - 1) % self.precondition_frequency == 0:  # the refresh due after step t-1
+            self._qr_refresh(states)
         rotated = _stack(states, "QL").mT @ G @ _stack(states, "QR")
         self.adam.update_many(states, list(rotated.unbind(0)), step, ctx)  # type: ignore[arg-type]
+        if self.reference:
+            self.factors.accumulate(states, G)
+
+    def _qr_refresh(self, states: Sequence[State]) -> None:
+        """Q ← qr(S Q) per side, columns first sorted by diag(Qᵀ S Q) descending; V permuted alike."""
+        V = _stack(states, self.adam.key)
+        for S_key, Q_key, dim in (("A", "QL", -2), ("B", "QR", -1)):
+            S, Q = _stack(states, S_key).to(self.root_dtype), _stack(states, Q_key).to(self.root_dtype)
+            order = (Q * (S @ Q)).sum(-2).argsort(dim=-1, descending=True)  # (batch, size)
+            Q = torch.gather(Q, -1, order.unsqueeze(-2).expand_as(Q))
+            V = torch.gather(V, dim, order.unsqueeze(-1 if dim == -2 else -2).expand_as(V))
+            _copy_into(states, Q_key, torch.linalg.qr(S @ Q).Q)
+        _copy_into(states, self.adam.key, V)
 
     def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
-        D = self.adam.diagonal(states, step)
+        if self.reference:  # (√V + ε)/√(1-β2^t): the reference's bias correction, ε outside it
+            V = _stack(states, self.adam.key)
+            D = ((V.sqrt() + self.eps) / (1.0 - self.beta2**step) ** 0.5) ** self.power
+        else:
+            D = self.adam.diagonal(states, step)
         return LRNorm(DNorm(base, D), L_inv=_stack(states, "QL"), R_inv=_stack(states, "QR").mT)
 
     def __repr__(self) -> str:

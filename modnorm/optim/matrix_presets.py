@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from .presets import Hyperparameters, _Polar, _RoutedAdamW, register_preset
+from .presets import Hyperparameters, _adam_rule, _Polar, _RoutedAdamW, register_preset
 from .recipe import DTYPES, Recipe, Rule
 
 __all__ = ["ShampooHP", "ShampooOneSidedHP", "KLShampooHP", "SOAPHP", "SPlusHP", "SophiaHP"]
@@ -104,12 +104,16 @@ class SOAPHP(Hyperparameters, _RoutedAdamW):
     precondition_frequency: Frequency = 10
     root_dtype: RootDtype = "float32"
     weight_decay: NonNeg = 0.01
+    reference: bool = False
 
 
 def _soap(h: SOAPHP) -> Recipe:
+    """``reference=True``: SOAP's published schedule (``SOAP(reference=True)``), and the other
+    parameters take Adam with SOAP's own betas, eps and weight decay (not the ``adamw_*`` ones)."""
     options = {"beta2": h.beta2, "eps": h.eps, "shampoo_beta2": h.shampoo_beta2,
-               "precondition_frequency": h.precondition_frequency, "root_dtype": DTYPES[h.root_dtype]}
-    return _hidden_only(_rule(h, "frobenius", "soap", options, "adam_ema", "sharp"), h.adamw_rule())
+               "precondition_frequency": h.precondition_frequency, "root_dtype": DTYPES[h.root_dtype], "reference": h.reference}
+    other = _adam_rule("adam", (h.momentum, h.beta2), h.eps, h.weight_decay) if h.reference else h.adamw_rule()
+    return _hidden_only(_rule(h, "frobenius", "soap", options, "adam_ema", "sharp"), other)
 
 
 class SPlusHP(Hyperparameters, _RoutedAdamW):

@@ -35,6 +35,7 @@ from ..distributed.bucket import placement_key, shard_bucket
 from ..geometry import Geometry
 from ..norms import Norm
 from .config import ConfigError, get_preset, validate_hyperparameters
+from .describe import lr_note, optimizer_rows, optimizer_table
 from .momentum import init_momentum, momentum_key
 from .preconditioner import RESERVED_STATE_KEYS, Preconditioner, StepContext, get_preconditioner
 from .presets import Preset, custom_recipe_preset
@@ -55,6 +56,7 @@ class _Plan:
 
     name: str
     role: str
+    route: str  # the recipe entry that handles it: its role, or "default"
     budget: float
     scale: float  # budget × the rule's shape factor (lr_adjust)
     shape: tuple[int, ...]
@@ -218,7 +220,8 @@ class ModnormOptimizer(Optimizer):
             options = ", ".join(f"{k}={v}" for k, v in rule.preconditioner_options.items()) if pname != "none" else ""
             plabel = f"{pname}({options})" if options else pname
             scale = budget * rule.shape_factor(tuple(p.shape)) if p.numel() else budget  # a 0-size parameter is never stepped
-            plans.append(_Plan(label, geometry.role, budget, scale, shape, rule, norm, preconds[pkey], plabel, bucket, specs.setdefault(id(rule), RuleSpec.of(rule))))
+            route = geometry.role if geometry.role in recipe.roles else "default"
+            plans.append(_Plan(label, geometry.role, route, budget, scale, shape, rule, norm, preconds[pkey], plabel, bucket, specs.setdefault(id(rule), RuleSpec.of(rule))))
         self._plan_cache[key] = plans
         self._plan_cache[gi] = (hp, plans)
         return plans
@@ -458,48 +461,21 @@ class ModnormOptimizer(Optimizer):
     # ------------------------------------------------------------------ introspection
 
     def __repr__(self) -> str:
-        return super().__repr__().replace(type(self).__name__, f"{type(self).__name__}[{self.preset}]", 1)
+        text = super().__repr__().replace(type(self).__name__, f"{type(self).__name__}[{self.preset}]", 1)
+        return f"{text}\n{lr_note(self)}"
 
     def describe_rows(self) -> list[dict[str, Any]]:
-        """One row per parameter: name, shape, role, norm, preconditioner, momentum, mode, budget, lr scale."""
-        rows = []
-        for gi, group in enumerate(self.param_groups):
-            for p, plan in zip(group["params"], self._plans(gi, group)):
-                rows.append({
-                    "name": plan.name,
-                    "shape": tuple(p.shape),
-                    "role": plan.role,
-                    "norm": repr(plan.norm),
-                    "preconditioner": plan.precond_label,
-                    "momentum": plan.rule.momentum,
-                    "mode": plan.rule.mode,
-                    "budget": plan.budget,
-                    "lr_scale": plan.scale * plan.rule.lr_ratio,
-                    "group": gi,
-                })
-        return rows
+        """One dict per parameter (``modnorm.optim.describe.optimizer_rows``), incl. the effective lr."""
+        return optimizer_rows(self)
 
     def describe_overrides(self) -> dict[str, dict[str, str]]:
         """Cells for ``modnorm.describe(model, overrides=opt.describe_overrides())``: the norm and
         preconditioner this optimizer actually uses, plus momentum, mode and lr scale columns."""
-        cells = {}
-        for r in self.describe_rows():
-            cells[r["name"]] = {
-                "norm": r["norm"],
-                "preconditioner": r["preconditioner"],
-                "momentum": r["momentum"],
-                "mode": r["mode"],
-                "lr_scale": f"{r['lr_scale']:.6g}",
-            }
-        return cells
+        return {
+            r["name"]: {"norm": r["norm"], "preconditioner": r["preconditioner"], "momentum": r["momentum"], "mode": r["mode"], "lr_scale": f"{r['lr_scale']:.6g}"}
+            for r in self.describe_rows()
+        }
 
-    def describe(self) -> str:
-        """A plain-text table of ``describe_rows()``."""
-        rows = self.describe_rows()
-        cols = ["name", "shape", "role", "norm", "preconditioner", "momentum", "mode", "budget", "lr_scale"]
-        cells = [[str(r[c]) if not isinstance(r[c], float) else f"{r[c]:.4g}" for c in cols] for r in rows]
-        widths = [max([len(c)] + [len(row[j]) for row in cells]) for j, c in enumerate(cols)]
-        line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
-        out = [f"ModnormOptimizer(preset={self.preset!r})", line(cols), line(["-" * w for w in widths])]
-        out += [line(r) for r in cells]
-        return "\n".join(out)
+    def describe(self, columns: list[str] | None = None) -> str:
+        """What the optimizer does per parameter, as text (the same as ``modnorm.describe(opt)``)."""
+        return optimizer_table(self, columns)

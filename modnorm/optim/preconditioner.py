@@ -121,6 +121,9 @@ class Preconditioner:
     # True: the new state is non-finite whenever a gradient entry is, and finite state bounds the
     # gradient (statistics of G ⊙ G or G Gᵀ): the step's finiteness check then skips momentum buffers
     covers_gradient: bool = False
+    # the first ``warmup_steps`` steps of a parameter only feed ``update_many`` (with step ≤ 0):
+    # no momentum, no update; later steps see the step count minus ``warmup_steps``
+    warmup_steps: int = 0
 
     def init_state(self, param: Tensor, state_dtype: torch.dtype) -> State:
         """Allocate this preconditioner's statistics for one parameter (zeros, usually)."""

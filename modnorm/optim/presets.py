@@ -66,7 +66,7 @@ RANGES: dict[str, str] = {
 class Hyperparameters(BaseModel):
     """Fields every preset has: the learning rate and ``maximize``."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True, allow_inf_nan=False, defer_build=True)
 
     lr: float | torch.Tensor = 1e-3
     maximize: bool = False

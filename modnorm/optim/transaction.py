@@ -67,6 +67,8 @@ class PendingWrite:
     fresh: bool = False  # ``update`` is a temporary that may be overwritten
 
     def apply(self) -> None:
+        if not self.views or len(self.update) == 0:  # a statistics-only (warm-up) step
+            return
         if self.decay is not None:
             torch._foreach_mul_(self.views, self.decay)
         if self.divisor is None:

@@ -124,6 +124,11 @@ def update_bucket(
         grads = [g.to(state_dtype) for g in grads]
     if maximize:
         grads = torch._foreach_neg(grads)
+    if precond.warmup_steps:  # statistics-only first steps (SOAP's reference schedule)
+        if step <= precond.warmup_steps:
+            precond.update_many(states, grads, step - precond.warmup_steps, ctx)
+            return [], 0.0, None, None, False, []
+        step = step - precond.warmup_steps
     raw = grads
     wd = spec.weight_decay
     if wd and spec.coupled:

@@ -1,0 +1,93 @@
+"""What a ``ModnormOptimizer`` does to each parameter: ``modnorm.describe(opt)``.
+
+One row per parameter, in param-group order: the route (the recipe entry that handles
+the parameter: its role, or ``default``), the norm the update really uses (the rule's
+base norm, or the declared one), the preconditioner, momentum and mode, the budget, and
+the effective learning rate
+
+    lr_eff = group lr × budget × lr_ratio × shape factor
+
+(budget: the parameter's share of the modular norm, 1 with ``budgets=False``;
+lr_ratio: the rule's, e.g. ``adamw_lr_ratio`` for what a matrix preset routes to AdamW;
+shape factor: torch.optim.Muon's ``adjust_lr_fn``, else 1). Adagrad's ``lr_decay``
+further divides lr_eff by 1 + (t − 1)·lr_decay at step t. A 3-layer MLP has budget 1/3
+per layer, so ``modnorm.optimizer(mlp, "adamw", lr=3e-3)`` steps like
+``torch.optim.AdamW(lr=1e-3)``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from ..describe import _budget, format_table
+
+if TYPE_CHECKING:
+    from .optimizer import ModnormOptimizer
+
+__all__ = ["OPTIMIZER_COLUMNS", "LR_NOTE", "optimizer_rows", "optimizer_table", "lr_note"]
+
+OPTIMIZER_COLUMNS: tuple[str, ...] = ("name", "shape", "role", "route", "norm", "preconditioner", "momentum", "mode", "budget", "lr")
+
+LR_NOTE = "lr = effective lr per parameter = group lr × budget × lr_ratio × shape factor (budgets=False: every budget 1)"
+
+
+def _float(lr: Any) -> float:
+    return float(lr.item()) if isinstance(lr, Tensor) else float(lr)
+
+
+def optimizer_rows(opt: ModnormOptimizer) -> list[dict[str, Any]]:
+    """One dict per parameter: name, shape (tuple), role, route, norm, preconditioner, momentum,
+    mode, budget, lr_scale (budget × lr_ratio × shape factor), lr (= group lr × lr_scale), group."""
+    rows = []
+    for gi, group in enumerate(opt.param_groups):
+        lr = _float(group["lr"])
+        for p, plan in zip(group["params"], opt._plans(gi, group)):
+            scale = plan.scale * plan.rule.lr_ratio
+            rows.append({
+                "name": plan.name,
+                "shape": tuple(p.shape),
+                "role": plan.role,
+                "route": plan.route,
+                "norm": repr(plan.norm),
+                "preconditioner": plan.precond_label,
+                "momentum": plan.rule.momentum,
+                "mode": plan.rule.mode,
+                "budget": plan.budget,
+                "lr_scale": scale,
+                "lr": lr * scale,
+                "group": gi,
+            })
+    return rows
+
+
+def _cell(column: str, value: Any) -> str:
+    if column == "shape":
+        return "×".join(str(s) for s in value) or "scalar"
+    if column == "budget":
+        return _budget(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def optimizer_table(opt: ModnormOptimizer, columns: tuple[str, ...] | list[str] | None = None) -> str:
+    """``ModnormOptimizer(preset=…)``, a text table of ``optimizer_rows`` (``columns`` selects and
+    orders them; default ``OPTIMIZER_COLUMNS``), and a line saying how the lr column is computed."""
+    columns = list(OPTIMIZER_COLUMNS if columns is None else columns)
+    rows = optimizer_rows(opt)
+    known = set(OPTIMIZER_COLUMNS) | {"lr_scale", "group"}
+    bad = [c for c in columns if c not in known]
+    if bad:
+        raise ValueError(f"describe: unknown columns {bad} for an optimizer; available: {sorted(known)}")
+    cells = [{c: _cell(c, r[c]) for c in columns} for r in rows]
+    out = f"ModnormOptimizer(preset={opt.preset!r})\n{format_table(cells, columns)}"
+    return out + f"\n{LR_NOTE}" if "lr" in columns else out
+
+
+def lr_note(opt: ModnormOptimizer) -> str:
+    """The one-line note of the optimizer's repr: budgets scale the lr."""
+    budgets = sorted({b for meta in opt._meta for _, _, b in meta}) or [1.0]
+    span = f"{budgets[0]:.4g}" if len(budgets) == 1 else f"{budgets[0]:.4g}…{budgets[-1]:.4g}"
+    return f"note: step size per parameter = lr × budget ({span} here) × lr_ratio × shape factor; modnorm.describe(opt) lists it"

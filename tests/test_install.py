@@ -1,0 +1,65 @@
+"""What a core install (no extras) gives: a light ``import modnorm`` and a CLI that explains what is missing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Makes the named top-level packages unimportable, as in an install without the [demo] extra.
+BLOCKER = """
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def _python(code: str, *args: str, blocked: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+    prelude = BLOCKER.format(blocked=set(blocked)) if blocked else ""
+    return subprocess.run([sys.executable, "-c", prelude + code, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_import_modnorm_leaves_distributed_checkpoint_unimported() -> None:
+    out = _python(
+        "import sys, modnorm\n"
+        "print('torch.distributed.checkpoint' in sys.modules)\n"
+        "print('load_checkpoint' in dir(modnorm), modnorm.load_checkpoint.__module__)\n"
+        "print('torch.distributed.checkpoint' in sys.modules)\n"
+        "try:\n    modnorm.no_such_name\nexcept AttributeError as e:\n    print(e)\n"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "False",
+        "True modnorm.distributed.checkpoint",
+        "True",
+        "module 'modnorm' has no attribute 'no_such_name'",
+    ]
+
+
+def test_modnorm_demo_without_the_demo_extra_prints_one_line_and_no_traceback(tmp_path: Path) -> None:
+    out = _python("from modnorm.cli import main; main()", "demo", "--out", str(tmp_path), blocked=("sklearn", "matplotlib", "tqdm"))
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        'modnorm demo needs scikit-learn, matplotlib, tqdm, not installed here; install the demo extra: pip install "modnorm[demo]"'
+    ]
+
+
+def test_import_leaves_the_garbage_collector_as_it_found_it() -> None:
+    out = _python(
+        "import gc, torch\n"
+        "x = [object() for _ in range(10)]; gc.freeze(); frozen = gc.get_freeze_count()\n"
+        "import modnorm\n"
+        "print(gc.isenabled(), gc.get_freeze_count() > 0.9 * frozen)\n"  # the application's freeze stays (less what refcounting freed)
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]
+    out = _python("import gc, modnorm\nprint(gc.isenabled(), gc.get_freeze_count())\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "0"]
