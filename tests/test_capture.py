@@ -152,3 +152,19 @@ def test_transformers_models_are_captured_and_depth_does_not_freeze_layers(kind:
     model = _hf(kind, 2)
     ids = torch.randint(0, 40, (2, 7))
     assert _quiet(modnorm.budgets, model, rules=_rules(), example_inputs={"input_ids": ids}) == pytest.approx(budgets[2])
+
+
+def test_distributed_data_parallel_gives_no_warning_and_plain_names(tmp_path) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_available() or dist.is_initialized():
+        pytest.skip("needs torch.distributed and no process group yet")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        want = _quiet(modnorm.budgets, model)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        assert _quiet(modnorm.budgets, ddp) == want
+        assert {r["name"] for r in _quiet(modnorm.optimizer, ddp, "muon").describe_rows()} == set(want)
+    finally:
+        dist.destroy_process_group()
