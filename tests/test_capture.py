@@ -168,3 +168,22 @@ def test_distributed_data_parallel_gives_no_warning_and_plain_names(tmp_path) ->
         assert {r["name"] for r in _quiet(modnorm.optimizer, ddp, "muon").describe_rows()} == set(want)
     finally:
         dist.destroy_process_group()
+
+
+def test_dummy_inputs_are_used_and_a_failing_set_falls_back_to_torch_fx() -> None:
+    class WithDummy(nn.Module):
+        def __init__(self, dummy: torch.Tensor) -> None:
+            super().__init__()
+            self.a, self.b, self.dummy = Untraceable(4), nn.Linear(4, 2, bias=False), dummy
+
+        @property
+        def dummy_inputs(self) -> dict[str, torch.Tensor]:
+            return {"x": self.dummy}
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x))
+
+    good = WithDummy(torch.randn(3, 4))
+    assert _quiet(modnorm.budgets, good) == pytest.approx(modnorm.budgets(good, example_inputs={"x": torch.randn(2, 4)}))
+    with pytest.warns(UserWarning, match="could not be recovered"):  # wrong shape: no error, torch.fx's fall-back
+        modnorm.budgets(WithDummy(torch.randn(3, 5)))
