@@ -44,7 +44,8 @@ from .optim import (
 )
 from .optim import matrix_presets as _matrix_presets  # noqa: F401  (registers shampoo, soap, splus, sophia, …)
 from .optim.hessian import HessianDiagonal, hutchinson_diagonal
-from .optim.matrix_preconditioners import SOAP, KLShampoo, Shampoo, SPlus
+from .optim.kl_shampoo import KLShampoo
+from .optim.matrix_preconditioners import SOAP, Shampoo, SPlus
 from .invariance import InvarianceReport, check_invariance
 
 # torch.distributed: DDP/FSDP2 dual maps; DCP checkpoints are imported on first use (below).
