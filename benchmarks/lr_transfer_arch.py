@@ -27,7 +27,7 @@ from modnorm.demo import load_digits_split
 
 METHODS: dict[str, tuple[dict[str, Any], float]] = {  # name → (fixed hyperparameters, lr grid centre)
     "muon": ({"weight_decay": 0.0}, 0.2),
-    "muadam": ({"weight_decay": 0.0}, 0.02),
+    "muadam": ({"weight_decay": 0.0}, 0.08),
 }
 VOCAB, SEQ = 64, 32
 
@@ -162,6 +162,7 @@ def step_times(task: Task, depth: int, width: int, repeats: int) -> dict[str, fl
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], "runs/bench")
     p.add_argument("--steps", type=int, default=None, help="steps per run (default 40; 2 with --quick)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="presets to run (default: all)")
     args = p.parse_args()
     out = common.setup(args)
     started = time.perf_counter()
@@ -179,7 +180,8 @@ def main() -> None:
         w0, w1 = dims["width"]
         configs = {f"L={d0} w={w0}": (d0, w0), f"L={d1} w={w0}": (d1, w0), f"L={d0} w={w1}": (d0, w1)}
         results[kind] = {}
-        for method, (_, centre) in METHODS.items():
+        for method in args.methods:
+            centre = METHODS[method][1]
             lrs = common.lr_grid(centre, below, above)
             best = {}
             panels[f"{kind} {method}"] = {}

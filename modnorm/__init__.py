@@ -46,7 +46,8 @@ from .optim import matrix_presets as _matrix_presets  # noqa: F401  (registers s
 from .optim import zoo_presets as _zoo_presets  # noqa: F401  (registers rmsprop, lion, lamb, lars)
 from .optim import kfac as _kfac, kfac_presets as _kfac_presets  # noqa: F401  (registers kfac, ekfac, kfac_spectral)
 from .optim.hessian import HessianDiagonal, hutchinson_diagonal
-from .optim.matrix_preconditioners import SOAP, KLShampoo, Shampoo, SPlus
+from .optim.kl_shampoo import KLShampoo
+from .optim.matrix_preconditioners import SOAP, Shampoo, SPlus
 from .invariance import InvarianceReport, check_invariance
 
 # torch.distributed: DDP/FSDP2 dual maps; DCP checkpoints are imported on first use (below).

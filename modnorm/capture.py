@@ -124,8 +124,7 @@ class _Recorder(TorchFunctionMode):
         self.ctx, self.captured = ctx, captured
         self.frames: list[_Frame] = []
         self.leaf_depth = 0
-        self.params = {id(p): (n, p) for n, p in ctx.model.named_parameters(remove_duplicate=False)}
-        self.owners = {}
+        self.owners: dict[int, tuple[nn.Module, str]] = {}  # parameter → (its module, its name)
         for mname, m in ctx.model.named_modules(remove_duplicate=False):
             for local, p in m.named_parameters(recurse=False, remove_duplicate=False):
                 self.owners.setdefault(id(p), (m, f"{mname}.{local}" if mname else local))

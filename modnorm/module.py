@@ -298,11 +298,15 @@ def analyze(model: nn.Module, rules: Rules | None = None, default: Default = Non
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     model = unwrap(model)
     ctx = Context(model, rules, default)
-    inputs = example_inputs if example_inputs is not None else _dummy_inputs(model)
-    if inputs is not None:
-        from .capture import capture
+    from .capture import capture
 
-        ctx.captured = capture(ctx, inputs)
+    if example_inputs is not None:
+        capture(ctx, example_inputs)
+    elif (dummy := _dummy_inputs(model)) is not None:
+        try:
+            capture(ctx, dummy)
+        except ValueError:  # the model's own dummy inputs do not run it: torch.fx, as without them
+            ctx = Context(model, rules, default)
     root = residual_form(ctx.resolve(model))
     rules_ = ctx.rules
     effective: dict[int, tuple[tuple[str, Tensor, Geometry], ...]] = {}

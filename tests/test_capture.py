@@ -152,3 +152,38 @@ def test_transformers_models_are_captured_and_depth_does_not_freeze_layers(kind:
     model = _hf(kind, 2)
     ids = torch.randint(0, 40, (2, 7))
     assert _quiet(modnorm.budgets, model, rules=_rules(), example_inputs={"input_ids": ids}) == pytest.approx(budgets[2])
+
+
+def test_distributed_data_parallel_gives_no_warning_and_plain_names(tmp_path) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_available() or dist.is_initialized():
+        pytest.skip("needs torch.distributed and no process group yet")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        want = _quiet(modnorm.budgets, model)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        assert _quiet(modnorm.budgets, ddp) == want
+        assert {r["name"] for r in _quiet(modnorm.optimizer, ddp, "muon").describe_rows()} == set(want)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_dummy_inputs_are_used_and_a_failing_set_falls_back_to_torch_fx() -> None:
+    class WithDummy(nn.Module):
+        def __init__(self, dummy: torch.Tensor) -> None:
+            super().__init__()
+            self.a, self.b, self.dummy = Untraceable(4), nn.Linear(4, 2, bias=False), dummy
+
+        @property
+        def dummy_inputs(self) -> dict[str, torch.Tensor]:
+            return {"x": self.dummy}
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x))
+
+    good = WithDummy(torch.randn(3, 4))
+    assert _quiet(modnorm.budgets, good) == pytest.approx(modnorm.budgets(good, example_inputs={"x": torch.randn(2, 4)}))
+    with pytest.warns(UserWarning, match="could not be recovered"):  # wrong shape: no error, torch.fx's fall-back
+        modnorm.budgets(WithDummy(torch.randn(3, 5)))

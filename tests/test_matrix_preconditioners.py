@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 import modnorm
 from modnorm import Frobenius, Sign, Spectral
-from modnorm.optim.matrix_preconditioners import SOAP, KLShampoo, Shampoo, SPlus, shampoo_one_sided
+from modnorm.optim.kl_shampoo import KLShampoo
+from modnorm.optim.matrix_preconditioners import SOAP, Shampoo, SPlus, shampoo_one_sided
 from modnorm.optim.preconditioner import get_preconditioner
 
 F64 = torch.float64

@@ -1,4 +1,4 @@
-"""Matrix (Kronecker-factored) preconditioners: Shampoo, one-sided Shampoo, KL-Shampoo, SOAP, SPlus.
+"""Matrix (Kronecker-factored) preconditioners: Shampoo, one-sided Shampoo, SOAP, SPlus.
 
 Each keeps left/right statistics of a matrix gradient G (m×n, nn.Linear layout) and
 returns an ``LRNorm`` (Theorem 1) around the optimizer's base norm — there is no
@@ -8,12 +8,8 @@ separate update formula: the optimizer takes the LMO or sharp of the returned no
   eigendecompositions give L⁻¹ = (A + εI)^{-p/2}, R⁻¹ = (B + εI)^{-p/2}; the Frobenius
   sharp is then A^{-p} G B^{-p} (p = 1/4: Shampoo of Gupta et al. 2018).
   ``sides="left"`` keeps R = I (one-sided Shampoo, default p = 1/2: A^{-1/2} G).
-- ``KLShampoo``: KL-minimizing factors (Lin et al. 2025), each accumulated from the
-  gradient whitened by the other factor: S_a ← β2 S_a + (1-β2)/n · G S_b⁻¹ Gᵀ,
-  S_b ← β2 S_b + (1-β2)/m · Gᵀ S_a⁻¹ G (both from the previous factors), and
-  L⁻¹ = S_a^{-p/2}, R⁻¹ = S_b^{-p/2}: Frobenius sharp S_a^{-p} G S_b^{-p}, p = 1/2 is the
-  paper's S_a^{-1/2} G S_b^{-1/2}.
-  The paper writes the rate of the new term as β2; here β2 is the decay (paper's 1 - β2).
+- ``KLShampoo`` (KL-minimizing factors, Lin et al. 2025) lives in ``kl_shampoo.py`` and
+  shares these helpers.
 - ``SOAP``: Shampoo's eigenbases Q_L, Q_R and Adam statistics V of the rotated gradient
   Q_Lᵀ G Q_R; the norm is LRNorm(DNorm(base, D), L = Q_Lᵀ, R = Q_R) with Adam's
   D = (√V̂ + ε)^{1/2} (Vyas et al. 2024), so the Frobenius sharp of a momentum M is
@@ -42,7 +38,6 @@ from .preconditioner import Preconditioner, State, StepContext, check_eps, regis
 
 __all__ = [
     "Shampoo",
-    "KLShampoo",
     "SOAP",
     "SPlus",
     "inverse_root",
@@ -245,88 +240,6 @@ def shampoo_one_sided(**hp: object) -> Shampoo:
     return Shampoo(**hp)  # type: ignore[arg-type]
 
 
-# ----------------------------------------------------------------------------- KL-Shampoo
-
-
-class KLShampoo(Preconditioner):
-    """KL-Shampoo factors (Lin et al. 2025) with L⁻¹ = (S_a + εI)^{-p/2}, R⁻¹ = (S_b + εI)^{-p/2}.
-
-    Update, from the factors' cached eigendecompositions (refreshed every k steps):
-    S_a ← β2 S_a + (1-β2)/n · G (S_b + εI)⁻¹ Gᵀ and S_b ← β2 S_b + (1-β2)/m · Gᵀ (S_a + εI)⁻¹ G,
-    with S_a = S_b = ``init``·I at the start. The Frobenius sharp is S_a^{-p} G S_b^{-p}:
-    p = 1/2 (default) is the paper's update, p = 1 the affine-equivariant S_a⁻¹ G S_b⁻¹.
-    State: the factors and their eigendecompositions (Q, λ) per side.
-    """
-
-    name = "kl_shampoo"
-    updates_in_place = False
-    covers_gradient = True
-
-    def __init__(
-        self,
-        beta2: float = 0.95,
-        eps: float = 1e-12,
-        power: float = 0.5,
-        init: float = 1.0,
-        precondition_frequency: int = 1,
-        root_dtype: torch.dtype = torch.float32,
-    ) -> None:
-        _check_hp("KLShampoo", beta2, eps, precondition_frequency, root_dtype)
-        if not power > 0.0:
-            raise ValueError(f"KLShampoo: power must be positive, got {power!r}")
-        if not init > 0.0:
-            raise ValueError(f"KLShampoo: init (the factors' initial multiple of I) must be positive, got {init!r}")
-        self.beta2, self.eps, self.power, self.init = float(beta2), float(eps), float(power), float(init)
-        self.precondition_frequency, self.root_dtype = precondition_frequency, root_dtype
-
-    def init_state(self, param: Tensor, state_dtype: torch.dtype) -> State:
-        _check_matrix("KLShampoo", param)
-        m, n = param.shape
-        kw = {"dtype": state_dtype, "device": param.device}
-        return {
-            "Sa": torch.eye(m, **kw) * self.init,
-            "Sb": torch.eye(n, **kw) * self.init,
-            "Qa": torch.eye(m, **kw),
-            "la": torch.full((m,), self.init, **kw),
-            "Qb": torch.eye(n, **kw),
-            "lb": torch.full((n,), self.init, **kw),
-        }
-
-    def check_state_dtype(self, state_dtype: torch.dtype) -> None:
-        _check_root_eps("KLShampoo", self.eps, max(self.power, 1.0), 1, (state_dtype, self.root_dtype))  # (S + εI)⁻¹ whitens
-
-    def _whitened_outer(self, X: Tensor, Q: Tensor, lam: Tensor) -> Tensor:
-        """X (S + εI)⁻¹ Xᵀ with S = Q diag(λ) Qᵀ."""
-        Y = X @ Q
-        return (Y * _power_of_eigs(lam, 1.0, self.eps).unsqueeze(-2)) @ Y.mT
-
-    def update(self, state: State, grad: Tensor, step: int) -> None:
-        self.update_many([state], [grad], step, None)
-
-    def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
-        G = _stacked_grads(grads, states[0]["Sa"].dtype)
-        m, n = G.shape[-2:]
-        new_a = self._whitened_outer(G, _stack(states, "Qb"), _stack(states, "lb")) / n
-        new_b = self._whitened_outer(G.mT, _stack(states, "Qa"), _stack(states, "la")) / m
-        _copy_into(states, "Sa", torch.lerp(_stack(states, "Sa"), new_a, 1.0 - self.beta2))
-        _copy_into(states, "Sb", torch.lerp(_stack(states, "Sb"), new_b, 1.0 - self.beta2))
-        if _due(step, self.precondition_frequency):
-            for S, Q, lam in (("Sa", "Qa", "la"), ("Sb", "Qb", "lb")):
-                l, V = _eigh(_stack(states, S), self.root_dtype)
-                _copy_into(states, Q, V)
-                _copy_into(states, lam, l)
-
-    def _inv_root(self, states: Sequence[State], Q: str, lam: str) -> Tensor:
-        Qs, ls = _stack(states, Q), _stack(states, lam)
-        return (Qs * _power_of_eigs(ls, self.power / 2, self.eps).unsqueeze(-2)) @ Qs.mT
-
-    def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
-        return LRNorm(base, L_inv=self._inv_root(states, "Qa", "la"), R_inv=self._inv_root(states, "Qb", "lb"))
-
-    def __repr__(self) -> str:
-        return f"KLShampoo(beta2={self.beta2}, eps={self.eps}, power={self.power}, precondition_frequency={self.precondition_frequency})"
-
-
 # ----------------------------------------------------------------------------- eigenbasis methods
 
 
@@ -490,7 +403,6 @@ class SPlus(_Eigenbasis):
 
 register_preconditioner("shampoo", Shampoo)
 register_preconditioner("shampoo_one_sided", shampoo_one_sided)
-register_preconditioner("kl_shampoo", KLShampoo)
 register_preconditioner("soap", SOAP)
 register_preconditioner("splus", SPlus)
 

@@ -77,6 +77,10 @@ def _shampoo(h: ShampooHP) -> Recipe:
 
 
 class KLShampooHP(Hyperparameters, _RoutedAdamW):
+    """KL-Shampoo; ``reference=True``: the authors' schedule (``KLShampoo(reference=True)``)
+    with their momentum, an EMA without bias correction (``"ema"``); their defaults are
+    ``init=0.1, eps=1e-8, precondition_frequency=10, weight_decay=0.01``."""
+
     momentum: Beta = 0.9
     beta2: Beta = 0.95
     eps: NonNeg = 1e-12
@@ -85,12 +89,14 @@ class KLShampooHP(Hyperparameters, _RoutedAdamW):
     precondition_frequency: Frequency = 1
     root_dtype: RootDtype = "float32"
     weight_decay: NonNeg = 0.0
+    reference: bool = False
 
 
 def _kl_shampoo(h: KLShampooHP) -> Recipe:
-    options = {"beta2": h.beta2, "eps": h.eps, "power": h.power, "init": h.init,
+    options = {"beta2": h.beta2, "eps": h.eps, "power": h.power, "init": h.init, "reference": h.reference,
                "precondition_frequency": h.precondition_frequency, "root_dtype": DTYPES[h.root_dtype]}
-    return _hidden_only(_rule(h, "frobenius", "kl_shampoo", options, "adam_ema", "sharp"), h.adamw_rule())
+    momentum = "ema" if h.reference else "adam_ema"
+    return _hidden_only(_rule(h, "frobenius", "kl_shampoo", options, momentum, "sharp"), h.adamw_rule())
 
 
 class SOAPHP(Hyperparameters, _RoutedAdamW):
