@@ -184,6 +184,11 @@ def spectral_scale(scale: str | float, d_out: int, d_in: int) -> float:
     raise ValueError(f"spectral scale must be one of {SCALES} or a positive float, got {scale!r}")
 
 
+def _dtype_repr(dtype: torch.dtype | str | None) -> str:
+    """``, dtype=bfloat16`` for a set polar-factor compute dtype, nothing when None (the default)."""
+    return "" if dtype is None else f", dtype={str(dtype).removeprefix('torch.')}"
+
+
 class Spectral(Norm):
     """Scaled spectral norm of a (d_out, d_in) matrix (nn.Linear layout): ‖W‖ = σ_max(W)/s.
 
@@ -205,7 +210,7 @@ class Spectral(Norm):
         scale: str | float = "rms",
         method: str = "polar_express",
         steps: int | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         eps: float = 1e-7,
     ) -> None:
         spectral_scale(scale, 1, 1)  # validate early
@@ -232,7 +237,7 @@ class Spectral(Norm):
         return O * self._s(G)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(scale={self.scale!r}, method={self.method!r}, steps={self.steps})"
+        return f"{type(self).__name__}(scale={self.scale!r}, method={self.method!r}, steps={self.steps}{_dtype_repr(self.dtype)})"
 
 
 Layout = Literal["linear", "embedding"]
@@ -347,7 +352,7 @@ class SpectralConv(Norm):
         scale: str | float = "rms",
         method: str = "polar_express",
         steps: int | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         eps: float = 1e-7,
     ) -> None:
         if kernel_dims not in (1, 2, 3):
@@ -389,4 +394,4 @@ class SpectralConv(Norm):
 
     def __repr__(self) -> str:
         s = self.spectral
-        return f"{type(self).__name__}(kernel_dims={self.kernel_dims}, scale={s.scale!r}, method={s.method!r}, steps={s.steps})"
+        return f"{type(self).__name__}(kernel_dims={self.kernel_dims}, scale={s.scale!r}, method={s.method!r}, steps={s.steps}{_dtype_repr(s.dtype)})"

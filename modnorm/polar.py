@@ -22,8 +22,9 @@ docs/orthogonalization.md): worst max |σ−1| of the output over gradient-like 
   et al. 2025 (Algorithm 1: ℓ = 1e-3, degree 5), then (1.875, −1.25, 0.375) forever.
   Safety factor 1.01 in both places of the paper's reference code: the input is divided
   by 1.01·‖X‖_F and the first seven polynomials are applied as p(x/1.01). κ ≤ 1e2:
-  0.13 at 5 steps, 2.5e-3 at 6, 4.7e-6 at 7, 2e-15 at 8 (float32: 3.5e-7, bf16: 5e-3
-  from 6 steps on). κ = 1e4: 0.77 at 8 steps, 0.31 at 10.
+  0.13 at 5 steps, 2.5e-3 at 6, 4.7e-6 at 7, 2e-15 at 8 (float32: 3.5e-7; bf16: 5e-3
+  from 6 steps on, fp16: 5e-4 from 7 on — hence ``default_steps``: 6 steps when computing
+  in bf16, 7 in fp16). κ = 1e4: 0.77 at 8 steps, 0.31 at 10.
 - ``"cubic"`` (default 30 steps): the classical Newton–Schulz iteration (1.5, −0.5, 0).
   Converges to the exact factor for every σ ∈ (0, √3), slowly (small σ grow ×1.5 per
   step): 2e-15 from 20 steps for κ ≤ 1e2, from 30 steps for κ = 1e4.
@@ -45,10 +46,12 @@ import torch
 from torch import Tensor
 
 from ._numerics import vector_norm
+from .polar_dtype import auto_dtype
 
 __all__ = [
     "orthogonalize",
     "check_options",
+    "default_steps",
     "ns_coefficients",
     "singular_values",
     "METHODS",
@@ -82,6 +85,8 @@ CUBIC: Coefficients = (1.5, -0.5, 0.0)
 
 METHODS: tuple[str, ...] = ("jordan", "polar_express", "cubic", "svd")
 DEFAULT_STEPS: dict[str, int] = {"jordan": 5, "polar_express": 8, "cubic": 30, "svd": 0}
+# Fewer steps where the compute dtype's rounding floor is reached earlier (measured, module docstring).
+_LOW_PRECISION_STEPS: dict[tuple[str, torch.dtype], int] = {("polar_express", torch.bfloat16): 6, ("polar_express", torch.float16): 7}
 # Extra factor on ‖X‖_F in the input normalization.
 _INPUT_SAFETY: dict[str, float] = {"jordan": 1.0, "polar_express": POLAR_EXPRESS_SAFETY, "cubic": 1.0}
 
@@ -106,19 +111,25 @@ def ns_coefficients(method: str, steps: int) -> list[Coefficients]:
     raise ValueError(f"ns_coefficients: method={method!r} has no Newton–Schulz coefficients; choose one of {METHODS[:-1]}")
 
 
-def check_options(owner: str, method: str, steps: int | None, dtype: torch.dtype | None, eps: float) -> None:
+def default_steps(method: str, dtype: torch.dtype) -> int:
+    """Steps of ``method`` when computing in ``dtype``: ``DEFAULT_STEPS``, except Polar Express in
+    bf16 (6) and fp16 (7), which reach their rounding floor there (more steps do not help)."""
+    return _LOW_PRECISION_STEPS.get((method, dtype), DEFAULT_STEPS[method])
+
+
+def check_options(owner: str, method: str, steps: int | None, dtype: torch.dtype | str | None, eps: float) -> None:
     """Validate the polar-factor options shared by ``orthogonalize`` and ``Spectral``; errors name ``owner``."""
     if method not in METHODS:
         raise ValueError(f"{owner}: unknown method={method!r}; choose one of {METHODS}")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"{owner}: steps must be a positive int or None (the method's default, {DEFAULT_STEPS}), got {steps!r}")
-    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-        raise ValueError(f"{owner}: dtype must be a floating torch.dtype such as torch.bfloat16, or None, got {dtype!r}")
+    if dtype is not None and dtype != "auto" and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ValueError(f"{owner}: dtype must be a floating torch.dtype such as torch.bfloat16, \"auto\" or None, got {dtype!r}")
     if not (isinstance(eps, (int, float)) and eps > 0):
         raise ValueError(f"{owner}: eps must be a positive float, got {eps!r}")
 
 
-def _check(X: Tensor, method: str, steps: int | None, dtype: torch.dtype | None, eps: float) -> None:
+def _check(X: Tensor, method: str, steps: int | None, dtype: torch.dtype | str | None, eps: float) -> None:
     if not isinstance(X, Tensor):
         raise TypeError(f"orthogonalize: X must be a torch.Tensor, got {type(X).__name__}")
     if X.ndim < 2:
@@ -137,12 +148,12 @@ def _split_nonfinite(X: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(finite, X, torch.zeros((), dtype=X.dtype, device=X.device)), bad
 
 
-def _svd_dtype(X: Tensor, dtype: torch.dtype | None) -> torch.dtype:
-    want = X.dtype if dtype is None else dtype
+def _svd_dtype(X: Tensor, dtype: torch.dtype | str | None) -> torch.dtype:
+    want = X.dtype if dtype is None or dtype == "auto" else dtype
     return want if want in (torch.float32, torch.float64) else torch.float32
 
 
-def singular_values(X: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+def singular_values(X: Tensor, dtype: torch.dtype | str | None = None) -> Tensor:
     """Singular values (..., min(m, n)) of every matrix in ``X``, in X's dtype.
 
     Computed in float32/float64 (LAPACK has no low-precision SVD); a matrix with a
@@ -153,7 +164,7 @@ def singular_values(X: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     return S.masked_fill(bad.squeeze(-1), float("nan")).to(X.dtype)
 
 
-def _svd_polar(X: Tensor, dtype: torch.dtype | None) -> Tensor:
+def _svd_polar(X: Tensor, dtype: torch.dtype | str | None) -> Tensor:
     work, bad = _split_nonfinite(X.to(_svd_dtype(X, dtype)))
     U, S, Vh = torch.linalg.svd(work, full_matrices=False)
     tol = S.amax(dim=-1, keepdim=True) * max(work.shape[-2:]) * torch.finfo(work.dtype).eps
@@ -193,7 +204,7 @@ def orthogonalize(
     X: Tensor,
     method: Method | str = "polar_express",
     steps: int | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     eps: float = 1e-7,
     coefficients: Sequence[Coefficients] | None = None,
 ) -> Tensor:
@@ -203,8 +214,12 @@ def orthogonalize(
         X: real floating tensor, at least 2-D; leading dims are a batch.
         method: "jordan", "polar_express", "cubic" or "svd" (exact); see the module docstring
             for each method's measured accuracy.
-        steps: iterations (≥ 1); ``None`` takes ``DEFAULT_STEPS[method]``. Ignored by "svd".
-        dtype: compute dtype; ``None`` means bf16 for iterations on CUDA, else X's dtype.
+        steps: iterations (≥ 1); ``None`` takes ``default_steps(method, compute dtype)``
+            (Polar Express: 8, or 6 in bf16). Ignored by "svd".
+        dtype: compute dtype; ``None`` means bf16 for iterations on CUDA, else X's dtype;
+            ``"auto"`` means ``modnorm.polar_dtype.auto_dtype(X.device, X.dtype, min(m, n))``
+            (float64 stays float64, else bf16 where the device multiplies matrices of this
+            size fast, else float32).
             "svd" computes in float32 when asked for a lower precision.
         eps: floor of the normalizer ``‖X‖_F·safety`` (so a zero matrix gives zero).
         coefficients: explicit per-step (a, b, c), used as given (no safety factor, input
@@ -226,10 +241,14 @@ def orthogonalize(
     elif method == "svd":
         return X.clone() if X.numel() == 0 else _svd_polar(X, dtype)
     else:
-        schedule = ns_coefficients(method, DEFAULT_STEPS[method] if steps is None else steps)
+        schedule = None
         safety = _INPUT_SAFETY[method]
     if X.numel() == 0:
         return X.clone()
     if dtype is None:
         dtype = torch.bfloat16 if X.is_cuda else X.dtype
+    elif dtype == "auto":
+        dtype = auto_dtype(X.device, X.dtype, min(X.shape[-2:]))
+    if schedule is None:
+        schedule = ns_coefficients(method, default_steps(method, dtype) if steps is None else steps)
     return _newton_schulz(X, schedule, safety, eps, dtype)  # type: ignore[arg-type]

@@ -181,3 +181,48 @@ def test_lr_transfer_arch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
             assert r["depth_shift"] == round(math.log2(deeper / base)) and r["width_shift"] == round(math.log2(wider / base))
         for ratios in res["step_time_vs_adamw"].values():
             assert all(v > 0 and math.isfinite(v) for v in ratios.values())
+
+
+def test_optimizer_step_quick_reports_every_row(tmp_path: Path) -> None:
+    optimizer_step = importlib.import_module("optimizer_step")
+    out = tmp_path / "step.json"
+    result = optimizer_step.main(["--quick", "--import-repeats", "0", "--out", str(out)])  # imports: seconds each
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    measures = {r["measure"]: r["value"] for r in result["rows"]}
+    peers = {"po.AdaMuon", "po.SOAP+AdamW", "po.Shampoo+AdamW"}
+    for m, _, peer, _ in optimizer_step.RATIOS:
+        assert (m in measures) == (optimizer_step.po is not None or peer not in peers), m
+    for name in optimizer_step.RESNET[1:]:
+        assert f"ResNet-18 step / torch AdamW step: {name}" in measures
+    assert "import modnorm / import torch" not in measures
+    assert any(m.startswith("peak step memory") for m in measures)
+    assert all(math.isfinite(v) and v > 0 for v in measures.values())
+    assert result["config"]["cpu"] and result["config"]["n_params"] == 2 * 256 * 64 + 2 * 12 * 64 * 64
+    assert "| measure | value | target |" in optimizer_step.format_tables(result)
+
+
+def test_peak_step_bytes_sees_a_known_temporary() -> None:
+    import torch
+
+    optimizer_step = importlib.import_module("optimizer_step")
+    x = torch.zeros(1000, 1000)
+    n = x.numel() * 4
+
+    def step() -> None:  # two temporaries of n bytes alive at once, then freed
+        a = x + 1
+        b = a * 2
+        del a, b
+
+    peak = optimizer_step.peak_step_bytes(step)
+    assert 2 * n <= peak < 2 * n + 4096
+
+
+def test_gpu_benchmark_skips_cleanly_without_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    gpu = importlib.import_module("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "gpu.json"
+    assert "no CUDA device" in gpu.main(["--out", str(out)])["skipped"]
+    assert "skipped" in json.loads(out.read_text())
+    assert gpu.ns_flops(2, 3, 1) == 4 * 2 * 2 * 3 + 2 * 2**3 and gpu.ns_flops(3, 2, 2) == 2 * gpu.ns_flops(2, 3, 1)

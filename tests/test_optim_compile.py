@@ -92,3 +92,14 @@ def test_compiled_buckets_inside_compiled_step() -> None:
         model(x).sum().backward()
         step()
     assert len(opt._compiled) == 3 and counters["stats"]["unique_graphs"] == 6
+
+
+def test_compile_option_survives_load_state_dict() -> None:
+    """torch's load_state_dict re-runs __setstate__; the compile option must not fall back to eager."""
+    _, _, opt = _train("adamw", BACKEND, 2)
+    opt.load_state_dict(opt.state_dict())
+    opt._compiled.clear()
+    for p in opt.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert opt._compile == BACKEND and len(opt._compiled) >= 1

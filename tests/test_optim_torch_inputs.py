@@ -101,7 +101,8 @@ def test_torch_optim_input_trajectory(preset: str, index: int) -> None:
     assert inp.params is None  # torch's inputs carry hyperparameters only
     cls = INFO[PEERS[preset]].optim_cls
     ref = _train(lambda ps: cls(ps, **_copy(inp.kwargs)), preset, inp.kwargs)
-    got = _train(lambda ps: modnorm.optimizer(ps, preset, budgets=False, **_copy(inp.kwargs)), preset, inp.kwargs)
+    like_torch = {"ns_dtype": "bfloat16"} if preset == "muon" else {}  # torch.optim.Muon: bf16 Newton–Schulz, even for float64
+    got = _train(lambda ps: modnorm.optimizer(ps, preset, budgets=False, **like_torch, **_copy(inp.kwargs)), preset, inp.kwargs)
     start = _train(lambda ps: cls(ps, lr=0.0), preset, {})
     assert max(float((a - b).abs().max()) for a, b in zip(ref, start)) > 1e-4  # the run moves the weights
     tol = 1e-10

@@ -50,7 +50,7 @@ DEMO_OPTIMIZERS: dict[str, dict[str, Any]] = {
     # 3-layer MLP), so lr 9e-3 here is torch AdamW's per-layer step at 3e-3.
     "sgd": {"lr": 0.3, "momentum": 0.9},
     "adamw": {"lr": 9e-3, "weight_decay": 0.01},
-    "muon": {"lr": 0.02, "ns_dtype": "float32"},  # bf16 matmuls are slow on CPU
+    "muon": {"lr": 0.02},
     "muadam": {"lr": 0.01},
     "muadam_sania": {"lr": 1e-4},  # D = V^½ makes the step scale like 1/|gradient|: a far smaller lr
 }

@@ -3,7 +3,8 @@
 ``save_checkpoint(path, model, optimizer)`` writes the model's and the optimizer's state
 dicts as DCP shards (each rank writes its own shards of DTensor parameters and of the
 sharded elementwise optimizer state; replicated tensors such as Shampoo factors are
-written once) plus ``modnorm.json``, which records what optimizer produced the state.
+written once) plus ``modnorm.json``, which records what optimizer produced the state and
+what its ``ns_dtype="auto"`` resolved to (restored on load, so the run keeps its dtypes).
 ``load_checkpoint`` checks that record against the optimizer it is given — a checkpoint
 from another preset raises an error naming both — then lets DCP load and, where the
 world size or sharding differs from the saved one, reshard.
@@ -100,7 +101,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, optimizer: t
         state["optim"] = osd
     dcp.save(state, checkpoint_id=path)
     if _rank0():
-        meta = {"optimizer": None if optimizer is None else optimizer_identity(optimizer, osd)}
+        meta = {"optimizer": None if optimizer is None else optimizer_identity(optimizer, osd),
+                "ns_dtype_auto": getattr(optimizer, "ns_dtype_auto", None)}  # DCP's optimizer state drops it
         with open(os.path.join(path, META), "w") as f:
             json.dump(meta, f, indent=1)
     _barrier()
@@ -143,3 +145,5 @@ def load_checkpoint(path: str | os.PathLike[str], model: nn.Module, optimizer: t
             optimizer.state.pop(p, None)
         raise
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    if meta.get("ns_dtype_auto") and hasattr(optimizer, "set_ns_dtype_auto"):
+        optimizer.set_ns_dtype_auto(meta["ns_dtype_auto"])  # the saved Newton–Schulz dtypes, not this machine's

@@ -17,6 +17,12 @@ parameters, state_dict loadable with ``torch.load(weights_only=True)``, tensor l
 gradient is skipped and gets no state. Non-finite gradients raise before anything is
 modified (``nonfinite="raise"``) or skip the step and count it in ``skipped_steps``
 (``nonfinite="skip"``). 16-bit parameters keep fp32 state unless ``state_dtype`` says otherwise.
+
+``ns_dtype="auto"`` (the default of the Newton–Schulz presets) is resolved once per
+(device type, parameter dtype, matrix size class) with ``modnorm.polar_dtype.auto_dtype``;
+the choice shows in ``describe()`` (the norm's ``dtype=``) and travels in
+``state_dict()["ns_dtype_auto"]`` (e.g. ``{"cpu:float32:256": "bfloat16"}``),
+so a resumed run keeps the saved choice even on hardware that would choose otherwise.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from torch.optim import Optimizer
 from ..distributed.bucket import placement_key, shard_bucket
 from ..geometry import Geometry
 from ..norms import Norm
+from ..polar_dtype import auto_dtype, size_class
 from .config import ConfigError, get_preset, validate_hyperparameters
 from .describe import lr_note, optimizer_rows, optimizer_table
 from .momentum import init_momentum, momentum_key
@@ -85,6 +92,16 @@ def _freeze(value: Any) -> Any:
 
 def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+NS_AUTO_KEY = "ns_dtype_auto"
+
+
+def _checked_choices(choices: Any) -> dict[str, str]:
+    """Saved ns_dtype="auto" choices, validated: a dict of str → a name in DTYPES."""
+    if not isinstance(choices, dict) or any(not isinstance(k, str) or v not in DTYPES for k, v in choices.items()):
+        raise ValueError(f"ns_dtype_auto must map 'device:dtype:size' to one of {sorted(DTYPES)}, got {choices!r}")
+    return dict(choices)
 
 
 class ModnormOptimizer(Optimizer):
@@ -144,6 +161,7 @@ class ModnormOptimizer(Optimizer):
         self._budgets = {k: float(v) for k, v in (budgets or {}).items()}
         self._meta: list[list[tuple[str, Geometry, float]]] = []
         self._plan_cache: dict[Any, Any] = {}  # (gi, frozen hyperparameters) → plans; gi → (last hp, plans)
+        self._ns_auto: dict[str, str] = {}  # "device type:param dtype:size class" → what ns_dtype="auto" resolved to
         defaults = validate_hyperparameters(self._preset, hyperparameters).model_dump()
         super().__init__(params, defaults)
 
@@ -206,7 +224,7 @@ class ModnormOptimizer(Optimizer):
         for (label, geometry, budget), p in zip(self._meta[gi], group["params"]):
             rule = recipe.rule_for(geometry.role)
             shape = _internal_shape(p)
-            norm = resolve_norm(rule, geometry, shape, label)
+            norm = resolve_norm(rule, geometry, shape, label, self._auto_ns_dtype(p, shape) if rule.ns_dtype == "auto" else None)
             pname = geometry.preconditioner if rule.preconditioner == "declared" else rule.preconditioner
             pkey = (id(rule), pname)
             if pkey not in preconds:
@@ -225,6 +243,17 @@ class ModnormOptimizer(Optimizer):
         self._plan_cache[key] = plans
         self._plan_cache[gi] = (hp, plans)
         return plans
+
+    def _auto_ns_dtype(self, p: Tensor, shape: tuple[int, ...]) -> torch.dtype | None:
+        """What ns_dtype="auto" means for ``p`` (matrices of its first two dims): resolved once per
+        (device type, dtype, size class), then recorded. None for vectors (no polar factor)."""
+        if len(shape) < 2:
+            return None
+        n = size_class(min(shape[0], shape[1]))
+        key = f"{p.device.type}:{str(p.dtype).removeprefix('torch.')}:{n}"
+        if key not in self._ns_auto:
+            self._ns_auto[key] = str(auto_dtype(p.device, p.dtype, n)).removeprefix("torch.")
+        return DTYPES[self._ns_auto[key]]
 
     # ------------------------------------------------------------------ state
 
@@ -246,15 +275,27 @@ class ModnormOptimizer(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for k in ("_preset", "nonfinite", "state_dtype", "skipped_steps", "_geometries", "_budgets", "_meta", "_compile", "_eval_mode"):
+        for k in ("_preset", "nonfinite", "state_dtype", "skipped_steps", "_geometries", "_budgets", "_meta", "_compile", "_eval_mode", "_ns_auto"):
             state[k] = getattr(self, k)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._plan_cache = {}
-        self._compile = state.get("_compile", False)
+        # torch's load_state_dict calls __setstate__ with only state and param_groups: keep our own fields
+        self._compile = state.get("_compile", getattr(self, "_compile", False))
         self._compiled = {}
+        self._ns_auto = state.get("_ns_auto", getattr(self, "_ns_auto", {}))
+
+    @property
+    def ns_dtype_auto(self) -> dict[str, str]:
+        """What ns_dtype="auto" resolved to so far: "device type:param dtype:size class" → dtype name."""
+        return dict(self._ns_auto)
+
+    def set_ns_dtype_auto(self, choices: dict[str, str]) -> None:
+        """Adopt saved ns_dtype="auto" choices (they replace this machine's); checked before anything changes."""
+        self._ns_auto.update(_checked_choices(choices))
+        self._plan_cache = {}
 
     def _expected_state(self) -> list[dict[str, tuple[int, ...]]]:
         """State key → shape that each parameter (in group order) has once stepped ({} for 0-size ones)."""
@@ -279,20 +320,24 @@ class ModnormOptimizer(Optimizer):
         return added
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's state dict, plus the preset's name, minus runtime hyperparameters (``state_io``)."""
-        return portable(super().state_dict(), self.preset, self.skipped_steps)
+        """torch's state dict, plus the preset's name and ``"ns_dtype_auto"`` (what ns_dtype="auto"
+        resolved to), minus runtime hyperparameters (``state_io``)."""
+        return {**portable(super().state_dict(), self.preset, self.skipped_steps), NS_AUTO_KEY: dict(self._ns_auto)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load_state_dict after ``state_io.check_loadable`` (another preset's state, or state
         that does not fit, is refused with nothing changed); keeps this optimizer's runtime
-        hyperparameters and fp32 state of 16-bit parameters (torch casts it to the parameter's dtype)."""
+        hyperparameters and fp32 state of 16-bit parameters (torch casts it to the parameter's dtype),
+        and adopts the saved ns_dtype="auto" choices (they replace this machine's)."""
         check_loadable(self, state_dict, self._expected_state())
+        saved_auto = _checked_choices(state_dict.get(NS_AUTO_KEY, {}))
         runtime = [{k: v for k, v in g.items() if is_runtime(v)} for g in self.param_groups]
-        super().load_state_dict({k: v for k, v in state_dict.items() if k not in (PRESET_KEY, SKIPPED_KEY)})
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in (PRESET_KEY, SKIPPED_KEY, NS_AUTO_KEY)})
         self.skipped_steps = int(state_dict.get(SKIPPED_KEY, self.skipped_steps))
         for group, values in zip(self.param_groups, runtime):
             for k, v in values.items():
                 group.setdefault(k, v)
+        self.set_ns_dtype_auto(saved_auto)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for p in params:  # torch keeps the dict's own step tensors; the step advances them in place

@@ -40,7 +40,7 @@ __all__ = ["Hyperparameters", "Preset", "PRESETS", "register_preset", "custom_re
 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 NonNeg = Annotated[float, Field(ge=0.0)]
-NsDtype = Literal["float32", "float64", "bfloat16", "float16"] | None
+NsDtype = Literal["auto", "float32", "float64", "bfloat16", "float16"] | None
 
 # Allowed ranges, quoted in error messages.
 RANGES: dict[str, str] = {
@@ -58,7 +58,7 @@ RANGES: dict[str, str] = {
     "initial_accumulator_value": "initial_accumulator_value ≥ 0",
     "ns_steps": "1 ≤ ns_steps < 100",
     "ns_method": f"ns_method one of {METHODS}",
-    "ns_dtype": "ns_dtype one of float32, float64, bfloat16, float16 or None",
+    "ns_dtype": "ns_dtype one of auto, float32, float64, bfloat16, float16 or None",
     "adjust_lr_fn": "adjust_lr_fn one of 'original', 'match_rms_adamw' or None",
 }
 
@@ -103,9 +103,14 @@ class _RoutedAdamW(BaseModel):
 
 
 class _Polar(BaseModel):
+    """Polar-factor options. ``ns_dtype="auto"``: bf16 where the device multiplies matrices of
+    the parameter's size fast (CUDA; on CPUs a one-time probe per size class), else float32;
+    float64 parameters stay float64 (``modnorm.polar_dtype``). ``ns_steps=None``: the method's default for that
+    dtype (Polar Express: 6 in bf16, 8 in float32/64)."""
+
     ns_method: NsMethod = "polar_express"
     ns_steps: Annotated[int, Field(ge=1, lt=100)] | None = None
-    ns_dtype: NsDtype = None
+    ns_dtype: NsDtype = "auto"
 
 
 def _adam_rule(precond: str, betas: tuple[float, float], eps: float, wd: float, lr_ratio: float = 1.0, **norm: Any) -> Rule:
@@ -201,7 +206,11 @@ def _signsgd(h: SignSGD) -> Recipe:
 
 
 class Muon(Hyperparameters, _RoutedAdamW):
-    """torch.optim.Muon's hyperparameter names and defaults, plus the AdamW rule for the rest."""
+    """torch.optim.Muon's hyperparameter names and defaults, plus the AdamW rule for the rest.
+
+    One difference: ``ns_dtype="auto"`` (torch always computes Newton–Schulz in bf16) — bf16
+    on CUDA and where a CPU multiplies bf16 matrices of that size fast, float32 elsewhere,
+    float64 for float64 parameters. ``ns_dtype="bfloat16"`` reproduces torch.optim.Muon bit for bit."""
 
     weight_decay: NonNeg = 0.1
     momentum: Beta = 0.95
@@ -210,7 +219,7 @@ class Muon(Hyperparameters, _RoutedAdamW):
     eps: NonNeg = 1e-7
     ns_steps: Annotated[int, Field(ge=1, lt=100)] = 5
     adjust_lr_fn: Literal["original", "match_rms_adamw"] | None = None
-    ns_dtype: NsDtype = "bfloat16"
+    ns_dtype: NsDtype = "auto"
 
 
 def _muon(h: Muon) -> Recipe:

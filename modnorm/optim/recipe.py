@@ -16,9 +16,12 @@ Base norms: ``"declared"`` takes the parameter's declared geometry (``Geometry.n
 matrix and ``SpectralConv`` for a >2-D kernel; ``"rms"`` for vectors; ``"colnorm"``/
 ``"rownorm"`` for matrices (embedding layout when the role is "embedding"). The
 spectral options (``scale``, ``ns_method``, ``ns_steps``, ``ns_coefficients``, ``ns_dtype``,
-``ns_eps``) configure the built spectral norms; a declared norm is used as declared,
-except that polar-factor options set explicitly on the rule replace those of a declared
-``Spectral``/``SpectralConv`` (its scale is kept).
+``ns_eps``) configure the built spectral norms (``ns_dtype="auto"``: the optimizer resolves
+it per device, parameter dtype and matrix size class with ``modnorm.polar_dtype.auto_dtype``
+and passes the result to ``resolve_norm``; ``ns_steps=None`` then becomes that dtype's
+``default_steps``); a declared norm is used as declared, except that polar-factor options
+set explicitly on the rule replace those of a declared ``Spectral``/``SpectralConv`` (its
+scale is kept).
 ``preconditioner="declared"`` takes ``Geometry.preconditioner``.
 """
 
@@ -30,8 +33,8 @@ import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from ..geometry import ROLES, Geometry
-from ..norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, spectral_scale
-from ..polar import METHODS
+from ..norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, _dtype_repr, spectral_scale
+from ..polar import METHODS, default_steps
 from .momentum import MomentumKind
 
 
@@ -63,7 +66,8 @@ class Rule(BaseModel):
     ns_method: NsMethod = Field("polar_express", description=f"polar-factor method, one of {METHODS}")
     ns_steps: int | None = Field(None, ge=1, description="Newton–Schulz steps, ≥ 1 (None: the method's default)")
     ns_coefficients: tuple[tuple[float, float, float], ...] | None = Field(None, description="explicit per-step (a, b, c)")
-    ns_dtype: Literal["float32", "float64", "bfloat16", "float16"] | None = Field(None, description="Newton–Schulz compute dtype (None: bf16 on CUDA, else the gradient's)")
+    ns_dtype: Literal["auto", "float32", "float64", "bfloat16", "float16"] | None = Field(
+        None, description="Newton–Schulz compute dtype (auto: what the device multiplies fast, float64 kept; None: bf16 on CUDA, else the gradient's)")
     ns_eps: NonNeg = Field(1e-7, description="floor of the Frobenius normalizer before Newton–Schulz, ≥ 0")
     preconditioner: str = Field("none", description="registered preconditioner name, or 'declared'")
     preconditioner_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the preconditioner")
@@ -130,14 +134,16 @@ class Recipe(BaseModel):
         return self.roles.get(role, self.default)
 
 
-def _spectral_options(rule: Rule) -> dict[str, Any]:
-    return {
-        "scale": rule.scale,
-        "method": rule.ns_method,
-        "steps": rule.ns_steps,
-        "dtype": DTYPES[rule.ns_dtype] if rule.ns_dtype else None,
-        "eps": rule.ns_eps,
-    }
+def _spectral_options(rule: Rule, auto: torch.dtype | None = None) -> dict[str, Any]:
+    """Spectral's keyword arguments; ``auto`` is the concrete dtype for ``ns_dtype="auto"``.
+    With a concrete dtype, unset steps become that dtype's ``default_steps`` (shown by repr)."""
+    dtype: torch.dtype | str | None = DTYPES.get(rule.ns_dtype) if rule.ns_dtype != "auto" else (auto or "auto")
+    if rule.ns_dtype == "auto" and rule.ns_method == "svd":
+        dtype = None  # LAPACK: the gradient's float32/float64, whatever the device multiplies fast
+    steps = rule.ns_steps
+    if steps is None and isinstance(dtype, torch.dtype) and rule.ns_method != "svd" and rule.ns_coefficients is None:
+        steps = default_steps(rule.ns_method, dtype)
+    return {"scale": rule.scale, "method": rule.ns_method, "steps": steps, "dtype": dtype, "eps": rule.ns_eps}
 
 
 class _CoefficientSpectral(Spectral):
@@ -155,7 +161,7 @@ class _CoefficientSpectral(Spectral):
         return O * self._s(G)
 
     def __repr__(self) -> str:
-        return f"Spectral(scale={self.scale!r}, coefficients={self.coefficients}, steps={self.steps}, dtype={self.dtype})"
+        return f"Spectral(scale={self.scale!r}, coefficients={self.coefficients}, steps={self.steps}{_dtype_repr(self.dtype)})"
 
 
 class _CoefficientSpectralConv(SpectralConv):
@@ -165,8 +171,8 @@ class _CoefficientSpectralConv(SpectralConv):
         return f"SpectralConv(kernel_dims={self.kernel_dims}, spectral={self.spectral!r})"
 
 
-def _spectral(rule: Rule) -> Spectral:
-    opts = _spectral_options(rule)
+def _spectral(rule: Rule, auto: torch.dtype | None = None) -> Spectral:
+    opts = _spectral_options(rule, auto)
     if rule.ns_coefficients is not None:
         return _CoefficientSpectral(rule.ns_coefficients, **opts)
     return Spectral(**opts)
@@ -175,29 +181,34 @@ def _spectral(rule: Rule) -> Spectral:
 _POLAR_FIELDS = ("ns_method", "ns_steps", "ns_dtype", "ns_eps", "ns_coefficients")
 
 
-def _with_rule_polar(norm: Norm, rule: Rule) -> Norm:
+def _with_rule_polar(norm: Norm, rule: Rule, auto: torch.dtype | None) -> Norm:
     """A declared Spectral/SpectralConv rebuilt with the polar-factor options the rule sets
     explicitly (its declared scale kept); any other norm unchanged."""
     if not _sets_polar_options(rule):
         return norm
     if type(norm) is Spectral:
-        return _spectral(rule.model_copy(update={"scale": norm.scale}))
+        return _spectral(rule.model_copy(update={"scale": norm.scale}), auto)
     if type(norm) is SpectralConv:
-        conv_rule = rule.model_copy(update={"scale": norm.spectral.scale})
-        conv = _CoefficientSpectralConv(kernel_dims=norm.kernel_dims, **_spectral_options(conv_rule))
-        conv.spectral = _spectral(conv_rule)
-        return conv
+        return _spectral_conv(rule.model_copy(update={"scale": norm.spectral.scale}), norm.kernel_dims, auto)
     return norm
+
+
+def _spectral_conv(rule: Rule, kernel_dims: int, auto: torch.dtype | None) -> SpectralConv:
+    conv = _CoefficientSpectralConv(kernel_dims=kernel_dims, **_spectral_options(rule, auto))
+    conv.spectral = _spectral(rule, auto)  # per kernel position: the same (possibly coefficient) spectral LMO
+    return conv
 
 
 def _sets_polar_options(rule: Rule) -> bool:
     return any(f in rule.model_fields_set for f in _POLAR_FIELDS)
 
 
-def resolve_norm(rule: Rule, geometry: Geometry, shape: tuple[int, ...], name: str) -> Norm:
+def resolve_norm(rule: Rule, geometry: Geometry, shape: tuple[int, ...], name: str, ns_dtype: torch.dtype | None = None) -> Norm:
     """The base norm ``rule`` gives a parameter of (internal) ``shape`` with ``geometry``.
 
-    Raises a ValueError naming the parameter when the rule's norm cannot act on its shape.
+    ``ns_dtype``: the concrete Newton–Schulz dtype that ``rule.ns_dtype == "auto"`` stands for
+    (None: left to ``orthogonalize`` at each call). Raises a ValueError naming the parameter
+    when the rule's norm cannot act on its shape.
     """
     nd = len(shape)
     where = f"parameter {name!r} of shape {shape}"
@@ -205,18 +216,16 @@ def resolve_norm(rule: Rule, geometry: Geometry, shape: tuple[int, ...], name: s
         norm = geometry.norm
         if norm.ndim > nd:
             raise ValueError(f"{where}: its declared norm {norm!r} acts on {norm.ndim} dims; declare a norm for {nd}-D tensors")
-        return _with_rule_polar(norm, rule)
+        return _with_rule_polar(norm, rule, ns_dtype)
     if rule.norm == "frobenius":
         return Frobenius(ndim=nd)
     if rule.norm == "sign":
         return Sign(ndim=nd)
     if rule.norm == "spectral":
         if nd == 2:
-            return _spectral(rule)
+            return _spectral(rule, ns_dtype)
         if 3 <= nd <= 5:
-            conv = _CoefficientSpectralConv(kernel_dims=nd - 2, **_spectral_options(rule))
-            conv.spectral = _spectral(rule)  # per kernel position: the same (possibly coefficient) spectral LMO
-            return conv
+            return _spectral_conv(rule, nd - 2, ns_dtype)
         raise ValueError(f"{where}: the spectral norm needs a matrix or a conv kernel (2-5 dims); route this role to another rule")
     if rule.norm == "rms":
         if nd != 1:

@@ -1,0 +1,67 @@
+"""CUDA paths (skipped without a GPU): bf16 Newton–Schulz by default, its accuracy, the recorded choice,
+an optimizer step against a CPU float64 reference, and benchmarks/gpu.py end to end."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import modnorm
+from modnorm.polar import orthogonalize
+from modnorm.polar_dtype import auto_dtype
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _gradient_like(m: int, n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(3, m, min(m, n), generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(3, n, min(m, n), generator=g, dtype=torch.float64))
+    return (U * torch.logspace(0, -2, min(m, n), dtype=torch.float64)) @ V.mT
+
+
+def test_auto_is_bf16_on_cuda_and_accurate() -> None:
+    want = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
+    assert auto_dtype("cuda", torch.float32, 512) == want and auto_dtype("cuda", torch.float64) == torch.float64
+    X = _gradient_like(256, 128)
+    U, _, Vh = torch.linalg.svd(X, full_matrices=False)
+    O = orthogonalize(X.float().cuda(), dtype="auto").cpu().double()
+    assert O.dtype == torch.float64 and float((torch.linalg.svdvals(O) - 1).abs().max()) < 1e-2
+    assert float((O - U @ Vh).abs().max()) < 5e-2
+    O64 = orthogonalize(X.cuda(), dtype="auto").cpu()
+    assert float((O64 - U @ Vh).abs().max()) < 1e-8  # float64 stays float64, 8 steps
+
+
+def test_optimizer_on_cuda_records_bf16_and_tracks_the_cpu_float64_run() -> None:
+    def run(device: str, dtype: torch.dtype, lr: float = 1e-3, **hp) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.Tanh(), torch.nn.Linear(256, 8)).to(device, dtype)
+        opt = modnorm.optimizer(model, "muadam", lr=lr, **hp)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            x, y = torch.randn(32, 64, generator=g), torch.randn(32, 8, generator=g)
+            opt.zero_grad()
+            ((model(x.to(device, dtype)) - y.to(device, dtype)) ** 2).mean().backward()
+            opt.step()
+        return [p.detach().cpu().double() for p in model.parameters()], opt
+
+    got, opt = run("cuda", torch.float32)
+    assert any("dtype=bfloat16" in r["norm"] for r in opt.describe_rows())
+    assert set(opt.state_dict()["ns_dtype_auto"].values()) == {"bfloat16"}
+    ref, _ = run("cpu", torch.float64, ns_dtype="float64")
+    start, _ = run("cpu", torch.float64, ns_dtype="float64", lr=0.0)
+    moved = max(float((a - b).abs().max()) for a, b in zip(ref, start))
+    err = max(float((a - b).abs().max()) for a, b in zip(got, ref))
+    assert moved > 1e-3 and err < 0.05 * moved
+
+
+def test_gpu_benchmark_quick(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    gpu = importlib.import_module("gpu")
+    res = gpu.main(["--quick", "--repeats", "2", "--out", str(tmp_path / "gpu.json")])
+    assert res["matmul_bf16_tflops"] > 0 and 0 < res["ns"]["fraction_of_matmul_peak"] < 1.5
+    assert res["bf16_polar_express_max_sigma_err"][6] < 1e-2
