@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import modnorm  # noqa: E402
-from optimizer_step import builders, gpt_shapes, make_params  # noqa: E402
+from optimizer_step import gpt_params, gpt_shapes  # noqa: E402
 
 
 def _optimizer(preset: str, shapes, compile_opts) -> tuple[list, torch.optim.Optimizer, object]:
-    params = make_params(shapes, torch.float32)
+    params = gpt_params(shapes, torch.float32)
     geometries = {}
     for name, _, role in shapes:  # the same geometries as optimizer_step.py's modnorm entries
         if role in ("embedding", "head"):
@@ -57,7 +57,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.width, args.repeats = 64, 5
     shapes = gpt_shapes(args.width, args.layers, args.vocab)
-    assert builders  # same parameter set as optimizer_step.py
     print(f"# width {args.width}, {args.layers} layers, vocab {args.vocab}, float32, {args.threads} thread(s), backend {args.backend}, "
           f"LambdaLR changing lr every step, median of {args.repeats} interleaved steps")
     print("| preset | eager ms | compiled ms | compiled/eager | graphs | graph breaks | graphs added after warm-up | max |Δw| |")

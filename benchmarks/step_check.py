@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from optimizer_step import builders, gpt_shapes, make_params  # noqa: E402
+from optimizer_step import gpt_builders, gpt_params, gpt_shapes  # noqa: E402
 
 from modnorm.optim import transaction  # noqa: E402
 
@@ -65,9 +65,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def _measure(args: argparse.Namespace) -> dict:
     shapes = gpt_shapes(args.width, args.layers, args.vocab)
-    table = builders(shapes, {})
+    table = gpt_builders(shapes)
     names = ["torch.AdamW(foreach)", "modnorm.adamw", "modnorm.muon(ns float32)"]
-    entries = {n: (make_params(shapes, torch.float32), None) for n in names}
+    entries = {n: (gpt_params(shapes, torch.float32), None) for n in names}
     entries = {n: (ps, table[n](ps)) for n, (ps, _) in entries.items()}
     rows: dict[str, dict[str, list[float]]] = {n: {"step": [], "check": [], "swap": [], "grad_check": []} for n in names}
     for r in range(args.warmup + args.repeats):
