@@ -1,4 +1,4 @@
-"""Numerical check of Theorem 2 (invariance under reparametrization, DESIGN §3).
+"""Numerical check of Theorem 2 (invariance under reparametrization).
 
 Two problems with the same minimizers up to a change of variables W = T(W'):
 

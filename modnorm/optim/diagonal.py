@@ -12,7 +12,7 @@ and the D of the D-norm ‖W‖_D = ‖D ⊙ W‖ (Theorem 1: lmo_D(G) = D⁻¹ 
 Registered forms (with a Frobenius base, ``sharp`` gives G/D²):
 
 - ``"adam"``:    inner ½, outer ½ → D² = √V̂ + ε: exactly Adam's M̂/(√V̂ + ε).
-  MuAdam (DESIGN §4) uses inner 1, outer ¼: D = (V̂ + ε)^¼ inside the spectral LMO.
+  MuAdam uses inner 1, outer ¼: D = (V̂ + ε)^¼ inside the spectral LMO.
 - ``"sania"``:   inner 1, outer ½ → D = (V̂ + ε)^½: Adam-SANIA's M̂/(V̂ + ε); MuAdam-SANIA.
 - ``"adagrad"``: accumulate "sum", inner ½, outer ½ → G/(√ΣG² + ε): torch.optim.Adagrad.
 
