@@ -266,3 +266,16 @@ def test_transformers_heads_and_tied_tables() -> None:
     assert repr(g["convnext.encoder.stages.0.layers.0.dwconv.weight"].norm).startswith("Stacked(SpectralConv")
     g = modnorm.geometries(ZOO["t5"]()[0])
     assert g["encoder.block.0.layer.0.layer_norm.weight"].role == "vector"  # T5LayerNorm: a gain module
+
+
+def test_readme_quick_starts_run() -> None:
+    """Both quick-start snippets of the README (the MLP, then GPT-2 from transformers) run as written."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    mlp, gpt = re.findall(r"```python\n(.*?)```", readme, re.S)[:2]
+    assert "GPT2LMHeadModel" in gpt
+    scope: dict[str, Any] = {}
+    exec(compile(mlp + gpt, "README.md", "exec"), scope)
+    assert torch.isfinite(scope["loss"])
