@@ -21,7 +21,7 @@ Defaults (see ``modnorm.layers.defaults`` for the geometries, docs/layers.md for
 Linear → weight hidden (head when it is the network's output head), bias vector;
 Conv1d/2d/3d → weight SpectralConv(1/2/3), ``Stacked`` per group when ``groups > 1``
 (a depthwise conv: one 1×1 map per channel), bias vector; ConvTranspose1d/2d/3d → the
-same on the (in, out/g, *k) layout (``Transposed``); Embedding → embedding;
+same on the (in, out/g, *k) layout (``Transposed``); Embedding, EmbeddingBag → embedding;
 LayerNorm, RMSNorm, GroupNorm, BatchNorm1d/2d/3d → weight and bias vector;
 RNN/LSTM/GRU → each ``weight_ih``/``weight_hh`` Stacked(Spectral(), gates) (1/4/3 gate
 blocks), ``weight_hr`` Spectral, biases vector, mass = num_layers;
@@ -346,6 +346,7 @@ for _t, _k in ((nn.ConvTranspose1d, 1), (nn.ConvTranspose2d, 2), (nn.ConvTranspo
     DEFAULT_RULES.register(_t, _conv(_k, transposed=True))
 DEFAULT_RULES.register_node(nn.RNNBase, _rnn_node)
 DEFAULT_RULES.register(nn.Embedding, lambda m: {"weight": D.embedding()})
+DEFAULT_RULES.register(nn.EmbeddingBag, lambda m: {"weight": D.embedding()})
 for _t in (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
     DEFAULT_RULES.register(_t, _affine)
 DEFAULT_RULES.register_node(nn.MultiheadAttention, _mha_node)

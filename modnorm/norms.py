@@ -341,7 +341,8 @@ class RMS(Norm):
         return normalize(G, dim=self._dims()) * math.sqrt(self._d(G))
 
     def __repr__(self) -> str:
-        return "RMS()" if self.ndim == 1 else f"RMS(ndim={self.ndim})"
+        name = type(self).__name__
+        return f"{name}()" if self.ndim == 1 else f"{name}(ndim={self.ndim})"
 
 
 class SpectralConv(Norm):

@@ -292,6 +292,7 @@ def test_unknown_leaf_weight_still_needs_a_declaration() -> None:
 
     with pytest.raises(modnorm.GeometryError, match="'1.w'"):
         modnorm.geometries(nn.Sequential(nn.Linear(3, 3), Odd()))
+    assert modnorm.geometries(nn.Sequential(nn.EmbeddingBag(5, 3), nn.Linear(3, 3)))["0.weight"].role == "embedding"
 
 
 # ---------------------------------------------------------------- tied tables and heads
