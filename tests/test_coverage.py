@@ -368,6 +368,8 @@ def test_declared_norms_are_honoured_or_the_override_is_stated() -> None:
     rows = {r["name"]: r for r in opt.describe_rows()}
     assert rows["0.weight"]["declared"].startswith("ColNorm") and rows["2.weight"]["declared"] == ""
     assert "declared" in opt.describe().splitlines()[1]
+    model_table = modnorm.describe(net(), overrides=opt.describe_overrides())
+    assert "declared" in model_table.splitlines()[0] and "ColNorm(layout='linear')" in model_table
     with warnings.catch_warnings():  # default declarations: no warning for any preset
         warnings.simplefilter("error")
         modnorm.optimizer(modnorm.Sequential(L.Linear(3, 4), L.ReLU(), L.Linear(4, 2)), "adamw")
