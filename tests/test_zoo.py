@@ -1,4 +1,4 @@
-"""A zoo of third-party architectures, built from configs with random weights (no downloads).
+"""A zoo of 14 architectures (transformers and torch.nn), built from configs with random weights (no downloads).
 
 For muon, muadam, scion and adamw with their default hyperparameters, every model:
 builds with no registration; its loss on a fixed batch decreases over 10 steps; no weight
@@ -141,6 +141,8 @@ ZOO: dict[str, Callable[[], Case]] = {
         depth_multiplier=0.25, image_size=32, num_labels=5, finegrained_output=False, classifier_dropout_prob=0.0)), 32),
     "convnext": lambda: _vision(T.ConvNextForImageClassification(T.ConvNextConfig(
         num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5, image_size=32)), 32),
+    "mamba": lambda: _hf_lm(T.MambaForCausalLM(T.MambaConfig(
+        vocab_size=V, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, conv_kernel=4))),  # raw A_log, D; depthwise conv1d
     "lstm_lm": lambda: _ce_lm(RNNLM("LSTM")),
     "gru_lm": lambda: _ce_lm(RNNLM("GRU")),
     "transformer_encoder_pos": lambda: _ce_lm(PosTransformer()),
@@ -264,6 +266,9 @@ def test_transformers_heads_and_tied_tables() -> None:
     g = modnorm.geometries(ZOO["convnext"]()[0])
     assert g["convnext.encoder.stages.0.layers.0.layer_scale_parameter"].role == "vector"
     assert repr(g["convnext.encoder.stages.0.layers.0.dwconv.weight"].norm).startswith("Stacked(SpectralConv")
+    g = modnorm.geometries(ZOO["mamba"]()[0])
+    assert g["backbone.layers.0.mixer.A_log"].role == "embedding" and g["backbone.layers.0.mixer.D"].role == "vector"
+    assert repr(g["backbone.layers.0.mixer.conv1d.weight"].norm).startswith("Stacked(SpectralConv(kernel_dims=1")
     g = modnorm.geometries(ZOO["t5"]()[0])
     assert g["encoder.block.0.layer.0.layer_norm.weight"].role == "vector"  # T5LayerNorm: a gain module
 
