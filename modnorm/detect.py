@@ -12,7 +12,10 @@ Layers of third-party libraries are recognized by what they hold, not by class n
 
 A **raw parameter** — registered directly on a module no rule covers (ViT's ``cls_token``
 and ``position_embeddings``, ConvNeXt's ``layer_scale_parameter``, a state-space model's
-``A_log`` and ``D``) — gets a default geometry from its rank:
+``A_log`` and ``D``) — gets a default geometry from its use and rank. A 2-D parameter
+that the traced forward uses only as a linear map is a hidden matrix: ``Spectral()`` when
+it is ``F.linear``'s weight or the left factor ``W @ x`` (the (d_out, d_in) layout),
+``Transposed(Spectral())`` for ``x @ W`` (transposes on the way are followed). Otherwise:
 
 - at most one dim larger than 1 (layer scales, class tokens, per-channel vectors,
   scalars): ``RMS(ndim=p.ndim)`` over the whole tensor, role "vector";
@@ -21,7 +24,7 @@ and ``position_embeddings``, ConvNeXt's ``layer_scale_parameter``, a state-space
   row a vector in RMS), role "embedding" — routed like an embedding table (to AdamW in
   the Muon-type presets), never orthogonalized as a hidden matrix, since nothing says it
   is a linear map. A raw matrix that *is* a linear map (``x @ W``) should be declared
-  (``rules.override(name, role="hidden", norm=Spectral())``).
+  (``rules.override(name, role="hidden", norm=Spectral())``) when its module cannot be traced.
 
 A parameter of a leaf module with two or more dims larger than 1 and no rule is an
 unknown weight layer: it gets no default (``GeometryError``).
@@ -35,7 +38,11 @@ a head (``HEAD_NAMES``: ``lm_head``, ``classifier``, ``head``, ``score``, ``fc``
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
 
 from .geometry import Geometry
 from .layers import defaults as D
@@ -49,6 +56,7 @@ __all__ = [
     "is_gain_module",
     "gain_geometries",
     "raw_parameter_geometry",
+    "linear_layout",
     "declared_head_path",
     "named_head_path",
     "HEAD_NAMES",
@@ -91,8 +99,45 @@ def gain_geometries(m: nn.Module) -> dict[str, Geometry]:
     return {name: D.vector() for name, _ in m.named_parameters(recurse=False)}
 
 
-def raw_parameter_geometry(param: Tensor, owner: nn.Module) -> Geometry | None:
-    """The rank-based default for a parameter no rule declares (see the module docstring), or None."""
+_MATMUL = (operator.matmul, torch.matmul, torch.mm, "matmul", "mm")
+_LINEAR = (F.linear, torch._C._nn.linear)
+
+
+def _flips(n: fx.Node) -> bool:
+    """Whether ``n`` transposes a matrix (``W.T``, ``W.t()``, ``W.mT``, ``W.transpose(0, 1)``, ``torch.t(W)``)."""
+    if n.op == "call_function" and n.target is getattr and len(n.args) == 2 and n.args[1] in ("T", "mT"):
+        return True
+    if n.target in ("t", torch.t):
+        return True
+    return n.target in ("transpose", torch.transpose) and sorted(int(a) % 2 for a in n.args[1:3]) == [0, 1]
+
+
+def linear_layout(node: fx.Node) -> str | None:
+    """"out_in" or "in_out" when every use of the traced value ``node`` is as a linear map
+    (``F.linear``'s weight or ``W @ x``: "out_in"; ``x @ W``: "in_out"), else None."""
+    layouts: set[str] = set()
+    stack = [(node, False)]
+    while stack:
+        n, flipped = stack.pop()
+        for u in n.users:
+            if _flips(u) and u.args[0] is n:
+                stack.append((u, not flipped))
+                continue
+            if u.target in _LINEAR and len(u.args) > 1 and u.args[1] is n:
+                layout = "out_in"
+            elif u.target in _MATMUL and len(u.args) == 2:
+                layout = "in_out" if u.args[1] is n else "out_in"
+            else:
+                return None
+            layouts.add(layout if not flipped else ("in_out" if layout == "out_in" else "out_in"))
+    return layouts.pop() if len(layouts) == 1 else None
+
+
+def raw_parameter_geometry(param: Tensor, owner: nn.Module, layout: str | None = None) -> Geometry | None:
+    """The default for a parameter no rule declares (see the module docstring), or None.
+    ``layout`` is its use as a linear map (``linear_layout``) when known."""
+    if param.ndim == 2 and layout in ("out_in", "in_out"):
+        return D.hidden(Spectral() if layout == "out_in" else Transposed(Spectral()))
     big = sum(1 for s in param.shape if s > 1)
     if big <= 1:
         return D.vector(RMS(ndim=max(param.ndim, 1)))

@@ -136,16 +136,18 @@ class Context:
             head=params(head) if head is not None else None, kind=kind or type(module).__name__,
         )
 
-    def bare_geometry(self, name: str, param: Tensor, owner: nn.Module, raw: bool = False) -> Geometry:
+    def bare_geometry(
+        self, name: str, param: Tensor, owner: nn.Module, raw: bool = False, layout: str | None = None
+    ) -> Geometry:
         """Geometry of a parameter no rule declares: a name override, else the default, else (for a
-        ``raw`` parameter) the rank-based default of ``modnorm.detect``. Without any the parameter
-        is recorded in ``missing`` (``analyze`` raises one ``GeometryError`` for all of them) and a
-        placeholder is returned."""
+        ``raw`` parameter) the default of ``modnorm.detect`` from its ``layout`` as a linear map (if
+        known) and its rank. Without any the parameter is recorded in ``missing`` (``analyze``
+        raises one ``GeometryError`` for all of them) and a placeholder is returned."""
         geo = self.rules.apply_overrides(name, None)
         if geo is None and self.default is not None:
             geo = self.default if isinstance(self.default, Geometry) else self.default(name, param)
         if geo is None and raw:
-            geo = raw_parameter_geometry(param, owner)
+            geo = raw_parameter_geometry(param, owner, layout)
         if geo is None:
             self.missing.setdefault(name, (param, owner))
             return _PLACEHOLDER

@@ -281,6 +281,34 @@ def test_conv1d_like_update_is_the_transposed_linear_update() -> None:
         assert torch.equal(a.bias.detach(), b.bias.detach()), preset
 
 
+class RawLinearMaps(nn.Module):
+    """Raw matrices used as linear maps in a traceable forward: x @ A (A stored (in, out)),
+    F.linear(h, B), h @ C.T (both (out, in)), and a table P added to the activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(4, 6)
+        self.A = nn.Parameter(torch.randn(6, 5))
+        self.B = nn.Parameter(torch.randn(3, 5))
+        self.C = nn.Parameter(torch.randn(3, 3))
+        self.P = nn.Parameter(torch.randn(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.inp(x) @ self.A, self.B) @ self.C.T + self.P
+
+
+def test_raw_matrices_used_as_linear_maps_are_hidden_in_their_layout() -> None:
+    net = RawLinearMaps().double()
+    g = modnorm.geometries(net)
+    assert isinstance(g["A"].norm, Transposed) and g["A"].role == "hidden"
+    assert type(g["B"].norm) is Spectral and type(g["C"].norm) is Spectral
+    assert g["P"].role == "embedding"  # added, not multiplied: a table
+    U = _scion_update(net, {n: torch.randn_like(p) for n, p in net.named_parameters()})
+    # x @ A maps 6 → 5: the (5, 6) map Aᵀ has every singular value √(5/6) in the unit-RMS→RMS LMO
+    assert torch.allclose(torch.linalg.svdvals(U["A"].T), torch.full((5,), math.sqrt(5 / 6), dtype=torch.float64))
+    assert torch.allclose(_rms_gain(U["B"]), torch.tensor(1.0, dtype=torch.float64))
+
+
 def test_unknown_leaf_weight_still_needs_a_declaration() -> None:
     class Odd(nn.Module):
         def __init__(self) -> None:
