@@ -353,7 +353,7 @@ def test_parameter_left_out_of_a_rule_is_reported() -> None:
 
     rules = modnorm.Rules()
     rules.register(Affine, {"weight": Geometry(Spectral(), "adam", "hidden")})
-    with pytest.raises(modnorm.GeometryError, match=r"(?s)'1\.shift'.*rules.register\(Affine, \{'shift'"):
+    with pytest.raises(modnorm.GeometryError, match=r"(?s)'1\.shift'.*rules.register\(Affine, \{'weight': .*'shift'"):
         modnorm.geometries(nn.Sequential(nn.Linear(3, 3), Affine()), rules=rules)
     rules.override("*.shift", Geometry(RMS(), "adam", "vector"))
     b = modnorm.budgets(nn.Sequential(nn.Linear(3, 3), Affine()), rules=rules)

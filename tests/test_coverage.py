@@ -242,7 +242,7 @@ class SSMBlock(nn.Module):
         return h * self.gamma.flatten()
 
 
-@pytest.mark.filterwarnings("ignore:modnorm. could not trace")
+@pytest.mark.filterwarnings("ignore:modnorm. the composition")
 def test_structural_layers_and_raw_parameters_need_no_registration() -> None:
     net = nn.Sequential(HFStyleConv1D(8, 4), ScaleNorm(8), SSMBlock(8), nn.Linear(8, 3))
     g = modnorm.geometries(net)
@@ -363,7 +363,7 @@ def test_head_found_by_name_when_the_composition_shows_none() -> None:
                 return self.classifier(torch.relu(self.body(x)))
             return self.classifier(self.body(x))
 
-    with pytest.warns(UserWarning, match="could not trace"):
+    with pytest.warns(UserWarning, match="could not be recovered"):
         g = modnorm.geometries(Net())
     assert g["classifier.weight"].role == "head" and isinstance(g["classifier.weight"].norm, RowNorm)
     assert g["body.weight"].role == "hidden"
