@@ -17,12 +17,18 @@ submodule at that path, modula's ``tare``).
 registering there overrides the defaults only for the models you pass it to.
 ``register_rule``/``register_bond``/``register_function`` write to ``DEFAULT_RULES``.
 
-Defaults (see ``modnorm.layers.defaults`` for the geometries):
+Defaults (see ``modnorm.layers.defaults`` for the geometries, docs/layers.md for the table):
 Linear → weight hidden (head when it is the network's output head), bias vector;
-Conv1d/2d/3d → weight SpectralConv(1/2/3), bias vector; Embedding → embedding;
+Conv1d/2d/3d → weight SpectralConv(1/2/3), ``Stacked`` per group when ``groups > 1``
+(a depthwise conv: one 1×1 map per channel), bias vector; ConvTranspose1d/2d/3d → the
+same on the (in, out/g, *k) layout (``Transposed``); Embedding, EmbeddingBag → embedding;
 LayerNorm, RMSNorm, GroupNorm, BatchNorm1d/2d/3d → weight and bias vector;
+RNN/LSTM/GRU → each ``weight_ih``/``weight_hh`` Stacked(Spectral(), gates) (1/4/3 gate
+blocks), ``weight_hr`` Spectral, biases vector, mass = num_layers;
 MultiheadAttention → ``in_proj_weight`` Stacked(Spectral(), 3) (query, key, value
 blocks), separate ``q/k/v_proj_weight`` Spectral, biases vector, ``out_proj`` a Linear.
+Structural rules (``modnorm.detect``): Conv1D-like layers (transformers) and any leaf
+module holding only vectors (normalization layers of any library).
 Activations, dropout, pooling, flatten, identity: bonds (see ``BOND_SENSITIVITY``).
 """
 
@@ -39,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import detect
 from .geometry import Geometry
 from .layers import defaults as D
 from .layers.stacked import Stacked
@@ -106,6 +113,7 @@ class Rules:
         self._functions: dict[object, float] = {}
         self._patterns: list[tuple[str, Geometry | None, dict[str, Any]]] = []
         self._masses: list[tuple[str, float]] = []
+        self._detectors: list[tuple[Callable[[nn.Module], bool], Rule]] = []
 
     # -- registration -------------------------------------------------------------
     def register(
@@ -124,6 +132,24 @@ class Rules:
             raise TypeError(f"register({module_type.__name__}): geometries must be a dict name→Geometry or a function module→dict")
         _check_mass(mass)
         self._types[module_type] = Rule(geometries, float(mass), sensitivity, head)
+
+    def register_structural(
+        self,
+        predicate: Callable[[nn.Module], bool],
+        geometries: GeometrySpec,
+        *,
+        mass: float = 1.0,
+        sensitivity: float | Callable[[nn.Module], float] = 1.0,
+        head: GeometrySpec | None = None,
+    ) -> None:
+        """Declare every module for which ``predicate(module)`` holds an atom (checked, in
+        registration order, only for modules no type rule covers)."""
+        if not callable(predicate):
+            raise TypeError(f"register_structural: predicate must be a function module → bool, got {predicate!r}")
+        if geometries is None or not (callable(geometries) or isinstance(geometries, Mapping)):
+            raise TypeError("register_structural: geometries must be a dict name→Geometry or a function module→dict")
+        _check_mass(mass)
+        self._detectors.append((predicate, Rule(geometries, float(mass), sensitivity, head)))
 
     def register_bond(self, module_type: type, sensitivity: float | Callable[[nn.Module], float] = 1.0) -> None:
         """Declare a parameter-free ``module_type`` a bond of the given sensitivity."""
@@ -188,6 +214,10 @@ class Rules:
             for r in registries:
                 if cls in r._types:
                     return r._types[cls]
+        for r in registries:
+            for predicate, rule in r._detectors:
+                if predicate(module):
+                    return rule
         return None
 
     def function_sensitivity(self, target: object) -> float | None:
@@ -225,6 +255,7 @@ class Rules:
         new = Rules(_parent=self.parent, auto_head=self._auto_head) if self.parent is not None else Rules(inherit=False, auto_head=self._auto_head)
         new._types, new._functions = dict(self._types), dict(self._functions)
         new._patterns, new._masses = list(self._patterns), list(self._masses)
+        new._detectors = list(self._detectors)
         return new
 
 
@@ -251,9 +282,9 @@ def _linear_head(m: nn.Module) -> dict[str, Geometry]:
     return {**_linear(m), "weight": D.head()}
 
 
-def _conv(kernel_dims: int) -> Callable[[nn.Module], dict[str, Geometry]]:
+def _conv(kernel_dims: int, transposed: bool = False) -> Callable[[nn.Module], dict[str, Geometry]]:
     def rule(m: nn.Module) -> dict[str, Geometry]:
-        out = {"weight": D.conv(kernel_dims)}
+        out = {"weight": D.conv(kernel_dims, groups=int(getattr(m, "groups", 1)), transposed=transposed)}
         if getattr(m, "bias", None) is not None:
             out["bias"] = D.vector()
         return out
@@ -263,6 +294,28 @@ def _conv(kernel_dims: int) -> Callable[[nn.Module], dict[str, Geometry]]:
 
 def _affine(m: nn.Module) -> dict[str, Geometry]:
     return {name: D.vector() for name, p in m.named_parameters(recurse=False)}
+
+
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+def _rnn(m: nn.Module) -> dict[str, Geometry]:
+    """Gate blocks of every ``weight_ih``/``weight_hh`` (LSTM: i, f, g, o; GRU: r, z, n)."""
+    gates = _GATES.get(getattr(m, "mode", ""), 1)
+    out: dict[str, Geometry] = {}
+    for name, p in m.named_parameters(recurse=False):
+        if name.startswith(("weight_ih", "weight_hh")):
+            out[name] = D.hidden(Stacked(Spectral(), gates) if gates > 1 else Spectral())
+        elif p.ndim == 2:  # weight_hr (LSTM projection)
+            out[name] = D.hidden()
+        else:
+            out[name] = D.vector()
+    return out
+
+
+def _rnn_node(m: nn.Module, ctx: Any) -> Any:
+    """One atom: the stacked recurrent layers, mass ``num_layers`` (one per layer), sensitivity 1."""
+    return ctx.atom(m, _rnn(m), mass=float(getattr(m, "num_layers", 1)), sensitivity=1.0)
 
 
 def _mha(m: nn.Module) -> dict[str, Geometry]:
@@ -289,10 +342,16 @@ DEFAULT_RULES = Rules(inherit=False)
 DEFAULT_RULES.register(nn.Linear, _linear, head=_linear_head)
 for _t, _k in ((nn.Conv1d, 1), (nn.Conv2d, 2), (nn.Conv3d, 3)):
     DEFAULT_RULES.register(_t, _conv(_k))
+for _t, _k in ((nn.ConvTranspose1d, 1), (nn.ConvTranspose2d, 2), (nn.ConvTranspose3d, 3)):
+    DEFAULT_RULES.register(_t, _conv(_k, transposed=True))
+DEFAULT_RULES.register_node(nn.RNNBase, _rnn_node)
 DEFAULT_RULES.register(nn.Embedding, lambda m: {"weight": D.embedding()})
+DEFAULT_RULES.register(nn.EmbeddingBag, lambda m: {"weight": D.embedding()})
 for _t in (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
     DEFAULT_RULES.register(_t, _affine)
 DEFAULT_RULES.register_node(nn.MultiheadAttention, _mha_node)
+DEFAULT_RULES.register_structural(detect.is_conv1d_like, detect.conv1d_geometries, head=detect.conv1d_head)
+DEFAULT_RULES.register_structural(detect.is_gain_module, detect.gain_geometries)
 
 BOND_SENSITIVITY: dict[type, float] = {
     nn.ReLU: 1.0, nn.ReLU6: 1.0, nn.LeakyReLU: 1.0, nn.ELU: 1.0, nn.Tanh: 1.0, nn.Hardtanh: 1.0,

@@ -141,7 +141,7 @@ class _Recorder(TorchFunctionMode):
             if frame.kind == "declared":
                 return None  # a declaration accounts for its own parameters
             owner, name = self.owners[id(t)]
-            geo = self.ctx.declared_geometry(owner, name.rsplit(".", 1)[-1]) or self.ctx.bare_geometry(name, t, owner)
+            geo = self.ctx.declared_geometry(owner, name.rsplit(".", 1)[-1]) or self.ctx.bare_geometry(name, t, owner, raw=True)
             return _Param(Atom(((name.rsplit(".", 1)[-1], t, geo),), 1.0, 0.0, name=name, kind="Parameter"))
         if depth > 0 and self._lookup(t, depth - 1) is not None:
             v = frame.new_vertex()

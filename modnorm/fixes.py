@@ -3,8 +3,8 @@
 ``GeometryError`` lists every parameter with no declared or inferable geometry at once,
 with fixes that run as written with any call that takes a model (``modnorm.optimizer``,
 ``budgets``, ``geometries``, ``describe``, ``modular_norm``): a rule per layer type
-naming all of that type's undeclared parameters (only for layers without submodules,
-which a rule turns into one atom), an override per name, or a ``default=``. Suggested
+naming all of that type's parameters (only for layers without submodules, which a rule
+turns into one atom; parameters left out of a rule get no default), an override per name, or a ``default=``. Suggested
 geometries go by rank: a vector is ``RMS()`` (role "vector"), a matrix ``Spectral()``
 (role "hidden"), anything else ``Frobenius(ndim)`` (role "vector").
 
@@ -43,8 +43,8 @@ def geometry_error(missing: dict[str, tuple[Tensor, nn.Module]]) -> GeometryErro
     for name, (p, owner) in missing.items():
         if any(True for _ in owner.children()):
             by_name.append((name, p))  # a rule would make a module with submodules one atom: declare by name
-        else:
-            by_type.setdefault(type(owner), {})[name.rsplit(".", 1)[-1]] = p
+        else:  # the rule declares the whole layer: every parameter of it, those with a default too
+            by_type.setdefault(type(owner), {}).update(owner.named_parameters(recurse=False))
     lines.append("Declare them (then pass rules=rules to modnorm.optimizer, budgets, geometries or describe):")
     lines.append("  rules = modnorm.Rules()")
     for t, params in by_type.items():

@@ -23,14 +23,17 @@ are all collected and reported by one ``GeometryError``.
 
 A mass override (``rules.set_mass(path, mass)``) wraps the module's node in ``Tared``.
 
-Output head: in a network of at least two weight layers, the *only terminal atom* — the
+Output head: in a network of at least two weight layers, the module the model returns
+from ``get_output_embeddings()`` (transformers), else the *only terminal atom* — the
 one weight layer whose output reaches the model's output without passing through another
-weight layer — switches to its head geometries if its rule or layer offers them
-(``nn.Linear``: RowNorm, role "head"). A modnorm ``Linear(head=True/False)``, a name
-override or ``Rules(auto_head=False)`` decides explicitly.
+weight layer — else a head found by name (``modnorm.detect``) switches to its head
+geometries if its rule or layer offers them (``nn.Linear``: RowNorm, role "head"). A
+modnorm ``Linear(head=True/False)``, a name override or ``Rules(auto_head=False)`` decides explicitly.
 
 A parameter used by several atoms (weight tying, a module called twice) keeps the
-geometry of its first use and the smallest of its budgets.
+smallest of its budgets and one geometry: the embedding geometry when one of the modules
+holding it declares one (a tied input/output table is an embedding, never a hidden
+matrix), else its first use's.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from torch import Tensor, nn
 
 from .auto import DEFAULT_RULES, Rules
 from .composition import Atom, Bond, Chain, Node, Tared, Tuple, atom_budgets, node_norm
+from .detect import declared_head_path, named_head_path, raw_parameter_geometry
 from .fixes import GeometryError, fallback_warning, geometry_error
 from .geometry import Geometry
 from .residual import residual_form
@@ -132,13 +136,18 @@ class Context:
             head=params(head) if head is not None else None, kind=kind or type(module).__name__,
         )
 
-    def bare_geometry(self, name: str, param: Tensor, owner: nn.Module) -> Geometry:
-        """Geometry of a parameter no rule declares: a name override, else the default. Without
-        either the parameter is recorded in ``missing`` (``analyze`` raises one ``GeometryError``
-        for all of them) and a placeholder is returned."""
+    def bare_geometry(
+        self, name: str, param: Tensor, owner: nn.Module, raw: bool = False, layout: str | None = None
+    ) -> Geometry:
+        """Geometry of a parameter no rule declares: a name override, else the default, else (for a
+        ``raw`` parameter) the default of ``modnorm.detect`` from its ``layout`` as a linear map (if
+        known) and its rank. Without any the parameter is recorded in ``missing`` (``analyze``
+        raises one ``GeometryError`` for all of them) and a placeholder is returned."""
         geo = self.rules.apply_overrides(name, None)
         if geo is None and self.default is not None:
             geo = self.default if isinstance(self.default, Geometry) else self.default(name, param)
+        if geo is None and raw:
+            geo = raw_parameter_geometry(param, owner, layout)
         if geo is None:
             self.missing.setdefault(name, (param, owner))
             return _PLACEHOLDER
@@ -158,7 +167,7 @@ class Context:
         own = list(module.named_parameters(recurse=False))
         if not own:
             return None
-        geos = {local: self.bare_geometry(self.param_name(module, local), p, module) for local, p in own}
+        geos = {local: self.bare_geometry(self.param_name(module, local), p, module, raw=True) for local, p in own}
         return self.atom(module, geos)
 
     # -- resolution ---------------------------------------------------------------------
@@ -239,6 +248,42 @@ def _terminals(node: Node) -> tuple[list[Atom], bool]:
     raise TypeError(f"unknown node type {type(node).__name__}")
 
 
+def _tied_tables(model: nn.Module, ctx: Context, names: dict[int, str]) -> dict[str, Geometry]:
+    """Parameters held by several modules (weight tying) of which one declares it an embedding:
+    name → that embedding geometry, whichever use the composition reaches first (or at all)."""
+    owners: dict[int, list[nn.Module]] = {}
+    for m in model.modules():
+        for p in m._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), []).append(m)
+    out: dict[str, Geometry] = {}
+    for pid, ms in owners.items():
+        if len(ms) < 2 or pid not in names:
+            continue
+        for m in ms:
+            geos = [g for a in ctx.resolve(m).atoms() for _, p, g in a.params if id(p) == pid and g.role == "embedding"]
+            if geos:
+                out[names[pid]] = geos[0]
+                break
+    return out
+
+
+def _head_atom(model: nn.Module, root: Node, terminal: list[Atom]) -> Atom | None:
+    """The atom that takes its head geometries: the model's declared output head, else the
+    only terminal atom, else a head found by name (``modnorm.detect``)."""
+
+    def atom_at(path: str | None) -> Atom | None:
+        found = [a for a in root.atoms() if path is not None and a.name == path and a.head is not None]
+        return found[0] if found else None
+
+    declared = atom_at(declared_head_path(model))
+    if declared is not None:
+        return declared
+    if len({id(a) for a in terminal}) == 1:
+        return terminal[0] if terminal[0].head is not None else None
+    return atom_at(named_head_path(model))
+
+
 @dataclass(frozen=True)
 class ParamInfo:
     """Everything modnorm derived for one parameter."""
@@ -312,8 +357,10 @@ def analyze(model: nn.Module, rules: Rules | None = None, default: Default = Non
     effective: dict[int, tuple[tuple[str, Tensor, Geometry], ...]] = {}
     terminal, _ = _terminals(root)
     n_atoms = len({id(a) for a in root.atoms()})
-    if rules_.auto_head and n_atoms >= 2 and len({id(a) for a in terminal}) == 1 and terminal[0].head is not None:
-        effective[id(terminal[0])] = terminal[0].head
+    if rules_.auto_head and n_atoms >= 2:
+        head = _head_atom(model, root, terminal)
+        if head is not None:
+            effective[id(head)] = head.head  # type: ignore[assignment]
 
     names = {id(p): n for n, p in model.named_parameters()}
     found: dict[str, dict] = {}
@@ -349,6 +396,9 @@ def analyze(model: nn.Module, rules: Rules | None = None, default: Default = Non
         for owner in sorted(owners, key=len):
             sub = ctx.resolve(model.get_submodule(owner))
             visit(sub)
+    for name, geo in _tied_tables(model, ctx, names).items():
+        if name in found:
+            found[name]["geometry"] = geo
     if ctx.missing:
         raise geometry_error(ctx.missing)
     if ctx.untraced:

@@ -316,24 +316,38 @@ class RowNorm(_VectorwiseNorm):
 
 
 class RMS(Norm):
-    """RMS norm of a vector w ∈ ℝ^d (biases, gains): ‖w‖₂/√d; lmo(g) = √d·g/‖g‖₂; dual = √d·‖g‖₂."""
+    """RMS norm of a vector w ∈ ℝ^d (biases, gains): ‖w‖₂/√d; lmo(g) = √d·g/‖g‖₂; dual = √d·‖g‖₂.
 
-    ndim = 1
+    ``ndim > 1`` takes the RMS over the last ``ndim`` dims together (d = their product):
+    a (C, 1, 1) layer scale or a (1, 1, D) class token is one vector.
+    """
+
+    def __init__(self, ndim: int = 1) -> None:
+        if isinstance(ndim, bool) or not isinstance(ndim, int) or ndim < 1:
+            raise ValueError(f"RMS: ndim must be a positive int, got {ndim!r}")
+        self.ndim = ndim
 
     def expected_shape(self) -> str:
-        return "(..., d)"
+        return "(..., d)" if self.ndim == 1 else super().expected_shape()
+
+    def _d(self, X: Tensor) -> int:
+        return math.prod(X.shape[X.ndim - self.ndim:])
 
     def value(self, W: Tensor) -> Tensor:
         self._check(W)
-        return vector_norm(W, dim=-1) / math.sqrt(W.shape[-1])
+        return vector_norm(W, dim=self._dims()) / math.sqrt(self._d(W))
 
     def dual(self, G: Tensor) -> Tensor:
         self._check(G)
-        return vector_norm(G, dim=-1) * math.sqrt(G.shape[-1])
+        return vector_norm(G, dim=self._dims()) * math.sqrt(self._d(G))
 
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
-        return normalize(G, dim=-1) * math.sqrt(G.shape[-1])
+        return normalize(G, dim=self._dims()) * math.sqrt(self._d(G))
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"{name}()" if self.ndim == 1 else f"{name}(ndim={self.ndim})"
 
 
 class SpectralConv(Norm):

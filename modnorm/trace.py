@@ -37,6 +37,7 @@ import torch
 from torch import fx, nn
 
 from .composition import Atom, Bond, Chain, Node, Tuple
+from .detect import linear_layout
 
 if TYPE_CHECKING:
     from .module import Context
@@ -246,7 +247,7 @@ def trace_node(module: nn.Module, ctx: Context) -> Node:
         elif node.op == "get_attr":
             obj = _fetch(module, str(node.target))  # a Parameter: buffers are static
             name = f"{prefix}.{node.target}" if prefix else str(node.target)
-            geo = ctx.bare_geometry(name, obj, module)
+            geo = ctx.bare_geometry(name, obj, module, raw=True, layout=linear_layout(node))
             params[node] = Atom(((str(node.target), obj, geo),), 1.0, 0.0, name=name, kind="Parameter")
         elif node.op in ("call_module", "call_function", "call_method"):
             ins = [i for i in _inputs(node) if i not in static]

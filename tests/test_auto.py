@@ -186,19 +186,32 @@ class LInf(Norm):
         return torch.sign(G)
 
 
+class Mixer(nn.Module):
+    """A user layer type with a matrix: y = x K (a weight layer of unknown layout)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.kernel = nn.Parameter(torch.eye(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.kernel
+
+
 def test_unknown_parameter_raises_an_error_naming_it_and_the_fix() -> None:
-    net = nn.Sequential(nn.Linear(3, 3), Scaler(3))
+    net = nn.Sequential(nn.Linear(3, 3), Mixer(3))
     with pytest.raises(modnorm.GeometryError) as err:
         modnorm.geometries(net)
     msg = str(err.value)
-    assert "'1.kernel'" in msg and "Scaler" in msg and "rules.register(Scaler" in msg and "default=" in msg
+    assert "'1.kernel'" in msg and "Mixer" in msg and "rules.register(Mixer" in msg and "default=" in msg
     # opting into a default
-    g = modnorm.geometries(net, default=Geometry(RMS(), "adam", "vector"))
-    assert isinstance(g["1.kernel"].norm, RMS)
+    g = modnorm.geometries(net, default=Geometry(Frobenius(), "adam", "hidden"))
+    assert isinstance(g["1.kernel"].norm, Frobenius)
     # or a name override
     rules = modnorm.Rules()
-    rules.override("*.kernel", norm=LInf(), role="vector")
-    assert isinstance(modnorm.geometries(net, rules=rules)["1.kernel"].norm, LInf)
+    rules.override("*.kernel", norm=Sign(), role="hidden")
+    assert isinstance(modnorm.geometries(net, rules=rules)["1.kernel"].norm, Sign)
+    # a leaf holding only vectors is a gain module: no error, RMS
+    assert isinstance(modnorm.geometries(nn.Sequential(nn.Linear(3, 3), Scaler(3)))["1.kernel"].norm, RMS)
 
 
 def test_registering_a_user_layer_type_with_a_user_norm() -> None:
@@ -210,9 +223,8 @@ def test_registering_a_user_layer_type_with_a_user_norm() -> None:
     assert b == pytest.approx({"0.weight": 1 / 2, "1.kernel": 1 / 2, "2.weight": 1 / 4})
     w = torch.tensor([0.5, -2.0, 1.0])
     assert modnorm.modular_norm(net, {"1.kernel": w}, rules=rules, strict=False) == pytest.approx(2.0 / 0.5)
-    # the global registry is untouched
-    with pytest.raises(modnorm.GeometryError):
-        modnorm.geometries(net)
+    # the global registry is untouched: Scaler stays a structural gain module (RMS)
+    assert type(modnorm.geometries(net)["1.kernel"].norm) is RMS
 
 
 def test_global_registration() -> None:
@@ -341,7 +353,7 @@ def test_parameter_left_out_of_a_rule_is_reported() -> None:
 
     rules = modnorm.Rules()
     rules.register(Affine, {"weight": Geometry(Spectral(), "adam", "hidden")})
-    with pytest.raises(modnorm.GeometryError, match=r"(?s)'1\.shift'.*rules.register\(Affine, \{'shift'"):
+    with pytest.raises(modnorm.GeometryError, match=r"(?s)'1\.shift'.*rules.register\(Affine, \{'weight': .*'shift'"):
         modnorm.geometries(nn.Sequential(nn.Linear(3, 3), Affine()), rules=rules)
     rules.override("*.shift", Geometry(RMS(), "adam", "vector"))
     b = modnorm.budgets(nn.Sequential(nn.Linear(3, 3), Affine()), rules=rules)

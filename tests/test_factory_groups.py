@@ -78,14 +78,25 @@ class Gated(nn.Module):
         return (x @ self.mix.T) * self.gate
 
 
+class Mix(nn.Module):
+    """Another unknown layer: one matrix of unknown layout."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.eye(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w
+
+
 class Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.pos = nn.Parameter(torch.zeros(3, 4))  # a raw parameter read in the forward
-        self.a, self.g, self.b = nn.Linear(4, 4), Gated(4), nn.Linear(4, 2)
+        self.pos = nn.Parameter(torch.zeros(3, 4))  # a raw parameter read in the forward: a table by default
+        self.a, self.g, self.m, self.b = nn.Linear(4, 4), Gated(4), Mix(4), nn.Linear(4, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(self.g(self.a(x + self.pos)))
+        return self.b(self.m(self.g(self.a(x + self.pos))))
 
 
 def test_geometry_error_lists_every_parameter_and_every_fix_works_as_written() -> None:
@@ -93,12 +104,13 @@ def test_geometry_error_lists_every_parameter_and_every_fix_works_as_written() -
     with pytest.raises(modnorm.GeometryError) as err:
         modnorm.optimizer(model, "muon")
     msg = str(err.value)
-    for name in ("'pos'", "'g.gate'", "'g.mix'"):
+    for name in ("'g.mix'", "'m.w'"):  # every unknown matrix at once; vectors and raw tables have defaults
         assert name in msg
+    assert "'pos'" not in msg and "'g.gate'" not in msg and "'gate':" in msg  # Gated's rule declares the whole layer
     lines = msg.splitlines()
     start = lines.index("  rules = modnorm.Rules()")
     code = "\n".join(line.strip() for line in lines[start:] if line.startswith("  rules"))
-    namespace = {"modnorm": modnorm, "Gated": Gated}
+    namespace = {"modnorm": modnorm, "Gated": Gated, "Mix": Mix}
     exec(code, namespace)  # the suggested declarations, as printed
     opt = modnorm.optimizer(model, "muon", rules=namespace["rules"])
     assert set(_rows(opt)) == {n for n, _ in model.named_parameters()}

@@ -7,10 +7,10 @@ from .bonds import GELU, ReLU, Scale, SiLU
 from .compose import Parallel, Residual, Sequential
 from .linear import Conv1d, Conv2d, Embedding, Linear
 from .normalization import LayerNorm, RMSNorm
-from .stacked import Stacked
+from .stacked import Stacked, Transposed
 
 __all__ = [
     "Linear", "Conv1d", "Conv2d", "Embedding", "LayerNorm", "RMSNorm",
     "ReLU", "GELU", "SiLU", "Scale", "Sequential", "Residual", "Parallel",
-    "CausalSelfAttention", "rotary", "AtomLayer", "normed_init_", "Stacked", "defaults",
+    "CausalSelfAttention", "rotary", "AtomLayer", "normed_init_", "Stacked", "Transposed", "defaults",
 ]

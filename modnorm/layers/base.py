@@ -28,7 +28,11 @@ INITS: tuple[str, ...] = ("torch", "normed")
 
 
 def _exact(norm: Norm) -> Norm:
-    """The same norm with an exact (SVD) polar factor, for initialization."""
+    """The same norm with an exact (SVD) polar factor, for initialization (inside any block wrappers)."""
+    from .stacked import inner, rewrap
+
+    if inner(norm) is not norm:
+        return rewrap(norm, _exact(inner(norm)))
     if type(norm) is Spectral:
         return Spectral(scale=norm.scale, method="svd")
     if type(norm) is SpectralConv:

@@ -4,7 +4,8 @@
 |---|---|---|
 | hidden Linear weight (d_out, d_in) | ``Spectral()`` (RMS→RMS) | hidden |
 | output head weight | ``RowNorm()`` (RMS→ℓ∞: bounds the change of every logit) | head |
-| Conv weight (d_out, d_in, *k) | ``SpectralConv(kernel_dims)`` | conv |
+| Conv weight (d_out, d_in/g, *k) | ``SpectralConv(kernel_dims)``; ``Stacked(…, g)`` for g > 1 groups | conv |
+| transposed conv weight (d_in, d_out/g, *k) | ``Transposed(SpectralConv(kernel_dims))``, stacked likewise | conv |
 | Embedding weight (num_embeddings, dim) | ``ColNorm(layout="embedding")`` (each token's vector in RMS) | embedding |
 | bias, norm-layer gain/shift (any 1-D) | ``RMS()`` | vector |
 
@@ -23,6 +24,7 @@ import math
 
 from ..geometry import Geometry
 from ..norms import RMS, ColNorm, Norm, RowNorm, Spectral, SpectralConv
+from .stacked import Stacked, Transposed
 
 __all__ = [
     "DEFAULT_PRECONDITIONER",
@@ -32,6 +34,7 @@ __all__ = [
     "head",
     "embedding",
     "conv",
+    "conv_norm",
     "vector",
 ]
 
@@ -56,8 +59,19 @@ def embedding(norm: Norm | None = None, preconditioner: str = DEFAULT_PRECONDITI
     return Geometry(norm if norm is not None else ColNorm(layout="embedding"), preconditioner, "embedding")
 
 
-def conv(kernel_dims: int, norm: Norm | None = None, preconditioner: str = DEFAULT_PRECONDITIONER) -> Geometry:
-    return Geometry(norm if norm is not None else SpectralConv(kernel_dims), preconditioner, "conv")
+def conv_norm(kernel_dims: int, groups: int = 1, transposed: bool = False) -> Norm:
+    """A conv kernel's norm: SpectralConv per group (each group its own map), (in, out) layouts transposed."""
+    base: Norm = SpectralConv(kernel_dims)
+    if transposed:
+        base = Transposed(base)
+    return Stacked(base, groups) if groups > 1 else base
+
+
+def conv(
+    kernel_dims: int, norm: Norm | None = None, preconditioner: str = DEFAULT_PRECONDITIONER, *,
+    groups: int = 1, transposed: bool = False,
+) -> Geometry:
+    return Geometry(norm if norm is not None else conv_norm(kernel_dims, groups, transposed), preconditioner, "conv")
 
 
 def vector(norm: Norm | None = None, preconditioner: str = DEFAULT_PRECONDITIONER) -> Geometry:

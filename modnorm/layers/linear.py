@@ -57,14 +57,15 @@ class _Conv(AtomLayer):
     kernel_dims: int
 
     def declared(self) -> dict[str, Geometry]:
-        out = {"weight": D.conv(self.kernel_dims, self.norm_override, self.preconditioner)}
+        groups = int(self.groups)  # type: ignore[attr-defined]
+        out = {"weight": D.conv(self.kernel_dims, self.norm_override, self.preconditioner, groups=groups)}
         if self.bias is not None:  # type: ignore[attr-defined]
             out["bias"] = D.vector(None, self.preconditioner)
         return out
 
 
 class Conv1d(_Conv, nn.Conv1d):
-    """nn.Conv1d with weight ``SpectralConv(1)`` (role conv), bias ``RMS()``."""
+    """nn.Conv1d with weight ``SpectralConv(1)`` (per group: ``Stacked`` when groups > 1; role conv), bias ``RMS()``."""
 
     kernel_dims = 1
 
@@ -78,7 +79,7 @@ class Conv1d(_Conv, nn.Conv1d):
 
 
 class Conv2d(_Conv, nn.Conv2d):
-    """nn.Conv2d with weight ``SpectralConv(2)`` (role conv), bias ``RMS()``."""
+    """nn.Conv2d with weight ``SpectralConv(2)`` (per group: ``Stacked`` when groups > 1; role conv), bias ``RMS()``."""
 
     kernel_dims = 2
 

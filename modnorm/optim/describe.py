@@ -39,7 +39,8 @@ def _float(lr: Any) -> float:
 
 def optimizer_rows(opt: ModnormOptimizer) -> list[dict[str, Any]]:
     """One dict per parameter: name, shape (tuple), role, route, norm, preconditioner, momentum,
-    mode, budget, lr_scale (budget × lr_ratio × shape factor), lr (= group lr × lr_scale), group."""
+    mode, budget, lr_scale (budget × lr_ratio × shape factor), lr (= group lr × lr_scale), group, and
+    declared: the declared norm when the preset replaces it by another family ("" otherwise)."""
     rows = []
     for gi, group in enumerate(opt.param_groups):
         lr = _float(group["lr"])
@@ -58,6 +59,7 @@ def optimizer_rows(opt: ModnormOptimizer) -> list[dict[str, Any]]:
                 "lr_scale": scale,
                 "lr": lr * scale,
                 "group": gi,
+                "declared": plan.declared,
             })
     return rows
 
@@ -74,10 +76,12 @@ def _cell(column: str, value: Any) -> str:
 
 def optimizer_table(opt: ModnormOptimizer, columns: tuple[str, ...] | list[str] | None = None) -> str:
     """``ModnormOptimizer(preset=…)``, a text table of ``optimizer_rows`` (``columns`` selects and
-    orders them; default ``OPTIMIZER_COLUMNS``), and a line saying how the lr column is computed."""
-    columns = list(OPTIMIZER_COLUMNS if columns is None else columns)
+    orders them; default ``OPTIMIZER_COLUMNS``, plus "declared" when the preset replaces a
+    declared norm), and a line saying how the lr column is computed."""
     rows = optimizer_rows(opt)
-    known = set(OPTIMIZER_COLUMNS) | {"lr_scale", "group"}
+    default = list(OPTIMIZER_COLUMNS) + (["declared"] if any(r["declared"] for r in rows) else [])
+    columns = default if columns is None else list(columns)
+    known = set(OPTIMIZER_COLUMNS) | {"lr_scale", "group", "declared"}
     bad = [c for c in columns if c not in known]
     if bad:
         raise ValueError(f"describe: unknown columns {bad} for an optimizer; available: {sorted(known)}")

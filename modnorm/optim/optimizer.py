@@ -28,6 +28,7 @@ so a resumed run keeps the saved choice even on hardware that would choose other
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from torch.optim import Optimizer
 
 from ..distributed.bucket import placement_key, shard_bucket
 from ..geometry import Geometry
+from ..layers.stacked import block_shape
 from ..norms import Norm
 from ..polar_dtype import auto_dtype, size_class
 from .config import ConfigError, get_preset, validate_hyperparameters
@@ -46,7 +48,7 @@ from .describe import lr_note, optimizer_rows, optimizer_table
 from .momentum import init_momentum, momentum_key
 from .preconditioner import RESERVED_STATE_KEYS, Preconditioner, StepContext, get_preconditioner
 from .presets import Preset, custom_recipe_preset
-from .recipe import DTYPES, Recipe, Rule, infer_geometry, norm_key, resolve_norm
+from .recipe import DTYPES, Recipe, Rule, infer_geometry, norm_key, overrides_declared, resolve_norm
 from .state_io import PRESET_KEY, SKIPPED_KEY, check_loadable, is_runtime, portable
 from .transaction import PendingWrite, StepTransaction
 from .update import Computed, RuleSpec, compiled_update_bucket, momentum_implied, update_bucket
@@ -73,6 +75,7 @@ class _Plan:
     precond_label: str
     key: tuple
     spec: RuleSpec
+    declared: str = ""  # the declared norm this plan's rule replaces ("" when it honours it)
 
 
 def _internal_shape(p: Tensor) -> tuple[int, ...]:
@@ -164,6 +167,19 @@ class ModnormOptimizer(Optimizer):
         self._ns_auto: dict[str, str] = {}  # "device type:param dtype:size class" → what ns_dtype="auto" resolved to
         defaults = validate_hyperparameters(self._preset, hyperparameters).model_dump()
         super().__init__(params, defaults)
+        self._warn_overridden()
+
+    def _warn_overridden(self) -> None:
+        """One warning listing the declared norms this preset replaces (also in ``describe``'s "declared" column)."""
+        replaced = [r for r in self.describe_rows() if r["declared"]]
+        if replaced:
+            shown = "; ".join(f"{r['name']}: declared {r['declared']}, uses {r['norm']}" for r in replaced[:4])
+            more = f"; and {len(replaced) - 4} more" if len(replaced) > 4 else ""
+            warnings.warn(
+                f"modnorm: preset {self.preset!r} replaces the norm declared for {len(replaced)} parameter(s) ({shown}{more}). "
+                "Presets that use declared norms: 'scion' (every role) and the spectral presets (muon, muadam, polargrad, "
+                "…: hidden and conv roles); or pass a Recipe with norm='declared'.", stacklevel=3,
+            )
 
     # ------------------------------------------------------------------ construction
 
@@ -237,9 +253,12 @@ class ModnormOptimizer(Optimizer):
             bucket = (id(rule), pname, norm_key(norm), shape, p.dtype, p.device, placement_key(p))
             options = ", ".join(f"{k}={v}" for k, v in rule.preconditioner_options.items()) if pname != "none" else ""
             plabel = f"{pname}({options})" if options else pname
-            scale = budget * rule.shape_factor(tuple(p.shape)) if p.numel() else budget  # a 0-size parameter is never stepped
+            # per block (gates, groups, (in, out) layouts); a 0-size parameter is never stepped
+            scale = budget * rule.shape_factor(block_shape(norm, tuple(p.shape))) if p.numel() else budget
             route = geometry.role if geometry.role in recipe.roles else "default"
-            plans.append(_Plan(label, geometry.role, route, budget, scale, shape, rule, norm, preconds[pkey], plabel, bucket, specs.setdefault(id(rule), RuleSpec.of(rule))))
+            declared = repr(geometry.norm) if overrides_declared(geometry, norm) else ""
+            plans.append(_Plan(label, geometry.role, route, budget, scale, shape, rule, norm, preconds[pkey], plabel, bucket,
+                               specs.setdefault(id(rule), RuleSpec.of(rule)), declared))
         self._plan_cache[key] = plans
         self._plan_cache[gi] = (hp, plans)
         return plans
@@ -516,9 +535,12 @@ class ModnormOptimizer(Optimizer):
     def describe_overrides(self) -> dict[str, dict[str, str]]:
         """Cells for ``modnorm.describe(model, overrides=opt.describe_overrides())``: the norm and
         preconditioner this optimizer actually uses, plus momentum, mode and lr scale columns."""
+        rows = self.describe_rows()
+        replaced = any(r["declared"] for r in rows)  # then also the declared norm the preset replaces
         return {
-            r["name"]: {"norm": r["norm"], "preconditioner": r["preconditioner"], "momentum": r["momentum"], "mode": r["mode"], "lr_scale": f"{r['lr_scale']:.6g}"}
-            for r in self.describe_rows()
+            r["name"]: {"norm": r["norm"], "preconditioner": r["preconditioner"], "momentum": r["momentum"], "mode": r["mode"],
+                        "lr_scale": f"{r['lr_scale']:.6g}", **({"declared": r["declared"]} if replaced else {})}
+            for r in rows
         }
 
     def describe(self, columns: list[str] | None = None) -> str:

@@ -12,9 +12,12 @@ and a ``Recipe`` routes parameters to rules by their declared role ("hidden",
 hyperparameters to a Recipe; users can pass their own Recipe to ``modnorm.optimizer``.
 
 Base norms: ``"declared"`` takes the parameter's declared geometry (``Geometry.norm``);
-``"frobenius"``, ``"sign"`` act on the whole tensor; ``"spectral"`` is ``Spectral`` for a
-matrix and ``SpectralConv`` for a >2-D kernel; ``"rms"`` for vectors; ``"colnorm"``/
-``"rownorm"`` for matrices (embedding layout when the role is "embedding"). The
+``"frobenius"``, ``"sign"``, ``"rms"`` act on the whole tensor; ``"spectral"`` is
+``Spectral`` for a matrix and ``SpectralConv`` for a >2-D kernel, ``"colnorm"``/
+``"rownorm"`` for matrices (embedding layout when the role is "embedding"), each acting
+on the blocks of the declared norm (``modnorm.layers.stacked``: gates, groups, (in, out)
+layouts). A "spectral" rule uses a declared norm of another family than the role's
+default as declared; where any other rule replaces such a norm, the optimizer says so. The
 spectral options (``scale``, ``ns_method``, ``ns_steps``, ``ns_coefficients``, ``ns_dtype``,
 ``ns_eps``) configure the built spectral norms (``ns_dtype="auto"``: the optimizer resolves
 it per device, parameter dtype and matrix size class with ``modnorm.polar_dtype.auto_dtype``
@@ -33,6 +36,7 @@ import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from ..geometry import ROLES, Geometry
+from ..layers.stacked import block_shape, inner, rewrap
 from ..norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, _dtype_repr, spectral_scale
 from ..polar import METHODS, default_steps
 from .momentum import MomentumKind
@@ -47,7 +51,7 @@ def _check_ns_method(v: str) -> str:
 NsMethod = Annotated[str, AfterValidator(_check_ns_method)]
 """A polar-factor method name (``modnorm.orthogonalize``), validated."""
 
-__all__ = ["Rule", "Recipe", "BaseNormName", "resolve_norm", "DTYPES"]
+__all__ = ["Rule", "Recipe", "BaseNormName", "resolve_norm", "overrides_declared", "DTYPES"]
 
 BaseNormName = Literal["declared", "frobenius", "sign", "spectral", "rms", "colnorm", "rownorm"]
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -203,52 +207,69 @@ def _sets_polar_options(rule: Rule) -> bool:
     return any(f in rule.model_fields_set for f in _POLAR_FIELDS)
 
 
+_DEFAULT_BASES: dict[str, tuple[type, ...]] = {
+    "hidden": (Spectral,), "conv": (SpectralConv,), "head": (RowNorm,), "embedding": (ColNorm,), "vector": (RMS,),
+}
+
+
+def declares_default(geometry: Geometry) -> bool:
+    """Whether the geometry's base norm (inside its block wrappers) is its role's default family."""
+    return isinstance(inner(geometry.norm), _DEFAULT_BASES[geometry.role])
+
+
 def resolve_norm(rule: Rule, geometry: Geometry, shape: tuple[int, ...], name: str, ns_dtype: torch.dtype | None = None) -> Norm:
     """The base norm ``rule`` gives a parameter of (internal) ``shape`` with ``geometry``.
 
-    ``ns_dtype``: the concrete Newton–Schulz dtype that ``rule.ns_dtype == "auto"`` stands for
-    (None: left to ``orthogonalize`` at each call). Raises a ValueError naming the parameter
-    when the rule's norm cannot act on its shape.
+    Matrix norms ("spectral", "colnorm", "rownorm") act on the blocks the declared norm
+    names (``Stacked``/``Transposed``: fused gates, groups, (in, out) layouts), so a
+    preset's spectral step keeps the declared geometry. A "spectral" rule meeting a
+    declared norm of another family than its role's default uses the declared norm (the
+    user chose it). Raises a ValueError naming the parameter when the rule's norm cannot
+    act on its shape. ``ns_dtype``: the concrete Newton–Schulz dtype that ``rule.ns_dtype ==
+    "auto"`` stands for (None: left to ``orthogonalize`` at each call).
     """
     nd = len(shape)
     where = f"parameter {name!r} of shape {shape}"
-    if rule.norm == "declared":
-        norm = geometry.norm
-        if norm.ndim > nd:
-            raise ValueError(f"{where}: its declared norm {norm!r} acts on {norm.ndim} dims; declare a norm for {nd}-D tensors")
-        return _with_rule_polar(norm, rule, ns_dtype)
+    declared = geometry.norm
+    if rule.norm == "declared" or (rule.norm == "spectral" and not declares_default(geometry)):
+        if declared.ndim > nd:
+            raise ValueError(f"{where}: its declared norm {declared!r} acts on {declared.ndim} dims; declare a norm for {nd}-D tensors")
+        return rewrap(declared, _with_rule_polar(inner(declared), rule, ns_dtype))
     if rule.norm == "frobenius":
         return Frobenius(ndim=nd)
     if rule.norm == "sign":
         return Sign(ndim=nd)
-    if rule.norm == "spectral":
-        if nd == 2:
-            return _spectral(rule, ns_dtype)
-        if 3 <= nd <= 5:
-            return _spectral_conv(rule, nd - 2, ns_dtype)
-        raise ValueError(f"{where}: the spectral norm needs a matrix or a conv kernel (2-5 dims); route this role to another rule")
     if rule.norm == "rms":
-        if nd != 1:
-            raise ValueError(f"{where}: the rms norm is for vectors; route this role to another rule")
-        return RMS()
+        return RMS(ndim=nd)
+    block = block_shape(declared, shape) if declared.ndim <= nd else shape
+    bd = len(block)
+    if rule.norm == "spectral":
+        if bd == 2:
+            return rewrap(declared, _spectral(rule, ns_dtype))
+        if 3 <= bd <= 5:
+            return rewrap(declared, _spectral_conv(rule, bd - 2, ns_dtype))
+        raise ValueError(f"{where}: the spectral norm needs a matrix or a conv kernel (2-5 dims); route this role to another rule")
     if rule.norm in ("colnorm", "rownorm"):
-        if nd != 2:
+        if bd != 2:
             raise ValueError(f"{where}: {rule.norm} is for matrices; route this role to another rule")
         layout = "embedding" if geometry.role == "embedding" else "linear"
-        return ColNorm(layout=layout) if rule.norm == "colnorm" else RowNorm(layout=layout)
+        return rewrap(declared, ColNorm(layout=layout) if rule.norm == "colnorm" else RowNorm(layout=layout))
     raise ValueError(f"unknown base norm {rule.norm!r}")  # unreachable: pydantic checks the literal
 
 
+def overrides_declared(geometry: Geometry, norm: Norm) -> bool:
+    """Whether ``norm`` (what a rule resolved) replaces a non-default declared norm by another family."""
+    return not declares_default(geometry) and type(inner(norm)) is not type(inner(geometry.norm))
+
+
 def infer_geometry(shape: tuple[int, ...]) -> Geometry:
-    """Geometry from tensor rank: 2-D hidden Spectral, >2-D SpectralConv, 1-D RMS vector, 0-D Frobenius."""
+    """Geometry from tensor rank: 2-D hidden Spectral, 3-5-D SpectralConv, 0/1-D RMS vector, else RMS over all dims."""
     nd = len(shape)
     if nd == 2:
         return Geometry(Spectral(), role="hidden")
     if 3 <= nd <= 5:
         return Geometry(SpectralConv(kernel_dims=nd - 2), role="conv")
-    if nd == 1:
-        return Geometry(RMS(), role="vector")
-    return Geometry(Frobenius(ndim=max(nd, 1)), role="vector")
+    return Geometry(RMS(ndim=max(nd, 1)), role="vector")
 
 
 def norm_key(norm: Norm) -> object:
