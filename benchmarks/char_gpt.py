@@ -11,6 +11,7 @@ batches; the validation loss is estimated on fixed validation batches.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -120,12 +121,27 @@ def parse_override(text: str) -> tuple[str, float]:
     return name, float(value)
 
 
+def parse_setting(text: str) -> tuple[str, str, Any]:
+    """``METHOD.KEY=VALUE`` (VALUE as JSON, else a string) → (method, key, value)."""
+    target, _, raw = text.partition("=")
+    method, _, key = target.rpartition(".")
+    if method not in METHODS or not key or not raw:
+        raise SystemExit(f"char_gpt: --set expects METHOD.KEY=VALUE with METHOD one of {list(METHODS)}, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return method, key, tuple(value) if isinstance(value, list) else value
+
+
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], "runs/bench")
     p.add_argument("--data", default=None, help=f"path of a UTF-8 text corpus (default: {default_data()}; tinyshakespeare: {TINYSHAKESPEARE_URL})")
     p.add_argument("--iters", type=int, default=None, help="training iterations per optimizer (default 2000; 4 with --quick)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--lr", action="append", default=[], type=parse_override, help="override a learning rate, e.g. --lr muon=0.03 (repeatable)")
+    p.add_argument("--set", action="append", default=[], type=parse_setting, dest="settings",
+                   help="override any hyperparameter, VALUE as JSON, e.g. --set muon.budgets=false --set muon.adamw_lr_ratio=0.05 (repeatable)")
     p.add_argument("--eval-interval", type=int, default=250, help="iterations between validation estimates (default 250)")
     p.add_argument("--eval-iters", type=int, default=20, help="validation batches per estimate (default 20, as nanoGPT's CPU recipe)")
     p.add_argument("--batch", type=int, default=12, help="batch size (default 12)")
@@ -146,7 +162,7 @@ def main() -> None:
     overrides = dict(args.lr)
     results: dict[str, Any] = {}
     for method in methods:
-        hp = {**METHODS[method], **({"lr": overrides[method]} if method in overrides else {})}
+        hp = {**METHODS[method], **{k: v for m, k, v in args.settings if m == method}, **({"lr": overrides[method]} if method in overrides else {})}
         results[method] = run(method, hp, cfg, (train_ids, val_ids), args)
         r = results[method]
         print(f"{method:<12} val {r['final_val_loss']:.4f} ({r['seconds_per_iter'] * 1000:.0f} ms/iter)", flush=True)
