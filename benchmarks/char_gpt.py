@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -114,6 +115,31 @@ def run(method: str, hp: dict[str, Any], cfg: GPTConfig, data: tuple[Tensor, Ten
             "seconds_per_iter": seconds / max(1, len(xs) and xs[-1] + 1), "train_curve": {"iter": xs, "loss": ys}, "val_curve": evals}
 
 
+def time_interleaved(hps: dict[str, dict[str, Any]], cfg: GPTConfig, train_ids: Tensor, args: Any) -> dict[str, Any]:
+    """Median wall-clock of one training iteration (forward, backward, clip, step) per method,
+    measured round-robin — one iteration of each method per round, after 3 warm-up rounds — so
+    every method sees the same machine load."""
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    setups = {}
+    for method, hp in hps.items():
+        torch.manual_seed(args.seed)
+        model = GPT(cfg)
+        setups[method] = (model, common.make_optimizer(method, model, **hp))
+    times: dict[str, list[float]] = {m: [] for m in hps}
+    for r in range(args.timing + 3):
+        x, y = batch(train_ids, args.batch, cfg.block_size, gen)
+        for method, (model, opt) in setups.items():
+            started = time.perf_counter()
+            loss = lm_loss(model, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            if r >= 3:
+                times[method].append(time.perf_counter() - started)
+    return {m: {"hyperparameters": hps[m], "median_ms_per_iter": 1000 * statistics.median(t), "rounds": len(t)} for m, t in times.items()}
+
+
 def parse_override(text: str) -> tuple[str, float]:
     name, _, value = text.partition("=")
     if name not in METHODS or not value:
@@ -145,6 +171,7 @@ def main() -> None:
     p.add_argument("--eval-interval", type=int, default=250, help="iterations between validation estimates (default 250)")
     p.add_argument("--eval-iters", type=int, default=20, help="validation batches per estimate (default 20, as nanoGPT's CPU recipe)")
     p.add_argument("--batch", type=int, default=12, help="batch size (default 12)")
+    p.add_argument("--timing", type=int, default=0, help="instead of training: time N interleaved iterations of every method (median ms / iter)")
     args = p.parse_args()
     out = common.setup(args)
     started = time.perf_counter()
@@ -160,9 +187,16 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"char_gpt: unknown --methods {unknown}; choose from {list(METHODS)}")
     overrides = dict(args.lr)
+    hps = {m: {**METHODS[m], **{k: v for n, k, v in args.settings if n == m}, **({"lr": overrides[m]} if m in overrides else {})} for m in methods}
+    if args.timing > 0:
+        timed = time_interleaved(hps, cfg, train_ids, args)
+        table = common.markdown_table(["optimizer", "median ms / iter", "× fastest"], [
+            [common.PRETTY.get(m, m), r["median_ms_per_iter"], r["median_ms_per_iter"] / min(t["median_ms_per_iter"] for t in timed.values())] for m, r in timed.items()])
+        common.finish(out, "char_gpt", {"config": {"timing_rounds": args.timing}, "results": timed}, table, started, common.command_line())
+        return
     results: dict[str, Any] = {}
     for method in methods:
-        hp = {**METHODS[method], **{k: v for m, k, v in args.settings if m == method}, **({"lr": overrides[method]} if method in overrides else {})}
+        hp = hps[method]
         results[method] = run(method, hp, cfg, (train_ids, val_ids), args)
         r = results[method]
         print(f"{method:<12} val {r['final_val_loss']:.4f} ({r['seconds_per_iter'] * 1000:.0f} ms/iter)", flush=True)

@@ -11,9 +11,12 @@ Protocol, the same for every method:
 2. **route grid** (methods with a route key only): ``--route-grid`` values of the route's
    lr, ``default · factor^k``, at the best lr of step 1 (the centre reuses step 1's run).
 3. **full runs**: the best setting for ``--full-iters`` iterations and every seed in
-   ``--seeds``; mean and spread are reported, with the per-iteration wall-clock.
+   ``--seeds``; mean and spread are reported.
+4. **timing** (``--timing N``): every method at its best setting, ``N`` iterations
+   interleaved round-robin in one process (the script's ``--timing``), so the ms / iter
+   ratios are measured under the same load; loss-vs-time curves use these medians.
 
-A benchmark script is usable when it accepts ``--methods M``, ``--lr M=V``, ``--set M.KEY=V``
+A benchmark script is usable when it accepts ``--timing N`` (when step 4 is asked for), ``--methods M``, ``--lr M=V``, ``--set M.KEY=V``
 (VALUE as JSON), ``--iters N``, ``--seed S``, ``--out DIR`` (plus its own options, passed
 after ``--``), has a ``METHODS`` dict of default hyperparameters, and writes
 ``DIR/<script name>.json`` with ``results[M][metric]``; ``benchmarks/char_gpt.py`` does.
@@ -69,6 +72,26 @@ def centred(center: float, n: int, factor: float) -> list[float]:
     return common.lr_grid(center, below, n - 1 - below, factor)
 
 
+def setting_args(settings: dict[str, dict[str, float]]) -> list[str]:
+    """``--lr M=V`` / ``--set M.KEY=V`` arguments for {method: {key: value}}."""
+    argv: list[str] = []
+    for m, values in settings.items():
+        for k, v in values.items():
+            argv += ["--lr", f"{m}={v!r}"] if k == "lr" else ["--set", f"{m}.{k}={v!r}"]
+    return argv
+
+
+def call(script: ModuleType, argv: list[str], folder: Path, extra: list[str]) -> dict[str, Any]:
+    """Run ``script.main()`` in this process with ``argv`` (+ ``--out folder`` and ``extra``); its JSON."""
+    saved = sys.argv
+    sys.argv = [str(script.__file__), *argv, "--out", str(folder), *extra]
+    try:
+        script.main()
+    finally:
+        sys.argv = saved
+    return json.loads((folder / f"{Path(str(script.__file__)).stem}.json").read_text())
+
+
 class Runner:
     """Runs the script for one method and setting; caches by (method, settings, iters, seed)."""
 
@@ -80,16 +103,7 @@ class Runner:
         key = json.dumps([method, sorted(settings.items()), iters, seed])
         if key not in self.cache:
             folder = self.out / "runs" / f"{len(self.cache):03d}"
-            argv = [self.script.__file__, "--methods", method, "--iters", str(iters), "--seed", str(seed), "--out", str(folder)]
-            for k, v in settings.items():
-                argv += ["--lr", f"{method}={v!r}"] if k == "lr" else ["--set", f"{method}.{k}={v!r}"]
-            saved = sys.argv
-            sys.argv = argv + self.extra
-            try:
-                self.script.main()
-            finally:
-                sys.argv = saved
-            data = json.loads((folder / f"{Path(self.script.__file__).stem}.json").read_text())
+            data = call(self.script, ["--methods", method, "--iters", str(iters), "--seed", str(seed), *setting_args({method: settings})], folder, self.extra)
             result = data["results"][method]
             value = float(result[self.metric]) if result[self.metric] is not None else math.nan
             self.cache[key] = {**result, "score": value if math.isfinite(value) else math.inf, "settings": settings, "iters": iters, "seed": seed}
@@ -140,11 +154,12 @@ def main() -> None:
     p.add_argument("--full-iters", type=int, default=2000, help="iterations of the reported runs (default 2000)")
     p.add_argument("--seeds", default="0,1", help="seeds of the reported runs (default 0,1)")
     p.add_argument("--pick-seed", type=int, default=0, help="seed of the picking runs (default 0)")
+    p.add_argument("--timing", type=int, default=0, help="rounds of interleaved timing at the best settings (default 0: use each run's own clock)")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     if args.quick:
-        args.grid, args.route_grid, args.pick_iters, args.full_iters, args.seeds = 2, 2, 3, 4, "0,1"
+        args.grid, args.route_grid, args.pick_iters, args.full_iters, args.seeds, args.timing = 2, 2, 3, 4, "0,1", 2
         extra = ["--quick", *extra]
     if args.grid < 1 or args.route_grid < 0 or args.factor <= 1:
         raise SystemExit("lr_sweep: need --grid ≥ 1, --route-grid ≥ 0 and --factor > 1")
@@ -158,13 +173,23 @@ def main() -> None:
         raise SystemExit(f"lr_sweep: unknown --methods {unknown}; {args.script} has {list(script.METHODS)}")
     run = Runner(script, out, extra, args.metric)
     results = {m: sweep(m, script.METHODS[m], run, args) for m in methods}
+    if args.timing > 0:
+        for m, ms in timing(script, out, extra, {m: r["best"] for m, r in results.items()}, args.timing).items():
+            results[m]["seconds_per_iter"] = ms / 1000
+            results[m]["timed_interleaved"] = True
     rows = [[common.PRETTY.get(m, m), r["best"]["lr"], r["best"].get(r["route_key"] or "", "—"), r["mean"], r["spread"], len(r["full"]),
              r["seconds_per_iter"] * 1000, "yes" if r["lr_at_edge"] else "no"] for m, r in results.items()]
     headers = ["optimizer", "lr", "route", f"{args.metric} @ {args.full_iters} (mean)", "max − min", "seeds", "ms / iter", "lr at grid edge"]
     table = common.markdown_table(headers, rows)
     plot(out / "lr_sweep.png", results)
-    config = {k: getattr(args, k) for k in ("script", "metric", "grid", "route_grid", "factor", "pick_iters", "full_iters", "seeds", "pick_seed")}
+    config = {k: getattr(args, k) for k in ("script", "metric", "grid", "route_grid", "factor", "pick_iters", "full_iters", "seeds", "pick_seed", "timing")}
     common.finish(out, "lr_sweep", {"config": {**config, "script_args": extra}, "results": results}, table, started, common.command_line())
+
+
+def timing(script: ModuleType, out: Path, extra: list[str], best: dict[str, dict[str, float]], rounds: int) -> dict[str, float]:
+    """Median ms / iter of every method at its best setting, measured interleaved by the script."""
+    data = call(script, ["--methods", ",".join(best), "--timing", str(rounds), *setting_args(best)], out / "timing", extra)
+    return {m: float(r["median_ms_per_iter"]) for m, r in data["results"].items()}
 
 
 def plot(path: Path, results: dict[str, Any]) -> None:

@@ -208,6 +208,12 @@ def test_lr_sweep_protocol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
             if "muon" in json.loads(f.read_text())["results"]]
     firsts = [hp for hp in runs if hp["lr"] * hp["adamw_lr_ratio"] == pytest.approx(default_route)]
     assert len(firsts) >= 2 and len({hp["lr"] for hp in firsts}) == 2
+    # Step 4: the ms / iter come from one interleaved timing run of every method at its best setting.
+    timed = json.loads((tmp_path / "timing" / "char_gpt.json").read_text())["results"]
+    for method, r in res.items():
+        assert r["timed_interleaved"] and timed[method]["rounds"] == 2
+        assert r["seconds_per_iter"] * 1000 == pytest.approx(timed[method]["median_ms_per_iter"]) and r["seconds_per_iter"] > 0
+        assert timed[method]["hyperparameters"]["lr"] == r["best"]["lr"]
 
 
 def test_lr_sweep_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
