@@ -28,12 +28,13 @@ import common
 sys.path.insert(0, str(common.ROOT / "examples"))
 from gpt_modnorm import GPT, GPTConfig  # noqa: E402
 
-# modnorm lrs from 60-iteration probes (val loss): muon 0.02/0.05/0.15 → 3.53/2.78/2.48,
-# muadam 1e-3/3e-3/1e-2 → 2.77/2.46/2.52. Routed AdamW lr = lr · adamw_lr_ratio · budget.
+# Hyperparameters: the recipe's (β2 0.99, weight decay 0.1) on top of each optimizer's defaults.
+# modnorm's muon with its defaults (one lr for all layers, bf16 Newton–Schulz) and these settings is
+# torch.optim.Muon + AdamW: lr 0.02 on the hidden matrices, the AdamW route at lr · 0.05 = 1e-3.
 METHODS: dict[str, dict[str, Any]] = {
     "torch:adamw": {"lr": 1e-3, "betas": (0.9, 0.99), "weight_decay": 0.1},
     "torch:muon": {"lr": 0.02, "weight_decay": 0.1, "adamw_lr": 1e-3, "adamw_betas": (0.9, 0.99), "adamw_params": ("wte", "lm_head")},
-    "muon": {"lr": 0.15, "weight_decay": 0.1, "ns_dtype": "float32", "adamw_lr_ratio": 0.14, "adamw_betas": (0.9, 0.99)},
+    "muon": {"lr": 0.02, "weight_decay": 0.1, "adamw_lr_ratio": 0.05, "adamw_betas": (0.9, 0.99), "adamw_weight_decay": 0.1},
     "muadam": {"lr": 3e-3, "betas": (0.9, 0.99), "weight_decay": 0.0, "adamw_lr_ratio": 2.3, "adamw_betas": (0.9, 0.99)},
 }
 
