@@ -31,11 +31,12 @@ from gpt_modnorm import GPT, GPTConfig  # noqa: E402
 # Hyperparameters: the recipe's (β2 0.99, weight decay 0.1) on top of each optimizer's defaults.
 # modnorm's muon with its defaults (one lr for all layers, bf16 Newton–Schulz) and these settings is
 # torch.optim.Muon + AdamW: lr 0.02 on the hidden matrices, the AdamW route at lr · 0.05 = 1e-3.
+# muadam: the best of a ×2 lr grid at 500 iterations (3e-3 … 3.75e-4, docs/benchmarks.md), route 1e-3.
 METHODS: dict[str, dict[str, Any]] = {
     "torch:adamw": {"lr": 1e-3, "betas": (0.9, 0.99), "weight_decay": 0.1},
     "torch:muon": {"lr": 0.02, "weight_decay": 0.1, "adamw_lr": 1e-3, "adamw_betas": (0.9, 0.99), "adamw_params": ("wte", "lm_head")},
     "muon": {"lr": 0.02, "weight_decay": 0.1, "adamw_lr_ratio": 0.05, "adamw_betas": (0.9, 0.99), "adamw_weight_decay": 0.1},
-    "muadam": {"lr": 3e-3, "betas": (0.9, 0.99), "weight_decay": 0.0, "adamw_lr_ratio": 2.3, "adamw_betas": (0.9, 0.99)},
+    "muadam": {"lr": 7.5e-4, "betas": (0.9, 0.99), "adamw_lr_ratio": 1.33, "adamw_betas": (0.9, 0.99)},
 }
 
 
