@@ -11,7 +11,9 @@ batches; the validation loss is estimated on fixed validation batches.
 
 from __future__ import annotations
 
+import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,13 +28,15 @@ import common
 sys.path.insert(0, str(common.ROOT / "examples"))
 from gpt_modnorm import GPT, GPTConfig  # noqa: E402
 
-# modnorm lrs from 60-iteration probes (val loss): muon 0.02/0.05/0.15 → 3.53/2.78/2.48,
-# muadam 1e-3/3e-3/1e-2 → 2.77/2.46/2.52. Routed AdamW lr = lr · adamw_lr_ratio · budget.
+# Hyperparameters: the recipe's (β2 0.99, weight decay 0.1) on top of each optimizer's defaults.
+# modnorm's muon with its defaults (one lr for all layers, bf16 Newton–Schulz) and these settings is
+# torch.optim.Muon + AdamW: lr 0.02 on the hidden matrices, the AdamW route at lr · 0.05 = 1e-3.
+# muadam: the best of a ×2 lr grid at 500 iterations (3e-3 … 3.75e-4, docs/benchmarks.md), route 1e-3.
 METHODS: dict[str, dict[str, Any]] = {
     "torch:adamw": {"lr": 1e-3, "betas": (0.9, 0.99), "weight_decay": 0.1},
     "torch:muon": {"lr": 0.02, "weight_decay": 0.1, "adamw_lr": 1e-3, "adamw_betas": (0.9, 0.99), "adamw_params": ("wte", "lm_head")},
-    "muon": {"lr": 0.15, "weight_decay": 0.1, "ns_dtype": "float32", "adamw_lr_ratio": 0.14, "adamw_betas": (0.9, 0.99)},
-    "muadam": {"lr": 3e-3, "betas": (0.9, 0.99), "weight_decay": 0.0, "adamw_lr_ratio": 2.3, "adamw_betas": (0.9, 0.99)},
+    "muon": {"lr": 0.02, "weight_decay": 0.1, "adamw_lr_ratio": 0.05, "adamw_betas": (0.9, 0.99), "adamw_weight_decay": 0.1},
+    "muadam": {"lr": 7.5e-4, "betas": (0.9, 0.99), "adamw_lr_ratio": 1.33, "adamw_betas": (0.9, 0.99)},
 }
 
 
@@ -113,11 +117,49 @@ def run(method: str, hp: dict[str, Any], cfg: GPTConfig, data: tuple[Tensor, Ten
             "seconds_per_iter": seconds / max(1, len(xs) and xs[-1] + 1), "train_curve": {"iter": xs, "loss": ys}, "val_curve": evals}
 
 
+def time_interleaved(hps: dict[str, dict[str, Any]], cfg: GPTConfig, train_ids: Tensor, args: Any) -> dict[str, Any]:
+    """Median wall-clock of one training iteration (forward, backward, clip, step) per method,
+    measured round-robin — one iteration of each method per round, after 3 warm-up rounds — so
+    every method sees the same machine load."""
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    setups = {}
+    for method, hp in hps.items():
+        torch.manual_seed(args.seed)
+        model = GPT(cfg)
+        setups[method] = (model, common.make_optimizer(method, model, **hp))
+    times: dict[str, list[float]] = {m: [] for m in hps}
+    for r in range(args.timing + 3):
+        x, y = batch(train_ids, args.batch, cfg.block_size, gen)
+        for method, (model, opt) in setups.items():
+            started = time.perf_counter()
+            loss = lm_loss(model, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            if r >= 3:
+                times[method].append(time.perf_counter() - started)
+    return {m: {"hyperparameters": hps[m], "median_ms_per_iter": 1000 * statistics.median(t), "rounds": len(t)} for m, t in times.items()}
+
+
 def parse_override(text: str) -> tuple[str, float]:
     name, _, value = text.partition("=")
     if name not in METHODS or not value:
         raise SystemExit(f"char_gpt: --lr expects METHOD=VALUE with METHOD one of {list(METHODS)}, got {text!r}")
     return name, float(value)
+
+
+def parse_setting(text: str) -> tuple[str, str, Any]:
+    """``METHOD.KEY=VALUE`` (VALUE as JSON, else a string) → (method, key, value)."""
+    target, _, raw = text.partition("=")
+    method, _, key = target.rpartition(".")
+    if method not in METHODS or not key or not raw:
+        raise SystemExit(f"char_gpt: --set expects METHOD.KEY=VALUE with METHOD one of {list(METHODS)}, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return method, key, tuple(value) if isinstance(value, list) else value
 
 
 def main() -> None:
@@ -126,9 +168,12 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=None, help="training iterations per optimizer (default 2000; 4 with --quick)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--lr", action="append", default=[], type=parse_override, help="override a learning rate, e.g. --lr muon=0.03 (repeatable)")
+    p.add_argument("--set", action="append", default=[], type=parse_setting, dest="settings",
+                   help="override any hyperparameter, VALUE as JSON, e.g. --set muon.budgets=false --set muon.adamw_lr_ratio=0.05 (repeatable)")
     p.add_argument("--eval-interval", type=int, default=250, help="iterations between validation estimates (default 250)")
     p.add_argument("--eval-iters", type=int, default=20, help="validation batches per estimate (default 20, as nanoGPT's CPU recipe)")
     p.add_argument("--batch", type=int, default=12, help="batch size (default 12)")
+    p.add_argument("--timing", type=int, default=0, help="instead of training: time N interleaved iterations of every method (median ms / iter)")
     args = p.parse_args()
     out = common.setup(args)
     started = time.perf_counter()
@@ -144,9 +189,16 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"char_gpt: unknown --methods {unknown}; choose from {list(METHODS)}")
     overrides = dict(args.lr)
+    hps = {m: {**METHODS[m], **{k: v for n, k, v in args.settings if n == m}, **({"lr": overrides[m]} if m in overrides else {})} for m in methods}
+    if args.timing > 0:
+        timed = time_interleaved(hps, cfg, train_ids, args)
+        table = common.markdown_table(["optimizer", "median ms / iter", "× fastest"], [
+            [common.PRETTY.get(m, m), r["median_ms_per_iter"], r["median_ms_per_iter"] / min(t["median_ms_per_iter"] for t in timed.values())] for m, r in timed.items()])
+        common.finish(out, "char_gpt", {"config": {"timing_rounds": args.timing}, "results": timed}, table, started, common.command_line())
+        return
     results: dict[str, Any] = {}
     for method in methods:
-        hp = {**METHODS[method], **({"lr": overrides[method]} if method in overrides else {})}
+        hp = hps[method]
         results[method] = run(method, hp, cfg, (train_ids, val_ids), args)
         r = results[method]
         print(f"{method:<12} val {r['final_val_loss']:.4f} ({r['seconds_per_iter'] * 1000:.0f} ms/iter)", flush=True)

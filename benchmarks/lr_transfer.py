@@ -4,7 +4,7 @@ For each width w the network is 64 → w (→ w …) → 10 (``--depth`` hidden 
 PyTorch's default init) trained on scikit-learn's digits with minibatches of 128 and a
 cosine schedule; every optimizer runs over a ×2 lr grid. The score is the final
 full-training-set loss; the optimal lr per width and how far it moves across widths
-(in grid steps) is the result. modnorm presets use the modular budgets of the model.
+(in grid steps) is the result. modnorm presets use the modular budgets of the model (``budgets=True``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from modnorm.demo import load_digits_split
 
 METHODS: dict[str, tuple[dict[str, Any], float]] = {  # name → (fixed hyperparameters, lr grid centre)
     "torch:adamw": ({"weight_decay": 0.0}, 1.6e-2),
-    "muon": ({"weight_decay": 0.0, "ns_dtype": "float32"}, 0.08),
-    "muadam": ({"weight_decay": 0.0}, 0.02),
+    "muon": ({"weight_decay": 0.0, "ns_dtype": "float32", "budgets": True}, 0.08),
+    "muadam": ({"weight_decay": 0.0, "budgets": True}, 0.02),
 }
 
 

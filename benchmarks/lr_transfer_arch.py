@@ -10,7 +10,7 @@ layers / residual blocks) at the base width, width ×4 at depth 2 (GPT-2 64 → 
 16 → 64 channels). Each (model, size, optimizer) runs a ×2 lr grid with a cosine schedule;
 the score is the held-out loss after training; the result is where the best lr moves
 (in grid steps). The step time of each optimizer relative to torch's AdamW is measured
-side by side on the largest configurations. modnorm presets use the captured budgets.
+side by side on the largest configurations. modnorm presets use the captured budgets (``budgets=True``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import common
 from modnorm.demo import load_digits_split
 
 METHODS: dict[str, tuple[dict[str, Any], float]] = {  # name → (fixed hyperparameters, lr grid centre)
-    "muon": ({"weight_decay": 0.0}, 0.2),
-    "muadam": ({"weight_decay": 0.0}, 0.08),
+    "muon": ({"weight_decay": 0.0, "budgets": True}, 0.2),
+    "muadam": ({"weight_decay": 0.0, "budgets": True}, 0.08),
 }
 VOCAB, SEQ = 64, 32
 

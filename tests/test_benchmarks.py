@@ -226,3 +226,53 @@ def test_gpu_benchmark_skips_cleanly_without_cuda(tmp_path: Path, monkeypatch: p
     assert "no CUDA device" in gpu.main(["--out", str(out)])["skipped"]
     assert "skipped" in json.loads(out.read_text())
     assert gpu.ns_flops(2, 3, 1) == 4 * 2 * 2 * 3 + 2 * 2**3 and gpu.ns_flops(3, 2, 2) == 2 * gpu.ns_flops(2, 3, 1)
+
+
+def test_lr_sweep_protocol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import char_gpt
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join("to be or not to be that is the question " * 3 for _ in range(100)))
+    script = str(BENCH / "char_gpt.py")
+    data = run_quick("lr_sweep", tmp_path, monkeypatch, "--script", script, "--methods", "torch:adamw,torch:muon,muon", "--", "--data", str(corpus))
+    res = data["results"]
+    assert {len(r["lr_grid"]) for r in res.values()} == {2}  # equal grid size for every method
+    for method, r in res.items():
+        lr0 = char_gpt.METHODS[method]["lr"]
+        grid = {float(k): v for k, v in r["lr_grid"].items()}
+        assert sorted(grid) == pytest.approx([lr0, 2 * lr0])
+        assert r["best"]["lr"] == min(grid, key=grid.__getitem__)  # the pick is the grid's argmin
+        assert [f["seed"] for f in r["full"]] == [0, 1] and r["mean"] == pytest.approx(sum(f["score"] for f in r["full"]) / 2)
+        assert all(math.isfinite(f["score"]) for f in r["full"])
+    assert res["torch:adamw"]["route_key"] is None and res["torch:adamw"]["route_grid"] == {}
+    assert res["torch:muon"]["route_key"] == "adamw_lr" and len(res["torch:muon"]["route_grid"]) == 2
+    assert res["muon"]["route_key"] == "adamw_lr_ratio" and len(res["muon"]["route_grid"]) == 2
+    # While the lr moves, a ratio-type route is rescaled so the route's own lr stays at its default.
+    default_route = char_gpt.METHODS["muon"]["lr"] * char_gpt.METHODS["muon"]["adamw_lr_ratio"]
+    runs = [json.loads(f.read_text())["results"]["muon"]["hyperparameters"] for f in sorted((tmp_path / "runs").glob("*/char_gpt.json"))
+            if "muon" in json.loads(f.read_text())["results"]]
+    firsts = [hp for hp in runs if hp["lr"] * hp["adamw_lr_ratio"] == pytest.approx(default_route)]
+    assert len(firsts) >= 2 and len({hp["lr"] for hp in firsts}) == 2
+    # Step 4: the ms / iter come from one interleaved timing run of every method at its best setting.
+    timed = json.loads((tmp_path / "timing" / "char_gpt.json").read_text())["results"]
+    for method, r in res.items():
+        assert r["timed_interleaved"] and timed[method]["rounds"] == 2
+        assert r["seconds_per_iter"] * 1000 == pytest.approx(timed[method]["median_ms_per_iter"]) and r["seconds_per_iter"] > 0
+        assert timed[method]["hyperparameters"]["lr"] == r["best"]["lr"]
+
+
+def test_lr_sweep_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SystemExit, match="--script"):
+        run_quick("lr_sweep", tmp_path, monkeypatch, "--script", str(tmp_path / "nope.py"))
+    with pytest.raises(SystemExit, match="unknown --methods"):
+        run_quick("lr_sweep", tmp_path, monkeypatch, "--methods", "bogus")
+
+
+def test_char_gpt_set_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import char_gpt
+
+    assert char_gpt.parse_setting("muon.budgets=false") == ("muon", "budgets", False)
+    assert char_gpt.parse_setting("torch:muon.adamw_betas=[0.9,0.95]") == ("torch:muon", "adamw_betas", (0.9, 0.95))
+    assert char_gpt.parse_setting("muadam.scale=original") == ("muadam", "scale", "original")
+    with pytest.raises(SystemExit, match="METHOD.KEY=VALUE"):
+        char_gpt.parse_setting("nothing.lr=1")

@@ -104,7 +104,7 @@ def test_compiled_and_data_parallel_models_are_looked_through() -> None:
     for wrapped in (torch.compile(model), nn.DataParallel(model)):
         assert _quiet(modnorm.budgets, wrapped) == want
         assert "_orig_mod" not in _quiet(modnorm.describe, wrapped) and "module." not in _quiet(modnorm.describe, wrapped)
-        opt = _quiet(modnorm.optimizer, wrapped, "muon")
+        opt = _quiet(modnorm.optimizer, wrapped, "muon", budgets=True)
         assert {r["name"]: r["budget"] for r in opt.describe_rows()} == pytest.approx(want)
 
 

@@ -80,20 +80,20 @@ def _one_step(model: nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor
 
 def test_budgets_scale_the_lr_a_3_layer_mlp_moves_a_third_of_torch_adamw() -> None:
     no_decay = _one_step(m := _mlp(), torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.0))
-    same_lr = _one_step(m := _mlp(), modnorm.optimizer(m, "adamw", lr=1e-3, weight_decay=0.0))
+    same_lr = _one_step(m := _mlp(), modnorm.optimizer(m, "adamw", lr=1e-3, weight_decay=0.0, budgets=True))
     for t, s in zip(no_decay, same_lr):
         torch.testing.assert_close(s, t / 3, rtol=1e-9, atol=1e-15)
     # the documented ways to take torch's step: budgets=False, or lr × 3 (1 / budget); the decoupled
     # decay W ← W(1 − lr·budget·λ) follows the budget, so λ stays torch's
     torch_steps = _one_step(m := _mlp(), torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01))
-    for opt_of in (lambda m: modnorm.optimizer(m, "adamw", lr=3e-3, weight_decay=0.01), lambda m: modnorm.optimizer(m, "adamw", lr=1e-3, budgets=False)):
+    for opt_of in (lambda m: modnorm.optimizer(m, "adamw", lr=3e-3, weight_decay=0.01, budgets=True), lambda m: modnorm.optimizer(m, "adamw", lr=1e-3)):
         for t, s in zip(torch_steps, _one_step(m := _mlp(), opt_of(m))):
             torch.testing.assert_close(s, t, rtol=1e-9, atol=1e-15)
 
 
 def test_describe_optimizer_shows_the_norm_used_the_route_and_the_effective_lr() -> None:
     model = _mlp()
-    opt = modnorm.optimizer(model, "muadam", lr=1e-2, adamw_lr_ratio=0.5)
+    opt = modnorm.optimizer(model, "muadam", lr=1e-2, adamw_lr_ratio=0.5, budgets=True)
     rows = {r["name"]: r for r in opt.describe_rows()}
     declared = {r["name"]: r for r in modnorm.describe_rows(model)}
     assert declared["4.weight"]["norm"].startswith("RowNorm") and declared["0.bias"]["norm"] == "RMS()"
@@ -112,7 +112,7 @@ def test_describe_optimizer_shows_the_norm_used_the_route_and_the_effective_lr()
 
 def test_describe_optimizer_lr_includes_torch_muon_shape_factor() -> None:
     model = _mlp()
-    opt = modnorm.optimizer(model, "muon", lr=0.02, adjust_lr_fn="match_rms_adamw")
+    opt = modnorm.optimizer(model, "muon", lr=0.02, adjust_lr_fn="match_rms_adamw", budgets=True)
     rows = {r["name"]: r for r in opt.describe_rows()}
     assert rows["0.weight"]["lr"] == pytest.approx(0.02 / 3 * 0.2 * math.sqrt(128))  # torch: 0.2·√max(A, B)
     assert rows["2.weight"]["lr"] == pytest.approx(0.02 / 3 * 0.2 * math.sqrt(128))
@@ -130,7 +130,7 @@ def test_describe_rejects_other_optimizers_and_model_options() -> None:
 
 
 def test_optimizer_repr_says_budgets_scale_the_lr() -> None:
-    last = repr(modnorm.optimizer(_mlp(), "adamw", lr=1e-3)).splitlines()[-1]
+    last = repr(modnorm.optimizer(_mlp(), "adamw", lr=1e-3, budgets=True)).splitlines()[-1]
     assert last.startswith("note:") and "lr × budget (0.3333 here)" in last and "modnorm.describe(opt)" in last
     assert "budget (1 here)" in repr(modnorm.optimizer(_mlp(), "adamw", budgets=False)).splitlines()[-1]
 
@@ -157,7 +157,7 @@ def test_cli_describe_a_users_factory_by_file_and_by_module(tmp_path: Path, monk
     monkeypatch.delitem(sys.modules, "my_net", raising=False)
     assert cli.main(["describe", "my_net:build", "--optimizer", "adamw", "--lr", "3e-3"]) == 0
     text = capsys.readouterr().out
-    assert "route" in text.splitlines()[1] and text.count("0.0015") == 4  # 3e-3 × budget 1/2
+    assert "route" in text.splitlines()[1] and text.count(" 0.003\n") == 4  # 3e-3 × budget 1 (the default)
     with pytest.raises(SystemExit, match="defines no 'model'"):
         cli.main(["describe", "my_net"])
     with pytest.raises(SystemExit, match="cannot import 'no_such_module'"):

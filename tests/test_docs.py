@@ -79,5 +79,5 @@ def test_readme_quick_start_prints_what_the_optimizer_does(capsys: pytest.Captur
     assert lines[0] == "ModnormOptimizer(preset='muadam')" and lines[1].split()[3:4] == ["route"] and lines[1].split()[-1] == "lr"
     rows = {ln.split()[0]: ln.split() for ln in lines[3:9]}
     assert rows["0.weight"][3] == "hidden" and rows["4.weight"][3] == "default"  # the head goes to muadam's AdamW rule
-    assert all(r[-1] == "0.003333" for r in rows.values())  # lr 1e-2 × budget 1/3
+    assert all(r[-1] == "0.003" for r in rows.values())  # lr 3e-3 × budget 1 (the default)
     assert "lr × budget" in lines[9]

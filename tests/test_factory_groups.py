@@ -26,7 +26,7 @@ def test_param_groups_keep_the_models_geometry_and_take_their_hyperparameters() 
     model[0].weight.requires_grad_(False)  # frozen: simply absent
     want_b, want_g = modnorm.budgets(model), modnorm.geometries(model)
     groups = [{"params": [model[1].weight, model[1].bias], "lr": 0.1}, {"params": list(model[3].named_parameters())}]
-    opt = modnorm.optimizer(model, "sgd", param_groups=groups, lr=0.01, momentum=0.0)
+    opt = modnorm.optimizer(model, "sgd", param_groups=groups, lr=0.01, momentum=0.0, budgets=True)
     rows = _rows(opt)
     assert set(rows) == {"1.weight", "1.bias", "3.weight", "3.bias"}
     for name, r in rows.items():

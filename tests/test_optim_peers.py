@@ -141,12 +141,13 @@ def adam_dir(Mh, Vh, eps, nd):
     return Mh / (Vh.sqrt() + eps)
 
 
-def muadam_dir(p):
+def muadam_dir(p, scale="rms"):
     def direction(Mh, Vh, eps, nd):
         if nd != 2:
             return adam_dir(Mh, Vh, eps, nd)
         D = (Vh + eps) ** p
-        s = math.sqrt(Mh.shape[0] / Mh.shape[1])  # Spectral RMS→RMS scale
+        ratio = Mh.shape[0] / Mh.shape[1]
+        s = math.sqrt(ratio) if scale == "rms" else math.sqrt(max(1.0, ratio))  # RMS→RMS or torch Muon's "original"
         return s * polar_svd(Mh / D) / D
 
     return direction
@@ -169,6 +170,29 @@ def test_muadam_matches_float64_reference(preset, p, eps, seed):
     assert_close(got[3:], ref_vec[3:], 1e-9)
     other = reference_adam_like(init, 30, lr, 0.9, 0.99, eps, wd, muadam_dir(0.75 - p))  # the other exponent differs
     assert max((a - b).abs().max().item() for a, b in zip(got[:3], other[:3])) > 1e-6
+
+
+def test_muadam_scale_option_matches_float64_reference():
+    init = make_params(shapes=[(8, 16), (16, 8), (6, 6)])
+    ref = reference_adam_like(init, 10, 0.01, 0.9, 0.99, 1e-8, 0.0, muadam_dir(0.25, "original"))
+    got = run(lambda ps: modnorm.optimizer(ps, "muadam", lr=0.01, betas=(0.9, 0.99), scale="original", ns_method="svd", budgets=False), init, steps=10)
+    assert_close(got, ref, 1e-9)
+    rms = reference_adam_like(init, 10, 0.01, 0.9, 0.99, 1e-8, 0.0, muadam_dir(0.25, "rms"))
+    assert (got[0] - rms[0]).abs().max() > 1e-4  # the (8, 16) matrix: scale 1 vs √½
+
+
+def test_muon_rms_lr_adjustment_is_the_rms_to_rms_scale():
+    # One step from zero momentum: the update is lr·s·polar(G); "rms" gives s = √(d_out/d_in), "original" √max(1, ·).
+    shapes = [(8, 16), (16, 8)]
+    init = make_params(torch.float64, shapes)
+    steps = {}
+    for fn in ("rms", "original"):
+        params = [p.clone().requires_grad_() for p in init]
+        loss_fn(params, make_params(torch.float64, shapes, seed=1)).backward()
+        modnorm.optimizer(params, "muon", lr=0.1, adjust_lr_fn=fn, weight_decay=0.0, ns_dtype="float64", budgets=False).step()
+        steps[fn] = [(p - q).detach() for p, q in zip(params, init)]
+    assert_close([steps["rms"][0]], [steps["original"][0] * math.sqrt(0.5)], 1e-12)
+    assert_close([steps["rms"][1]], [steps["original"][1]], 1e-12)
 
 
 def test_adam_sania_matches_float64_reference():

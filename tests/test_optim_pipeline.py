@@ -183,16 +183,18 @@ def test_modular_budgets_scale_the_step_and_budgets_false_disables_them():
     assert all(math.isclose(b, 1 / 3) for b in table.values())
     x = torch.randn(7, 3)
     moves = {}
-    for flag in (True, False):
+    for flag in (True, False, None):
         m = nn.Sequential(*[nn.Linear(l.in_features, l.out_features, bias=False) if isinstance(l, nn.Linear) else l for l in model])
         m.load_state_dict(model.state_dict())
-        opt = modnorm.optimizer(m, "sgd", lr=0.1, budgets=flag)
+        opt = modnorm.optimizer(m, "sgd", lr=0.1, **({} if flag is None else {"budgets": flag}))
         m(x).pow(2).sum().backward()
         before = [p.detach().clone() for p in m.parameters()]
         opt.step()
         moves[flag] = [(p.detach() - b) for p, b in zip(m.parameters(), before)]
-    for with_b, without in zip(moves[True], moves[False]):
+    for with_b, without, default in zip(moves[True], moves[False], moves[None]):
         torch.testing.assert_close(with_b, without / 3)
+        torch.testing.assert_close(default, without, rtol=0, atol=0)  # the default is one lr for all layers
+    assert modnorm.OptimizerConfig(preset="sgd").budgets is False
 
 
 def test_muon_routes_embedding_head_and_vectors_to_adamw():

@@ -53,7 +53,7 @@ def test_decoupled_weight_decay_takes_the_budget() -> None:
     for preset in ("muon", "adamw", "muadam"):
         model = nn.Sequential(*[m for m in net]).double()
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        opt = modnorm.optimizer(model, preset, lr=0.1, weight_decay=0.5)
+        opt = modnorm.optimizer(model, preset, lr=0.1, weight_decay=0.5, budgets=True)
         for p in model.parameters():
             p.grad = torch.zeros_like(p)  # no step: only the decay moves W
         opt.step()
@@ -171,7 +171,7 @@ def relative_changes(kind: str, preset: str, lr: float, steps: int = 2) -> dict[
     model = make()
     rules = modnorm.Rules()
     rules.override("*gamma", D.vector())
-    opt = modnorm.optimizer(model, preset, rules=rules, lr=lr, example_inputs=data())
+    opt = modnorm.optimizer(model, preset, rules=rules, lr=lr, example_inputs=data(), budgets=True)
     mats = {n: p for n, p in model.named_parameters() if p.ndim >= 2}
     change = dict.fromkeys(mats, 0.0)
     for _ in range(steps):

@@ -46,13 +46,13 @@ def require_demo_extra(progress: bool = True) -> None:
 #: optimizer name → hyperparameters. "torch:*" are PyTorch's own optimizers (the baseline).
 DEMO_OPTIMIZERS: dict[str, dict[str, Any]] = {
     "torch:adamw": {"lr": 3e-3, "weight_decay": 0.01},
-    # modnorm presets scale each layer's lr by its modular budget (1/3 per layer of this
-    # 3-layer MLP), so lr 9e-3 here is torch AdamW's per-layer step at 3e-3.
-    "sgd": {"lr": 0.3, "momentum": 0.9},
-    "adamw": {"lr": 9e-3, "weight_decay": 0.01},
-    "muon": {"lr": 0.02},
-    "muadam": {"lr": 0.01},
-    "muadam_sania": {"lr": 1e-4},  # D = V^½ makes the step scale like 1/|gradient|: a far smaller lr
+    # budgets=True: modnorm presets scale each layer's lr by its modular budget (1/3 per
+    # layer of this 3-layer MLP), so lr 9e-3 here is torch AdamW's per-layer step at 3e-3.
+    "sgd": {"lr": 0.3, "momentum": 0.9, "budgets": True},
+    "adamw": {"lr": 9e-3, "weight_decay": 0.01, "budgets": True},
+    "muon": {"lr": 0.02, "budgets": True},
+    "muadam": {"lr": 0.01, "budgets": True},
+    "muadam_sania": {"lr": 1e-4, "budgets": True},  # D = V^½ makes the step scale like 1/|gradient|: a far smaller lr
 }
 
 

@@ -64,7 +64,7 @@ class OptimizerConfig(BaseModel):
 
     preset: str = "adamw"
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    budgets: bool = True
+    budgets: bool = False
     nonfinite: Literal["raise", "skip"] = "raise"
     state_dtype: Literal["float32", "float64", "bfloat16", "float16"] | None = None
 

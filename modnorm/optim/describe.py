@@ -30,7 +30,7 @@ __all__ = ["OPTIMIZER_COLUMNS", "LR_NOTE", "optimizer_rows", "optimizer_table", 
 
 OPTIMIZER_COLUMNS: tuple[str, ...] = ("name", "shape", "role", "route", "norm", "preconditioner", "momentum", "mode", "budget", "lr")
 
-LR_NOTE = "lr = effective lr per parameter = group lr × budget × lr_ratio × shape factor (budgets=False: every budget 1)"
+LR_NOTE = "lr = effective lr per parameter = group lr × budget × lr_ratio × shape factor (every budget 1 unless budgets=True)"
 
 
 def _float(lr: Any) -> float:

@@ -7,10 +7,16 @@ default, example_inputs)``; parameters with ``requires_grad=False`` are left out
 (name, tensor) pairs) set per-group hyperparameters without losing that geometry.
 Given bare parameters or param groups instead of the model, geometry is inferred from
 each tensor's rank and budgets are 1 — with a warning when they are ``nn.Parameter`` objects
-(they come from a model whose geometry is then lost). ``budgets=False`` gives every
-parameter budget 1 (to compare with torch.optim's optimizers). Presets that read the
-layers themselves (``kfac``, ``ekfac``, ``kfac_spectral``) get the module as their ``model``
+(they come from a model whose geometry is then lost). Presets that read the layers
+themselves (``kfac``, ``ekfac``, ``kfac_spectral``) get the module as their ``model``
 hyperparameter.
+
+Budgets: by default every parameter's budget is 1 — one lr for all layers, as in
+torch.optim (each layer's step is lr in its own norm). ``budgets=True`` scales each
+layer's step (and its decoupled decay) by its modular budget, so that the whole network's
+step is lr in the modular norm and the lr needs no retuning when depth changes the budgets
+(e.g. 1/L per layer of an L-layer MLP); on the char-level GPT benchmark
+(docs/benchmarks.md) that split cost quality at one size, hence opt-in.
 """
 
 from __future__ import annotations
@@ -88,7 +94,7 @@ def optimizer(
     default: Any = None,
     example_inputs: Any = None,
     config: OptimizerConfig | str | dict[str, Any] | None = None,
-    budgets: bool = True,
+    budgets: bool = False,
     nonfinite: str = "raise",
     state_dtype: str | None = None,
     compile: bool | dict[str, Any] = False,
@@ -106,10 +112,11 @@ def optimizer(
             types, a fallback geometry, inputs to capture the composition from a real forward).
         config: an ``OptimizerConfig`` (or its JSON text, or a dict); replaces ``preset``,
             ``budgets``, ``nonfinite``, ``state_dtype`` and the hyperparameters.
-        budgets: use the model's modular budgets (False: every budget is 1). Budgets scale
-            the lr: each parameter steps with lr × budget (× the rule's lr_ratio), so the
-            layers of a 3-layer MLP (budget 1/3 each) move 1/3 as far as torch.optim's with
-            the same lr; ``modnorm.describe(opt)`` lists every parameter's effective lr.
+        budgets: scale each parameter's step by the model's modular budget (default False:
+            every budget is 1). With budgets, each parameter steps with lr × budget (× the
+            rule's lr_ratio), so the layers of a 3-layer MLP (budget 1/3 each) move 1/3 as
+            far as torch.optim's with the same lr; ``modnorm.describe(opt)`` lists every
+            parameter's effective lr.
         nonfinite: "raise" or "skip" on a non-finite gradient.
         state_dtype: optimizer-state dtype (None: fp32 for 16-bit parameters).
         compile: torch.compile each bucket's update (True or torch.compile options).

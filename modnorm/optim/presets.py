@@ -59,7 +59,8 @@ RANGES: dict[str, str] = {
     "ns_steps": "1 ≤ ns_steps < 100",
     "ns_method": f"ns_method one of {METHODS}",
     "ns_dtype": "ns_dtype one of auto, float32, float64, bfloat16, float16 or None",
-    "adjust_lr_fn": "adjust_lr_fn one of 'original', 'match_rms_adamw' or None",
+    "adjust_lr_fn": "adjust_lr_fn one of 'original', 'match_rms_adamw', 'rms' or None",
+    "scale": "scale one of 'rms', 'original', 'match_rms_adamw', 'none'",
 }
 
 
@@ -218,7 +219,7 @@ class Muon(Hyperparameters, _RoutedAdamW):
     ns_coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
     eps: NonNeg = 1e-7
     ns_steps: Annotated[int, Field(ge=1, lt=100)] = 5
-    adjust_lr_fn: Literal["original", "match_rms_adamw"] | None = None
+    adjust_lr_fn: Literal["original", "match_rms_adamw", "rms"] | None = None
     ns_dtype: NsDtype = "auto"
 
 
@@ -257,10 +258,11 @@ class MuAdam(Hyperparameters, _RoutedAdamW, _Polar):
     betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: NonNeg = 1e-8
     weight_decay: NonNeg = 0.0
+    scale: Literal["rms", "original", "match_rms_adamw", "none"] = "rms"
 
 
 def _muadam_recipe(h: MuAdam, precond: str, extra: dict[str, float]) -> Recipe:
-    matrix = _adam_rule(precond, h.betas, h.eps, h.weight_decay, norm="spectral", mode="lmo", scale="rms",
+    matrix = _adam_rule(precond, h.betas, h.eps, h.weight_decay, norm="spectral", mode="lmo", scale=h.scale,
                         ns_method=h.ns_method, ns_steps=h.ns_steps, ns_dtype=h.ns_dtype, precond_extra=extra)
     return _matrix_recipe(matrix, h.adamw_rule())
 
