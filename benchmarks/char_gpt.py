@@ -37,6 +37,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "torch:muon": {"lr": 0.02, "weight_decay": 0.1, "adamw_lr": 1e-3, "adamw_betas": (0.9, 0.99), "adamw_params": ("wte", "lm_head")},
     "muon": {"lr": 0.02, "weight_decay": 0.1, "adamw_lr_ratio": 0.05, "adamw_betas": (0.9, 0.99), "adamw_weight_decay": 0.1},
     "muadam": {"lr": 7.5e-4, "betas": (0.9, 0.99), "adamw_lr_ratio": 1.33, "adamw_betas": (0.9, 0.99)},
+    # Polyak step (f* = 0, lr = fraction of the gap), Adam-SANIA on embedding/head/vectors (same degree)
+    "muadam_sania+polyak": {"lr": 0.1, "betas": (0.9, 0.99), "weight_decay": 0.0, "routed_rule": "adam_sania", "adamw_betas": (0.9, 0.99)},
 }
 
 
@@ -92,7 +94,7 @@ def run(method: str, hp: dict[str, Any], cfg: GPTConfig, data: tuple[Tensor, Ten
     train_ids, val_ids = data
     torch.manual_seed(args.seed)
     model = GPT(cfg)
-    opt = common.make_optimizer(method, model, **hp)
+    opt = common.make_optimizer(common.preset_name(method), model, **hp)
     gen = torch.Generator().manual_seed(args.seed + 1)
     train_batches = [batch(train_ids, args.batch, cfg.block_size, gen) for _ in range(args.iters)]
     vgen = torch.Generator().manual_seed(args.seed + 2)

@@ -3,7 +3,9 @@
 Every benchmark is ``python benchmarks/NAME.py [--quick] [--out DIR]`` and writes
 ``DIR/NAME.json``, ``DIR/NAME.png`` and ``DIR/NAME.md`` (its markdown results table).
 Optimizers are built by ``make_optimizer`` (``modnorm.demo.training``): ``torch:*``
-names are PyTorch's optimizers, every other name a ``modnorm.optimizer`` preset.
+names are PyTorch's optimizers, every other name a ``modnorm.optimizer`` preset
+(``PRESET+polyak``: with ``step_size="polyak"``). A method key may carry a ``:label``
+suffix to run one preset with two settings (e.g. ``muadam:sharp``); ``preset_name`` strips it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,18 @@ PRETTY: dict[str, str] = {
     "muon": "muon",
     "muadam": "muadam",
     "muadam_sania": "muadam_sania",
+    "adam_sania+polyak": "adam_sania+polyak",
+    "muadam_sania+polyak": "muadam_sania+polyak",
+    "muadam+polyak": "muadam+polyak",
+    "muadam:sharp": "muadam (sharp)",
+    "adam_sania+polyak:plain": "adam_sania+polyak (no growth cap)",
+    "muadam_sania+polyak:plain": "muadam_sania+polyak (no growth cap)",
 }
+
+
+def preset_name(method: str) -> str:
+    """The optimizer name of a method key (``"muadam:sharp"`` → ``"muadam"``)."""
+    return method.split(":")[0] if not method.startswith("torch:") else method
 
 
 def parser(description: str, default_out: str) -> argparse.ArgumentParser:

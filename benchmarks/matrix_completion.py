@@ -24,6 +24,9 @@ METHODS: dict[str, tuple[dict[str, Any], float]] = {  # name → (fixed hyperpar
     "muon": ({"weight_decay": 0.0, "ns_dtype": "float32"}, 0.08),
     "muadam": ({"weight_decay": 0.0}, 2.5e-3),
     "muadam_sania": ({"weight_decay": 0.0}, 2e-4),
+    "muadam:sharp": ({"weight_decay": 0.0, "mode": "sharp"}, 2.5e-3),
+    "muadam_sania+polyak": ({"weight_decay": 0.0}, 0.1),  # Polyak: lr = fraction of the gap f − 0
+    "adam_sania+polyak": ({"weight_decay": 0.0}, 0.1),
 }
 
 
@@ -74,7 +77,7 @@ def run(method: str, lr: float, data: dict[str, Tensor], rank: int, steps: int, 
     n_users, n_items = data["R"].shape
     model = Factorization(n_users, n_items, rank, seed)
     fixed, _ = METHODS[method]
-    opt = common.make_optimizer(method, list(model.named_parameters()), lr=lr, **fixed)  # bare matrices: hidden, budget 1
+    opt = common.make_optimizer(common.preset_name(method), list(model.named_parameters()), lr=lr, **fixed)  # bare matrices: hidden, budget 1
     idx, target = data["train"], data["R"][data["train"][:, 0], data["train"][:, 1]]
     log: dict[str, list[float]] = {k: [] for k in ("step", "train_rmse", "val_rmse", "erank_P", "erank_Q", "srank_P", "srank_Q")}
 
@@ -97,7 +100,12 @@ def run(method: str, lr: float, data: dict[str, Tensor], rank: int, steps: int, 
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], "runs/bench")
     p.add_argument("--steps", type=int, default=None, help="full-batch steps (default 500; 20 with --quick)")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     args = p.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"matrix_completion: unknown --methods {unknown}; choose from {list(METHODS)}")
     out = common.setup(args)
     started = time.perf_counter()
     if args.quick:
@@ -109,7 +117,8 @@ def main() -> None:
     results: dict[str, Any] = {}
     panels: dict[str, dict[str, tuple[list[int], list[float]]]] = {"validation RMSE": {}, "train RMSE": {}, "effective rank of P": {}, "stable rank of P": {}}
     rows = []
-    for method, (_, centre) in METHODS.items():
+    for method in methods:
+        centre = METHODS[method][1]
         lrs = common.lr_grid(centre, below, above)
         best_lr, best, scores = common.tune(lambda lr: run(method, lr, data, rank, steps, args.seed, max(1, steps // 50)), lrs)
         log = best["log"]

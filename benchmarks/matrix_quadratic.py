@@ -24,6 +24,12 @@ METHODS: dict[str, tuple[dict[str, Any], float]] = {  # name → (fixed hyperpar
     "muon": ({"weight_decay": 0.0, "ns_dtype": "float32"}, 0.1),
     "muadam": ({"weight_decay": 0.0}, 0.05),
     "muadam_sania": ({"weight_decay": 0.0}, 0.005),
+    "muadam:sharp": ({"weight_decay": 0.0, "mode": "sharp"}, 0.05),
+    "adam_sania+polyak": ({"weight_decay": 0.0}, 0.25),  # Polyak: lr = fraction of the gap f − f* (f* = 0 here)
+    "muadam_sania+polyak": ({"weight_decay": 0.0}, 0.25),
+    "muadam+polyak": ({"weight_decay": 0.0}, 0.25),
+    "adam_sania+polyak:plain": ({"weight_decay": 0.0, "polyak_growth": None}, 0.25),  # no growth cap
+    "muadam_sania+polyak:plain": ({"weight_decay": 0.0, "polyak_growth": None}, 0.25),
 }
 
 
@@ -74,7 +80,7 @@ class Quadratic(nn.Module):
 def run(method: str, lr: float, A: Tensor, B: Tensor, W0: Tensor, steps: int) -> dict[str, Any]:
     model = Quadratic(A, B, W0)
     fixed, _ = METHODS[method]
-    opt = common.make_optimizer(method, list(model.named_parameters()), lr=lr, **fixed)  # bare matrices: hidden, budget 1
+    opt = common.make_optimizer(common.preset_name(method), list(model.named_parameters()), lr=lr, **fixed)  # bare matrices: hidden, budget 1
     initial = float(model().detach())
     xs, ys, _ = common.train_steps(model, opt, lambda s: model(), steps, schedule=lambda s: common.cosine_factor(s, steps), every=max(1, steps // 50))
     with torch.no_grad():
@@ -86,29 +92,39 @@ def run(method: str, lr: float, A: Tensor, B: Tensor, W0: Tensor, steps: int) ->
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], "runs/bench")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 300; 20 with --quick)")
+    p.add_argument("--n", type=int, default=None, help="matrix size n (default 128; 16 with --quick)")
+    p.add_argument("--kinds", default="diagonal,orthogonal,hadamard", help="comma-separated eigenbases (default: all three)")
+    p.add_argument("--kappas", default=None, help="comma-separated condition numbers (default 1e2,1e4,1e6; 1e4 with --quick)")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     args = p.parse_args()
     out = common.setup(args)
     started = time.perf_counter()
     n, steps, kappas, below, above = (16, 20, [1e4], 1, 1) if args.quick else (128, 300, [1e2, 1e4, 1e6], 3, 3)
-    steps = args.steps or steps
+    steps, n = args.steps or steps, args.n or n
+    kappas = [float(k) for k in args.kappas.split(",")] if args.kappas else kappas
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"matrix_quadratic: unknown --methods {unknown}; choose from {list(METHODS)}")
     results: dict[str, Any] = {}
     panels: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
     rows = []
-    for kind in ("diagonal", "orthogonal", "hadamard"):
+    for kind in args.kinds.split(","):
         for kappa in kappas:
             A, B, W0 = problem(n, kappa, kind, args.seed)
             key = f"{kind} κ=1e{round(math.log10(kappa))}"
             results[key] = {}
             panels[key] = {}
-            for method, (_, centre) in METHODS.items():
+            for method in methods:
+                centre = METHODS[method][1]
                 lrs = common.lr_grid(centre, below, above, factor=4.0)
                 best_lr, best, scores = common.tune(lambda lr: run(method, lr, A, B, W0, steps), lrs)
                 results[key][method] = {"best_lr": best_lr, "final_relative_loss": best["final"], "grid": scores, "curve": best["curve"]}
                 panels[key][common.PRETTY[method]] = (best["curve"]["step"], best["curve"]["relative_loss"])
                 edge = " (grid edge)" if best_lr in (lrs[0], lrs[-1]) else ""
                 print(f"{key:<22} {method:<14} lr={best_lr:.3g}{edge} L_T/L_0={best['final']:.3g}", flush=True)
-            rows.append([kind, f"1e{round(math.log10(kappa))}"] + [results[key][m]["final_relative_loss"] for m in METHODS])
-    headers = ["eigenbasis", "κ"] + [common.PRETTY[m] for m in METHODS]
+            rows.append([kind, f"1e{round(math.log10(kappa))}"] + [results[key][m]["final_relative_loss"] for m in methods])
+    headers = ["eigenbasis", "κ"] + [common.PRETTY[m] for m in methods]
     table = common.markdown_table(headers, rows)
     common.plot_curves(out / "matrix_quadratic.png", panels, ylabel="L(W_t) / L(W_0)")
     meta = {"n": n, "steps": steps, "kappas": kappas, "lr_grid": f"centre × 4^k, k = -{below}..{above}", "schedule": "cosine to 0"}

@@ -167,10 +167,14 @@ def _trajectory(make: Callable[[list[Tensor]], torch.optim.Optimizer], loss: Cal
     params = [w.clone().requires_grad_(True) for w in start]
     opt = make(params)
     out = []
-    for _ in range(steps):
+    def closure() -> Tensor:
         opt.zero_grad()
-        loss(params).backward()
-        opt.step()
+        value = loss(params)
+        value.backward()
+        return value
+
+    for _ in range(steps):
+        opt.step(closure)  # the closure hands the loss to a step-size stage that needs it (Polyak)
         out.append([p.detach().clone() for p in params])
     return out
 

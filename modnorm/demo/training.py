@@ -67,7 +67,8 @@ def make_optimizer(name: str, model: nn.Module | list[tuple[str, Tensor]], **hp:
     ``"torch:muon"``: ``torch.optim.Muon`` on 2-D parameters whose name contains none of
     ``hp["adamw_params"]`` (default: the first and last Linear of a Sequential, i.e.
     ``("0.", "embed", "wte", "wpe", "head")`` plus any name listed), AdamW elsewhere with
-    ``hp["adamw_lr"]`` (default: ``lr``). Anything else: ``modnorm.optimizer(model, name, **hp)``.
+    ``hp["adamw_lr"]`` (default: ``lr``). Anything else: ``modnorm.optimizer(model, name, **hp)``;
+    ``"PRESET+STAGE"`` (e.g. ``"muadam_sania+polyak"``) is PRESET with ``step_size=STAGE``.
     """
     named = list(model.named_parameters()) if isinstance(model, nn.Module) else list(model)
     if name == "torch:adamw":
@@ -89,6 +90,9 @@ def make_optimizer(name: str, model: nn.Module | list[tuple[str, Tensor]], **hp:
         return OptimizerChain(*opts)
     import modnorm
 
+    if "+" in name:
+        name, stage = name.split("+", 1)
+        hp = {"step_size": stage, **hp}
     return modnorm.optimizer(model, name, **hp)
 
 
@@ -139,6 +143,8 @@ def train_steps(
     ``every`` steps and at the last step; training stops early on a non-finite loss
     (recorded as ``nan``).
     """
+    from ..optim.optimizer import ModnormOptimizer
+
     xs: list[int] = []
     ys: list[float] = []
     start = time.perf_counter()
@@ -158,7 +164,10 @@ def train_steps(
         loss.backward()
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
+        if isinstance(opt, ModnormOptimizer):
+            opt.step(loss=loss.detach())  # for a step-size stage that needs the loss (step_size="polyak")
+        else:
+            opt.step()
     return xs, ys, time.perf_counter() - start
 
 

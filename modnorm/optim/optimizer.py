@@ -9,7 +9,11 @@ dtype, a device and a step count (so one batched call serves them all)::
     N   ← precond.norm(base, states, t)                         (Theorem 1: DNorm / LRNorm)
     U   ← N.lmo(stack d)   or   N.sharp(stack d)                (mode)
     W   ← W (1 − η_r · budget · λ)                              (decoupled weight decay)
-    W   ← W − η_r · budget · shape · U                          (η_r = lr · rule.lr_ratio)
+    W   ← W − η_r · γ · budget · shape · U                      (η_r = lr · rule.lr_ratio)
+
+γ = 1 unless a global step-size stage is configured (``step_size="polyak"``,
+``step_size.py``): it then comes from every bucket's direction and the loss, which
+``step`` reads from the closure's return value or its ``loss=`` argument.
 
 torch.optim conventions: param groups with per-group hyperparameters (validated), named
 parameters, state_dict loadable with ``torch.load(weights_only=True)``, tensor lr,
@@ -49,6 +53,7 @@ from .momentum import init_momentum, momentum_key
 from .preconditioner import RESERVED_STATE_KEYS, Preconditioner, StepContext, get_preconditioner
 from .presets import Preset, custom_recipe_preset
 from .recipe import DTYPES, Recipe, Rule, infer_geometry, norm_key, overrides_declared, resolve_norm
+from .step_size import Direction, StepSizeStage, loss_value, make_step_size
 from .state_io import PRESET_KEY, SKIPPED_KEY, check_loadable, is_runtime, portable
 from .transaction import PendingWrite, StepTransaction
 from .update import Computed, RuleSpec, compiled_update_bucket, momentum_implied, update_bucket
@@ -291,6 +296,9 @@ class ModnormOptimizer(Optimizer):
         if clash:
             raise RuntimeError(f"preconditioner {plan.precond!r} uses reserved state keys {sorted(clash)}; rename them")
         state.update(extra)
+        stage = self._stage()
+        for k in stage.state_keys if stage is not None else ():
+            state[k] = torch.tensor(math.inf, dtype=torch.float64)  # the stage's running statistic, unset
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -384,9 +392,13 @@ class ModnormOptimizer(Optimizer):
                     raise RuntimeError(f"parameter {label!r} has a complex gradient; modnorm optimizers support real tensors only")
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
+    def step(self, closure: Callable[[], Any] | None = None, *, loss: Any = None) -> Any:
+        """One optimization step; ``closure`` re-evaluates the model and returns the loss.
+
+        ``loss``: the loss at the current parameters, for a step-size stage that needs it
+        (``step_size="polyak"``) when no closure is given; a closure's value takes precedence.
+        """
+        self._stage()  # settings checked before the closure runs or anything is touched
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
@@ -400,11 +412,22 @@ class ModnormOptimizer(Optimizer):
         """Plan, compute every bucket aside, check once, commit (``transaction``). Never traced:
         ``torch.compile(opt.step)`` runs this eagerly; ``compile=True`` compiles each bucket's
         computation (``update.compiled_update_bucket``)."""
+        stage = self._stage()
+        value = self._stage_loss(stage, loss)
+        if value is not None and not math.isfinite(value):
+            if self.nonfinite == "skip":
+                self.skipped_steps += 1
+                return
+            raise FloatingPointError(f"non-finite loss {value} for the step-size stage; nothing was updated. "
+                                     "Find the cause, or pass nonfinite='skip' to skip such steps.")
+        collected: list[Direction] | None = [] if stage is not None else None
         txn = StepTransaction()
         failure: BaseException | None = None
         try:
             for members, t, lr, maximize in self._prepare(txn):
-                self._update_bucket(members, t, lr, maximize, closure, loss, txn)
+                self._update_bucket(members, t, lr, maximize, closure, loss, txn, collected)
+            if stage is not None and collected:
+                self._scale_writes(txn, stage.factor(value, collected))
         except torch.linalg.LinAlgError as e:  # e.g. eigh of statistics made non-finite by this step
             failure = e
         if failure is None and txn.all_finite():
@@ -424,6 +447,39 @@ class ModnormOptimizer(Optimizer):
             f"{message}; nothing was updated. Find the cause (lr too high, a gradient too large for the "
             "state dtype, overflow), or pass nonfinite='skip' to skip such steps."
         ) from failure
+
+    def _stage(self) -> StepSizeStage | None:
+        """The step-size stage of the param groups (all groups must agree on its settings)."""
+        keys = ("step_size", "f_star", "max_step", "polyak_growth")
+        settings = {tuple(g.get(k) for k in keys) for g in self.param_groups}
+        if len(settings) > 1:
+            raise ConfigError(f"param groups disagree on the step-size stage {keys}: {sorted(settings, key=str)}; "
+                              "the stage is one statistic over all parameters, so set them the same in every group")
+        stage = make_step_size(self.param_groups[0]) if self.param_groups else None
+        if stage is not None and any(g.get("maximize") for g in self.param_groups):
+            raise ConfigError("step_size='polyak' closes the gap f − f_star of a loss to minimize; use maximize=False (negate the objective)")
+        return stage
+
+    def _stage_loss(self, stage: StepSizeStage | None, loss: Any) -> float | None:
+        """The loss as a float for the stage; refuses a missing one (or DTensor parameters) before anything changes."""
+        if stage is None:
+            return None
+        name = self.param_groups[0]["step_size"]
+        value = loss_value(loss)
+        if stage.needs_loss and value is None:
+            raise ValueError(f"step_size={name!r} needs the loss: call optimizer.step(closure) "
+                             "with a closure that returns it, or optimizer.step(loss=loss); nothing was updated")
+        if any(placement_key(p) for g in self.param_groups for p in g["params"]):
+            raise NotImplementedError(f"step_size={name!r} does not support DTensor (FSDP) parameters yet; use step_size='constant'")
+        return value
+
+    @staticmethod
+    def _scale_writes(txn: StepTransaction, gamma: float | list[float]) -> None:
+        """Multiply every pending write's step (not its weight decay) by the stage's factor(s)."""
+        factors = [gamma] * len(txn.writes) if isinstance(gamma, float) else gamma
+        for (write, _, _), g in zip(txn.writes, factors):
+            a = write.alpha
+            write.alpha = [x * g for x in a] if isinstance(a, list) else a * g
 
     def _prepare(self, txn: StepTransaction) -> list[tuple[list[tuple[Tensor, _Plan, dict]], int, Any, bool]]:
         """Resolve plans, open each parameter's shadow state and form the buckets (eager, never traced)."""
@@ -467,7 +523,7 @@ class ModnormOptimizer(Optimizer):
         return lr
 
     def _update_bucket(self, members: list[tuple[Tensor, _Plan, dict]], step: int, lr: Any, maximize: bool, closure: Any, loss: Any,
-                       txn: StepTransaction) -> None:
+                       txn: StepTransaction, collect: list[Direction] | None = None) -> None:
         params = [m[0] for m in members]
         plan = members[0][1]
         states = [m[2] for m in members]
@@ -483,7 +539,7 @@ class ModnormOptimizer(Optimizer):
         grads = sharded.grads if sharded else [p.grad if p.ndim else p.grad.reshape(shape) for p in params]
         budgets = [m[1].scale for m in members]
         fn: Callable[..., Computed] = update_bucket
-        if self._compile is not False and sharded is None and not (plan.precond.needs_hvp or plan.precond.eager_only):
+        if self._compile is not False and sharded is None and not (plan.precond.needs_hvp or plan.precond.eager_only) and collect is None:
             key = (plan.key, len(members))
             if key not in self._compiled:
                 self._compiled[key] = compiled_update_bucket(self._compile if isinstance(self._compile, dict) else {})
@@ -495,7 +551,7 @@ class ModnormOptimizer(Optimizer):
             ctx = StepContext(step=step, params=params, names=names, closure=closure, loss=loss)
         update, alpha, decay, divisor, fresh, checks = fn(
             plan.spec, plan.norm, plan.precond, budgets, views, grads, states, step, lr, maximize, self._state_dtype(params[0]), ctx, sharded,
-            [m[1].budget for m in members])
+            [m[1].budget for m in members], **({"collect": collect} if collect is not None else {}))
         implied = momentum_key(plan.rule.momentum) if momentum_implied(plan.spec, plan.precond, self._state_dtype(params[0])) else None
         txn.add_write(PendingWrite(views, update, alpha, decay, divisor, fresh), checks, names, params, implied)
 

@@ -29,7 +29,8 @@ raises an error saying so. ``ctx.closure``/``ctx.loss`` give the step's closure 
 Contract (checked by the optimizer's tests for every registered preconditioner):
 - ``init_state`` allocates everything the preconditioner will ever need; state holds
   tensors and Python numbers only (so ``torch.load(weights_only=True)`` works). Keys
-  must not collide with the optimizer's own: "step", "momentum_buffer", "exp_avg".
+  must not collide with the optimizer's own: "step", "momentum_buffer", "exp_avg",
+  "polyak_step".
 - ``update``/``update_many`` change only their own state, from the raw gradient: in place
   (the optimizer then hands them copies, so that a failed step can be discarded), or, with
   ``updates_in_place = False`` (the built-ins), by assigning new tensors to their state
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 State = dict[str, Tensor]
-RESERVED_STATE_KEYS: frozenset[str] = frozenset({"step", "momentum_buffer", "exp_avg"})
+RESERVED_STATE_KEYS: frozenset[str] = frozenset({"step", "momentum_buffer", "exp_avg", "polyak_step"})
 
 
 @dataclass

@@ -61,16 +61,27 @@ RANGES: dict[str, str] = {
     "ns_dtype": "ns_dtype one of auto, float32, float64, bfloat16, float16 or None",
     "adjust_lr_fn": "adjust_lr_fn one of 'original', 'match_rms_adamw', 'rms' or None",
     "scale": "scale one of 'rms', 'original', 'match_rms_adamw', 'none'",
+    "step_size": "step_size one of 'constant', 'polyak'",
+    "f_star": "f_star a finite number (a lower bound of the loss)",
+    "max_step": "max_step > 0 or None (no cap)",
+    "polyak_growth": "polyak_growth ≥ 1 or None (no cap)",
+    "routed_rule": "routed_rule one of 'adamw', 'adam_sania'",
 }
 
 
 class Hyperparameters(BaseModel):
-    """Fields every preset has: the learning rate and ``maximize``."""
+    """Fields every preset has: the learning rate, ``maximize`` and the global step-size stage
+    (``step_size``; ``f_star``, ``max_step``, ``polyak_growth`` configure ``"polyak"``, see
+    ``modnorm.optim.step_size``)."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True, allow_inf_nan=False, defer_build=True)
 
     lr: float | torch.Tensor = 1e-3
     maximize: bool = False
+    step_size: Literal["constant", "polyak"] = "constant"
+    f_star: Annotated[float, Field(allow_inf_nan=False)] = 0.0
+    max_step: Annotated[float, Field(gt=0.0)] | None = None
+    polyak_growth: Annotated[float, Field(ge=1.0)] | None = 1.0
 
     @model_validator(mode="before")
     @classmethod
@@ -98,9 +109,12 @@ class _RoutedAdamW(BaseModel):
     adamw_betas: tuple[Beta, Beta] = (0.9, 0.999)
     adamw_eps: NonNeg = 1e-8
     adamw_weight_decay: NonNeg = 0.0
+    routed_rule: Literal["adamw", "adam_sania"] = "adamw"  # adam_sania: D = (V̂ + ε)^½, so that a Polyak
+    # step over all parameters stays loss-scale invariant with a SANIA matrix rule
 
     def adamw_rule(self) -> Rule:
-        return _adam_rule("adam", self.adamw_betas, self.adamw_eps, self.adamw_weight_decay, self.adamw_lr_ratio)
+        precond = "sania" if self.routed_rule == "adam_sania" else "adam"
+        return _adam_rule(precond, self.adamw_betas, self.adamw_eps, self.adamw_weight_decay, self.adamw_lr_ratio)
 
 
 class _Polar(BaseModel):
@@ -259,10 +273,11 @@ class MuAdam(Hyperparameters, _RoutedAdamW, _Polar):
     eps: NonNeg = 1e-8
     weight_decay: NonNeg = 0.0
     scale: Literal["rms", "original", "match_rms_adamw", "none"] = "rms"
+    mode: Literal["lmo", "sharp"] = "lmo"  # sharp: ‖D⁻¹M‖_*·D⁻¹ polar(D⁻¹M), of degree 0 in the gradient for D = V^¼
 
 
 def _muadam_recipe(h: MuAdam, precond: str, extra: dict[str, float]) -> Recipe:
-    matrix = _adam_rule(precond, h.betas, h.eps, h.weight_decay, norm="spectral", mode="lmo", scale=h.scale,
+    matrix = _adam_rule(precond, h.betas, h.eps, h.weight_decay, norm="spectral", mode=h.mode, scale=h.scale,
                         ns_method=h.ns_method, ns_steps=h.ns_steps, ns_dtype=h.ns_dtype, precond_extra=extra)
     return _matrix_recipe(matrix, h.adamw_rule())
 

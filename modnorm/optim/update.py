@@ -36,6 +36,7 @@ from ..norms import Frobenius, Norm
 from .momentum import apply_momentum, momentum_scale
 from .preconditioner import Identity, Preconditioner, StepContext
 from .update_stages import after_direction, schedule_free
+from .step_size import Direction
 
 __all__ = ["RuleSpec", "update_bucket", "compiled_update_bucket", "momentum_implied"]
 
@@ -112,12 +113,16 @@ def update_bucket(
     ctx: StepContext,
     sharded: Any = None,
     decays: Sequence[float] | None = None,
+    collect: list[Any] | None = None,
 ) -> Computed:
     """One step of a bucket (see the module docstring), computed aside: new state tensors are
     assigned to the keys of ``states`` (shadow dicts), the parameters are not touched; returns
     the parameter change (``transaction.PendingWrite`` fields) and the update tensors to check.
     The step counters are advanced when the step commits. ``sharded``: local shards (modnorm.distributed);
-    ``decays``: each parameter's budget for the decoupled weight decay (default: 1)."""
+    ``decays``: each parameter's budget for the decoupled weight decay (default: 1).
+    ``collect``: for a global step-size stage (``step_size.py``), append the bucket's
+    ``Direction`` (stacked input X and direction U, before budgets); the entrywise shortcuts are
+    then skipped, and the returned ``alpha`` is scaled by the stage's factor before the commit."""
     if sharded is not None and (spec.trust_ratio != "none" or spec.momentum == "schedule_free"):
         raise NotImplementedError("trust ratios (lamb, lars) and schedule-free need whole tensors; they do not run on FSDP2 shards")
     if grads[0].dtype != state_dtype:
@@ -148,7 +153,7 @@ def update_bucket(
     entrywise = (
         spec.mode == "sharp" and type(base) is Frobenius and views[0].dtype == state_dtype
         and (uniform or not isinstance(lr_r, Tensor)) and (sharded is None or not sharded.whole_statistics)
-        and not staged
+        and not staged and collect is None
     )
     if entrywise and isinstance(precond, Identity):
         return d, _alphas(lr_r, c, budgets), decay, None, False, list(d)
@@ -169,6 +174,8 @@ def update_bucket(
     if c != 1.0 and not staged:  # staged: the bias correction scales the step after the stages
         X.mul_(c)
     U = norm.lmo(X) if spec.mode == "lmo" else norm.sharp(X)
+    if collect is not None:
+        collect.append(Direction(ctx.params, states, X, U, budgets))
     if staged:
         return _staged(spec, U, views, raw, states, step, lr_r * c, budgets, uniform, decay)
     if uniform:

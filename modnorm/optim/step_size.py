@@ -1,0 +1,134 @@
+"""Global step-size stages: one multiplier for the step, from every parameter's direction and the loss.
+
+The pipeline computes, per parameter k, a direction U_k from its (momentum) gradient d_k
+(the preconditioned LMO or sharp operator, times the parameter's budget b_k), and then
+moves W_k ← W_k − η·γ·U_k. A *step-size stage* chooses γ after every direction of the
+step is known; ``"constant"`` is γ = 1 (no stage). The stage sees, per bucket, the
+stacked inputs X = c·d and outputs U of the norm, the budgets, the parameters and their
+state, and the loss; it returns one scalar (``Polyak``) or one multiplier per bucket (a
+per-group estimate such as Prodigy's: buckets never mix param groups).
+A stage that keeps a running statistic stores it in the parameters' state (so it is
+saved in ``state_dict``), under the keys it lists in ``state_keys``.
+
+**Polyak** (``step_size="polyak"``). The first-order decrease a step −γ·U promises is
+γ·P with P = Σ_k b_k ⟨X_k, U_k⟩ (= Σ b_k ‖X_k‖* in lmo mode, Σ b_k ‖X_k‖*² in sharp
+mode, Theorem 1's dual norm of each parameter's preconditioned norm). Polyak's choice
+makes that decrease equal the gap to the optimal value f*:
+
+    γ_t = (f_t − f*) / P_t          (0 when f_t ≤ f* or P_t = 0)
+    γ_t ← min(γ_t, growth · γ_{t−1})                    (growth cap; growth=None: off)
+    γ_t ← min(γ_t, max_step)                            (SPS-max cap;  max_step=None: off)
+
+and the step is W ← W − lr·γ_t·U (lr is then the fraction of the gap to close: lr = 1
+aims at f*). Invariance: if U is homogeneous of degree −k in the gradient (k = 1 for
+D = V^½: SANIA; k = ½ for D = V^¼: MuAdam; k = 0 for Adam's M/√V and Muon) then P is
+of degree 1 − k, so γ·U is of degree 0 in (f − f*, gradient) jointly: multiplying the
+loss (and f*) by c > 0 leaves the iterates unchanged, for every such rule, as long as ε
+is 0 (an absolute ε breaks homogeneity). The ratio γ_t/γ_{t−1} is a pure number, so the
+growth cap keeps every invariance; under W = A ⊙ W', f and P are unchanged when the norm
+moves with the variables (D ↦ A ⊙ D), so Polyak keeps Theorem 2's scale invariance.
+``max_step`` is in the units of γ (loss / P) and breaks loss-scale invariance: use it
+for noisy f − f* only. Why the growth cap: the momentum's dual norm P collapses when
+the momentum averages noise out (M ≪ √V) while f − f* stays at the noise floor (f* = 0
+below the reachable loss), and the uncapped γ then grows by orders of magnitude within a
+few hundred steps; with growth = 1 (the default) γ never increases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["Direction", "StepSizeStage", "Polyak", "make_step_size", "STEP_SIZES", "loss_value"]
+
+STEP_SIZES: tuple[str, ...] = ("constant", "polyak")
+
+
+@dataclass
+class Direction:
+    """One bucket's computed step, before it is applied.
+
+    Attributes:
+        params: the bucket's parameters.
+        states: their optimizer state dicts.
+        X: the stacked input of the norm, c·d (B, *shape).
+        U: the stacked direction, lmo(X) or sharp(X) (B, *shape), before lr and budgets.
+        budgets: per-parameter budget × shape factor.
+    """
+
+    params: Sequence[Tensor]
+    states: Sequence[dict[str, Any]]
+    X: Tensor
+    U: Tensor
+    budgets: Sequence[float]
+
+    def decrease(self) -> Tensor:
+        """Σ_i b_i ⟨X_i, U_i⟩: the first-order decrease of the step −U (float64, 0-d)."""
+        per = (self.X.double() * self.U.double()).flatten(1).sum(1)
+        return (per * torch.tensor(list(self.budgets), dtype=torch.float64, device=per.device)).sum()
+
+
+class StepSizeStage:
+    """Base class: ``factor(loss, directions)`` → one multiplier, or a list with one per
+    ``Direction`` (bucket). ``needs_loss``: refuse a step without a loss."""
+
+    needs_loss: bool = False
+    state_keys: tuple[str, ...] = ()
+
+    def factor(self, loss: float | None, directions: Sequence[Direction]) -> float | list[float]:
+        raise NotImplementedError
+
+
+class Polyak(StepSizeStage):
+    """γ = min((f − f*)/P, growth·γ_prev, max_step) (module docstring)."""
+
+    needs_loss = True
+    state_keys = ("polyak_step",)
+
+    def __init__(self, f_star: float = 0.0, max_step: float | None = None, growth: float | None = 1.0) -> None:
+        self.f_star, self.max_step, self.growth = float(f_star), max_step, growth
+
+    def factor(self, loss: float | None, directions: Sequence[Direction]) -> float:
+        assert loss is not None
+        P = float(sum((d.decrease() for d in directions), torch.zeros((), dtype=torch.float64)))
+        gap = loss - self.f_star
+        gamma = gap / P if gap > 0 and P > 0 else 0.0  # P = inf gives 0; a NaN P gives 0
+        previous = [float(s["polyak_step"]) for d in directions for s in d.states if "polyak_step" in s]
+        if self.growth is not None and previous:
+            gamma = min(gamma, self.growth * min(previous))
+        if self.max_step is not None:
+            gamma = min(gamma, self.max_step)
+        for d in directions:
+            for s in d.states:
+                s["polyak_step"] = torch.tensor(gamma, dtype=torch.float64)
+        return gamma
+
+    def __repr__(self) -> str:
+        return f"Polyak(f_star={self.f_star}, max_step={self.max_step}, growth={self.growth})"
+
+
+def make_step_size(group: dict[str, Any]) -> StepSizeStage | None:
+    """The stage a param group's hyperparameters ask for (None for ``"constant"``)."""
+    kind = group.get("step_size", "constant")
+    if kind == "constant":
+        return None
+    if kind == "polyak":
+        return Polyak(group.get("f_star", 0.0), group.get("max_step"), group.get("polyak_growth", 1.0))
+    raise ValueError(f"step_size must be one of {STEP_SIZES}, got {kind!r}")
+
+
+def loss_value(loss: Any) -> float | None:
+    """The loss as a Python float (a 1-element tensor or a number), None when absent."""
+    if loss is None:
+        return None
+    if isinstance(loss, Tensor):
+        if loss.numel() != 1:
+            raise ValueError(f"the loss must be a scalar (1-element tensor or number) for the step-size stage, got shape {tuple(loss.shape)}")
+        return float(loss.detach())
+    if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+        return float(loss)
+    raise TypeError(f"the loss must be a number or a 1-element tensor, got {type(loss).__name__}")
