@@ -15,22 +15,10 @@ from torch import nn
 import modnorm
 from modnorm.optim import PRESETS, Preconditioner, Recipe, Rule, register_preconditioner
 from modnorm.optim.config import ConfigError
+from state_snapshot import snapshot, unchanged
 
 PRESET_NAMES = sorted(p for p in PRESETS if not p.startswith("sophia"))
 MATRIX_PRESETS = ["muon", "polargrad", "scion", "muadam", "muadam_sania", "shampoo", "shampoo_one_sided", "kl_shampoo", "soap", "splus"]
-
-
-def snapshot(opt, params):
-    state = {id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in params if p in opt.state}
-    return [p.detach().clone() for p in params], state
-
-
-def unchanged(opt, params, snap):
-    values, state = snap
-    if not all(torch.equal(a, b) for a, b in zip(params, values)):
-        return False
-    now = {id(p): opt.state[p] for p in params if p in opt.state}
-    return now.keys() == state.keys() and all(torch.equal(now[i][k], state[i][k]) for i in state for k in state[i])
 
 
 def all_finite(opt, params):

@@ -13,22 +13,10 @@ from torch import nn
 
 import modnorm
 from modnorm.optim import PRESETS
+from state_snapshot import snapshot, unchanged
 
 # sophia* need a Hessian source (loss_fn= or from_graph=True); they are tested with it in tests/test_hessian.py.
 PRESET_NAMES = sorted(p for p in PRESETS if not p.startswith("sophia") and "model" not in PRESETS[p].hyperparameters.model_fields)  # those need a loss or the model
-
-
-def snapshot(opt, params):
-    state = {id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in params if p in opt.state}
-    return [p.detach().clone() for p in params], state
-
-
-def unchanged(opt, params, snap):
-    values, state = snap
-    if not all(torch.equal(a, b) for a, b in zip(params, values)):
-        return False
-    now = {id(p): opt.state[p] for p in params if p in opt.state}
-    return now.keys() == state.keys() and all(torch.equal(now[i][k], state[i][k]) for i in state for k in state[i])
 
 
 def model_and_loss():
