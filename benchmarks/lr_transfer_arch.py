@@ -10,7 +10,8 @@ layers / residual blocks) at the base width, width ×4 at depth 2 (GPT-2 64 → 
 16 → 64 channels). Each (model, size, optimizer) runs a ×2 lr grid with a cosine schedule;
 the score is the held-out loss after training; the result is where the best lr moves
 (in grid steps). The step time of each optimizer relative to torch's AdamW is measured
-side by side on the largest configurations. modnorm presets use the captured budgets (``budgets=True``).
+side by side on the largest configurations. ``--budgets`` picks one lr for every layer
+(``false``, the library default), the captured modular budgets (``true``) or both.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import common
 from modnorm.demo import load_digits_split
 
 METHODS: dict[str, tuple[dict[str, Any], float]] = {  # name → (fixed hyperparameters, lr grid centre)
-    "muon": ({"weight_decay": 0.0, "budgets": True}, 0.2),
-    "muadam": ({"weight_decay": 0.0, "budgets": True}, 0.08),
+    "muon": ({"weight_decay": 0.0}, 0.2),
+    "muadam": ({"weight_decay": 0.0}, 0.08),
 }
 VOCAB, SEQ = 64, 32
 
@@ -114,18 +115,18 @@ class Task:
         return self.train[0][idx], self.train[1][idx]
 
 
-def make(method: str, model: nn.Module, task: Task, lr: float) -> torch.optim.Optimizer:
+def make(method: str, model: nn.Module, task: Task, lr: float, budgets: bool = False) -> torch.optim.Optimizer:
     if method == "torch:adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr)
     import modnorm
 
-    return modnorm.optimizer(model, method, lr=lr, example_inputs=task.example(), **METHODS[method][0])
+    return modnorm.optimizer(model, method, lr=lr, example_inputs=task.example(), budgets=budgets, **METHODS[method][0])
 
 
-def run(task: Task, method: str, lr: float, depth: int, width: int, steps: int, seed: int) -> dict[str, Any]:
+def run(task: Task, method: str, lr: float, depth: int, width: int, steps: int, seed: int, budgets: bool) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = task.model(depth, width)
-    opt = make(method, model, task, lr)
+    opt = make(method, model, task, lr, budgets)
     base = [g["lr"] for g in opt.param_groups]
     for s in range(steps):
         for g, b in zip(opt.param_groups, base):
@@ -142,11 +143,11 @@ def run(task: Task, method: str, lr: float, depth: int, width: int, steps: int, 
     return {"final": final if math.isfinite(final) else float("inf")}
 
 
-def step_times(task: Task, depth: int, width: int, repeats: int) -> dict[str, float]:
+def step_times(task: Task, depth: int, width: int, repeats: int, budgets: bool) -> dict[str, float]:
     """Seconds per optimizer step (forward and backward excluded), the optimizers interleaved."""
     torch.manual_seed(0)
     models = {m: task.model(depth, width) for m in ("torch:adamw", *METHODS)}
-    opts = {m: make(m, models[m], task, 1e-3) for m in models}
+    opts = {m: make(m, models[m], task, 1e-3, budgets) for m in models}
     times = {m: [] for m in models}
     for r in range(repeats + 2):
         for m, model in models.items():
@@ -163,7 +164,13 @@ def main() -> None:
     p = common.parser(__doc__.splitlines()[0], "runs/bench")
     p.add_argument("--steps", type=int, default=None, help="steps per run (default 40; 2 with --quick)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="presets to run (default: all)")
+    p.add_argument("--budgets", choices=("false", "true", "both"), default="false",
+                   help="false: one lr for every layer (the library default); true: the modular budgets; both: one row each")
+    p.add_argument("--below", type=int, default=None, help="×2 grid steps below the lr centre (default 2; 1 with --quick)")
     args = p.parse_args()
+    if args.below is not None and args.below < 0:
+        p.error(f"--below must be >= 0, got {args.below}")
+    settings = {"false": [False], "true": [True], "both": [False, True]}[args.budgets]
     out = common.setup(args)
     started = time.perf_counter()
     quick = args.quick
@@ -171,6 +178,7 @@ def main() -> None:
     if quick:
         sizes = {"gpt2": {"depth": (1, 2), "width": (32, 64)}, "cnn": {"depth": (1, 2), "width": (4, 8)}}  # seconds
     below, above = (1, 1) if quick else (2, 2)
+    below = below if args.below is None else args.below
     results: dict[str, Any] = {}
     rows, panels = [], {}
     for kind, dims in sizes.items():
@@ -183,34 +191,39 @@ def main() -> None:
         for method in args.methods:
             centre = METHODS[method][1]
             lrs = common.lr_grid(centre, below, above)
-            best = {}
-            panels[f"{kind} {method}"] = {}
-            for label, (depth, width) in configs.items():
-                best_lr, _, scores = common.tune(lambda lr: run(task, method, lr, depth, width, steps, args.seed), lrs)
-                best[label] = {"best_lr": best_lr, "loss": scores[best_lr], "grid": scores, "at_grid_edge": best_lr in (lrs[0], lrs[-1])}
-                panels[f"{kind} {method}"][label] = (lrs, [min(v, 10.0) for v in scores.values()])
-                print(f"{kind:<5} {method:<7} {label:<10} best lr {best_lr:.3g} loss {scores[best_lr]:.4f}", flush=True)
-            labels = list(configs)
-            depth_shift = round(math.log2(best[labels[1]]["best_lr"] / best[labels[0]]["best_lr"]))
-            width_shift = round(math.log2(best[labels[2]]["best_lr"] / best[labels[0]]["best_lr"]))
-            results[kind][method] = {"per_config": best, "depth_shift": depth_shift, "width_shift": width_shift, "lr_grid": lrs}
-            rows.append([kind, method] + [f"{best[lb]['best_lr']:.3g}" + ("*" if best[lb]["at_grid_edge"] else "") for lb in labels]
-                        + [depth_shift, width_shift])
-        timing = step_times(task, d1, w0, 1 if quick else 10)
-        timing_w = step_times(task, d0, w1, 1 if quick else 10)
-        results[kind]["step_time_vs_adamw"] = {
-            f"L={d1} w={w0}": {m: timing[m] / timing["torch:adamw"] for m in METHODS},
-            f"L={d0} w={w1}": {m: timing_w[m] / timing_w["torch:adamw"] for m in METHODS},
-        }
+            results[kind][method] = {}
+            for budgets in settings:
+                name = f"{method} budgets={str(budgets).lower()}"
+                best = {}
+                panels[f"{kind} {name}"] = {}
+                for label, (depth, width) in configs.items():
+                    best_lr, _, scores = common.tune(lambda lr: run(task, method, lr, depth, width, steps, args.seed, budgets), lrs)
+                    best[label] = {"best_lr": best_lr, "loss": scores[best_lr], "grid": scores, "at_grid_edge": best_lr in (lrs[0], lrs[-1])}
+                    panels[f"{kind} {name}"][label] = (lrs, [min(v, 10.0) for v in scores.values()])
+                    print(f"{kind:<5} {name:<21} {label:<10} best lr {best_lr:.3g} loss {scores[best_lr]:.4f}", flush=True)
+                labels = list(configs)
+                depth_shift = round(math.log2(best[labels[1]]["best_lr"] / best[labels[0]]["best_lr"]))
+                width_shift = round(math.log2(best[labels[2]]["best_lr"] / best[labels[0]]["best_lr"]))
+                results[kind][method][f"budgets={str(budgets).lower()}"] = {
+                    "per_config": best, "depth_shift": depth_shift, "width_shift": width_shift, "lr_grid": lrs}
+                rows.append([kind, method, str(budgets).lower()]
+                            + [f"{best[lb]['best_lr']:.3g}" + ("*" if best[lb]["at_grid_edge"] else "") for lb in labels]
+                            + [depth_shift, width_shift])
+        results[kind]["step_time_vs_adamw"] = {}
+        for budgets in settings:
+            for depth, width in ((d1, w0), (d0, w1)):
+                timing = step_times(task, depth, width, 1 if quick else 10, budgets)
+                results[kind]["step_time_vs_adamw"][f"L={depth} w={width} budgets={str(budgets).lower()}"] = {
+                    m: timing[m] / timing["torch:adamw"] for m in METHODS}
         results[kind]["configs"] = list(configs)
-    table = common.markdown_table(["model", "optimizer", "best lr: base", "deeper", "wider", "depth shift", "width shift"], rows)
+    table = common.markdown_table(["model", "optimizer", "budgets", "best lr: base", "deeper", "wider", "depth shift", "width shift"], rows)
     table += ("\n\nBest lr per configuration (* = at the grid edge); shift = log₂ of the best lr's ratio to the base "
               "configuration's, in ×2 grid steps. Base, deeper, wider: " + "; ".join(
                   f"{k}: {', '.join(results[k]['configs'])}" for k in sizes))
     trows = [[k, cfg, *(f"{v[m]:.2f}×" for m in METHODS)] for k in sizes for cfg, v in results[k]["step_time_vs_adamw"].items()]
     table += "\n\n" + common.markdown_table(["model", "configuration", *(f"{m} step / AdamW step" for m in METHODS)], trows)
     common.plot_curves(out / "lr_transfer_arch.png", panels, xlabel="learning rate", ylabel="held-out loss (capped at 10)", logx=True)
-    meta = {"sizes": sizes, "lr_grid": "centre × 2^k, k = -%d..%d" % (below, above), "seed": args.seed}
+    meta = {"sizes": sizes, "lr_grid": "centre × 2^k, k = -%d..%d" % (below, above), "seed": args.seed, "budgets": args.budgets}
     common.finish(out, "lr_transfer_arch", {"config": meta, "results": results}, table, started, common.command_line())
 
 

@@ -180,18 +180,23 @@ def test_cifar_loader_reads_python_batches(tmp_path: Path) -> None:
     assert torch.all(x.norm(dim=1) <= z.norm(dim=1) + 1e-3)  # an orthonormal projection never lengthens a row
 def test_lr_transfer_arch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("transformers")
-    data = run_quick("lr_transfer_arch", tmp_path, monkeypatch)
+    data = run_quick("lr_transfer_arch", tmp_path, monkeypatch, "--budgets", "both")
+    assert data["config"]["budgets"] == "both"
     for kind in ("gpt2", "cnn"):
         res = data["results"][kind]
         for method in ("muon", "muadam"):
-            r = res[method]
-            assert set(r["per_config"]) == set(res["configs"]) and len(res["configs"]) == 3
-            for c in r["per_config"].values():
-                assert c["best_lr"] in r["lr_grid"] and math.isfinite(c["loss"])
-            base, deeper, wider = (r["per_config"][c]["best_lr"] for c in res["configs"])
-            assert r["depth_shift"] == round(math.log2(deeper / base)) and r["width_shift"] == round(math.log2(wider / base))
+            assert set(res[method]) == {"budgets=false", "budgets=true"}
+            for r in res[method].values():
+                assert set(r["per_config"]) == set(res["configs"]) and len(res["configs"]) == 3
+                for c in r["per_config"].values():
+                    assert c["best_lr"] in r["lr_grid"] and math.isfinite(c["loss"])
+                base, deeper, wider = (r["per_config"][c]["best_lr"] for c in res["configs"])
+                assert r["depth_shift"] == round(math.log2(deeper / base)) and r["width_shift"] == round(math.log2(wider / base))
+        assert len(res["step_time_vs_adamw"]) == 4
         for ratios in res["step_time_vs_adamw"].values():
             assert all(v > 0 and math.isfinite(v) for v in ratios.values())
+    rows = [r for r in data["table"].splitlines() if r.startswith("| gpt2") or r.startswith("| cnn")]
+    assert sorted(r.split("|")[3].strip() for r in rows if "step" not in r and "w=" not in r) == ["false"] * 4 + ["true"] * 4
 
 
 def test_optimizer_step_quick_reports_every_row(tmp_path: Path) -> None:
