@@ -206,7 +206,7 @@ def check_invariance(
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"check_invariance: steps must be a positive int, got {steps!r}")
     if isinstance(preset, str):
-        import modnorm
+        from .optim.factory import optimizer
 
         hp.setdefault("lr", 1e-2)
         kwargs = dict(hp)
@@ -214,7 +214,7 @@ def check_invariance(
         predicted, reason = predicted_invariance(preset, kind, reparam_sides, **hp)
 
         def make(params: list[Tensor]) -> torch.optim.Optimizer:
-            return modnorm.optimizer(params, name, **kwargs)
+            return optimizer(params, name, **kwargs)
 
     elif callable(preset):
         make, name, predicted, reason = preset, getattr(preset, "__name__", "callable"), None, "callable preset: no prediction"

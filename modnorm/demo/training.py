@@ -88,12 +88,12 @@ def make_optimizer(name: str, model: nn.Module | list[tuple[str, Tensor]], **hp:
         if rest:
             opts.append(torch.optim.AdamW(rest, lr=adamw_lr, betas=adamw_betas, weight_decay=hp.get("weight_decay", 0.0)))
         return OptimizerChain(*opts)
-    import modnorm
+    from ..optim.factory import optimizer
 
     if "+" in name:
         name, stage = name.split("+", 1)
         hp = {"step_size": stage, **hp}
-    return modnorm.optimizer(model, name, **hp)
+    return optimizer(model, name, **hp)
 
 
 def mlp(dims: Sequence[int], activation: Callable[[], nn.Module] = nn.ReLU, bias: bool = True) -> nn.Sequential:

@@ -26,7 +26,7 @@ from ..describe import _budget, format_table
 if TYPE_CHECKING:
     from .optimizer import ModnormOptimizer
 
-__all__ = ["OPTIMIZER_COLUMNS", "LR_NOTE", "optimizer_rows", "optimizer_table", "lr_note"]
+__all__ = ["OPTIMIZER_COLUMNS", "LR_NOTE", "optimizer_rows", "optimizer_overrides", "optimizer_table", "lr_note"]
 
 OPTIMIZER_COLUMNS: tuple[str, ...] = ("name", "shape", "role", "route", "norm", "preconditioner", "momentum", "mode", "budget", "lr")
 
@@ -62,6 +62,18 @@ def optimizer_rows(opt: ModnormOptimizer) -> list[dict[str, Any]]:
                 "declared": plan.declared,
             })
     return rows
+
+
+def optimizer_overrides(opt: ModnormOptimizer) -> dict[str, dict[str, str]]:
+    """Cells for ``modnorm.describe(model, overrides=...)``: the norm and preconditioner the optimizer
+    actually uses, momentum, mode and lr scale (and the declared norm a preset replaces, if any)."""
+    rows = optimizer_rows(opt)
+    replaced = any(r["declared"] for r in rows)
+    return {
+        r["name"]: {"norm": r["norm"], "preconditioner": r["preconditioner"], "momentum": r["momentum"], "mode": r["mode"],
+                    "lr_scale": f"{r['lr_scale']:.6g}", **({"declared": r["declared"]} if replaced else {})}
+        for r in rows
+    }
 
 
 def _cell(column: str, value: Any) -> str:

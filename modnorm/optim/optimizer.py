@@ -35,81 +35,34 @@ import math
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..distributed.bucket import placement_key, shard_bucket
+from ..distributed.bucket import shard_bucket
 from ..geometry import Geometry
-from ..layers.stacked import block_shape
-from ..norms import Norm
 from ..polar_dtype import auto_dtype, size_class
 from .config import ConfigError, get_preset, validate_hyperparameters
-from .describe import lr_note, optimizer_rows, optimizer_table
+from .describe import lr_note, optimizer_overrides, optimizer_rows, optimizer_table
 from .momentum import init_momentum, momentum_key
-from .preconditioner import RESERVED_STATE_KEYS, Preconditioner, StepContext, get_preconditioner
+from .preconditioner import RESERVED_STATE_KEYS, StepContext
 from .presets import Preset, custom_recipe_preset
-from .recipe import DTYPES, Recipe, Rule, infer_geometry, norm_key, overrides_declared, resolve_norm
-from .step_size import Direction, StepSizeStage, loss_value, make_step_size
-from .state_io import PRESET_KEY, SKIPPED_KEY, check_loadable, is_runtime, portable
+from .plan import Plan, build_plans, freeze
+from .recipe import DTYPES, Recipe, infer_geometry
+from .step_size import Direction, group_stage, stage_loss
+from .state_io import GROUP_KEYS, NS_AUTO_KEY, PRESET_KEY, SKIPPED_KEY, check_loadable, checked_ns_choices, is_runtime, portable
 from .transaction import PendingWrite, StepTransaction
-from .update import Computed, RuleSpec, compiled_update_bucket, momentum_implied, update_bucket
+from .update import Computed, compiled_update_bucket, momentum_implied, update_bucket
 
 __all__ = ["ModnormOptimizer"]
 
-_GROUP_KEYS = ("params", "param_names")
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
-@dataclass
-class _Plan:
-    """How one parameter is updated under its group's current hyperparameters."""
-
-    name: str
-    role: str
-    route: str  # the recipe entry that handles it: its role, or "default"
-    budget: float
-    scale: float  # budget × the rule's shape factor (lr_adjust)
-    shape: tuple[int, ...]
-    rule: Rule
-    norm: Norm
-    precond: Preconditioner
-    precond_label: str
-    key: tuple
-    spec: RuleSpec
-    declared: str = ""  # the declared norm this plan's rule replaces ("" when it honours it)
-
-
-def _internal_shape(p: Tensor) -> tuple[int, ...]:
-    return tuple(p.shape) if p.ndim > 0 else (1,)
-
-
-def _freeze(value: Any) -> Any:
-    """A hashable, order-independent image of a hyperparameter dict (tensors by value)."""
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, Tensor):
-        return ("tensor", tuple(value.flatten().tolist()))
-    return value
 
 
 def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-
-
-NS_AUTO_KEY = "ns_dtype_auto"
-
-
-def _checked_choices(choices: Any) -> dict[str, str]:
-    """Saved ns_dtype="auto" choices, validated: a dict of str → a name in DTYPES."""
-    if not isinstance(choices, dict) or any(not isinstance(k, str) or v not in DTYPES for k, v in choices.items()):
-        raise ValueError(f"ns_dtype_auto must map 'device:dtype:size' to one of {sorted(DTYPES)}, got {choices!r}")
-    return dict(choices)
 
 
 class ModnormOptimizer(Optimizer):
@@ -197,7 +150,7 @@ class ModnormOptimizer(Optimizer):
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
         gi = len(self.param_groups)
-        overrides = {k: v for k, v in param_group.items() if k not in _GROUP_KEYS}
+        overrides = {k: v for k, v in param_group.items() if k not in GROUP_KEYS}
         known = self._preset.hyperparameters.model_fields
         validate_hyperparameters(self._preset, {k: v for k, v in {**self.defaults, **overrides}.items() if k in known or k in overrides}, where=f", param group {gi}")
         super().add_param_group(param_group)
@@ -223,7 +176,7 @@ class ModnormOptimizer(Optimizer):
     def _hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         return {k: group[k] for k in self._preset.hyperparameters.model_fields if k in group}
 
-    def _plans(self, gi: int, group: dict[str, Any]) -> list[_Plan]:
+    def _plans(self, gi: int, group: dict[str, Any]) -> list[Plan]:
         """Per-parameter plans for the group's current hyperparameters (cached on them, lr excluded)."""
         hp = {k: v for k, v in self._hyperparameters(group).items() if k != "lr"}
         last = self._plan_cache.get(gi)  # fast path: the group's hyperparameters did not change
@@ -231,39 +184,15 @@ class ModnormOptimizer(Optimizer):
             try:
                 if last[0] == hp:
                     return last[1]
-            except RuntimeError:  # a tensor-valued hyperparameter: compare through _freeze below
+            except RuntimeError:  # a tensor-valued hyperparameter: compare through freeze below
                 pass
-        key = (gi, _freeze(hp))
+        key = (gi, freeze(hp))
         plans = self._plan_cache.get(key)
         if plans is not None and len(plans) == len(group["params"]):
             self._plan_cache[gi] = (hp, plans)
             return plans
         recipe = self._preset.build(validate_hyperparameters(self._preset, hp, where=f", param group {gi}"))
-        preconds: dict[tuple, Preconditioner] = {}
-        specs: dict[int, RuleSpec] = {}
-        plans = []
-        for (label, geometry, budget), p in zip(self._meta[gi], group["params"]):
-            rule = recipe.rule_for(geometry.role)
-            shape = _internal_shape(p)
-            norm = resolve_norm(rule, geometry, shape, label, self._auto_ns_dtype(p, shape) if rule.ns_dtype == "auto" else None)
-            pname = geometry.preconditioner if rule.preconditioner == "declared" else rule.preconditioner
-            pkey = (id(rule), pname)
-            if pkey not in preconds:
-                options = rule.preconditioner_options if pname != "none" else {}
-                preconds[pkey] = get_preconditioner(pname, **options)
-            try:
-                preconds[pkey].check_state_dtype(self._state_dtype(p))
-            except ValueError as e:
-                raise ConfigError(f"parameter {label!r}: {e}") from None
-            bucket = (id(rule), pname, norm_key(norm), shape, p.dtype, p.device, placement_key(p))
-            options = ", ".join(f"{k}={v}" for k, v in rule.preconditioner_options.items()) if pname != "none" else ""
-            plabel = f"{pname}({options})" if options else pname
-            # per block (gates, groups, (in, out) layouts); a 0-size parameter is never stepped
-            scale = budget * rule.shape_factor(block_shape(norm, tuple(p.shape))) if p.numel() else budget
-            route = geometry.role if geometry.role in recipe.roles else "default"
-            declared = repr(geometry.norm) if overrides_declared(geometry, norm) else ""
-            plans.append(_Plan(label, geometry.role, route, budget, scale, shape, rule, norm, preconds[pkey], plabel, bucket,
-                               specs.setdefault(id(rule), RuleSpec.of(rule)), declared))
+        plans = build_plans(recipe, self._meta[gi], group["params"], self._state_dtype, self._auto_ns_dtype)
         self._plan_cache[key] = plans
         self._plan_cache[gi] = (hp, plans)
         return plans
@@ -286,7 +215,7 @@ class ModnormOptimizer(Optimizer):
             return DTYPES[self.state_dtype]
         return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
 
-    def _init_state(self, p: Tensor, plan: _Plan, state: dict[str, Any]) -> None:
+    def _init_state(self, p: Tensor, plan: Plan, state: dict[str, Any]) -> None:
         dtype = self._state_dtype(p)
         view = p.detach().reshape(plan.shape)
         state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
@@ -296,7 +225,7 @@ class ModnormOptimizer(Optimizer):
         if clash:
             raise RuntimeError(f"preconditioner {plan.precond!r} uses reserved state keys {sorted(clash)}; rename them")
         state.update(extra)
-        stage = self._stage()
+        stage = group_stage(self.param_groups)
         for k in stage.state_keys if stage is not None else ():
             state[k] = torch.tensor(math.inf, dtype=torch.float64)  # the stage's running statistic, unset
 
@@ -321,7 +250,7 @@ class ModnormOptimizer(Optimizer):
 
     def set_ns_dtype_auto(self, choices: dict[str, str]) -> None:
         """Adopt saved ns_dtype="auto" choices (they replace this machine's); checked before anything changes."""
-        self._ns_auto.update(_checked_choices(choices))
+        self._ns_auto.update(checked_ns_choices(choices))
         self._plan_cache = {}
 
     def _expected_state(self) -> list[dict[str, tuple[int, ...]]]:
@@ -357,7 +286,7 @@ class ModnormOptimizer(Optimizer):
         hyperparameters and fp32 state of 16-bit parameters (torch casts it to the parameter's dtype),
         and adopts the saved ns_dtype="auto" choices (they replace this machine's)."""
         check_loadable(self, state_dict, self._expected_state())
-        saved_auto = _checked_choices(state_dict.get(NS_AUTO_KEY, {}))
+        saved_auto = checked_ns_choices(state_dict.get(NS_AUTO_KEY, {}))
         runtime = [{k: v for k, v in g.items() if is_runtime(v)} for g in self.param_groups]
         super().load_state_dict({k: v for k, v in state_dict.items() if k not in (PRESET_KEY, SKIPPED_KEY, NS_AUTO_KEY)})
         self.skipped_steps = int(state_dict.get(SKIPPED_KEY, self.skipped_steps))
@@ -398,7 +327,7 @@ class ModnormOptimizer(Optimizer):
         ``loss``: the loss at the current parameters, for a step-size stage that needs it
         (``step_size="polyak"``) when no closure is given; a closure's value takes precedence.
         """
-        self._stage()  # settings checked before the closure runs or anything is touched
+        group_stage(self.param_groups)  # settings checked before the closure runs or anything is touched
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
@@ -412,8 +341,8 @@ class ModnormOptimizer(Optimizer):
         """Plan, compute every bucket aside, check once, commit (``transaction``). Never traced:
         ``torch.compile(opt.step)`` runs this eagerly; ``compile=True`` compiles each bucket's
         computation (``update.compiled_update_bucket``)."""
-        stage = self._stage()
-        value = self._stage_loss(stage, loss)
+        stage = group_stage(self.param_groups)
+        value = stage_loss(stage, self.param_groups, loss)
         if value is not None and not math.isfinite(value):
             if self.nonfinite == "skip":
                 self.skipped_steps += 1
@@ -427,7 +356,7 @@ class ModnormOptimizer(Optimizer):
             for members, t, lr, maximize in self._prepare(txn):
                 self._update_bucket(members, t, lr, maximize, closure, loss, txn, collected)
             if stage is not None and collected:
-                self._scale_writes(txn, stage.factor(value, collected))
+                txn.scale_steps(stage.factor(value, collected))
         except torch.linalg.LinAlgError as e:  # e.g. eigh of statistics made non-finite by this step
             failure = e
         if failure is None and txn.all_finite():
@@ -448,40 +377,7 @@ class ModnormOptimizer(Optimizer):
             "state dtype, overflow), or pass nonfinite='skip' to skip such steps."
         ) from failure
 
-    def _stage(self) -> StepSizeStage | None:
-        """The step-size stage of the param groups (all groups must agree on its settings)."""
-        keys = ("step_size", "f_star", "max_step", "polyak_growth")
-        settings = {tuple(g.get(k) for k in keys) for g in self.param_groups}
-        if len(settings) > 1:
-            raise ConfigError(f"param groups disagree on the step-size stage {keys}: {sorted(settings, key=str)}; "
-                              "the stage is one statistic over all parameters, so set them the same in every group")
-        stage = make_step_size(self.param_groups[0]) if self.param_groups else None
-        if stage is not None and any(g.get("maximize") for g in self.param_groups):
-            raise ConfigError("step_size='polyak' closes the gap f − f_star of a loss to minimize; use maximize=False (negate the objective)")
-        return stage
-
-    def _stage_loss(self, stage: StepSizeStage | None, loss: Any) -> float | None:
-        """The loss as a float for the stage; refuses a missing one (or DTensor parameters) before anything changes."""
-        if stage is None:
-            return None
-        name = self.param_groups[0]["step_size"]
-        value = loss_value(loss)
-        if stage.needs_loss and value is None:
-            raise ValueError(f"step_size={name!r} needs the loss: call optimizer.step(closure) "
-                             "with a closure that returns it, or optimizer.step(loss=loss); nothing was updated")
-        if any(placement_key(p) for g in self.param_groups for p in g["params"]):
-            raise NotImplementedError(f"step_size={name!r} does not support DTensor (FSDP) parameters yet; use step_size='constant'")
-        return value
-
-    @staticmethod
-    def _scale_writes(txn: StepTransaction, gamma: float | list[float]) -> None:
-        """Multiply every pending write's step (not its weight decay) by the stage's factor(s)."""
-        factors = [gamma] * len(txn.writes) if isinstance(gamma, float) else gamma
-        for (write, _, _), g in zip(txn.writes, factors):
-            a = write.alpha
-            write.alpha = [x * g for x in a] if isinstance(a, list) else a * g
-
-    def _prepare(self, txn: StepTransaction) -> list[tuple[list[tuple[Tensor, _Plan, dict]], int, Any, bool]]:
+    def _prepare(self, txn: StepTransaction) -> list[tuple[list[tuple[Tensor, Plan, dict]], int, Any, bool]]:
         """Resolve plans, open each parameter's shadow state and form the buckets (eager, never traced)."""
         work = []
         for gi, group in enumerate(self.param_groups):
@@ -494,7 +390,7 @@ class ModnormOptimizer(Optimizer):
         lrs = [self._checked_lr(gi, group) for gi, group, _ in work]
         jobs = []
         for (gi, group, items), plans, lr in zip(work, all_plans, lrs):
-            buckets: dict[tuple, list[tuple[Tensor, _Plan, dict]]] = defaultdict(list)
+            buckets: dict[tuple, list[tuple[Tensor, Plan, dict]]] = defaultdict(list)
             for i, p in items:
                 original = self.state.get(p) or None
                 if original is None:
@@ -522,7 +418,7 @@ class ModnormOptimizer(Optimizer):
             raise ConfigError(f"param group {gi}: lr must be a finite number ≥ 0 (float or 1-element floating tensor), got {lr!r}; nothing was updated")
         return lr
 
-    def _update_bucket(self, members: list[tuple[Tensor, _Plan, dict]], step: int, lr: Any, maximize: bool, closure: Any, loss: Any,
+    def _update_bucket(self, members: list[tuple[Tensor, Plan, dict]], step: int, lr: Any, maximize: bool, closure: Any, loss: Any,
                        txn: StepTransaction, collect: list[Direction] | None = None) -> None:
         params = [m[0] for m in members]
         plan = members[0][1]
@@ -591,13 +487,7 @@ class ModnormOptimizer(Optimizer):
     def describe_overrides(self) -> dict[str, dict[str, str]]:
         """Cells for ``modnorm.describe(model, overrides=opt.describe_overrides())``: the norm and
         preconditioner this optimizer actually uses, plus momentum, mode and lr scale columns."""
-        rows = self.describe_rows()
-        replaced = any(r["declared"] for r in rows)  # then also the declared norm the preset replaces
-        return {
-            r["name"]: {"norm": r["norm"], "preconditioner": r["preconditioner"], "momentum": r["momentum"], "mode": r["mode"],
-                        "lr_scale": f"{r['lr_scale']:.6g}", **({"declared": r["declared"]} if replaced else {})}
-            for r in rows
-        }
+        return optimizer_overrides(self)
 
     def describe(self, columns: list[str] | None = None) -> str:
         """What the optimizer does per parameter, as text (the same as ``modnorm.describe(opt)``)."""

@@ -18,11 +18,21 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["CheckpointMismatchError", "PRESET_KEY", "SKIPPED_KEY", "is_runtime", "portable", "check_loadable"]
+__all__ = ["CheckpointMismatchError", "GROUP_KEYS", "NS_AUTO_KEY", "PRESET_KEY", "SKIPPED_KEY", "checked_ns_choices", "is_runtime", "portable", "check_loadable"]
 
 PRESET_KEY = "modnorm_preset"
 SKIPPED_KEY = "modnorm_skipped_steps"
-_GROUP_KEYS = ("params", "param_names")
+NS_AUTO_KEY = "ns_dtype_auto"  # what ns_dtype="auto" resolved to: "device:dtype:size class" → dtype name
+GROUP_KEYS = ("params", "param_names")  # the keys of a param group that are not hyperparameters
+
+
+def checked_ns_choices(choices: Any) -> dict[str, str]:
+    """Saved ns_dtype="auto" choices, validated: a dict of str → a dtype name."""
+    from .recipe import DTYPES
+
+    if not isinstance(choices, dict) or any(not isinstance(k, str) or v not in DTYPES for k, v in choices.items()):
+        raise ValueError(f"ns_dtype_auto must map 'device:dtype:size' to one of {sorted(DTYPES)}, got {choices!r}")
+    return dict(choices)
 
 
 class CheckpointMismatchError(ValueError):
@@ -65,7 +75,7 @@ def check_loadable(optimizer: Any, state_dict: Any, expected: list[dict[str, tup
     for gi, (g, own) in enumerate(zip(groups, optimizer.param_groups)):
         if len(g["params"]) != len(own["params"]):
             raise CheckpointMismatchError(f"param group {gi}: the state_dict has {len(g['params'])} parameters, this optimizer {len(own['params'])}")
-        keys = {k for k in g if k not in _GROUP_KEYS}
+        keys = {k for k in g if k not in GROUP_KEYS}
         runtime = {k for k in fields if is_runtime(own.get(k))}
         if saved is None and keys | runtime != fields:  # a dict from torch.optim or an older version: judge by its fields
             theirs = _presets_with_fields(keys | runtime) or ["(not a modnorm preset)"]

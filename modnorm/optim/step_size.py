@@ -43,7 +43,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Direction", "StepSizeStage", "Polyak", "make_step_size", "STEP_SIZES", "loss_value"]
+from ..distributed.bucket import placement_key
+
+__all__ = ["Direction", "StepSizeStage", "Polyak", "make_step_size", "STEP_SIZES", "loss_value", "group_stage", "stage_loss"]
 
 STEP_SIZES: tuple[str, ...] = ("constant", "polyak")
 
@@ -132,3 +134,34 @@ def loss_value(loss: Any) -> float | None:
     if isinstance(loss, (int, float)) and not isinstance(loss, bool):
         return float(loss)
     raise TypeError(f"the loss must be a number or a 1-element tensor, got {type(loss).__name__}")
+
+
+_STAGE_KEYS = ("step_size", "f_star", "max_step", "polyak_growth")
+
+
+def group_stage(param_groups: Sequence[dict[str, Any]]) -> StepSizeStage | None:
+    """The step-size stage of an optimizer's param groups (all groups must agree on its settings)."""
+    from .config import ConfigError
+
+    settings = {tuple(g.get(k) for k in _STAGE_KEYS) for g in param_groups}
+    if len(settings) > 1:
+        raise ConfigError(f"param groups disagree on the step-size stage {_STAGE_KEYS}: {sorted(settings, key=str)}; "
+                          "the stage is one statistic over all parameters, so set them the same in every group")
+    stage = make_step_size(param_groups[0]) if param_groups else None
+    if stage is not None and any(g.get("maximize") for g in param_groups):
+        raise ConfigError("step_size='polyak' closes the gap f − f_star of a loss to minimize; use maximize=False (negate the objective)")
+    return stage
+
+
+def stage_loss(stage: StepSizeStage | None, param_groups: Sequence[dict[str, Any]], loss: Any) -> float | None:
+    """The loss as a float for the stage; refuses a missing one (or DTensor parameters) before anything changes."""
+    if stage is None:
+        return None
+    name = param_groups[0]["step_size"]
+    value = loss_value(loss)
+    if stage.needs_loss and value is None:
+        raise ValueError(f"step_size={name!r} needs the loss: call optimizer.step(closure) "
+                         "with a closure that returns it, or optimizer.step(loss=loss); nothing was updated")
+    if any(placement_key(p) for g in param_groups for p in g["params"]):
+        raise NotImplementedError(f"step_size={name!r} does not support DTensor (FSDP) parameters yet; use step_size='constant'")
+    return value

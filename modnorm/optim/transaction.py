@@ -148,6 +148,13 @@ class StepTransaction:
                     out.append((", ".join(labels), "update", t))
         return out
 
+    def scale_steps(self, gamma: float | list[float]) -> None:
+        """Multiply every pending write's step (not its weight decay) by a factor (one per write, or one for all)."""
+        factors = [gamma] * len(self.writes) if isinstance(gamma, float) else gamma
+        for (write, _, _), g in zip(self.writes, factors):
+            a = write.alpha
+            write.alpha = [x * g for x in a] if isinstance(a, list) else a * g
+
     def all_finite(self) -> bool:
         """One reduction per device over every new tensor; True when all are finite."""
         by_device: dict[torch.device, list[Tensor]] = {}
