@@ -3,10 +3,11 @@
 Recipe (nanoGPT shakespeare_char on CPU, published val loss ≈ 1.88 after 2000 iters):
 4 layers, 4 heads, width 128, context 64, batch 12, lr warmup 100 iters then cosine to
 lr/10, β2 = 0.99, weight decay 0.1, gradient clipping 1.0, 2000 iterations, 90/10
-train/validation split. The network is ``examples/gpt_modnorm.py`` (modula's GPT:
-rotary positions, RMSNorm, residuals scaled 1/L), so numbers are comparable across
-optimizers here but the architecture is not nanoGPT's. Every optimizer sees the same
-batches; the validation loss is estimated on fixed validation batches.
+train/validation split. ``--arch modula`` (default) is ``examples/gpt_modnorm.py`` (modula's
+GPT: rotary positions, RMSNorm, residuals scaled 1/L); ``--arch gpt2`` is transformers'
+``GPT2LMHeadModel`` with the same sizes (learned positions, LayerNorm, biases, GELU MLP,
+tied embedding and head, dropout 0) — nanoGPT's own architecture. Every optimizer sees the
+same batches; the validation loss is estimated on fixed validation batches.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ from gpt_modnorm import GPT, GPTConfig  # noqa: E402
 # muadam: the best of a ×2 lr grid at 500 iterations (3e-3 … 3.75e-4, docs/benchmarks.md), route 1e-3.
 METHODS: dict[str, dict[str, Any]] = {
     "torch:adamw": {"lr": 1e-3, "betas": (0.9, 0.99), "weight_decay": 0.1},
-    "torch:muon": {"lr": 0.02, "weight_decay": 0.1, "adamw_lr": 1e-3, "adamw_betas": (0.9, 0.99), "adamw_params": ("wte", "lm_head")},
+    "torch:muon": {"lr": 0.02, "weight_decay": 0.1, "adamw_lr": 1e-3, "adamw_betas": (0.9, 0.99), "adamw_params": ("wte", "wpe", "lm_head")},
     "muon": {"lr": 0.02, "weight_decay": 0.1, "adamw_lr_ratio": 0.05, "adamw_betas": (0.9, 0.99), "adamw_weight_decay": 0.1},
     "muadam": {"lr": 7.5e-4, "betas": (0.9, 0.99), "adamw_lr_ratio": 1.33, "adamw_betas": (0.9, 0.99)},
+    "muadam_sania": {"lr": 7.5e-4, "betas": (0.9, 0.99), "adamw_lr_ratio": 1.33, "adamw_betas": (0.9, 0.99)},
+    # SOAP's published nanoGPT settings (lr 3e-3, β 0.95, preconditioner every 10 steps) with the recipe's β2 and decay
+    "soap": {"lr": 3e-3, "beta2": 0.99, "weight_decay": 0.1, "adamw_lr_ratio": 0.33, "adamw_betas": (0.9, 0.99), "adamw_weight_decay": 0.1},
     # Polyak step (f* = 0, lr = fraction of the gap), Adam-SANIA on embedding/head/vectors (same degree)
     "muadam_sania+polyak": {"lr": 0.1, "betas": (0.9, 0.99), "weight_decay": 0.0, "routed_rule": "adam_sania", "adamw_betas": (0.9, 0.99)},
 }
@@ -77,8 +81,22 @@ def batch(ids: Tensor, size: int, block: int, gen: torch.Generator) -> tuple[Ten
     return x, y
 
 
+def build_model(arch: str, cfg: GPTConfig) -> torch.nn.Module:
+    """The network of ``--arch``: modula's GPT, or transformers' GPT-2 with the same sizes."""
+    if arch == "modula":
+        return GPT(cfg)
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        raise SystemExit("char_gpt: --arch gpt2 needs transformers (pip install transformers)") from None
+    config = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+                        n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(config)
+
+
 def lm_loss(model: torch.nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    logits = model(x)
+    out = model(x)
+    logits = out.logits if hasattr(out, "logits") else out
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
@@ -93,7 +111,7 @@ def evaluate(model: torch.nn.Module, batches: list[tuple[Tensor, Tensor]]) -> fl
 def run(method: str, hp: dict[str, Any], cfg: GPTConfig, data: tuple[Tensor, Tensor], args: Any) -> dict[str, Any]:
     train_ids, val_ids = data
     torch.manual_seed(args.seed)
-    model = GPT(cfg)
+    model = build_model(args.arch, cfg)
     opt = common.make_optimizer(common.preset_name(method), model, **hp)
     gen = torch.Generator().manual_seed(args.seed + 1)
     train_batches = [batch(train_ids, args.batch, cfg.block_size, gen) for _ in range(args.iters)]
@@ -127,7 +145,7 @@ def time_interleaved(hps: dict[str, dict[str, Any]], cfg: GPTConfig, train_ids: 
     setups = {}
     for method, hp in hps.items():
         torch.manual_seed(args.seed)
-        model = GPT(cfg)
+        model = build_model(args.arch, cfg)
         setups[method] = (model, common.make_optimizer(method, model, **hp))
     times: dict[str, list[float]] = {m: [] for m in hps}
     for r in range(args.timing + 3):
@@ -138,7 +156,7 @@ def time_interleaved(hps: dict[str, dict[str, Any]], cfg: GPTConfig, train_ids: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            common.step_optimizer(opt, loss)
             if r >= 3:
                 times[method].append(time.perf_counter() - started)
     return {m: {"hyperparameters": hps[m], "median_ms_per_iter": 1000 * statistics.median(t), "rounds": len(t)} for m, t in times.items()}
@@ -175,6 +193,7 @@ def main() -> None:
     p.add_argument("--eval-interval", type=int, default=250, help="iterations between validation estimates (default 250)")
     p.add_argument("--eval-iters", type=int, default=20, help="validation batches per estimate (default 20, as nanoGPT's CPU recipe)")
     p.add_argument("--batch", type=int, default=12, help="batch size (default 12)")
+    p.add_argument("--arch", choices=("modula", "gpt2"), default="modula", help="network: modula's GPT (examples/) or transformers' GPT-2 (default modula)")
     p.add_argument("--timing", type=int, default=0, help="instead of training: time N interleaved iterations of every method (median ms / iter)")
     args = p.parse_args()
     out = common.setup(args)
@@ -211,7 +230,7 @@ def main() -> None:
         "validation loss": {common.PRETTY[m]: (r["val_curve"]["iter"], r["val_curve"]["val_loss"]) for m, r in results.items()},
     }
     common.plot_curves(out / "char_gpt.png", panels, xlabel="iteration", logy=False)
-    meta = {"model": {k: getattr(cfg, k) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}, "iters": args.iters,
+    meta = {"arch": args.arch, "model": {k: getattr(cfg, k) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}, "iters": args.iters,
             "batch": args.batch, "eval_iters": args.eval_iters, "corpus_chars": len(train_ids) + len(val_ids), "published_nanogpt_val_loss_2000_iters": 1.88}
     common.finish(out, "char_gpt", {"config": meta, "results": results}, table, started, common.command_line())
 

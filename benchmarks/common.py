@@ -31,6 +31,7 @@ from modnorm.demo.training import (  # noqa: E402,F401
     mlp,
     plot_curves,
     set_lr_factor,
+    step_optimizer,
     train_steps,
     write_json,
 )
@@ -44,6 +45,7 @@ PRETTY: dict[str, str] = {
     "muon": "muon",
     "muadam": "muadam",
     "muadam_sania": "muadam_sania",
+    "soap": "soap",
     "adam_sania+polyak": "adam_sania+polyak",
     "muadam_sania+polyak": "muadam_sania+polyak",
     "muadam+polyak": "muadam+polyak",

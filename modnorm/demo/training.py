@@ -143,8 +143,6 @@ def train_steps(
     ``every`` steps and at the last step; training stops early on a non-finite loss
     (recorded as ``nan``).
     """
-    from ..optim.optimizer import ModnormOptimizer
-
     xs: list[int] = []
     ys: list[float] = []
     start = time.perf_counter()
@@ -164,11 +162,19 @@ def train_steps(
         loss.backward()
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        if isinstance(opt, ModnormOptimizer):
-            opt.step(loss=loss.detach())  # for a step-size stage that needs the loss (step_size="polyak")
-        else:
-            opt.step()
+        step_optimizer(opt, loss)
     return xs, ys, time.perf_counter() - start
+
+
+def step_optimizer(opt: torch.optim.Optimizer | OptimizerChain, loss: Tensor) -> None:
+    """``opt.step()``, handing a modnorm optimizer the loss (a step-size stage such as
+    ``step_size="polyak"`` needs it)."""
+    from ..optim.optimizer import ModnormOptimizer
+
+    if isinstance(opt, ModnormOptimizer):
+        opt.step(loss=loss.detach())
+    else:
+        opt.step()
 
 
 def is_finite_tree(obj: Any) -> bool:
