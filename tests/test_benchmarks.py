@@ -118,6 +118,21 @@ def test_char_gpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert common.is_finite_tree(r["train_curve"])
 
 
+def test_char_gpt_gpt2_arch_and_timing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers' GPT-2 trains under every kind of optimizer, and the interleaved timing hands
+    the loss to a step-size stage that needs it (step_size="polyak" was refused there)."""
+    pytest.importorskip("transformers")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join("to be or not to be that is the question" for _ in range(100)))
+    methods = "torch:adamw,torch:muon,muon,muadam_sania+polyak"
+    data = run_quick("char_gpt", tmp_path, monkeypatch, "--data", str(corpus), "--arch", "gpt2", "--methods", methods)
+    assert data["config"]["arch"] == "gpt2" and set(data["results"]) == set(methods.split(","))
+    for r in data["results"].values():
+        assert math.isfinite(r["final_val_loss"]) and r["final_val_loss"] < math.log(data["config"]["model"]["vocab_size"]) + 1.0
+    timed = run_quick("char_gpt", tmp_path, monkeypatch, "--data", str(corpus), "--timing", "1", "--methods", "muadam_sania+polyak,torch:muon")
+    assert all(r["median_ms_per_iter"] > 0 and r["rounds"] == 1 for r in timed["results"].values())
+
+
 def test_char_gpt_requires_a_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.cache/modnorm/tinyshakespeare.txt
     with pytest.raises(SystemExit, match=r"no corpus at .*home/.cache/modnorm/tinyshakespeare.txt .*curl -o .*--data PATH"):
