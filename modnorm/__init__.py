@@ -44,6 +44,7 @@ from .optim import (
 )
 from .optim import matrix_presets as _matrix_presets  # noqa: F401  (registers shampoo, soap, splus, sophia, …)
 from .optim import zoo_presets as _zoo_presets  # noqa: F401  (registers rmsprop, lion, lamb, lars)
+from .optim import prodigy as _prodigy  # noqa: F401  (registers the prodigy preset and step_size="prodigy")
 from .optim import kfac as _kfac, kfac_presets as _kfac_presets  # noqa: F401  (registers kfac, ekfac, kfac_spectral)
 from .optim.hessian import HessianDiagonal, hutchinson_diagonal
 from .optim.kl_shampoo import KLShampoo

@@ -22,6 +22,7 @@ new tensor assigned to the state key (the old one is not written: a step can be 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -131,6 +132,14 @@ class SecondMoment(Preconditioner):
         if self.eps:
             torch._foreach_add_(D, self.eps)
         return _power_(D, outer)
+
+    def for_loss_scale(self, scale: float) -> SecondMoment:
+        """A copy with ε·scale^(2·inner): V scales as scale², so V̂^inner + ε keeps its units."""
+        if scale == 1.0 or not self.eps:
+            return self
+        other = copy.copy(self)
+        other.eps = self.eps * scale ** (2.0 * self.inner)
+        return other
 
     def diagonal(self, states: Sequence[dict[str, Tensor]], step: int) -> Tensor:
         """The stacked D, shape (B, *param_shape); a fresh tensor (V is not touched)."""

@@ -31,6 +31,7 @@ so a resumed run keeps the saved choice even on hardware that would choose other
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections import defaultdict
@@ -51,7 +52,7 @@ from .preconditioner import RESERVED_STATE_KEYS, StepContext
 from .presets import Preset, custom_recipe_preset
 from .plan import Plan, build_plans, freeze
 from .recipe import DTYPES, Recipe, infer_geometry
-from .step_size import Direction, group_stage, stage_loss
+from .step_size import Direction, Scaling, group_stage, stage_inputs, stage_loss
 from .state_io import GROUP_KEYS, NS_AUTO_KEY, PRESET_KEY, SKIPPED_KEY, check_loadable, checked_ns_choices, is_runtime, portable
 from .transaction import PendingWrite, StepTransaction
 from .update import Computed, compiled_update_bucket, momentum_implied, update_bucket
@@ -226,8 +227,8 @@ class ModnormOptimizer(Optimizer):
             raise RuntimeError(f"preconditioner {plan.precond!r} uses reserved state keys {sorted(clash)}; rename them")
         state.update(extra)
         stage = group_stage(self.param_groups)
-        for k in stage.state_keys if stage is not None else ():
-            state[k] = torch.tensor(math.inf, dtype=torch.float64)  # the stage's running statistic, unset
+        if stage is not None:
+            state.update(stage.init_state(view, dtype))  # the stage's running statistics
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -301,10 +302,12 @@ class ModnormOptimizer(Optimizer):
                 self.state[p]["step"] = self.state[p]["step"].clone()
         for sid, p in zip(saved_ids, params):
             saved = state_dict["state"].get(sid)
-            if saved is None or p.dtype == self._state_dtype(p):
-                continue
-            for k, v in saved.items():
-                if k != "step" and isinstance(v, Tensor) and v.is_floating_point():
+            for k, v in (saved or {}).items():
+                if k == "step" or not (isinstance(v, Tensor) and v.is_floating_point()):
+                    continue
+                if v.ndim == 0 and v.dtype == torch.float64:  # a stage's CPU scalar (torch casts it to p's dtype)
+                    self.state[p][k] = v.clone()
+                elif p.dtype != self._state_dtype(p):
                     self.state[p][k] = v.to(device=p.device, dtype=self._state_dtype(p), copy=True)
         self._plan_cache = {}
 
@@ -349,14 +352,18 @@ class ModnormOptimizer(Optimizer):
                 return
             raise FloatingPointError(f"non-finite loss {value} for the step-size stage; nothing was updated. "
                                      "Find the cause, or pass nonfinite='skip' to skip such steps.")
-        collected: list[Direction] | None = [] if stage is not None else None
+        collected: list[Direction] | None = [] if stage is not None and not stage.runs_before else None
         txn = StepTransaction()
         failure: BaseException | None = None
         try:
-            for members, t, lr, maximize in self._prepare(txn):
-                self._update_bucket(members, t, lr, maximize, closure, loss, txn, collected)
+            jobs = self._prepare(txn)
+            scaling = stage.prepare(stage_inputs(jobs, self._state_dtype), self.state.values()) if stage is not None and stage.runs_before else None
+            for members, t, lr, maximize in jobs:
+                self._update_bucket(members, t, lr, maximize, closure, loss, txn, collected, scaling)
             if stage is not None and collected:
                 txn.scale_steps(stage.factor(value, collected))
+            if scaling is not None and scaling.step != 1.0:
+                txn.scale_steps(scaling.step)
         except torch.linalg.LinAlgError as e:  # e.g. eigh of statistics made non-finite by this step
             failure = e
         if failure is None and txn.all_finite():
@@ -419,9 +426,10 @@ class ModnormOptimizer(Optimizer):
         return lr
 
     def _update_bucket(self, members: list[tuple[Tensor, Plan, dict]], step: int, lr: Any, maximize: bool, closure: Any, loss: Any,
-                       txn: StepTransaction, collect: list[Direction] | None = None) -> None:
+                       txn: StepTransaction, collect: list[Direction] | None = None, scaling: Scaling | None = None) -> None:
         params = [m[0] for m in members]
         plan = members[0][1]
+        spec, precond = plan.spec, plan.precond
         states = [m[2] for m in members]
         names = [m[1].name for m in members]
         # FSDP2 (DTensor) parameters: run the pipeline on local shards (modnorm.distributed.bucket)
@@ -434,8 +442,13 @@ class ModnormOptimizer(Optimizer):
         views = sharded.views if sharded else [p.view(shape) if p.ndim == 0 else p for p in params]
         grads = sharded.grads if sharded else [p.grad if p.ndim else p.grad.reshape(shape) for p in params]
         budgets = [m[1].scale for m in members]
+        if scaling is not None:  # a stage before the directions: the pipeline sees the loss σ·f, lr × ρ
+            grads = torch._foreach_mul([g.to(self._state_dtype(params[0])) for g in grads], scaling.loss)
+            if spec.coupled and spec.weight_decay:
+                spec = dataclasses.replace(spec, weight_decay=spec.weight_decay * scaling.loss)
+            precond, lr = precond.for_loss_scale(scaling.eps), float(lr) * scaling.lr
         fn: Callable[..., Computed] = update_bucket
-        if self._compile is not False and sharded is None and not (plan.precond.needs_hvp or plan.precond.eager_only) and collect is None:
+        if self._compile is not False and sharded is None and not (precond.needs_hvp or precond.eager_only) and collect is None and scaling is None:
             key = (plan.key, len(members))
             if key not in self._compiled:
                 self._compiled[key] = compiled_update_bucket(self._compile if isinstance(self._compile, dict) else {})
@@ -446,7 +459,7 @@ class ModnormOptimizer(Optimizer):
             lr = float(lr)
             ctx = StepContext(step=step, params=params, names=names, closure=closure, loss=loss)
         update, alpha, decay, divisor, fresh, checks = fn(
-            plan.spec, plan.norm, plan.precond, budgets, views, grads, states, step, lr, maximize, self._state_dtype(params[0]), ctx, sharded,
+            spec, plan.norm, precond, budgets, views, grads, states, step, lr, maximize, self._state_dtype(params[0]), ctx, sharded,
             [m[1].budget for m in members], **({"collect": collect} if collect is not None else {}))
         implied = momentum_key(plan.rule.momentum) if momentum_implied(plan.spec, plan.precond, self._state_dtype(params[0])) else None
         txn.add_write(PendingWrite(views, update, alpha, decay, divisor, fresh), checks, names, params, implied)

@@ -152,6 +152,11 @@ class Preconditioner:
         """Factor on the decoupled weight decay of a parameter of this shape: W ← W(1 − η λ s)."""
         return 1.0
 
+    def for_loss_scale(self, scale: float) -> Preconditioner:
+        """This preconditioner for statistics of the loss scale·f (a global stage's ``Scaling``):
+        a damping ε is then read in those units. The default (no ε to rescale): itself."""
+        return self
+
     def entrywise_divisor(self, states: Sequence[State], step: int) -> list[Tensor] | None:
         """Optional shortcut: when ``norm`` is ``DNorm(base, D)`` with D > 0 entrywise, return D²
         per parameter (fresh tensors); a Frobenius base in sharp mode then skips the stacked

@@ -8,7 +8,14 @@ stacked inputs X = c·d and outputs U of the norm, the budgets, the parameters a
 state, and the loss; it returns one scalar (``Polyak``) or one multiplier per bucket (a
 per-group estimate such as Prodigy's: buckets never mix param groups).
 A stage that keeps a running statistic stores it in the parameters' state (so it is
-saved in ``state_dict``), under the keys it lists in ``state_keys``.
+saved in ``state_dict``), under the keys it lists in ``state_keys`` (``init_state``
+allocates them). A stage may also act *before* the directions (``prepare``): from every
+stepped parameter's descent gradient g, value and state it returns a ``Scaling`` that the
+pipeline applies to the whole step — the gradient statistics see the loss σ·f (gradient
+and coupled decay × σ), the preconditioner's ε is read in the units of a loss σ_ε·f
+(``Preconditioner.for_loss_scale``), lr (step and decoupled decay) × ρ, step × γ. Its new
+state goes into the step's shadow states, so it commits or is discarded with the step.
+D-adaptation's Prodigy (``prodigy.py``) is such a stage.
 
 **Polyak** (``step_size="polyak"``). The first-order decrease a step −γ·U promises is
 γ·P with P = Σ_k b_k ⟨X_k, U_k⟩ (= Σ b_k ‖X_k‖* in lmo mode, Σ b_k ‖X_k‖*² in sharp
@@ -36,7 +43,8 @@ few hundred steps; with growth = 1 (the default) γ never increases.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +53,8 @@ from torch import Tensor
 
 from ..distributed.bucket import placement_key
 
-__all__ = ["Direction", "StepSizeStage", "Polyak", "make_step_size", "STEP_SIZES", "loss_value", "group_stage", "stage_loss"]
-
-STEP_SIZES: tuple[str, ...] = ("constant", "polyak")
+__all__ = ["Direction", "Scaling", "StageInput", "StepSizeStage", "Polyak", "make_step_size", "register_step_size", "STEP_SIZES",
+           "loss_value", "group_stage", "stage_inputs", "stage_loss"]
 
 
 @dataclass
@@ -74,12 +81,56 @@ class Direction:
         return (per * torch.tensor(list(self.budgets), dtype=torch.float64, device=per.device)).sum()
 
 
+@dataclass(frozen=True)
+class Scaling:
+    """What a stage's ``prepare`` sets for one step (1 everywhere: nothing changes).
+
+    Attributes:
+        loss: σ, the pipeline's gradient statistics see σ·g (coupled decay included).
+        eps: σ_ε, the preconditioners' ε is read in the units of the loss σ_ε·f.
+        lr: ρ, every group's lr × ρ (the step and the decoupled decay).
+        step: γ, the step alone × γ.
+    """
+
+    loss: float = 1.0
+    eps: float = 1.0
+    lr: float = 1.0
+    step: float = 1.0
+
+
+@dataclass
+class StageInput:
+    """One parameter of a step, for ``StepSizeStage.prepare``.
+
+    Attributes:
+        param: the parameter (its own shape).
+        grad: its descent gradient ∓∇f (maximize) + λW (coupled decay), in the state dtype.
+        state: its shadow state (assign new tensors to keys; never write the old ones).
+        lr: its group's lr (a float).
+    """
+
+    param: Tensor
+    grad: Tensor
+    state: dict[str, Any]
+    lr: float
+
+
 class StepSizeStage:
     """Base class: ``factor(loss, directions)`` → one multiplier, or a list with one per
-    ``Direction`` (bucket). ``needs_loss``: refuse a step without a loss."""
+    ``Direction`` (bucket), after the directions; ``prepare(inputs, states)`` → a ``Scaling``
+    of the step, before them (``runs_before``). ``needs_loss``: refuse a step without a loss."""
 
     needs_loss: bool = False
+    runs_before: bool = False  # prepare() scales the step before the directions; factor() is not called
     state_keys: tuple[str, ...] = ()
+
+    def init_state(self, param: Tensor, state_dtype: torch.dtype) -> dict[str, Tensor]:
+        """The stage's state for a parameter's first step: here each ``state_keys`` entry, unset (inf)."""
+        return {k: torch.tensor(math.inf, dtype=torch.float64) for k in self.state_keys}
+
+    def prepare(self, inputs: Sequence[StageInput], states: Iterable[dict[str, Any]]) -> Scaling:
+        """The step's ``Scaling`` from this step's parameters (``states``: every parameter's committed state)."""
+        raise NotImplementedError
 
     def factor(self, loss: float | None, directions: Sequence[Direction]) -> float | list[float]:
         raise NotImplementedError
@@ -113,13 +164,27 @@ class Polyak(StepSizeStage):
         return f"Polyak(f_star={self.f_star}, max_step={self.max_step}, growth={self.growth})"
 
 
+_STAGES: dict[str, tuple[Callable[[dict[str, Any]], StepSizeStage], tuple[str, ...]]] = {
+    "polyak": (lambda g: Polyak(g.get("f_star", 0.0), g.get("max_step"), g.get("polyak_growth", 1.0)), ("f_star", "max_step", "polyak_growth")),
+}
+STEP_SIZES: tuple[str, ...] = ("constant", "polyak")  # extended by register_step_size
+
+
+def register_step_size(name: str, factory: Callable[[dict[str, Any]], StepSizeStage], group_keys: tuple[str, ...]) -> None:
+    """Make ``step_size=name`` build ``factory(param_group)``; ``group_keys``: the hyperparameters
+    that configure it (every param group must agree on them)."""
+    global STEP_SIZES
+    _STAGES[name] = (factory, tuple(group_keys))
+    STEP_SIZES = ("constant", *_STAGES)
+
+
 def make_step_size(group: dict[str, Any]) -> StepSizeStage | None:
     """The stage a param group's hyperparameters ask for (None for ``"constant"``)."""
     kind = group.get("step_size", "constant")
     if kind == "constant":
         return None
-    if kind == "polyak":
-        return Polyak(group.get("f_star", 0.0), group.get("max_step"), group.get("polyak_growth", 1.0))
+    if kind in _STAGES:
+        return _STAGES[kind][0](group)
     raise ValueError(f"step_size must be one of {STEP_SIZES}, got {kind!r}")
 
 
@@ -136,21 +201,40 @@ def loss_value(loss: Any) -> float | None:
     raise TypeError(f"the loss must be a number or a 1-element tensor, got {type(loss).__name__}")
 
 
-_STAGE_KEYS = ("step_size", "f_star", "max_step", "polyak_growth")
-
-
 def group_stage(param_groups: Sequence[dict[str, Any]]) -> StepSizeStage | None:
     """The step-size stage of an optimizer's param groups (all groups must agree on its settings)."""
     from .config import ConfigError
 
-    settings = {tuple(g.get(k) for k in _STAGE_KEYS) for g in param_groups}
+    kinds = {g.get("step_size", "constant") for g in param_groups}
+    keys = ("step_size", *(k for kind in sorted(kinds, key=str) for k in _STAGES.get(kind, (None, ()))[1]))
+    settings = {tuple(_hashable(g.get(k)) for k in keys) for g in param_groups}
     if len(settings) > 1:
-        raise ConfigError(f"param groups disagree on the step-size stage {_STAGE_KEYS}: {sorted(settings, key=str)}; "
+        raise ConfigError(f"param groups disagree on the step-size stage {keys}: {sorted(settings, key=str)}; "
                           "the stage is one statistic over all parameters, so set them the same in every group")
     stage = make_step_size(param_groups[0]) if param_groups else None
-    if stage is not None and any(g.get("maximize") for g in param_groups):
+    if stage is not None and stage.needs_loss and any(g.get("maximize") for g in param_groups):
         raise ConfigError("step_size='polyak' closes the gap f − f_star of a loss to minimize; use maximize=False (negate the objective)")
     return stage
+
+
+def _hashable(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def stage_inputs(jobs: Sequence[tuple[Sequence[tuple[Tensor, Any, dict[str, Any]]], Any, Any, bool]],
+                 state_dtype: Callable[[Tensor], torch.dtype]) -> list[StageInput]:
+    """``StageInput``s of a step's buckets ((param, plan, shadow state) members, step, lr, maximize):
+    the descent gradient as the pipeline forms it (``update.update_bucket``'s first lines)."""
+    out = []
+    for members, _, lr, maximize in jobs:
+        for p, plan, state in members:
+            g = p.grad.reshape(plan.shape).to(state_dtype(p))
+            if maximize:
+                g = -g
+            if plan.spec.weight_decay and plan.spec.coupled:
+                g = torch.add(g, p.detach().reshape(plan.shape).to(g.dtype), alpha=plan.spec.weight_decay)
+            out.append(StageInput(p, g, state, float(lr)))
+    return out
 
 
 def stage_loss(stage: StepSizeStage | None, param_groups: Sequence[dict[str, Any]], loss: Any) -> float | None:
