@@ -114,3 +114,16 @@ def test_load_state_dict_round_trip_is_exact():
     model2.load_state_dict(model.state_dict())
     opt2.load_state_dict(sd)
     assert all(torch.equal(a, b) for a, b in zip(train(model, opt, 3), train(model2, opt2, 3)))
+
+
+def test_float64_scalars_of_float32_parameters_resume_bitwise():
+    # schedule-free's averaging weights are float64 CPU scalars: torch's load casts state to the
+    # parameter's dtype, which rounded them to float32 and changed the resumed trajectory
+    model, opt = build("adamw_schedulefree", lr=0.01)
+    train(model, opt, 3)
+    sd = opt.state_dict()
+    model2, opt2 = build("adamw_schedulefree", lr=0.01)
+    model2.load_state_dict(model.state_dict())
+    opt2.load_state_dict(sd)
+    assert all(s["sf_weight_sum"].dtype == torch.float64 for s in opt2.state.values())
+    assert all(torch.equal(a, b) for a, b in zip(train(model, opt, 3), train(model2, opt2, 3)))
