@@ -7,7 +7,7 @@ initialization for 400 steps (about 13 epochs); its lr is picked from centre × 
 under a cosine schedule, then the same lr runs the step (×0.1 at 50% and 75%) and WSD
 (5% warmup, last 20% linear decay) schedules. The table gives test accuracy and test loss
 at the end. Every modnorm preset runs with ``budgets=False`` (each parameter its preset's
-own lr); Prodigy is prodigyopt's optimizer at its conventional lr 1.
+own lr); Prodigy (the ``prodigy`` preset, = prodigyopt's Prodigy) runs at its conventional lr 1.
 """
 
 from __future__ import annotations
@@ -93,10 +93,6 @@ def make_mlp(inputs: int, width: int, classes: int, seed: int) -> nn.Module:
 
 def build(method: str, model: nn.Module, lr: float, **extra: Any) -> torch.optim.Optimizer:
     preset, fixed, _ = METHODS[method]
-    if preset == "prodigy":
-        from prodigyopt import Prodigy
-
-        return Prodigy(model.parameters(), lr=lr)
     import modnorm
 
     return modnorm.optimizer(model, preset, lr=lr, budgets=False, **{**fixed, **extra})

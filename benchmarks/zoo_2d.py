@@ -4,7 +4,7 @@ The point (x, y) is one 1×2 parameter matrix (so Shampoo sees a matrix: A = G G
 B = Gᵀ G is 2×2). Every method runs 500 steps at a constant lr picked from a grid (×√10)
 by the mean final loss over the starts; on the saddle, which has no minimum, each method
 runs 100 steps from (1, 10⁻³) at its Rosenbrock lr and the table gives f at the end (more
-negative = escaped faster; a run that leaves |x|, |y| < 10⁶ shows as "diverged", i.e. escaped). Prodigy is prodigyopt's optimizer (lr 1 is its convention).
+negative = escaped faster; a run that leaves |x|, |y| < 10⁶ shows as "diverged", i.e. escaped). Prodigy is the ``prodigy`` preset (prodigyopt's Prodigy; lr 1 is its convention).
 """
 
 from __future__ import annotations
@@ -41,10 +41,6 @@ PRESET = {"nesterov": "sgd", "adam": "adamw", "amsgrad": "adamw"}
 
 
 def optimizer(method: str, p: Tensor, lr: float) -> torch.optim.Optimizer:
-    if method == "prodigy":
-        from prodigyopt import Prodigy
-
-        return Prodigy([p], lr=lr)
     import modnorm
 
     return modnorm.optimizer([("xy", p)], PRESET.get(method, method), lr=lr, budgets=False, **METHODS[method])

@@ -14,6 +14,9 @@ dtype, a device and a step count (so one batched call serves them all)::
 γ = 1 unless a global step-size stage is configured (``step_size="polyak"``,
 ``step_size.py``): it then comes from every bucket's direction and the loss, which
 ``step`` reads from the closure's return value or its ``loss=`` argument.
+A stage that runs before the directions (``step_size="prodigy"``, ``prodigy.py``)
+instead returns a ``Scaling`` of the step from every parameter's gradient: the gradients
+(and coupled decay) above × σ, the preconditioner's ε at the loss scale σ_ε, η_r × ρ.
 
 torch.optim conventions: param groups with per-group hyperparameters (validated), named
 parameters, state_dict loadable with ``torch.load(weights_only=True)``, tensor lr,

@@ -110,7 +110,7 @@ class Prodigy(StepSizeStage):
                 continue
             delta = (d / self.d0) * (d * x.lr * bc)
             g = self._sliced(x.grad)
-            dots.append(delta * torch.dot(g, x.state["prodigy_x0"] - self._sliced(x.param.detach()).to(g.dtype)))
+            dots.append(delta * torch.dot(g, x.state["prodigy_x0"] - self._sliced(x.param.detach()).to(g.dtype)).double())
             s = torch.add(x.state["prodigy_s"] * self.beta3, g, alpha=(d / self.d0) * d if self.safeguard_warmup else delta)
             x.state["prodigy_s"] = s
             l1.append(s.abs().sum())
