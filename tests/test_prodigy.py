@@ -161,3 +161,44 @@ def test_groups_must_agree_on_the_d_settings():
     with pytest.raises(ConfigError, match="disagree on the step-size stage.*d0"):
         opt.step()
     assert not opt.state and all(torch.equal(p, torch.ones_like(p)) for p in ps)
+
+
+def _prodigy_muon_reference(W, targets, lr, b1, b2, d0, steps):
+    """Prodigy's D written out here, on a spectral direction: m ← β1 m + (1−β1)·D·g,
+    W ← W − lr·D·U Vᵀ (U, V from the SVD of m), float64."""
+    b3 = b2**0.5
+    d, d_max, num = d0, d0, 0.0
+    x0 = W.clone()
+    s, m = torch.zeros_like(W), torch.zeros_like(W)
+    for _ in range(steps):
+        w = W.clone().requires_grad_()
+        g = torch.autograd.grad(loss_fn([w], targets), w)[0]
+        delta = (d / d0) * d * lr
+        num = b3 * num + delta * float((g * (x0 - W)).sum())
+        s = b3 * s + delta * g
+        d_max = max(d_max, num / float(s.abs().sum()))
+        d_new = d_max  # growth_rate = inf: D = min(D_max, ∞·D)
+        m = b1 * m + (1 - b1) * d * g
+        P, _, Qh = torch.linalg.svd(m, full_matrices=False)
+        W = W - lr * d * (P @ Qh)
+        d = d_new
+    return W
+
+
+def test_the_d_stage_composes_with_a_spectral_direction():
+    from modnorm.optim.presets import PRESETS, register_preset
+    from modnorm.optim.prodigy import ProdigyHP
+    from modnorm.optim.recipe import Recipe, Rule
+
+    def recipe(h):
+        return Recipe(default=Rule(norm="spectral", scale="none", ns_method="svd", momentum="ema", beta=h.betas[0], mode="lmo"))
+
+    register_preset("test_prodigy_spectral", ProdigyHP, recipe)
+    try:
+        (W,), (T,) = make_params(shapes=[(6, 4)]), make_params(shapes=[(6, 4)], seed=1)
+        ref = _prodigy_muon_reference(W, [T], 0.5, 0.9, 0.99, 1e-3, 25)
+        got = run(lambda ps: modnorm.optimizer(ps, "test_prodigy_spectral", lr=0.5, betas=(0.9, 0.99), d0=1e-3), [W], steps=25)
+        assert (got[0] - ref).abs().max().item() < 1e-10
+        assert (ref - W).abs().max().item() > 1e-2
+    finally:
+        PRESETS.pop("test_prodigy_spectral")
