@@ -170,6 +170,7 @@ def _prodigy(h: ProdigyHP) -> Recipe:
 
 
 RANGES.update({
+    "step_size": "step_size one of 'constant', 'polyak'; 'prodigy' for presets that declare it (prodigy)",
     "beta3": "0 ≤ beta3 < 1, or None (√β2)",
     "d0": "d0 > 0 (the initial D)",
     "d_coef": "d_coef > 0",
