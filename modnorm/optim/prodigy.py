@@ -19,7 +19,8 @@ Adam's V without bias corrections)
     x ← x·(1 − η·D·c_k·λ)   (decoupled decay),   x ← x − η·D·c_k · m / (√v + D_{k+1}·ε)
 
 as prodigyopt's ``Prodigy``. With β1 = 0 that peer steps along D_{k+1}·g (the new D), hence
-the extra step factor D_{k+1}/D. Parameters of groups with lr = 0 do not enter N and s. When
+the extra step factor D_{k+1}/D. Parameters of groups with lr = 0 do not enter N and s and do
+not move (prodigyopt moves them with the largest lr of the groups). When
 Σ‖s‖₁ = 0 (no gradient yet) D stays, N is not updated and nothing moves (the peer returns).
 β3 defaults to √β2; ``slice_p`` keeps s and x₀ on every slice_p-th entry only.
 
