@@ -136,6 +136,7 @@ def sweep(method: str, defaults: dict[str, Any], run: Runner, args: Any) -> dict
     return {
         "lr_grid": lr_scores, "lr_at_edge": best_lr in (min(lr_scores), max(lr_scores)),
         "route_key": route, "route_grid": route_scores, "best": best,
+        "route_at_edge": bool(route_scores) and min(route_scores, key=lambda v: route_scores[v]) in (min(route_scores), max(route_scores)),
         "full": [{k: r[k] for k in ("seed", "score", "seconds_per_iter", "val_curve", "train_curve", "hyperparameters")} for r in full],
         "mean": statistics.fmean(finals), "spread": (max(finals) - min(finals)) if finals else 0.0,
         "seconds_per_iter": statistics.fmean(r["seconds_per_iter"] for r in full),
@@ -154,6 +155,7 @@ def main() -> None:
     p.add_argument("--full-iters", type=int, default=2000, help="iterations of the reported runs (default 2000)")
     p.add_argument("--seeds", default="0,1", help="seeds of the reported runs (default 0,1)")
     p.add_argument("--pick-seed", type=int, default=0, help="seed of the picking runs (default 0)")
+    p.add_argument("--from-json", default=None, help="only re-render the table and plot of a finished sweep's lr_sweep.json (into --out)")
     p.add_argument("--timing", type=int, default=0, help="rounds of interleaved timing at the best settings (default 0: use each run's own clock)")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -166,6 +168,9 @@ def main() -> None:
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     out = common.setup(args)
     started = time.perf_counter()
+    if args.from_json is not None:
+        rerender(Path(args.from_json), out, started)
+        return
     script = load_script(args.script)
     methods = [m for m in (args.methods or ",".join(script.METHODS)).split(",") if m]
     unknown = [m for m in methods if m not in script.METHODS]
@@ -177,13 +182,58 @@ def main() -> None:
         for m, ms in timing(script, out, extra, {m: r["best"] for m, r in results.items()}, args.timing).items():
             results[m]["seconds_per_iter"] = ms / 1000
             results[m]["timed_interleaved"] = True
-    rows = [[common.PRETTY.get(m, m), r["best"]["lr"], r["best"].get(r["route_key"] or "", "—"), r["mean"], r["spread"], len(r["full"]),
-             r["seconds_per_iter"] * 1000, "yes" if r["lr_at_edge"] else "no"] for m, r in results.items()]
-    headers = ["optimizer", "lr", "route", f"{args.metric} @ {args.full_iters} (mean)", "max − min", "seeds", "ms / iter", "lr at grid edge"]
-    table = common.markdown_table(headers, rows)
+    table = report(results, args.metric, args.full_iters)
     plot(out / "lr_sweep.png", results)
     config = {k: getattr(args, k) for k in ("script", "metric", "grid", "route_grid", "factor", "pick_iters", "full_iters", "seeds", "pick_seed", "timing")}
     common.finish(out, "lr_sweep", {"config": {**config, "script_args": extra}, "results": results}, table, started, common.command_line())
+
+
+def equal_time(results: dict[str, Any], reference: str) -> dict[str, tuple[float, bool]]:
+    """Each method's seed-mean validation loss after the wall-clock that ``reference`` needs for its
+    full run (ms / iter × iterations), read off the method's validation curve by linear
+    interpolation; (value, True) when the method finishes its full run sooner (its final value: it
+    was not run longer)."""
+    ref = results[reference]
+    budget = ref["seconds_per_iter"] * ref["full"][0]["val_curve"]["iter"][-1]
+    values: dict[str, tuple[float, bool]] = {}
+    for m, r in results.items():
+        xs = r["full"][0]["val_curve"]["iter"]
+        ys = [statistics.fmean(f["val_curve"]["val_loss"][i] for f in r["full"]) for i in range(len(xs))]
+        at = budget / r["seconds_per_iter"]
+        if at >= xs[-1]:
+            values[m] = (ys[-1], at > xs[-1] * (1 + 1e-9))
+            continue
+        i = next(k for k, x in enumerate(xs) if x >= at)
+        x0, y0 = (xs[i - 1], ys[i - 1]) if i > 0 else (0, math.nan)
+        values[m] = (y0 + (ys[i] - y0) * (at - x0) / (xs[i] - x0), False)
+    return values
+
+
+def report(results: dict[str, Any], metric: str, full_iters: int) -> str:
+    """The sweep's table: best setting, full-run mean and spread, speed, and the loss at equal
+    wall-clock (torch Muon+AdamW's time when it was swept, else the fastest method's)."""
+    reference = "torch:muon" if "torch:muon" in results else min(results, key=lambda m: results[m]["seconds_per_iter"])
+    timed = equal_time(results, reference)
+    rows = [[common.PRETTY.get(m, m), r["best"]["lr"], r["best"].get(r["route_key"] or "", "—"), r["mean"], r["spread"], len(r["full"]),
+             r["seconds_per_iter"] * 1000, f"{timed[m][0]:.4g}" + (" (done sooner)" if timed[m][1] else ""),
+             ", ".join(k for k, edge in (("lr", r["lr_at_edge"]), ("route", r.get("route_at_edge", False))) if edge) or "no"] for m, r in results.items()]
+    headers = ["optimizer", "lr", "route", f"{metric} @ {full_iters} (mean)", "max − min", "seeds", "ms / iter",
+               f"{metric} @ {common.PRETTY.get(reference, reference)}'s time", "best at grid edge"]
+    return common.markdown_table(headers, rows)
+
+
+def rerender(path: Path, out: Path, started: float) -> None:
+    """Table and plot of a finished sweep, from its JSON (``--from-json``)."""
+    if not path.is_file():
+        raise SystemExit(f"lr_sweep: --from-json {str(path)!r} is not a file; pass the lr_sweep.json a sweep wrote")
+    data = json.loads(path.read_text())
+    results, config = data["results"], data["config"]
+    for r in results.values():  # JSON keys of the grids are strings; the edge flags are recomputed from them
+        r["route_at_edge"] = bool(r["route_grid"]) and min(r["route_grid"], key=lambda v: r["route_grid"][v]) in (
+            min(r["route_grid"], key=float), max(r["route_grid"], key=float))
+    table = report(results, config["metric"], config["full_iters"])
+    plot(out / "lr_sweep.png", results)
+    common.finish(out, "lr_sweep", data, table, started, common.command_line())
 
 
 def timing(script: ModuleType, out: Path, extra: list[str], best: dict[str, dict[str, float]], rounds: int) -> dict[str, float]:

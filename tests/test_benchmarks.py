@@ -290,6 +290,30 @@ def test_lr_sweep_protocol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         assert r["timed_interleaved"] and timed[method]["rounds"] == 2
         assert r["seconds_per_iter"] * 1000 == pytest.approx(timed[method]["median_ms_per_iter"]) and r["seconds_per_iter"] > 0
         assert timed[method]["hyperparameters"]["lr"] == r["best"]["lr"]
+    # A finished sweep re-renders from its JSON (table with the equal-time column, plot).
+    again = run_quick("lr_sweep", tmp_path / "again", monkeypatch, "--from-json", str(tmp_path / "lr_sweep.json"))
+    assert again["results"].keys() == res.keys()
+    table = (tmp_path / "again" / "lr_sweep.md").read_text()
+    assert "Muon+AdamW (torch)'s time" in table and (tmp_path / "again" / "lr_sweep.png").is_file()
+
+
+def test_lr_sweep_equal_time() -> None:
+    """The loss at the reference's wall-clock, read off each validation curve by hand."""
+    import lr_sweep
+
+    def method(ms: float, curves: list[list[float]]) -> dict:
+        return {"seconds_per_iter": ms / 1000, "full": [{"val_curve": {"iter": [100, 200, 300], "val_loss": c}} for c in curves]}
+
+    results = {
+        "torch:muon": method(10.0, [[3.0, 2.0, 1.0]]),  # budget: 300 iterations × 10 ms = 3 s
+        "slow": method(20.0, [[4.0, 2.0, 1.0], [2.0, 1.0, 0.0]]),  # 150 iterations in 3 s: mean curve 3, 1.5 → 2.25
+        "fast": method(5.0, [[2.0, 1.5, 1.25]]),  # finishes in 1.5 s: its final value, flagged
+    }
+    values = lr_sweep.equal_time(results, "torch:muon")
+    assert values["torch:muon"] == (1.0, False)
+    assert values["slow"][0] == pytest.approx(2.25) and not values["slow"][1]
+    assert values["fast"] == (1.25, True)
+    assert math.isnan(lr_sweep.equal_time({"ref": method(10.0, [[1.0, 1.0, 1.0]]), "x": method(100.0, [[1.0, 1.0, 1.0]])}, "ref")["x"][0])
 
 
 def test_lr_sweep_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -297,6 +321,8 @@ def test_lr_sweep_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         run_quick("lr_sweep", tmp_path, monkeypatch, "--script", str(tmp_path / "nope.py"))
     with pytest.raises(SystemExit, match="unknown --methods"):
         run_quick("lr_sweep", tmp_path, monkeypatch, "--methods", "bogus")
+    with pytest.raises(SystemExit, match="--from-json"):
+        run_quick("lr_sweep", tmp_path, monkeypatch, "--from-json", str(tmp_path / "missing.json"))
 
 
 def test_char_gpt_set_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
