@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .geometry import Geometry
 
-__all__ = ["Node", "Atom", "Bond", "Chain", "Tuple", "Tared", "scaled", "render", "atom_budgets", "node_norm"]
+__all__ = ["Node", "Atom", "Bond", "Chain", "Tuple", "Tared", "scaled", "render"]
 
 
 def _check_nonneg(owner: str, name: str, value: float) -> float:
@@ -44,7 +44,13 @@ def _check_nonneg(owner: str, name: str, value: float) -> float:
 
 
 class Node:
-    """Base class of composition nodes; see the module docstring for the rules."""
+    """Base class of composition nodes; see the module docstring for the rules.
+
+    A node type defines its ``mass`` μ and ``sensitivity`` ν and how it dualizes:
+    ``budgets`` (every atom's share of a budget t), ``norm`` (the modular norm of the
+    weights under it) and ``terminals`` (the atoms nearest its output); ``children`` and
+    ``with_children`` let tree rewrites (``modnorm.residual``) pass through it.
+    """
 
     mass: float
     sensitivity: float
@@ -52,10 +58,31 @@ class Node:
     def children(self) -> Sequence[Node]:
         return ()
 
+    def with_children(self, children: Sequence[Node]) -> Node:
+        """The same node over other children (a node without children returns itself)."""
+        return self
+
     def atoms(self) -> Iterator[Atom]:
         """Every atom under this node, in order (an atom used twice appears twice)."""
         for c in self.children():
             yield from c.atoms()
+
+    def budgets(self, t: float = 1.0) -> Iterator[tuple[Atom, float]]:
+        """(atom, budget) for every atom, dualizing this node with total budget ``t``."""
+        raise NotImplementedError(f"{type(self).__name__}.budgets")
+
+    def norm(self, atom_norm: Callable[[Atom], float]) -> float:
+        """The modular norm of the weights under this node; ``atom_norm(atom)`` gives each atom's own norm."""
+        raise NotImplementedError(f"{type(self).__name__}.norm")
+
+    def terminals(self) -> tuple[list[Atom], bool]:
+        """Atoms whose output reaches this node's output through no other atom, and whether
+        an atom-free path crosses the node."""
+        raise NotImplementedError(f"{type(self).__name__}.terminals")
+
+    def label(self) -> str:
+        """One line naming the node for ``render``."""
+        return type(self).__name__
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,6 +110,19 @@ class Atom(Node):
     def atoms(self) -> Iterator[Atom]:
         yield self
 
+    def budgets(self, t: float = 1.0) -> Iterator[tuple[Atom, float]]:
+        yield self, t
+
+    def norm(self, atom_norm: Callable[[Atom], float]) -> float:
+        return float(atom_norm(self))
+
+    def terminals(self) -> tuple[list[Atom], bool]:
+        return [self], False
+
+    def label(self) -> str:
+        head = f"{type(self).__name__} {self.name}" if self.name else type(self).__name__
+        return f"{head} [{', '.join(label for label, _, _ in self.params)}]"
+
     def __repr__(self) -> str:
         labels = ", ".join(label for label, _, _ in self.params)
         return f"Atom({self.name!r}, [{labels}], mass={self.mass:g}, sensitivity={self.sensitivity:g})"
@@ -102,6 +142,18 @@ class Bond(Node):
     def mass(self) -> float:  # type: ignore[override]
         return 0.0
 
+    def budgets(self, t: float = 1.0) -> Iterator[tuple[Atom, float]]:
+        return iter(())
+
+    def norm(self, atom_norm: Callable[[Atom], float]) -> float:
+        return 0.0
+
+    def terminals(self) -> tuple[list[Atom], bool]:
+        return [], True
+
+    def label(self) -> str:
+        return f"{type(self).__name__} {self.name}" if self.name else type(self).__name__
+
     def __repr__(self) -> str:
         return f"Bond({self.name!r}, sensitivity={self.sensitivity:g})"
 
@@ -117,9 +169,25 @@ class _Composite(Node):
     def children(self) -> Sequence[Node]:
         return self.items
 
+    def with_children(self, children: Sequence[Node]) -> Node:
+        return type(self)(children)
+
     @property
     def mass(self) -> float:  # type: ignore[override]
         return sum(c.mass for c in self.items)
+
+    def _downstream(self) -> list[float]:
+        """The factor by which each child's output is amplified on its way to this node's output."""
+        raise NotImplementedError
+
+    def norm(self, atom_norm: Callable[[Atom], float]) -> float:
+        """max_i (μ/μ_i)·down_i·‖w_i‖, with the mass-0 convention (0·x = 0 only for x = 0, ∞ otherwise)."""
+        mu, best = self.mass, 0.0
+        for child, down in zip(self.items, self._downstream()):
+            value = child.norm(atom_norm)
+            if value != 0:
+                best = max(best, math.inf if child.mass == 0 else (mu / child.mass) * down * value)
+        return best
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({list(self.items)!r})"
@@ -135,6 +203,39 @@ class Chain(_Composite):
     def sensitivity(self) -> float:  # type: ignore[override]
         return math.prod(c.sensitivity for c in self.items)
 
+    def _downstream(self) -> list[float]:
+        """∏_{j>i} ν_j for every i."""
+        out, acc = [1.0] * len(self.items), 1.0
+        for i in range(len(self.items) - 1, -1, -1):
+            out[i] = acc
+            acc *= self.items[i].sensitivity
+        return out
+
+    def budgets(self, t: float = 1.0) -> Iterator[tuple[Atom, float]]:
+        mu = self.mass
+        for child, down in zip(self.items, self._downstream()):
+            if mu == 0 or child.mass == 0:
+                yield from child.budgets(0.0)
+                continue
+            if down == 0:
+                names = ", ".join(a.name or "?" for a in child.atoms())
+                raise ValueError(
+                    f"modular norm: the layers [{names}] are followed by a module of sensitivity 0, so no "
+                    "update of theirs reaches the output and their budget is unbounded; give that module a positive "
+                    "sensitivity or mass 0 to these layers"
+                )
+            yield from child.budgets(t * (child.mass / mu) / down)
+
+    def terminals(self) -> tuple[list[Atom], bool]:
+        found: list[Atom] = []
+        through = True
+        for c in reversed(self.items):
+            if not through:
+                break
+            f, through = c.terminals()
+            found += f
+        return found, through
+
 
 @dataclass(frozen=True, eq=False, init=False, repr=False)
 class Tuple(_Composite):
@@ -145,6 +246,23 @@ class Tuple(_Composite):
     @property
     def sensitivity(self) -> float:  # type: ignore[override]
         return sum(c.sensitivity for c in self.items)
+
+    def _downstream(self) -> list[float]:
+        return [1.0] * len(self.items)
+
+    def budgets(self, t: float = 1.0) -> Iterator[tuple[Atom, float]]:
+        mu = self.mass
+        for child in self.items:
+            yield from child.budgets(t * child.mass / mu if mu > 0 else 0.0)
+
+    def terminals(self) -> tuple[list[Atom], bool]:
+        found: list[Atom] = []
+        through = False
+        for c in self.items:
+            f, t = c.terminals()
+            found += f
+            through = through or t
+        return found, through
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,6 +278,19 @@ class Tared(Node):
     def children(self) -> Sequence[Node]:
         return (self.child,)
 
+    def with_children(self, children: Sequence[Node]) -> Node:
+        (child,) = children
+        return Tared(child, self.total)
+
+    def budgets(self, t: float = 1.0) -> Iterator[tuple[Atom, float]]:
+        yield from self.child.budgets(t if self.mass > 0 else 0.0)
+
+    def norm(self, atom_norm: Callable[[Atom], float]) -> float:
+        return self.child.norm(atom_norm)
+
+    def terminals(self) -> tuple[list[Atom], bool]:
+        return self.child.terminals()
+
     @property
     def mass(self) -> float:  # type: ignore[override]
         return self.total if self.child.mass > 0 else 0.0
@@ -171,12 +302,7 @@ class Tared(Node):
 
 def render(node: Node, indent: str = "") -> str:
     """A readable tree: one line per node with its mass μ and sensitivity ν."""
-    head = f"{indent}{type(node).__name__}"
-    if isinstance(node, (Atom, Bond)) and node.name:
-        head += f" {node.name}"
-    if isinstance(node, Atom):
-        head += f" [{', '.join(label for label, _, _ in node.params)}]"
-    lines = [f"{head}  μ={node.mass:g} ν={node.sensitivity:g}"]
+    lines = [f"{indent}{node.label()}  μ={node.mass:g} ν={node.sensitivity:g}"]
     lines += [render(c, indent + "  ") for c in node.children()]
     return "\n".join(lines)
 
@@ -184,70 +310,3 @@ def render(node: Node, indent: str = "") -> str:
 def scaled(factor: float, node: Node) -> Node:
     """``factor · node``: the node followed by a bond of sensitivity |factor|."""
     return Chain([node, Bond(abs(float(factor)), name=f"×{factor:g}")])
-
-
-def _downstream(items: Sequence[Node]) -> list[float]:
-    """∏_{j>i} ν_j for every i."""
-    out, acc = [1.0] * len(items), 1.0
-    for i in range(len(items) - 1, -1, -1):
-        out[i] = acc
-        acc *= items[i].sensitivity
-    return out
-
-
-def atom_budgets(node: Node, t: float = 1.0) -> Iterator[tuple[Atom, float]]:
-    """Yield (atom, budget) for every atom, dualizing ``node`` with total budget ``t``."""
-    if isinstance(node, Atom):
-        yield node, t
-        return
-    mu = node.mass
-    if isinstance(node, Tared):
-        yield from atom_budgets(node.child, t if mu > 0 else 0.0)
-    elif isinstance(node, Chain):
-        for child, down in zip(node.items, _downstream(node.items)):
-            if mu == 0 or child.mass == 0:
-                yield from atom_budgets(child, 0.0)
-                continue
-            if down == 0:
-                names = ", ".join(a.name or "?" for a in child.atoms())
-                raise ValueError(
-                    f"modular norm: the layers [{names}] are followed by a module of sensitivity 0, so no "
-                    "update of theirs reaches the output and their budget is unbounded; give that module a positive "
-                    "sensitivity or mass 0 to these layers"
-                )
-            yield from atom_budgets(child, t * (child.mass / mu) / down)
-    elif isinstance(node, Tuple):
-        for child in node.items:
-            yield from atom_budgets(child, t * child.mass / mu if mu > 0 else 0.0)
-    elif not isinstance(node, Bond):
-        raise TypeError(f"atom_budgets: unknown node type {type(node).__name__}")
-
-
-def _term(weight: float, value: float) -> float:
-    """weight·value with the mass-0 convention: 0·x = 0 only for x = 0, ∞ otherwise."""
-    if value == 0:
-        return 0.0
-    return weight * value
-
-
-def node_norm(node: Node, atom_norm: Callable[[Atom], float]) -> float:
-    """The modular norm of the weights under ``node``; ``atom_norm(atom)`` gives each atom's own norm."""
-    if isinstance(node, Atom):
-        return float(atom_norm(node))
-    if isinstance(node, Bond):
-        return 0.0
-    if isinstance(node, Tared):
-        return node_norm(node.child, atom_norm)
-    mu = node.mass
-    if isinstance(node, Chain):
-        items, downs = node.items, _downstream(node.items)
-    elif isinstance(node, Tuple):
-        items, downs = node.items, [1.0] * len(node.items)
-    else:
-        raise TypeError(f"node_norm: unknown node type {type(node).__name__}")
-    best = 0.0
-    for child, down in zip(items, downs):
-        value = node_norm(child, atom_norm)
-        weight = math.inf if child.mass == 0 else (mu / child.mass) * down
-        best = max(best, _term(weight, value))
-    return best

@@ -47,7 +47,7 @@ from typing import Protocol, runtime_checkable
 from torch import Tensor, nn
 
 from .auto import DEFAULT_RULES, Rules
-from .composition import Atom, Bond, Chain, Node, Tared, Tuple, atom_budgets, node_norm
+from .composition import Atom, Bond, Chain, Node, Tared, Tuple
 from .detect import declared_head_path, named_head_path, raw_parameter_geometry
 from .fixes import GeometryError, fallback_warning, geometry_error
 from .geometry import Geometry
@@ -220,34 +220,6 @@ class Context:
         return Tuple(items) if items else Bond(1.0, name=path)
 
 
-def _terminals(node: Node) -> tuple[list[Atom], bool]:
-    """Atoms whose output reaches the node's output through no other atom, and whether an
-    atom-free path crosses the node."""
-    if isinstance(node, Atom):
-        return [node], False
-    if isinstance(node, Bond):
-        return [], True
-    if isinstance(node, Tared):
-        return _terminals(node.child)
-    if isinstance(node, Tuple):
-        found, through = [], False
-        for c in node.items:
-            f, t = _terminals(c)
-            found += f
-            through = through or t
-        return found, through
-    if isinstance(node, Chain):
-        found, through = [], True
-        for c in reversed(node.items):
-            if not through:
-                break
-            f, t = _terminals(c)
-            found += f
-            through = t
-        return found, through
-    raise TypeError(f"unknown node type {type(node).__name__}")
-
-
 def _tied_tables(model: nn.Module, ctx: Context, names: dict[int, str]) -> dict[str, Geometry]:
     """Parameters held by several modules (weight tying) of which one declares it an embedding:
     name → that embedding geometry, whichever use the composition reaches first (or at all)."""
@@ -355,7 +327,7 @@ def analyze(model: nn.Module, rules: Rules | None = None, default: Default = Non
     root = residual_form(ctx.resolve(model))
     rules_ = ctx.rules
     effective: dict[int, tuple[tuple[str, Tensor, Geometry], ...]] = {}
-    terminal, _ = _terminals(root)
+    terminal, _ = root.terminals()
     n_atoms = len({id(a) for a in root.atoms()})
     if rules_.auto_head and n_atoms >= 2:
         head = _head_atom(model, root, terminal)
@@ -368,7 +340,7 @@ def analyze(model: nn.Module, rules: Rules | None = None, default: Default = Non
     modules = dict(model.named_modules())
 
     def visit(node: Node) -> None:
-        for atom, b in atom_budgets(node):
+        for atom, b in node.budgets():
             entries = list(effective.get(id(atom), atom.params))
             owner = modules.get(atom.name) if atom.kind != "Parameter" else None
             if owner is not None:  # parameters of the layer its declaration left out: override/default/error
@@ -480,7 +452,7 @@ def modular_norm(
                 best = max(best, _param_norm(analysis.params[name].geometry, tensors[name], name))
         return best
 
-    value = node_norm(analysis.root, atom_norm)
+    value = analysis.root.norm(atom_norm)
     in_root = {names[id(p)] for a in analysis.root.atoms() for _, p, _ in analysis.atom_params(a)}
     for name, info in analysis.params.items():  # parameters the forward never reaches
         if name not in in_root and name in tensors:

@@ -59,21 +59,16 @@ def _pairs(items: tuple[Node, ...]) -> list[tuple[Node, Node | None]]:
 
 def count_residual_sums(node: Node) -> int:
     """The number of residual sums (see the module docstring) under ``node``."""
-    if isinstance(node, (Atom, Bond)):
-        return 0
     own = sum(1 for c, nxt in _pairs(tuple(node.children())) if isinstance(node, Chain) and _is_residual(c, nxt))
     return own + sum(count_residual_sums(c) for c in node.children())
 
 
 def _rewrite(node: Node, L: int) -> Node:
-    if isinstance(node, (Atom, Bond)):
-        return node
-    if isinstance(node, Tared):
-        return Tared(_rewrite(node.child, L), node.total)
-    if isinstance(node, Tuple):
-        return Tuple([_rewrite(c, L) for c in node.items])
+    if not isinstance(node, Chain):
+        children = node.children()
+        return node.with_children([_rewrite(c, L) for c in children]) if children else node
     items: list[Node] = []
-    src = node.items  # type: ignore[attr-defined]
+    src = node.items
     i = 0
     while i < len(src):
         c = src[i]

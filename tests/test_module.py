@@ -14,7 +14,7 @@ from torch import nn
 
 import modnorm
 from modnorm import layers as L
-from modnorm.composition import Atom, Bond, Chain, Tared, Tuple, atom_budgets, node_norm, scaled
+from modnorm.composition import Atom, Bond, Chain, Tared, Tuple, scaled
 from modnorm.geometry import Geometry
 from modnorm.norms import Frobenius
 
@@ -148,18 +148,18 @@ def trees(draw, depth: int = 0):
 def test_modular_norm_follows_the_rules(tree, data) -> None:
     atoms = list(tree.atoms())
     values = {id(a): data.draw(st.floats(0, 5)) for a in atoms}
-    got = node_norm(tree, lambda a: values[id(a)])
+    got = tree.norm(lambda a: values[id(a)])
     mass, sens, terms = _ref(tree)
     assert tree.mass == pytest.approx(mass) and tree.sensitivity == pytest.approx(sens)
     expected = max([0.0] + [w * values[id(a)] if values[id(a)] else 0.0 for a, w in terms])
     assert got == pytest.approx(expected, rel=1e-9)
     if tree.mass > 0:
         # budgets are the dual scaling: ‖w_k‖ = b_k for every atom gives modular norm exactly 1
-        b = {id(a): t for a, t in atom_budgets(tree)}
+        b = {id(a): t for a, t in tree.budgets()}
         for a, w in terms:
             assert b[id(a)] == pytest.approx(1 / w, rel=1e-9)
         if any(t > 0 for t in b.values()):
-            assert node_norm(tree, lambda a: b[id(a)]) == pytest.approx(1.0, rel=1e-9)
+            assert tree.norm(lambda a: b[id(a)]) == pytest.approx(1.0, rel=1e-9)
 
 
 @settings(max_examples=25, deadline=None)
