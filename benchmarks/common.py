@@ -35,6 +35,7 @@ from modnorm.demo.training import (  # noqa: E402,F401
     train_steps,
     write_json,
 )
+from modnorm.table import markdown_table  # noqa: E402,F401
 
 PRETTY: dict[str, str] = {
     "torch:adamw": "AdamW (torch)",
@@ -102,19 +103,6 @@ def tune(run: Callable[[float], dict[str, Any]], lrs: Sequence[float], key: str 
             best_lr, best = lr, result
     assert best is not None
     return best_lr, best, scores
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub markdown table; floats printed with 3 significant digits."""
-
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return "diverged" if not math.isfinite(v) else f"{v:.3g}"
-        return str(v)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def finish(out: Path, name: str, data: dict[str, Any], table: str, started: float, command: str) -> None:

@@ -119,11 +119,11 @@ class GPT(nn.Module):
         return self.lm_head(self.norm(self.blocks(self.wte(idx))))
 
 
-def modnorm_rules(cfg: GPTConfig):  # -> modnorm.Rules
+def modnorm_rules(cfg: GPTConfig):  # -> modnorm.LayerRules
     """The declarations that make this plain model the modular network of gpt_modnorm."""
     import modnorm
 
-    rules = modnorm.Rules()
+    rules = modnorm.LayerRules()
     rules.register_bond(Rotary, 1.0)
     rules.set_mass("blocks", cfg.blocks_mass)
     return rules

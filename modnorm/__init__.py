@@ -18,41 +18,25 @@ if _FREEZE:
 
 # Geometry of one tensor: norms, their LMOs, preconditioned norms, the polar factor.
 from .geometry import Geometry
-from .norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, spectral_scale
-from .polar import orthogonalize, singular_values
+from .norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv
+from .polar import orthogonalize
 from .preconditioned import DNorm, LRNorm
-from .testing import NormLawError, check_norm
+from .testing import check_norm
 
-# Geometry of a network: layers, composition, rules for plain torch.nn, the modular norm.
-from .auto import DEFAULT_RULES, Rules, register_bond, register_function, register_rule
-from .composition import Atom, Bond, Chain, Node, Tared, Tuple
+# Geometry of a network: composite layers (``modnorm.layers`` holds all), rules for plain torch.nn, the modular norm.
 from .layers import Parallel, Residual, Scale, Sequential
-from .describe import describe, describe_rows
-from .module import GeometryError, analyze, budgets, geometries, modular_norm, structure
+from .rules import LayerRules
+from .fixes import GeometryError
+from .network import budgets, geometries, modular_norm
+from .describe import describe
 
-# The generated optimizer, its presets and preconditioners.
-from .optim import (
-    ConfigError,
-    ModnormOptimizer,
-    OptimizerConfig,
-    Preconditioner,
-    Recipe,
-    Rule,
-    optimizer,
-    register_preconditioner,
-    register_preset,
-)
+# The generated optimizer; presets, preconditioners and recipes live in ``modnorm.optim``.
+from .optim import ConfigError, ModnormOptimizer, optimizer
 from .optim import matrix_presets as _matrix_presets  # noqa: F401  (registers shampoo, soap, splus, sophia, …)
 from .optim import zoo_presets as _zoo_presets  # noqa: F401  (registers rmsprop, lion, lamb, lars)
 from .optim import prodigy as _prodigy  # noqa: F401  (registers the prodigy preset and step_size="prodigy")
 from .optim import kfac as _kfac, kfac_presets as _kfac_presets  # noqa: F401  (registers kfac, ekfac, kfac_spectral)
-from .optim.hessian import HessianDiagonal, hutchinson_diagonal
-from .optim.kl_shampoo import KLShampoo
-from .optim.matrix_preconditioners import SOAP, Shampoo, SPlus
-from .invariance import InvarianceReport, check_invariance
-
-# torch.distributed: DDP/FSDP2 dual maps; DCP checkpoints are imported on first use (below).
-from .distributed import distributed_lmo, distributed_sharp
+from .optim import hessian as _hessian, kl_shampoo as _kl_shampoo  # noqa: F401  (registers hessian, kl_shampoo)
 
 # name → module, imported on first attribute access: torch.distributed.checkpoint alone
 # takes longer to import than the rest of modnorm.
@@ -84,66 +68,34 @@ __version__ = "0.1.0"
 __all__ = [
     # one tensor
     "Norm",
-    "Frobenius",
     "Spectral",
-    "Sign",
-    "ColNorm",
-    "RowNorm",
-    "RMS",
     "SpectralConv",
-    "spectral_scale",
+    "RowNorm",
+    "ColNorm",
+    "RMS",
+    "Sign",
+    "Frobenius",
     "DNorm",
     "LRNorm",
-    "orthogonalize",
-    "singular_values",
-    "check_norm",
-    "NormLawError",
     "Geometry",
+    "orthogonalize",
+    "check_norm",
     # a network
-    "geometries",
-    "budgets",
-    "modular_norm",
-    "structure",
-    "analyze",
-    "describe",
-    "describe_rows",
-    "GeometryError",
-    "Rules",
-    "DEFAULT_RULES",
-    "register_rule",
-    "register_bond",
-    "register_function",
     "Sequential",
     "Residual",
     "Parallel",
     "Scale",
-    "Node",
-    "Atom",
-    "Bond",
-    "Chain",
-    "Tuple",
-    "Tared",
+    "LayerRules",
+    "GeometryError",
+    "geometries",
+    "budgets",
+    "modular_norm",
+    "describe",
     # the generated optimizer
     "optimizer",
     "ModnormOptimizer",
-    "OptimizerConfig",
     "ConfigError",
-    "Recipe",
-    "Rule",
-    "Preconditioner",
-    "register_preconditioner",
-    "register_preset",
-    "Shampoo",
-    "KLShampoo",
-    "SOAP",
-    "SPlus",
-    "HessianDiagonal",
-    "hutchinson_diagonal",
-    "check_invariance",
-    "InvarianceReport",
-    # torch.distributed
-    "distributed_lmo",
-    "distributed_sharp",
+    # checkpoints (torch.distributed.checkpoint, imported on first use)
     "save_checkpoint",
     "load_checkpoint",
     "CheckpointMismatchError",

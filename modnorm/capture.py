@@ -1,21 +1,21 @@
-"""Recovering the composition of a model from one real forward on example inputs.
+"""Recovering the composition of a model from one real forward on example inputs (``RecordedForward``).
 
-``capture(ctx, example_inputs)`` runs ``ctx.model`` once (eval mode, no grad, the RNG
+``RecordedForward(example_inputs)``, a resolver strategy, runs the model once (eval mode, no grad, the RNG
 state and every module's training flag restored afterwards) while recording its dataflow:
 
 - a module with a rule for its type (an atom or a bond) is a *leaf*: nothing inside it
   is recorded, and its call is one edge from its tensor inputs to its outputs carrying
-  ``ctx.resolve(module)``. A tensor passed several times (``attn(h, h, h)``) counts once;
+  its resolved node. A tensor passed several times (``attn(h, h, h)``) counts once;
 - a modnorm layer, a ``register_node`` rule or a plain ``nn.Sequential`` is *declared*:
-  its call is one edge carrying ``ctx.resolve(module)`` (its children are recorded too,
+  its call is one edge carrying its resolved node (its children are recorded too,
   so that a declaration may resolve them);
 - any other module is *recorded*: every torch function and tensor method it runs (seen
   through a ``TorchFunctionMode``) and every submodule it calls becomes an edge of its
-  own two-terminal graph (``modnorm.trace.Graph``), exactly as a torch.fx trace would:
+  own two-terminal graph (``modnorm.graph.Graph``), exactly as a torch.fx trace would:
   dynamic inputs start at the source, parameters read directly are atoms from the
   source, several tensor operands are joined first, outputs lead to the sink. The graph
   is reduced to one node (``TraceError`` if it is not series-parallel: the module then
-  falls back to a flat tuple, see ``modnorm.module``).
+  falls back to a flat tuple, see ``modnorm.resolver``).
 
 A value is *dynamic* if it is computed from a floating-point input or from a parameter;
 everything else — integer inputs (token ids, masks), buffers, constants, shapes and
@@ -30,8 +30,10 @@ what it returns (nested tuples, lists and dicts; the keys ``hidden_states``,
 ``attentions`` and ``cross_attentions`` of a transformers ``ModelOutput`` are left out,
 and non-tensor objects such as caches are skipped).
 
-A module called several times contributes one edge per call; ``Captured.node(module)``
-is the node of its first call (what a declaration resolving it receives).
+A module called several times contributes one edge per call; the strategy's node of a
+module is the node of its first call (what a declaration resolving it receives). A
+forward that fails on the inputs raises ``ForwardError`` (a ``ValueError``) from
+``prepare``, before anything is resolved.
 """
 
 from __future__ import annotations
@@ -45,15 +47,20 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from .composition import Atom, Bond, Chain, Node
-from .trace import Graph, TraceError, op_bond
+from .graph import IDENTITY as _IDENTITY, Graph, TraceError, op_bond
+from .resolver import Strategy
 
 if TYPE_CHECKING:
-    from .module import Context
+    from .resolver import Resolver
 
-__all__ = ["Captured", "capture", "as_call"]
+__all__ = ["RecordedForward", "ForwardError", "as_call"]
 
 _SKIPPED_OUTPUT_KEYS = frozenset({"hidden_states", "attentions", "cross_attentions", "past_key_values"})
-_IDENTITY = Bond(1.0, name="identity")
+_KINDS = {"declared": "declared", "atom": "leaf", "derived": "recorded"}
+
+
+class ForwardError(ValueError):
+    """The model's forward raised on the example inputs."""
 
 
 def as_call(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -106,22 +113,10 @@ class _Param:
         self.atom = atom
 
 
-class Captured:
-    """What one recorded forward found: the node of every recorded module call."""
-
-    def __init__(self) -> None:
-        self.nodes: dict[int, list[Node]] = {}
-        self.root: Node | None = None
-
-    def node(self, module: nn.Module) -> Node | None:
-        found = self.nodes.get(id(module))
-        return found[0] if found else None
-
-
 class _Recorder(TorchFunctionMode):
-    def __init__(self, ctx: Context, captured: Captured) -> None:
+    def __init__(self, ctx: Resolver, nodes: dict[int, list[Node]]) -> None:
         super().__init__()
-        self.ctx, self.captured = ctx, captured
+        self.ctx, self.nodes = ctx, nodes  # module → the node of each of its recorded calls
         self.frames: list[_Frame] = []
         self.leaf_depth = 0
         self.owners: dict[int, tuple[nn.Module, str]] = {}  # parameter → (its module, its name)
@@ -192,23 +187,12 @@ class _Recorder(TorchFunctionMode):
                 out_values: Any = args[0]
             else:
                 out_values = out
-            self._emit(inputs, op_bond(func, list(args), self.ctx, operands=len(inputs)), out_values)
+            self._emit(inputs, op_bond(func, list(args), self.ctx.rules, operands=len(inputs)), out_values)
         return out
 
     # -- modules -------------------------------------------------------------------------
     def kind(self, module: nn.Module) -> str:
-        from .module import Modular
-
-        if isinstance(module, Modular):
-            return "declared"
-        rule = self.ctx.rules.lookup(module)
-        if rule is not None:
-            return "declared" if rule.node is not None else "leaf"
-        if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
-            return "declared"
-        if not any(True for _ in module.children()) and any(True for _ in module.parameters(recurse=False)):
-            return "leaf"
-        return "recorded"
+        return _KINDS[self.ctx.how(module)]
 
     def pre_hook(self, module: nn.Module, args: Any, kwargs: Any) -> None:
         kind = self.kind(module)
@@ -265,20 +249,33 @@ class _Recorder(TorchFunctionMode):
                 node = frame.graph.reduce("S", "T")
             except TraceError as e:
                 node = self.ctx.fallback(module, str(e))
-            self.captured.nodes.setdefault(id(module), []).append(node)
+            self.nodes.setdefault(id(module), []).append(node)
         if not self.frames:
-            self.captured.root = node
             return
         self._emit(self._inputs((call, frame.free), unique=True), node, output)
 
 
-def capture(ctx: Context, example_inputs: Any) -> Captured:
-    """Record ``ctx.model``'s forward on ``example_inputs`` (see the module docstring)."""
+class RecordedForward(Strategy):
+    """The strategy that records one real forward on ``example_inputs`` (see the module docstring)."""
+
+    runs_forward = True
+
+    def __init__(self, example_inputs: Any) -> None:
+        self.args, self.kwargs = as_call(example_inputs)
+        self.nodes: dict[int, list[Node]] = {}  # filled during the forward: declarations resolved then look their children up here
+
+    def prepare(self, resolver: Resolver) -> None:
+        _record(resolver, self.nodes, self.args, self.kwargs)
+
+    def node(self, module: nn.Module, resolver: Resolver) -> Node | None:
+        found = self.nodes.get(id(module))
+        return found[0] if found else None
+
+
+def _record(ctx: Resolver, nodes: dict[int, list[Node]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Run ``ctx.model`` once on (args, kwargs), recording the node of every recorded module call into ``nodes``."""
     model = ctx.model
-    args, kwargs = as_call(example_inputs)
-    captured = Captured()
-    ctx.captured = captured  # declarations resolved during the forward look their children up here
-    recorder = _Recorder(ctx, captured)
+    recorder = _Recorder(ctx, nodes)
     handles = []
     training = {m: m.training for m in model.modules()}
     try:
@@ -294,7 +291,7 @@ def capture(ctx: Context, example_inputs: Any) -> Captured:
                 raise
             except Exception as e:  # noqa: BLE001 - the user's forward failed on their inputs
                 first = str(e).splitlines()[0] if str(e) else ""
-                raise ValueError(
+                raise ForwardError(
                     f"example_inputs: the model's forward raised {type(e).__name__}: {first}. Pass inputs that "
                     "model(*example_inputs) (a tuple), model(**example_inputs) (a dict) or model(example_inputs) (a tensor) accepts"
                 ) from e
@@ -303,4 +300,3 @@ def capture(ctx: Context, example_inputs: Any) -> Captured:
             h.remove()
         for m, flag in training.items():
             m.training = flag
-    return captured

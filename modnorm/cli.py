@@ -66,10 +66,11 @@ def load_target(target: str) -> Any:
 def _describe(target: str | None, preset: str | None, lr: float | None, tree: bool) -> int:
     import torch
 
-    import modnorm
+    from .demo import demo_model
+    from .describe import describe
+    from .optim.factory import optimizer
 
     if target is None:
-        from modnorm.demo import demo_model
 
         obj: Any = demo_model()
     else:
@@ -77,10 +78,10 @@ def _describe(target: str | None, preset: str | None, lr: float | None, tree: bo
     if preset is not None:
         if not isinstance(obj, torch.nn.Module):
             raise SystemExit("modnorm describe: --optimizer needs a model, and the target is already an optimizer")
-        obj = modnorm.optimizer(obj, preset, **({} if lr is None else {"lr": lr}))
+        obj = optimizer(obj, preset, **({} if lr is None else {"lr": lr}))
     elif lr is not None:
         raise SystemExit("modnorm describe: --lr needs --optimizer PRESET")
-    print(modnorm.describe(obj, tree=tree) if isinstance(obj, torch.nn.Module) else modnorm.describe(obj))
+    print(describe(obj, tree=tree) if isinstance(obj, torch.nn.Module) else describe(obj))
     return 0
 
 
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "bench" and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "demo":
-        from modnorm.demo import MissingExtraError, run_demo
+        from .demo import MissingExtraError, run_demo
 
         try:
             run_demo(args.out, quick=args.quick, progress=not args.no_progress)

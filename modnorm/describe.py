@@ -17,16 +17,19 @@ when it has a small denominator (e.g. ``0.238095 (5/21)``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from fractions import Fraction
 
 import torch
 from torch import nn
 
-from .auto import Rules
 from .composition import render
-from .module import Analysis, Default, analyze
+from .network import analyze
+from .optim.describe import optimizer_table
+from .optim.optimizer import ModnormOptimizer
+from .resolver import Analysis, Default
+from .rules import LayerRules
+from .table import format_table, fraction_text
 
-__all__ = ["COLUMNS", "describe_rows", "describe", "format_table"]
+__all__ = ["COLUMNS", "describe_rows", "describe"]
 
 COLUMNS: tuple[str, ...] = ("name", "shape", "norm", "preconditioner", "role", "mass", "sensitivity", "budget")
 
@@ -37,15 +40,8 @@ def _number(x: float) -> str:
     return f"{x:g}"
 
 
-def _budget(x: float) -> str:
-    frac = Fraction(x).limit_denominator(1000)
-    exact = abs(float(frac) - x) <= 1e-12 * max(1.0, abs(x))
-    text = f"{x:.6g}"
-    return f"{text} ({frac})" if exact and frac.denominator > 1 else text
-
-
 def describe_rows(
-    model: nn.Module, rules: Rules | None = None, default: Default = None, overrides: Overrides | None = None,
+    model: nn.Module, rules: LayerRules | None = None, default: Default = None, overrides: Overrides | None = None,
     example_inputs: object = None,
 ) -> list[dict[str, str]]:
     """The rows of ``describe``: one dict per parameter, in ``named_parameters`` order."""
@@ -63,7 +59,7 @@ def _rows(analysis: Analysis, overrides: Overrides | None) -> list[dict[str, str
             "role": info.geometry.role,
             "mass": _number(info.mass),
             "sensitivity": _number(info.sensitivity),
-            "budget": _budget(info.budget),
+            "budget": fraction_text(info.budget),
         })
     if overrides:
         by_name = {r["name"]: r for r in rows}
@@ -79,22 +75,9 @@ def _rows(analysis: Analysis, overrides: Overrides | None) -> list[dict[str, str
     return rows
 
 
-def format_table(rows: Sequence[Mapping[str, str]], columns: Sequence[str] | None = None) -> str:
-    """Left-aligned text table of ``rows`` (missing cells are blank)."""
-    if columns is None:
-        columns = list(COLUMNS)
-        for r in rows:
-            columns += [c for c in r if c not in columns]
-    widths = {c: max([len(c)] + [len(r.get(c, "")) for r in rows]) for c in columns}
-    line = lambda cells: "  ".join(cells[i].ljust(widths[c]) for i, c in enumerate(columns)).rstrip()  # noqa: E731
-    out = [line(list(columns)), line(["-" * widths[c] for c in columns])]
-    out += [line([r.get(c, "") for c in columns]) for r in rows]
-    return "\n".join(out)
-
-
 def describe(
     model: nn.Module | torch.optim.Optimizer,
-    rules: Rules | None = None,
+    rules: LayerRules | None = None,
     default: Default = None,
     overrides: Overrides | None = None,
     columns: Sequence[str] | None = None,
@@ -103,7 +86,7 @@ def describe(
 ) -> str:
     """A table with one row per parameter; ``overrides`` replaces or adds cells (name → column → text),
     ``columns`` selects and orders columns, ``tree=True`` appends the composition tree;
-    ``example_inputs`` captures the composition from a real forward (``modnorm.analyze``).
+    ``example_inputs`` captures the composition from a real forward (``modnorm.network.analyze``).
     A ``torch.compile``/DDP wrapper is looked through: names carry no wrapper prefix.
 
     Given a ``modnorm.optimizer(...)`` instead of a model: what the optimizer does per parameter
@@ -120,6 +103,8 @@ def describe(
         bad = [c for c in columns if c not in known]
         if bad:
             raise ValueError(f"describe: unknown columns {bad}; available: {sorted(known)}")
+    if columns is None:
+        columns = list(COLUMNS) + list(dict.fromkeys(c for r in rows for c in r if c not in COLUMNS))
     text = format_table(rows, columns)
     if not rows:
         text += "\n(no parameters)"
@@ -131,9 +116,6 @@ def describe(
 
 
 def _describe_optimizer(opt: torch.optim.Optimizer, columns: Sequence[str] | None, **model_only: object) -> str:
-    from .optim import ModnormOptimizer
-    from .optim.describe import optimizer_table
-
     if not isinstance(opt, ModnormOptimizer):
         raise TypeError(f"describe: a {type(opt).__module__}.{type(opt).__name__} is not a modnorm optimizer; pass the model, or an optimizer from modnorm.optimizer(...)")
     given = [k for k, v in model_only.items() if v not in (None, False)]

@@ -46,7 +46,7 @@ def geometry_error(missing: dict[str, tuple[Tensor, nn.Module]]) -> GeometryErro
         else:  # the rule declares the whole layer: every parameter of it, those with a default too
             by_type.setdefault(type(owner), {}).update(owner.named_parameters(recurse=False))
     lines.append("Declare them (then pass rules=rules to modnorm.optimizer, budgets, geometries or describe):")
-    lines.append("  rules = modnorm.Rules()")
+    lines.append("  rules = modnorm.LayerRules()")
     for t, params in by_type.items():
         geos = ", ".join(f"{local!r}: {_suggest(p)}" for local, p in params.items())
         lines.append(f"  rules.register({t.__name__}, {{{geos}}})  # {t.__name__} from {t.__module__}")
@@ -60,10 +60,10 @@ def fallback_warning(untraced: Sequence[tuple[str, str]], captured: bool) -> str
     """The warning for modules composed as a flat tuple: which, why, and the resulting budgets."""
     which = "; ".join(f"{path}: {reason}" for path, reason in untraced)
     fix = (
-        "give such a module a rule (modnorm.Rules.register_node) or make its dataflow series-parallel"
+        "give such a module a rule (modnorm.LayerRules.register_node) or make its dataflow series-parallel"
         if captured else
         "pass example_inputs=<inputs the forward accepts> to modnorm.optimizer / budgets / geometries / describe to "
-        "capture the composition from a real forward, or give such a module a rule (modnorm.Rules.register_node)"
+        "capture the composition from a real forward, or give such a module a rule (modnorm.LayerRules.register_node)"
     )
     return (
         f"modnorm: the composition of {len(untraced)} module(s) could not be recovered ({which}). Budgets fall back to "

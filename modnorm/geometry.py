@@ -1,6 +1,6 @@
 """The geometry a parameter declares: its norm, its default preconditioner, its role.
 
-Layers (``modnorm.layers``) and rules for plain torch.nn modules (``modnorm.auto``)
+Layers (``modnorm.layers``) and rules for plain torch.nn modules (``modnorm.rules``)
 produce one ``Geometry`` per parameter; the optimizer reads it to build the parameter's
 update. ``role`` lets presets route parameters (Muon sends everything but hidden
 matrices to an AdamW-like rule) without hand-written parameter groups.

@@ -32,7 +32,7 @@ tends to a depth-independent value: the step of a given layer does not shrink wi
 from __future__ import annotations
 
 from .composition import Atom, Bond, Chain, Node, Tared, Tuple, scaled
-from .trace import SumBond
+from .graph import SumBond
 
 __all__ = ["residual_form", "count_residual_sums"]
 

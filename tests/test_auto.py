@@ -92,7 +92,7 @@ def test_tracing_a_transformer_block() -> None:
     assert b["attn.out_proj.weight"] == pytest.approx(t / 5)
     assert b["attn.in_proj_weight"] == pytest.approx(3 * t / 5) and b["attn.in_proj_bias"] == pytest.approx(3 * t / 5)
     assert b["ln1.weight"] == pytest.approx(t / 5)
-    assert modnorm.structure(block).sensitivity == pytest.approx(s)
+    assert modnorm.network.structure(block).sensitivity == pytest.approx(s)
     g = modnorm.geometries(block)
     assert {g[n].role for n in g if n.endswith("weight") and "ln" not in n} == {"hidden"}  # two terminal layers: no head
     assert isinstance(g["attn.in_proj_weight"].norm, Stacked)
@@ -207,7 +207,7 @@ def test_unknown_parameter_raises_an_error_naming_it_and_the_fix() -> None:
     g = modnorm.geometries(net, default=Geometry(Frobenius(), "adam", "hidden"))
     assert isinstance(g["1.kernel"].norm, Frobenius)
     # or a name override
-    rules = modnorm.Rules()
+    rules = modnorm.LayerRules()
     rules.override("*.kernel", norm=Sign(), role="hidden")
     assert isinstance(modnorm.geometries(net, rules=rules)["1.kernel"].norm, Sign)
     # a leaf holding only vectors is a gain module: no error, RMS
@@ -215,7 +215,7 @@ def test_unknown_parameter_raises_an_error_naming_it_and_the_fix() -> None:
 
 
 def test_registering_a_user_layer_type_with_a_user_norm() -> None:
-    rules = modnorm.Rules()
+    rules = modnorm.LayerRules()
     rules.register(Scaler, {"kernel": Geometry(LInf(), "none", "vector")}, mass=2.0, sensitivity=0.5)
     net = nn.Sequential(nn.Linear(3, 3, bias=False), Scaler(3), nn.Linear(3, 3, bias=False))
     b = modnorm.budgets(net, rules=rules)
@@ -229,15 +229,15 @@ def test_registering_a_user_layer_type_with_a_user_norm() -> None:
 
 def test_global_registration() -> None:
     try:
-        modnorm.register_rule(Scaler, lambda m: {"kernel": Geometry(LInf(), "adam", "vector")})
+        modnorm.rules.register_rule(Scaler, lambda m: {"kernel": Geometry(LInf(), "adam", "vector")})
         assert isinstance(modnorm.geometries(Scaler(2))["kernel"].norm, LInf)
     finally:
-        modnorm.DEFAULT_RULES._types.pop(Scaler)
+        modnorm.rules.DEFAULT_RULES._types.pop(Scaler)
 
 
 def test_overrides_per_type_and_per_name() -> None:
     net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-    rules = modnorm.Rules()
+    rules = modnorm.LayerRules()
     rules.register(nn.Linear, lambda m: {"weight": Geometry(Frobenius(), "none", "hidden"), "bias": Geometry(RMS(), "none", "vector")})
     g = modnorm.geometries(net, rules=rules)
     assert isinstance(g["0.weight"].norm, Frobenius) and g["2.weight"].role == "hidden"  # no head rule now
@@ -249,7 +249,7 @@ def test_overrides_per_type_and_per_name() -> None:
     # name overrides apply to modnorm layers too
     from modnorm import layers as L
 
-    r2 = modnorm.Rules()
+    r2 = modnorm.LayerRules()
     r2.override("0.weight", preconditioner="none")
     assert modnorm.geometries(modnorm.Sequential(L.Linear(3, 3)), rules=r2)["0.weight"].preconditioner == "none"
     with pytest.raises(TypeError, match="unknown Geometry fields"):
@@ -260,7 +260,7 @@ def test_overrides_per_type_and_per_name() -> None:
 
 def test_set_mass_tares_a_plain_submodule() -> None:
     net = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False)))
-    rules = modnorm.Rules()
+    rules = modnorm.LayerRules()
     rules.set_mass("1", 1.0)
     assert modnorm.budgets(net, rules=rules) == pytest.approx({"0.weight": 1 / 2, "1.0.weight": 1 / 4, "1.1.weight": 1 / 4})
 
@@ -275,7 +275,7 @@ def test_root_parameter_read_in_forward() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.proj(x + self.pos)
 
-    rules = modnorm.Rules()
+    rules = modnorm.LayerRules()
     rules.override("pos", Geometry(RMS(), "adam", "vector"))
     b = modnorm.budgets(WithPos(), rules=rules)
     # (x, pos) in parallel then proj: μ = 2, both 1/2
@@ -296,7 +296,7 @@ def test_head_detection_needs_two_layers_and_can_be_switched_off() -> None:
     assert modnorm.geometries(nn.Linear(3, 3))["weight"].role == "hidden"
     net = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3))
     assert modnorm.geometries(net)["2.weight"].role == "head"
-    assert modnorm.geometries(net, rules=modnorm.Rules(auto_head=False))["2.weight"].role == "hidden"
+    assert modnorm.geometries(net, rules=modnorm.LayerRules(auto_head=False))["2.weight"].role == "hidden"
 
 
 def test_tied_weights_and_unused_modules() -> None:
@@ -338,7 +338,7 @@ def test_shape_asserts_and_position_indices_trace() -> None:
     b = _no_warnings(modnorm.budgets, TinyLM())
     # (wte, wpe) in parallel (μ 2) then the head: 1/3 each; wpe's input is the positions, not the tokens
     assert b == pytest.approx({"wte.weight": 1 / 3, "wpe.weight": 1 / 3, "head.weight": 1 / 3})
-    assert modnorm.structure(TinyLM()).sensitivity == pytest.approx(1.0)
+    assert modnorm.network.structure(TinyLM()).sensitivity == pytest.approx(1.0)
 
 
 def test_parameter_left_out_of_a_rule_is_reported() -> None:
@@ -351,7 +351,7 @@ def test_parameter_left_out_of_a_rule_is_reported() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x @ self.weight.T + self.shift
 
-    rules = modnorm.Rules()
+    rules = modnorm.LayerRules()
     rules.register(Affine, {"weight": Geometry(Spectral(), "adam", "hidden")})
     with pytest.raises(modnorm.GeometryError, match=r"(?s)'1\.shift'.*rules.register\(Affine, \{'weight': .*'shift'"):
         modnorm.geometries(nn.Sequential(nn.Linear(3, 3), Affine()), rules=rules)
@@ -409,10 +409,10 @@ def test_traced_operation_sensitivities() -> None:
             h = torch.sigmoid(h) * 0.5 + torch.zeros_like(h)  # sigmoid 1/4, ×0.5, zeros_like contributes 0
             return self.b(h)
 
-    node = modnorm.structure(Ops())
+    node = modnorm.network.structure(Ops())
     assert node.sensitivity == pytest.approx(1 / 4 * 1 / 4 * 0.5)
     b = modnorm.budgets(Ops())
     assert b["b.weight"] == pytest.approx(1 / 2) and b["a.weight"] == pytest.approx(1 / 2 / (1 / 32))
-    rules = modnorm.Rules()
+    rules = modnorm.LayerRules()
     rules.register_function(torch.sigmoid, 1.0)
-    assert modnorm.structure(Ops(), rules=rules).sensitivity == pytest.approx(1 / 4 * 0.5)
+    assert modnorm.network.structure(Ops(), rules=rules).sensitivity == pytest.approx(1 / 4 * 0.5)

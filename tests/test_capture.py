@@ -51,8 +51,8 @@ class SelfAttention(nn.Module):
 def test_self_attention_counts_its_input_once() -> None:
     # in_proj (ν 1) → attention map (ν 1) → out_proj (ν 1): the layer has sensitivity 1, not 3
     model = SelfAttention(4)
-    assert modnorm.structure(model).sensitivity == pytest.approx(1.0)
-    assert modnorm.structure(model, example_inputs=torch.randn(2, 3, 4)).sensitivity == pytest.approx(1.0)
+    assert modnorm.network.structure(model).sensitivity == pytest.approx(1.0)
+    assert modnorm.network.structure(model, example_inputs=torch.randn(2, 3, 4)).sensitivity == pytest.approx(1.0)
 
 
 class Untraceable(nn.Module):
@@ -113,11 +113,11 @@ def test_compiled_and_data_parallel_models_are_looked_through() -> None:
 transformers = pytest.importorskip("transformers")
 
 
-def _rules() -> modnorm.Rules:
+def _rules() -> modnorm.LayerRules:
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
     from transformers.pytorch_utils import Conv1D
 
-    rules = modnorm.Rules()  # layer coverage aside: here only the composition is under test
+    rules = modnorm.LayerRules()  # layer coverage aside: here only the composition is under test
     rules.register(Conv1D, {"weight": D.hidden(), "bias": D.vector()})
     rules.register(LlamaRMSNorm, {"weight": D.vector()})
     return rules

@@ -177,7 +177,7 @@ def test_recurrent_weights_are_gate_blocks(kind: str, gates: int) -> None:
         assert torch.allclose(_rms_gain(blocks), torch.ones(gates, dtype=torch.float64), rtol=1e-10), name
         assert geos[name].role == "hidden"
     assert geos["bias_ih_l0"].role == "vector"
-    assert modnorm.structure(rnn).mass == 2.0
+    assert modnorm.network.structure(rnn).mass == 2.0
 
 
 def test_multihead_attention_blocks_and_muon_shape_factor() -> None:

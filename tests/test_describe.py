@@ -13,7 +13,7 @@ from torch import nn
 import modnorm
 from modnorm import cli
 from modnorm import layers as L
-from modnorm.describe import COLUMNS
+from modnorm.describe import COLUMNS, describe_rows
 
 
 def _model() -> nn.Module:
@@ -22,7 +22,7 @@ def _model() -> nn.Module:
 
 def test_one_row_per_parameter_with_every_column() -> None:
     model = _model()
-    rows = modnorm.describe_rows(model)
+    rows = describe_rows(model)
     assert [r["name"] for r in rows] == [n for n, _ in model.named_parameters()]
     assert all(set(r) == set(COLUMNS) for r in rows)
     by = {r["name"]: r for r in rows}
@@ -95,7 +95,7 @@ def test_describe_optimizer_shows_the_norm_used_the_route_and_the_effective_lr()
     model = _mlp()
     opt = modnorm.optimizer(model, "muadam", lr=1e-2, adamw_lr_ratio=0.5, budgets=True)
     rows = {r["name"]: r for r in opt.describe_rows()}
-    declared = {r["name"]: r for r in modnorm.describe_rows(model)}
+    declared = {r["name"]: r for r in describe_rows(model)}
     assert declared["4.weight"]["norm"].startswith("RowNorm") and declared["0.bias"]["norm"] == "RMS()"
     # what the optimizer really does: MuAdam on hidden matrices, its AdamW rule on the head and the biases
     assert rows["0.weight"]["route"] == "hidden" and rows["0.weight"]["norm"].startswith("Spectral(") and rows["0.weight"]["mode"] == "lmo"

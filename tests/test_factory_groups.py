@@ -108,7 +108,7 @@ def test_geometry_error_lists_every_parameter_and_every_fix_works_as_written() -
         assert name in msg
     assert "'pos'" not in msg and "'g.gate'" not in msg and "'gate':" in msg  # Gated's rule declares the whole layer
     lines = msg.splitlines()
-    start = lines.index("  rules = modnorm.Rules()")
+    start = lines.index("  rules = modnorm.LayerRules()")
     code = "\n".join(line.strip() for line in lines[start:] if line.startswith("  rules"))
     namespace = {"modnorm": modnorm, "Gated": Gated, "Mix": Mix}
     exec(code, namespace)  # the suggested declarations, as printed

@@ -133,13 +133,13 @@ def test_bonds_declare_sensitivity_and_keep_torch_forward() -> None:
     assert L.GELU(normalize=True).sensitivity == 1.0
     silu_slope = (F.silu(xs[1:]) - F.silu(xs[:-1])) / (xs[1:] - xs[:-1])
     assert L.SiLU().sensitivity == pytest.approx(float(silu_slope.max()), rel=1e-6)
-    node = modnorm.structure(modnorm.Sequential(L.Linear(2, 2), L.GELU(), L.ReLU()))
+    node = modnorm.network.structure(modnorm.Sequential(L.Linear(2, 2), L.GELU(), L.ReLU()))
     assert node.sensitivity == pytest.approx(L.GELU().sensitivity)
 
 
 def test_norm_layer_without_affine_is_a_bond() -> None:
     model = modnorm.Sequential(L.Linear(4, 4, bias=False), L.RMSNorm(4, elementwise_affine=False), L.Linear(4, 4, bias=False))
-    assert modnorm.structure(model).mass == 2
+    assert modnorm.network.structure(model).mass == 2
     assert modnorm.budgets(model) == pytest.approx({"0.weight": 0.5, "2.weight": 0.5})
 
 
@@ -148,7 +148,7 @@ def test_attention_declares_modulas_composition() -> None:
     attn = L.CausalSelfAttention(16, 4)
     b = modnorm.budgets(attn)
     assert b == pytest.approx({"q.weight": 3 / 4, "k.weight": 3 / 4, "v.weight": 3 / 4, "o.weight": 1 / 4})
-    assert modnorm.structure(attn).sensitivity == pytest.approx(1.0)
+    assert modnorm.network.structure(attn).sensitivity == pytest.approx(1.0)
     # forward: causal — the output at position t does not depend on inputs after t
     x = torch.randn(2, 6, 16)
     y = attn(x)

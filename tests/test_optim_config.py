@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import modnorm
-from modnorm import ConfigError, OptimizerConfig
+from modnorm import ConfigError
+from modnorm.optim import OptimizerConfig
 from modnorm.optim import PRESETS
 
 # sophia* need a Hessian source (loss_fn= or from_graph=True); they are tested with it in tests/test_hessian.py.

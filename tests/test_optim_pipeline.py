@@ -194,7 +194,7 @@ def test_modular_budgets_scale_the_step_and_budgets_false_disables_them():
     for with_b, without, default in zip(moves[True], moves[False], moves[None]):
         torch.testing.assert_close(with_b, without / 3)
         torch.testing.assert_close(default, without, rtol=0, atol=0)  # the default is one lr for all layers
-    assert modnorm.OptimizerConfig(preset="sgd").budgets is False
+    assert modnorm.optim.OptimizerConfig(preset="sgd").budgets is False
 
 
 def test_muon_routes_embedding_head_and_vectors_to_adamw():

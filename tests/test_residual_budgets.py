@@ -169,7 +169,7 @@ def relative_changes(kind: str, preset: str, lr: float, steps: int = 2) -> dict[
     make, data = ZOO[kind]
     torch.manual_seed(0)
     model = make()
-    rules = modnorm.Rules()
+    rules = modnorm.LayerRules()
     rules.override("*gamma", D.vector())
     opt = modnorm.optimizer(model, preset, rules=rules, lr=lr, example_inputs=data(), budgets=True)
     mats = {n: p for n, p in model.named_parameters() if p.ndim >= 2}
@@ -198,7 +198,7 @@ def test_no_weight_matrix_is_frozen(kind: str, preset: str, lr: float) -> None:
 
 def test_layer_scale_parameters_join_where_they_are_used() -> None:
     # gamma * h read mid-forward used to bridge from the source: not series-parallel, flat fall-back (ratios 1e10)
-    rules = modnorm.Rules()
+    rules = modnorm.LayerRules()
     rules.override("*gamma", D.vector())
     import warnings
 

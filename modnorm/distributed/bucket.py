@@ -56,20 +56,21 @@ class ShardedBucket:
 
     dstates: Sequence[dict[str, Any]] = ()  # the original states (DTensor values)
 
-    def precondition(self, precond: Any, base: Norm, grads: Sequence[Tensor], step: int, ctx: Any) -> Norm:
+    def precondition(
+        self, precond: Any, base: Norm, grads: Sequence[Tensor], step: int, ctx: Any, *, reserved: frozenset[str],
+    ) -> Norm:
         """Update ``precond``'s statistics from the bucket's (local) ``grads`` and return its
-        norm, wrapped to act on stacked local shards (see the module docstring)."""
+        norm, wrapped to act on stacked local shards (see the module docstring). ``reserved``:
+        the optimizer's own state keys (never gathered or written here)."""
         if not self.whole_statistics:
             precond.update_many(self.states, grads, step, ctx)
             return self.norm(precond.norm(base, self.states, step))
-        from ..optim.preconditioner import RESERVED_STATE_KEYS
-
-        gathered = [{k for k, v in s.items() if k not in RESERVED_STATE_KEYS and is_dtensor(v)} for s in self.dstates]
+        gathered = [{k for k, v in s.items() if k not in reserved and is_dtensor(v)} for s in self.dstates]
         whole = [{k: (v.full_tensor() if k in keys else v) for k, v in s.items()} for s, keys in zip(self.dstates, gathered)]
         precond.update_many(whole, self.whole(grads), step, ctx)
         for local, w, keys in zip(self.states, whole, gathered):  # the new values; the optimizer commits them
             for k, v in w.items():
-                if k not in RESERVED_STATE_KEYS:
+                if k not in reserved:
                     local[k] = self.local_slice(v) if k in keys else v
         return self.norm(precond.norm(base, whole, step))
 

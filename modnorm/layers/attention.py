@@ -22,7 +22,7 @@ from ..composition import Bond, Chain, Node, Tuple, scaled
 from .linear import Linear
 
 if TYPE_CHECKING:
-    from ..module import Context
+    from ..resolver import Resolver
 
 __all__ = ["CausalSelfAttention", "rotary"]
 
@@ -74,7 +74,7 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.o(self.output_scale * y)
 
-    def modular(self, ctx: Context) -> Node:
+    def modular(self, ctx: Resolver) -> Node:
         qkv = Tuple([ctx.resolve(self.q), ctx.resolve(self.k), ctx.resolve(self.v)])
         attn = Chain([qkv, Bond(1.0, name="causal attention")])
         return Chain([scaled(self.output_scale, attn), ctx.resolve(self.o)])

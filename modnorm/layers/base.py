@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ..composition import Bond, Node
 from ..geometry import Geometry
 from ..norms import Norm, Spectral, SpectralConv
+from .stacked import inner, rewrap
 
 if TYPE_CHECKING:
-    from ..composition import Node
-    from ..module import Context
+    from ..resolver import Resolver
 
 __all__ = ["AtomLayer", "normed_init_", "INITS"]
 
@@ -29,8 +30,6 @@ INITS: tuple[str, ...] = ("torch", "normed")
 
 def _exact(norm: Norm) -> Norm:
     """The same norm with an exact (SVD) polar factor, for initialization (inside any block wrappers)."""
-    from .stacked import inner, rewrap
-
     if inner(norm) is not norm:
         return rewrap(norm, _exact(inner(norm)))
     if type(norm) is Spectral:
@@ -85,11 +84,9 @@ class AtomLayer:
         """Geometries to use if this layer is the network's output head (None: no change)."""
         return None
 
-    def modular(self, ctx: Context) -> Node:
+    def modular(self, ctx: Resolver) -> Node:
         geos = self.declared()
         if not any(getattr(self, k, None) is not None for k in geos):
-            from ..composition import Bond
-
             return Bond(self.sensitivity, name=ctx.path(self))  # type: ignore[arg-type]
         return ctx.atom(self, geos, self.mass, self.sensitivity, head=self.declared_head())  # type: ignore[arg-type]
 

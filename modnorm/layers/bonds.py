@@ -15,7 +15,7 @@ from ..composition import Bond, Node, scaled
 from . import defaults as D
 
 if TYPE_CHECKING:
-    from ..module import Context
+    from ..resolver import Resolver
 
 __all__ = ["ReLU", "GELU", "SiLU", "Scale"]
 
@@ -23,7 +23,7 @@ __all__ = ["ReLU", "GELU", "SiLU", "Scale"]
 class _BondLayer:
     sensitivity: float
 
-    def modular(self, ctx: Context) -> Node:
+    def modular(self, ctx: Resolver) -> Node:
         return Bond(self.sensitivity, name=ctx.path(self))  # type: ignore[arg-type]
 
 
@@ -75,7 +75,7 @@ class Scale(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.factor * (self.module(x) if self.module is not None else x)
 
-    def modular(self, ctx: Context) -> Node:
+    def modular(self, ctx: Resolver) -> Node:
         inner = ctx.resolve(self.module) if self.module is not None else Bond(1.0, name="identity")
         return scaled(self.factor, inner)
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ..composition import Bond, Chain, Node, Tared, Tuple, scaled
 
 if TYPE_CHECKING:
-    from ..module import Context
+    from ..resolver import Resolver
 
 __all__ = ["Sequential", "Residual", "Parallel"]
 
@@ -39,7 +39,7 @@ class Sequential(nn.Sequential):
         super().__init__(*args)
         self.mass = _check_mass("Sequential", mass)
 
-    def modular(self, ctx: Context) -> Node:
+    def modular(self, ctx: Resolver) -> Node:
         return _tare(Chain([ctx.resolve(m) for m in self]), self.mass)
 
 
@@ -62,7 +62,7 @@ class Residual(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return (1.0 - 1.0 / self.L) * x + (1.0 / self.L) * self.block(x)
 
-    def modular(self, ctx: Context) -> Node:
+    def modular(self, ctx: Resolver) -> Node:
         skip = Bond(1.0 - 1.0 / self.L, name="residual skip")
         node = Chain([Tuple([skip, scaled(1.0 / self.L, ctx.resolve(self.block))]), Bond(1.0, name="add")])
         return _tare(node, self.mass)
@@ -99,7 +99,7 @@ class Parallel(nn.Module):
             return torch.cat(outs, dim=-1)
         return outs
 
-    def modular(self, ctx: Context) -> Node:
+    def modular(self, ctx: Resolver) -> Node:
         node: Node = Tuple([ctx.resolve(m) for m in self.branches])
         if self.combine != "tuple":
             node = Chain([node, Bond(1.0, name=self.combine)])

@@ -1,6 +1,6 @@
 """Validated optimizer configuration: preset + hyperparameters, round-tripping through JSON.
 
-    cfg = modnorm.OptimizerConfig(preset="muadam", hyperparameters={"lr": 3e-4})
+    cfg = modnorm.optim.OptimizerConfig(preset="muadam", hyperparameters={"lr": 3e-4})
     text = cfg.model_dump_json()
     opt = modnorm.optimizer(model, config=text)        # or config=cfg, or a dict
 
@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 
 def get_preset(name: str) -> Preset:
     if not isinstance(name, str) or name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)} (or pass a modnorm.Recipe)")
+        raise ConfigError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)} (or pass a modnorm.optim.Recipe)")
     return PRESETS[name]
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from ..describe import _budget, format_table
+from ..table import format_table, fraction_text
 
 if TYPE_CHECKING:
     from .optimizer import ModnormOptimizer
@@ -80,7 +80,7 @@ def _cell(column: str, value: Any) -> str:
     if column == "shape":
         return "×".join(str(s) for s in value) or "scalar"
     if column == "budget":
-        return _budget(value)
+        return fraction_text(value)
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

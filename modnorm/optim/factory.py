@@ -1,7 +1,7 @@
 """``modnorm.optimizer(model_or_params, preset, **hyperparameters)``: the generated optimizer.
 
 Given an ``nn.Module`` (a ``torch.compile``/DDP wrapper is looked through), every
-parameter's geometry and modular budget come from ``modnorm.analyze(model, rules,
+parameter's geometry and modular budget come from ``modnorm.network.analyze(model, rules,
 default, example_inputs)``; parameters with ``requires_grad=False`` are left out, and
 ``param_groups`` (torch-style dicts over the model's parameters, given as tensors or
 (name, tensor) pairs) set per-group hyperparameters without losing that geometry.
@@ -28,7 +28,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..auto import Rules
+from ..rules import LayerRules
 from .config import ConfigError, OptimizerConfig, get_preset
 from .optimizer import ModnormOptimizer
 from .recipe import Recipe
@@ -90,7 +90,7 @@ def optimizer(
     preset: str | Recipe = "adamw",
     *,
     param_groups: Iterable[dict[str, Any]] | None = None,
-    rules: Rules | None = None,
+    rules: LayerRules | None = None,
     default: Any = None,
     example_inputs: Any = None,
     config: OptimizerConfig | str | dict[str, Any] | None = None,
@@ -105,10 +105,10 @@ def optimizer(
     Args:
         model_or_params: an nn.Module (recommended), or an iterable of tensors, (name, tensor)
             pairs or param-group dicts (geometry then inferred from rank, budgets 1).
-        preset: a preset name (see ``modnorm.optim.PRESETS``) or a ``modnorm.Recipe``.
+        preset: a preset name (see ``modnorm.optim.PRESETS``) or a ``modnorm.optim.Recipe``.
         param_groups: with a model, torch-style groups over its parameters (tensors or
             (name, tensor) pairs) with per-group hyperparameters; geometry and budgets stay the model's.
-        rules, default, example_inputs: as in ``modnorm.analyze`` (rules for your layer
+        rules, default, example_inputs: as in ``modnorm.network.analyze`` (rules for your layer
             types, a fallback geometry, inputs to capture the composition from a real forward).
         config: an ``OptimizerConfig`` (or its JSON text, or a dict); replaces ``preset``,
             ``budgets``, ``nonfinite``, ``state_dtype`` and the hyperparameters.
@@ -134,7 +134,7 @@ def optimizer(
         preset, budgets, nonfinite, state_dtype = config.preset, config.budgets, config.nonfinite, config.state_dtype
         hyperparameters = dict(config.hyperparameters)
     if isinstance(model_or_params, nn.Module):
-        from ..module import analyze, unwrap
+        from ..network import analyze, unwrap
 
         model = unwrap(model_or_params)
         if isinstance(preset, str) and hyperparameters.get("model") is None and "model" in get_preset(preset).hyperparameters.model_fields:

@@ -209,7 +209,7 @@ def get_preconditioner(name: str, **hyperparameters: object) -> Preconditioner:
     if name not in PRECONDITIONERS:
         raise KeyError(
             f"unknown preconditioner {name!r}; registered: {sorted(PRECONDITIONERS)}. "
-            "Add one with modnorm.register_preconditioner(name, factory)"
+            "Add one with modnorm.optim.register_preconditioner(name, factory)"
         )
     try:
         return PRECONDITIONERS[name](**hyperparameters)

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ..norms import Frobenius, Norm
 from .momentum import apply_momentum, momentum_scale
-from .preconditioner import Identity, Preconditioner, StepContext
+from .preconditioner import RESERVED_STATE_KEYS, Identity, Preconditioner, StepContext
 from .update_stages import after_direction, schedule_free
 from .step_size import Direction
 
@@ -166,7 +166,7 @@ def update_bucket(
         if sharded is not None:
             norm = sharded.norm(norm)
     elif sharded is not None:  # statistics on shards (or whole tensors); dual map via all_to_all to owner ranks
-        norm = sharded.precondition(precond, base, grads, step, ctx)
+        norm = sharded.precondition(precond, base, grads, step, ctx, reserved=RESERVED_STATE_KEYS)
     else:
         precond.update_many(states, grads, step, ctx)
         norm = precond.norm(base, states, step)

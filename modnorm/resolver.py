@@ -1,92 +1,99 @@
-"""The geometry of a whole network: per-parameter geometries, budgets and the modular norm.
+"""Resolving a network's geometry: from an ``nn.Module`` to per-parameter geometries and budgets.
 
-``structure(model)`` turns any ``nn.Module`` into a composition tree
-(``modnorm.composition``), resolving every module, outermost first, by
+``Resolver(model, rules, default, strategies)`` turns every module, outermost first, into a
+composition node (``modnorm.composition``) by
 
 1. its own declaration: a module with a ``modular(ctx) -> Node`` method (every
-   ``modnorm.layers`` layer and ``modnorm.Sequential``/``Residual``/``Parallel``/``Scale``);
-2. a rule (``modnorm.auto.Rules``) for its type: an atom, a bond or a custom node;
-3. ``nn.Sequential``: the chain of its children;
-4. its node from a real forward on example inputs (``modnorm.capture``) when
-   ``example_inputs`` are given (or the model carries ``dummy_inputs``, as transformers'
-   models do); else tracing its forward with torch.fx (``modnorm.trace``), every
-   submodule a leaf resolved in turn by these steps;
-5. if neither recovers it: the fallback, a flat ``Tuple`` of its children (and of its
-   own parameters). One warning per analysis names every such module, why, and what
-   the budgets fall back to.
-
-Plain residual sums found by tracing or capture are then composed in the convex form
-(``modnorm.residual``). A model wrapped by ``torch.compile``, ``DistributedDataParallel``
-or ``DataParallel`` is analysed as the module it wraps (names without the wrapper's
-``_orig_mod.``/``module.`` prefix). Parameters with no declared or inferable geometry
-are all collected and reported by one ``GeometryError``.
+   ``modnorm.layers`` layer and ``Sequential``/``Residual``/``Parallel``/``Scale``);
+2. a layer rule (``modnorm.rules.LayerRules``) for its type: an atom, a bond or a custom node;
+3. ``nn.Sequential``: the chain of its children; ``nn.ModuleList``/``ModuleDict``: the tuple;
+   a leaf holding parameters: one atom of them;
+4. the strategies, in order, each a way of recovering a module's node from its forward
+   (``modnorm.capture.RecordedForward``: one real forward; ``modnorm.trace.FxTrace``:
+   torch.fx), every submodule resolved in turn by these steps;
+5. if none recovers it: the fallback, a flat ``Tuple`` of its children (and of its own
+   parameters), recorded in ``untraced``.
 
 A mass override (``rules.set_mass(path, mass)``) wraps the module's node in ``Tared``.
 
-Output head: in a network of at least two weight layers, the module the model returns
-from ``get_output_embeddings()`` (transformers), else the *only terminal atom* — the
-one weight layer whose output reaches the model's output without passing through another
-weight layer — else a head found by name (``modnorm.detect``) switches to its head
-geometries if its rule or layer offers them (``nn.Linear``: RowNorm, role "head"). A
-modnorm ``Linear(head=True/False)``, a name override or ``Rules(auto_head=False)`` decides explicitly.
+``resolve(model, rules, default, strategies)`` resolves the whole model and derives,
+per parameter, its geometry and budget (``Analysis``):
 
-A parameter used by several atoms (weight tying, a module called twice) keeps the
-smallest of its budgets and one geometry: the embedding geometry when one of the modules
-holding it declares one (a tied input/output table is an embedding, never a hidden
-matrix), else its first use's.
+- plain residual sums found by a strategy are composed in the convex form (``modnorm.residual``);
+- output head: in a network of at least two weight layers, the module the model returns
+  from ``get_output_embeddings()`` (transformers), else the *only terminal atom* — the one
+  weight layer whose output reaches the model's output without passing through another
+  weight layer — else a head found by name (``modnorm.detect``) switches to its head
+  geometries if its rule or layer offers them (``nn.Linear``: RowNorm, role "head"). A
+  modnorm ``Linear(head=True/False)``, a name override or ``LayerRules(auto_head=False)``
+  decides explicitly;
+- a parameter used by several atoms (weight tying, a module called twice) keeps the
+  smallest of its budgets and one geometry: the embedding geometry when one of the
+  modules holding it declares one (a tied input/output table is an embedding, never a
+  hidden matrix), else its first use's;
+- parameters with no declared or inferable geometry are all collected and reported by
+  one ``GeometryError``; modules that fell back are named in one warning.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from .auto import DEFAULT_RULES, Rules
 from .composition import Atom, Bond, Chain, Node, Tared, Tuple
 from .detect import declared_head_path, named_head_path, raw_parameter_geometry
 from .fixes import GeometryError, fallback_warning, geometry_error
 from .geometry import Geometry
-from .residual import residual_form
+from .graph import TraceError
 from .layers import defaults as _D
+from .residual import residual_form
+from .rules import DEFAULT_RULES, LayerRules
 
-__all__ = [
-    "Modular",
-    "Context",
-    "GeometryError",
-    "ParamInfo",
-    "Analysis",
-    "analyze",
-    "structure",
-    "geometries",
-    "budgets",
-    "modular_norm",
-]
+__all__ = ["Modular", "Strategy", "Resolver", "ParamInfo", "Analysis", "Default", "resolve"]
 
 Default = Geometry | Callable[[str, Tensor], Geometry] | None
 
-_PLACEHOLDER = _D.vector()  # stands in for a missing geometry until analyze() reports them all
+_PLACEHOLDER = _D.vector()  # stands in for a missing geometry until resolve() reports them all
 
 
 @runtime_checkable
 class Modular(Protocol):
     """A module that declares its own composition node."""
 
-    def modular(self, ctx: Context) -> Node: ...
+    def modular(self, ctx: Resolver) -> Node: ...
 
 
-class Context:
+class Strategy:
+    """A way of recovering the node of a module that neither declares one nor has a rule.
+
+    ``prepare(resolver)`` runs once before the model is resolved; ``node(module, resolver)``
+    returns the module's node, ``None`` to leave it to the next strategy, or raises
+    ``modnorm.graph.TraceError`` when the module's dataflow cannot be composed.
+    ``runs_forward``: whether the strategy runs the model (the fallback warning's advice
+    depends on it).
+    """
+
+    runs_forward: bool = False
+
+    def prepare(self, resolver: Resolver) -> None:
+        return None
+
+    def node(self, module: nn.Module, resolver: Resolver) -> Node | None:
+        raise NotImplementedError
+
+
+class Resolver:
     """Resolves modules of one model into nodes; passed to ``modular(ctx)`` and to node rules."""
 
-    def __init__(self, model: nn.Module, rules: Rules | None = None, default: Default = None) -> None:
-        from .capture import Captured
-
-        if rules is not None and not isinstance(rules, Rules):
-            raise TypeError(f"rules must be a modnorm.Rules, got {type(rules).__name__}")
+    def __init__(
+        self, model: nn.Module, rules: LayerRules | None = None, default: Default = None, strategies: Sequence[Strategy] = (),
+    ) -> None:
+        if rules is not None and not isinstance(rules, LayerRules):
+            raise TypeError(f"rules must be a modnorm.rules.LayerRules, got {type(rules).__name__}")
         if default is not None and not (isinstance(default, Geometry) or callable(default)):
             raise TypeError(f"default must be a modnorm.Geometry or a function (name, param) -> Geometry, got {default!r}")
         self.model, self.rules, self.default = model, rules or DEFAULT_RULES, default
@@ -95,7 +102,7 @@ class Context:
             self._paths.setdefault(id(m), name)
         self.untraced: list[tuple[str, str]] = []
         self.missing: dict[str, tuple[Tensor, nn.Module]] = {}  # parameters without a geometry, reported together
-        self.captured: Captured | None = None
+        self.strategies = tuple(strategies)
 
     # -- helpers for declarations -----------------------------------------------------
     def path(self, module: nn.Module) -> str:
@@ -176,7 +183,26 @@ class Context:
         mass = self.rules.mass_for(self.path(module))
         return Tared(node, mass) if mass is not None else node
 
+    def how(self, module: nn.Module) -> Literal["declared", "atom", "derived"]:
+        """How ``module`` resolves: "declared" (its ``modular``, a node rule, a container),
+        "atom" (an atom or bond rule, a leaf holding parameters) or "derived" (by the strategies)."""
+        if isinstance(module, Modular):
+            return "declared"
+        rule = self.rules.lookup(module)
+        if rule is not None:
+            return "declared" if rule.node is not None else "atom"
+        if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+            return "declared"
+        if isinstance(module, (nn.ModuleList, nn.ModuleDict)):  # containers without a forward
+            return "declared"
+        if not any(True for _ in module.children()) and any(True for _ in module.parameters(recurse=False)):
+            return "atom"
+        return "derived"
+
     def _resolve(self, module: nn.Module) -> Node:
+        how = self.how(module)
+        if how == "derived":
+            return self._derive(module)
         if isinstance(module, Modular):
             return module.modular(self)
         rule = self.rules.lookup(module)
@@ -191,23 +217,23 @@ class Context:
             )
             # a layer whose declared parameters are all absent (e.g. LayerNorm without affine) is a bond
             return atom if atom.params else Bond(atom.sensitivity, name=atom.name)
-        if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+        if isinstance(module, nn.Sequential):
             return Chain([self.resolve(c) for c in module])
-        if isinstance(module, (nn.ModuleList, nn.ModuleDict)):  # containers without a forward
+        if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
             return Tuple([self.resolve(c) for c in module.children()]) if len(module) else Bond(1.0, name=self.path(module))
-        has_children = any(True for _ in module.children())
-        if not has_children and any(True for _ in module.parameters(recurse=False)):
-            return self.own_params_atom(module)  # type: ignore[return-value]
-        if self.captured is not None:
-            node = self.captured.node(module)
+        return self.own_params_atom(module)  # type: ignore[return-value]
+
+    def _derive(self, module: nn.Module) -> Node:
+        reason = "no strategy recovers its composition"
+        for strategy in self.strategies:
+            try:
+                node = strategy.node(module, self)
+            except TraceError as e:
+                reason = str(e)
+                continue
             if node is not None:
                 return node
-        from .trace import TraceError, trace_node
-
-        try:
-            return trace_node(module, self)
-        except TraceError as e:
-            return self.fallback(module, str(e))
+        return self.fallback(module, reason)
 
     def fallback(self, module: nn.Module, reason: str) -> Node:
         """A flat tuple of ``module``'s children and own parameters; recorded in ``untraced``."""
@@ -220,7 +246,7 @@ class Context:
         return Tuple(items) if items else Bond(1.0, name=path)
 
 
-def _tied_tables(model: nn.Module, ctx: Context, names: dict[int, str]) -> dict[str, Geometry]:
+def _tied_tables(model: nn.Module, ctx: Resolver, names: dict[int, str]) -> dict[str, Geometry]:
     """Parameters held by several modules (weight tying) of which one declares it an embedding:
     name → that embedding geometry, whichever use the composition reaches first (or at all)."""
     owners: dict[int, list[nn.Module]] = {}
@@ -283,47 +309,15 @@ class Analysis:
         return self.effective.get(id(atom), atom.params)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside ``torch.compile``, ``DistributedDataParallel`` and ``DataParallel`` wrappers."""
-    while True:
-        inner = getattr(model, "_orig_mod", None)
-        if isinstance(inner, nn.Module):
-            model = inner
-        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        else:
-            return model
-
-
-def _dummy_inputs(model: nn.Module) -> object | None:
-    """transformers' ``PreTrainedModel.dummy_inputs`` (a dict of small input tensors), if the model has them."""
-    try:
-        dummy = getattr(model, "dummy_inputs", None)
-    except Exception:  # noqa: BLE001 - a property that cannot build them for this config
-        return None
-    return dummy if isinstance(dummy, Mapping) and dummy and all(isinstance(v, Tensor) for v in dummy.values()) else None
-
-
-def analyze(model: nn.Module, rules: Rules | None = None, default: Default = None, example_inputs: object = None) -> Analysis:
-    """Resolve ``model``'s structure and compute every parameter's geometry and budget.
-
-    ``example_inputs`` (a tensor, a tuple of positional arguments or a dict of keyword
-    arguments): capture the composition from one forward on them (``modnorm.capture``);
-    by default a model's ``dummy_inputs`` (transformers' models) are used, else torch.fx.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    model = unwrap(model)
-    ctx = Context(model, rules, default)
-    from .capture import capture
-
-    if example_inputs is not None:
-        capture(ctx, example_inputs)
-    elif (dummy := _dummy_inputs(model)) is not None:
-        try:
-            capture(ctx, dummy)
-        except ValueError:  # the model's own dummy inputs do not run it: torch.fx, as without them
-            ctx = Context(model, rules, default)
+def resolve(
+    model: nn.Module, rules: LayerRules | None = None, default: Default = None, strategies: Sequence[Strategy] = (),
+) -> Analysis:
+    """Resolve ``model`` (unwrapped) with ``strategies`` and derive every parameter's geometry
+    and budget (see the module docstring). A strategy's ``prepare`` may raise ``ValueError``
+    (a forward that does not run on its inputs) before anything is resolved."""
+    ctx = Resolver(model, rules, default, strategies)
+    for strategy in ctx.strategies:
+        strategy.prepare(ctx)
     root = residual_form(ctx.resolve(model))
     rules_ = ctx.rules
     effective: dict[int, tuple[tuple[str, Tensor, Geometry], ...]] = {}
@@ -363,7 +357,7 @@ def analyze(model: nn.Module, rules: Rules | None = None, default: Default = Non
         owners = {n.rpartition(".")[0] for n in missing}
         warnings.warn(
             f"modnorm: parameters {missing} are not reached by the model's composition (not used in its traced "
-            "forward); each owning module gets budgets as a network of its own", stacklevel=2,
+            "forward); each owning module gets budgets as a network of its own", stacklevel=3,
         )
         for owner in sorted(owners, key=len):
             sub = ctx.resolve(model.get_submodule(owner))
@@ -374,7 +368,7 @@ def analyze(model: nn.Module, rules: Rules | None = None, default: Default = Non
     if ctx.missing:
         raise geometry_error(ctx.missing)
     if ctx.untraced:
-        warnings.warn(fallback_warning(ctx.untraced, ctx.captured is not None), stacklevel=3)
+        warnings.warn(fallback_warning(ctx.untraced, any(s.runs_forward for s in ctx.strategies)), stacklevel=4)
     infos: dict[str, ParamInfo] = {}
     for name, p in model.named_parameters():
         f = found.get(name)
@@ -385,77 +379,4 @@ def analyze(model: nn.Module, rules: Rules | None = None, default: Default = Non
         infos[name] = ParamInfo(name, tuple(p.shape), geo, f["budget"], f["mass"], f["sensitivity"], f["module"], f["kind"])
     return Analysis(root, infos, effective, ctx.untraced)
 
-
-def structure(model: nn.Module, rules: Rules | None = None, default: Default = None, example_inputs: object = None) -> Node:
-    """The composition tree of ``model`` (see the module docstring for how it is found)."""
-    return analyze(model, rules, default, example_inputs).root
-
-
-def geometries(model: nn.Module, rules: Rules | None = None, default: Default = None, example_inputs: object = None) -> dict[str, Geometry]:
-    """Geometry of every parameter of ``model``, keyed as in ``model.named_parameters()``.
-
-    Raises ``GeometryError`` naming every parameter with no declaration, rule or override,
-    unless ``default`` (a Geometry, or a function (name, param) → Geometry) is given.
-    ``example_inputs``: see ``analyze``.
-    """
-    return {n: i.geometry for n, i in analyze(model, rules, default, example_inputs).params.items()}
-
-
-def budgets(model: nn.Module, rules: Rules | None = None, default: Default = None, example_inputs: object = None) -> dict[str, float]:
-    """Each parameter's share of the update (the optimizer multiplies its learning rate by it).
-
-    Dualizing the modular norm of the whole network with budget 1: composition gives the
-    first module budget t·μ1/(μ·ν2) and the second t·μ2/μ, a tuple gives child i t·μi/μ.
-    """
-    out = {n: i.budget for n, i in analyze(model, rules, default, example_inputs).params.items()}
-    bad = [n for n, b in out.items() if not (b > 0 and math.isfinite(b))]
-    if bad:
-        raise ValueError(f"parameters {bad} get no positive finite budget (their module has mass 0); give it a positive mass")
-    return out
-
-
-def _param_norm(geo: Geometry, tensor: Tensor, name: str) -> float:
-    if not isinstance(tensor, Tensor):
-        raise TypeError(f"modular_norm: tensors[{name!r}] must be a torch.Tensor, got {type(tensor).__name__}")
-    v = geo.norm.value(tensor.detach())
-    return float(v.amax()) if v.ndim else float(v)
-
-
-def modular_norm(
-    model: nn.Module,
-    tensors: Mapping[str, Tensor],
-    rules: Rules | None = None,
-    default: Default = None,
-    strict: bool = True,
-    example_inputs: object = None,
-) -> float:
-    """The modular norm of a set of weights or updates ``tensors`` (name → tensor, shapes as the parameters').
-
-    Equals max over parameters of ‖tensor‖_geometry / budget. With ``strict=False`` absent
-    names count as zero. Leading dims beyond a norm's ``ndim`` are a batch: their max is taken.
-    """
-    analysis = analyze(model, rules, default, example_inputs)
-    model = unwrap(model)
-    unknown = sorted(set(tensors) - set(analysis.params))
-    if unknown:
-        raise KeyError(f"modular_norm: {unknown} are not parameters of the model; names must match model.named_parameters()")
-    absent = [n for n in analysis.params if n not in tensors]
-    if absent and strict:
-        raise KeyError(f"modular_norm: no tensor for {absent}; pass one per parameter or strict=False to count them as zero")
-    names = {id(p): n for n, p in model.named_parameters()}
-
-    def atom_norm(atom: Atom) -> float:
-        best = 0.0
-        for _, p, _ in analysis.atom_params(atom):
-            name = names[id(p)]
-            if name in tensors:
-                best = max(best, _param_norm(analysis.params[name].geometry, tensors[name], name))
-        return best
-
-    value = analysis.root.norm(atom_norm)
-    in_root = {names[id(p)] for a in analysis.root.atoms() for _, p, _ in analysis.atom_params(a)}
-    for name, info in analysis.params.items():  # parameters the forward never reaches
-        if name not in in_root and name in tensors:
-            value = max(value, _param_norm(info.geometry, tensors[name], name) / info.budget)
-    return value
 

@@ -1,6 +1,6 @@
-"""Rules that give plain torch.nn modules a geometry.
+"""Layer rules: how plain torch.nn modules declare their geometry (``LayerRules``, ``LayerRule``).
 
-A ``Rules`` object maps module types to
+A ``LayerRules`` object maps module types to
 
 - an atom rule: per-parameter geometries (a dict, or a function of the module returning
   one), the module's mass and sensitivity, and optionally the geometries to use when
@@ -13,7 +13,7 @@ plus per-parameter-name overrides (``fnmatch`` patterns, applied last, to every
 parameter, modnorm layers included) and per-module mass overrides (absolute mass of the
 submodule at that path, modula's ``tare``).
 
-``DEFAULT_RULES`` holds the defaults below; a new ``Rules()`` inherits from it, so
+``DEFAULT_RULES`` holds the defaults below; a new ``LayerRules()`` inherits from it, so
 registering there overrides the defaults only for the models you pass it to.
 ``register_rule``/``register_bond``/``register_function`` write to ``DEFAULT_RULES``.
 
@@ -46,14 +46,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import detect
+from .composition import Bond, Chain
 from .geometry import Geometry
 from .layers import defaults as D
 from .layers.stacked import Stacked
 from .norms import Spectral
 
 __all__ = [
-    "Rule",
-    "Rules",
+    "LayerRule",
+    "LayerRules",
     "DEFAULT_RULES",
     "register_rule",
     "register_bond",
@@ -64,11 +65,11 @@ GeometrySpec = Mapping[str, Geometry] | Callable[[nn.Module], Mapping[str, Geome
 
 
 @dataclass(frozen=True)
-class Rule:
+class LayerRule:
     """How one module type is declared. ``geometries is None`` makes it a bond (no weights).
 
     ``node``, when given, builds the module's whole composition node itself:
-    ``node(module, ctx) -> modnorm.composition.Node`` (see ``modnorm.module.Context``).
+    ``node(module, ctx) -> modnorm.composition.Node`` (see ``modnorm.resolver.Resolver``).
     """
 
     geometries: GeometrySpec | None = None
@@ -103,17 +104,17 @@ def _check_type(module_type: object) -> type:
     return module_type
 
 
-class Rules:
+class LayerRules:
     """A registry of rules; lookups fall back to ``parent`` (``DEFAULT_RULES`` unless ``inherit=False``)."""
 
-    def __init__(self, inherit: bool = True, *, auto_head: bool | None = None, _parent: Rules | None = None) -> None:
+    def __init__(self, inherit: bool = True, *, auto_head: bool | None = None, _parent: LayerRules | None = None) -> None:
         self.parent = _parent if _parent is not None else (DEFAULT_RULES if inherit else None)
         self._auto_head = auto_head
-        self._types: dict[type, Rule] = {}
+        self._types: dict[type, LayerRule] = {}
         self._functions: dict[object, float] = {}
         self._patterns: list[tuple[str, Geometry | None, dict[str, Any]]] = []
         self._masses: list[tuple[str, float]] = []
-        self._detectors: list[tuple[Callable[[nn.Module], bool], Rule]] = []
+        self._detectors: list[tuple[Callable[[nn.Module], bool], LayerRule]] = []
 
     # -- registration -------------------------------------------------------------
     def register(
@@ -131,7 +132,7 @@ class Rules:
         if geometries is None or not (callable(geometries) or isinstance(geometries, Mapping)):
             raise TypeError(f"register({module_type.__name__}): geometries must be a dict name→Geometry or a function module→dict")
         _check_mass(mass)
-        self._types[module_type] = Rule(geometries, float(mass), sensitivity, head)
+        self._types[module_type] = LayerRule(geometries, float(mass), sensitivity, head)
 
     def register_structural(
         self,
@@ -149,19 +150,19 @@ class Rules:
         if geometries is None or not (callable(geometries) or isinstance(geometries, Mapping)):
             raise TypeError("register_structural: geometries must be a dict name→Geometry or a function module→dict")
         _check_mass(mass)
-        self._detectors.append((predicate, Rule(geometries, float(mass), sensitivity, head)))
+        self._detectors.append((predicate, LayerRule(geometries, float(mass), sensitivity, head)))
 
     def register_bond(self, module_type: type, sensitivity: float | Callable[[nn.Module], float] = 1.0) -> None:
         """Declare a parameter-free ``module_type`` a bond of the given sensitivity."""
         _check_type(module_type)
         if not callable(sensitivity):
             _check_sensitivity(sensitivity)
-        self._types[module_type] = Rule(None, 0.0, sensitivity)
+        self._types[module_type] = LayerRule(None, 0.0, sensitivity)
 
     def register_node(self, module_type: type, node: Callable[..., Any]) -> None:
         """Let ``node(module, ctx)`` build the whole composition node of ``module_type``."""
         _check_type(module_type)
-        self._types[module_type] = Rule(node=node)
+        self._types[module_type] = LayerRule(node=node)
 
     def register_function(self, fn: object, sensitivity: float) -> None:
         """Sensitivity of a traced function (e.g. ``torch.tanh``) or method name (e.g. ``"tanh"``)."""
@@ -193,21 +194,21 @@ class Rules:
     @property
     def auto_head(self) -> bool:
         """Whether the network's only terminal atom takes its head geometry (default True;
-        ``Rules(auto_head=False)`` turns position-based detection off)."""
+        ``LayerRules(auto_head=False)`` turns position-based detection off)."""
         for r in self.chain():
             if r._auto_head is not None:
                 return r._auto_head
         return True
 
     # -- lookup -----------------------------------------------------------------------
-    def chain(self) -> list[Rules]:
+    def chain(self) -> list[LayerRules]:
         out, r = [], self
         while r is not None:
             out.append(r)
             r = r.parent
         return out
 
-    def lookup(self, module: nn.Module) -> Rule | None:
+    def lookup(self, module: nn.Module) -> LayerRule | None:
         """The rule for the most specific class of ``module`` (own registrations first at each class)."""
         registries = self.chain()
         for cls in type(module).__mro__:
@@ -251,8 +252,8 @@ class Rules:
                     found = mass
         return found
 
-    def copy(self) -> Rules:
-        new = Rules(_parent=self.parent, auto_head=self._auto_head) if self.parent is not None else Rules(inherit=False, auto_head=self._auto_head)
+    def copy(self) -> LayerRules:
+        new = LayerRules(_parent=self.parent, auto_head=self._auto_head) if self.parent is not None else LayerRules(inherit=False, auto_head=self._auto_head)
         new._types, new._functions = dict(self._types), dict(self._functions)
         new._patterns, new._masses = list(self._patterns), list(self._masses)
         new._detectors = list(self._detectors)
@@ -332,13 +333,11 @@ def _mha(m: nn.Module) -> dict[str, Geometry]:
 
 def _mha_node(m: nn.Module, ctx: Any) -> Any:
     """Q/K/V projections (one atom of mass 3: three linear maps) → attention (bond) → out_proj."""
-    from .composition import Bond, Chain
-
     in_proj = ctx.atom(m, _mha(m), mass=3.0, sensitivity=1.0)
     return Chain([in_proj, Bond(1.0, name=f"{ctx.path(m)}:attention"), ctx.child(m, "out_proj")])
 
 
-DEFAULT_RULES = Rules(inherit=False)
+DEFAULT_RULES = LayerRules(inherit=False)
 DEFAULT_RULES.register(nn.Linear, _linear, head=_linear_head)
 for _t, _k in ((nn.Conv1d, 1), (nn.Conv2d, 2), (nn.Conv3d, 3)):
     DEFAULT_RULES.register(_t, _conv(_k))
