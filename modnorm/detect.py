@@ -46,7 +46,7 @@ from torch import Tensor, fx, nn
 
 from .geometry import Geometry
 from .layers import defaults as D
-from .layers.stacked import Transposed
+from .blocks import Transposed
 from .norms import RMS, ColNorm, RowNorm, Spectral
 
 __all__ = [

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ._numerics import normalize, safe_div, vector_norm
+from ._numerics import normalize, vector_norm
 from .polar import check_options, orthogonalize, singular_values
 
 __all__ = [
@@ -37,9 +37,6 @@ __all__ = [
     "spectral_scale",
     "SCALES",
 ]
-
-
-_safe_div = safe_div  # name kept for importers
 
 
 def _unsqueeze(v: Tensor, n: int) -> Tensor:

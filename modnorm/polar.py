@@ -59,7 +59,6 @@ __all__ = [
     "JORDAN",
     "POLAR_EXPRESS",
     "POLAR_EXPRESS_SAFETY",
-    "QUINTIC",
     "CUBIC",
 ]
 
@@ -80,7 +79,6 @@ POLAR_EXPRESS: tuple[Coefficients, ...] = (
     (1.875, -1.25, 0.375),
 )
 POLAR_EXPRESS_SAFETY: float = 1.01
-QUINTIC: Coefficients = (1.875, -1.25, 0.375)
 CUBIC: Coefficients = (1.5, -0.5, 0.0)
 
 METHODS: tuple[str, ...] = ("jordan", "polar_express", "cubic", "svd")

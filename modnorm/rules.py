@@ -49,7 +49,7 @@ from . import detect
 from .composition import Bond, Chain
 from .geometry import Geometry
 from .layers import defaults as D
-from .layers.stacked import Stacked
+from .blocks import Stacked
 from .norms import Spectral
 
 __all__ = [

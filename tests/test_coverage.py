@@ -19,7 +19,7 @@ from torch import nn
 
 import modnorm
 from modnorm import layers as L
-from modnorm.layers.stacked import Stacked, Transposed, block_shape, inner, rewrap
+from modnorm.blocks import Stacked, Transposed, block_shape, inner, rewrap
 from modnorm.norms import RMS, ColNorm, RowNorm, Spectral, SpectralConv
 
 SVD = dict(ns_method="svd")

@@ -7,7 +7,7 @@ from .bonds import GELU, ReLU, Scale, SiLU
 from .compose import Parallel, Residual, Sequential
 from .linear import Conv1d, Conv2d, Embedding, Linear
 from .normalization import LayerNorm, RMSNorm
-from .stacked import Stacked, Transposed
+from ..blocks import Stacked, Transposed
 
 __all__ = [
     "Linear", "Conv1d", "Conv2d", "Embedding", "LayerNorm", "RMSNorm",

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..composition import Bond, Node
 from ..geometry import Geometry
 from ..norms import Norm, Spectral, SpectralConv
-from .stacked import inner, rewrap
+from ..blocks import inner, rewrap
 
 if TYPE_CHECKING:
     from ..resolver import Resolver

@@ -24,7 +24,7 @@ import math
 
 from ..geometry import Geometry
 from ..norms import RMS, ColNorm, Norm, RowNorm, Spectral, SpectralConv
-from .stacked import Stacked, Transposed
+from ..blocks import Stacked, Transposed
 
 __all__ = [
     "DEFAULT_PRECONDITIONER",

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..distributed.bucket import placement_key
 from ..geometry import Geometry
-from ..layers.stacked import block_shape
+from ..blocks import block_shape
 from ..norms import Norm
 from .config import ConfigError
 from .preconditioner import Preconditioner, get_preconditioner
