@@ -144,10 +144,13 @@ def test_char_gpt_requires_a_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_lr_transfer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = run_quick("lr_transfer", tmp_path, monkeypatch)
     for r in data["results"].values():
-        assert isinstance(r["optimal_lr_shift_grid_steps"], int) and r["optimal_lr_shift_grid_steps"] >= 0
+        bests = []
         for w in data["config"]["widths"]:
             entry = r["per_width"][str(w)]
             assert entry["best_lr"] in r["lr_grid"] and math.isfinite(entry["best_loss"])
+            bests.append(entry["best_lr"])
+        # the grid is centre × 2^k: the shift is the number of ×2 steps between the extreme optima
+        assert r["optimal_lr_shift_grid_steps"] == round(math.log2(max(bests) / min(bests)))
 
 
 def test_zoo_2d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,7 @@
 """The package's import structure: no module imports the package root, and the graph of
 imports between modules (function-level imports included, ``TYPE_CHECKING`` blocks left
 out) has no cycle, so no import needs to be deferred to dodge one; every module imports
-on its own, first, in a fresh interpreter."""
+on its own, first, in a fresh interpreter; the root exports exactly ``__all__``."""
 
 from __future__ import annotations
 
@@ -121,6 +121,16 @@ def test_the_checks_find_a_cycle_and_a_root_import(tmp_path: Path) -> None:
     assert graph["pkg.sub.b"] == {"pkg.a"} and graph["pkg.a"] == {"pkg.sub", "pkg.sub.b"}
     assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.a"]
     assert root_imports == ["pkg.sub.b:5"]
+
+
+def test_the_root_exports_its_listed_names_and_no_others() -> None:
+    import inspect
+
+    import modnorm
+
+    public = {n for n in dir(modnorm) if not n.startswith("_") and not inspect.ismodule(getattr(modnorm, n))}
+    assert public == set(modnorm.__all__) and len(set(modnorm.__all__)) == len(modnorm.__all__)
+    assert len(modnorm.__all__) <= 30  # the rest is imported from its submodule (modnorm.optim, modnorm.rules, …)
 
 
 def test_every_module_imports_first_in_a_fresh_interpreter() -> None:

@@ -1,7 +1,8 @@
 """The entrywise shortcut (Frobenius base, sharp mode: U = d / D² on per-parameter lists)
 equals the stacked Theorem-1 path (stack → DNorm(Frobenius, D).sharp → unbind), which a
 preconditioner without ``entrywise_divisor`` takes: same-shape parameters with different
-budgets, decoupled and coupled weight decay, Adam / SANIA / Adagrad statistics."""
+budgets, decoupled and coupled weight decay, Adam / SANIA / Adagrad statistics; and both
+equal torch.optim's Adam, AdamW and Adagrad run per parameter with lr × budget."""
 
 from __future__ import annotations
 
@@ -45,18 +46,31 @@ def _rule(precond: str, form: str, wd_mode: str) -> Rule:
                 momentum=momentum, beta=0.9, mode="sharp", weight_decay=0.1, weight_decay_mode=wd_mode)
 
 
-def _run(precond: str, form: str, wd_mode: str, steps: int = 12) -> list[torch.Tensor]:
+BUDGETS: dict[str, Any] = {"a": 0.5, "b": 2.0, "c": 0.0, "v": 1.0}  # differing budgets inside one bucket
+
+
+def _problem() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     shapes = {"a": (5, 3), "b": (5, 3), "c": (5, 3), "v": (4,)}
     params = {n: torch.randn(s, generator=g, dtype=torch.float64).requires_grad_() for n, s in shapes.items()}
     targets = {n: torch.randn(s, generator=g, dtype=torch.float64) for n, s in shapes.items()}
-    budgets: dict[str, Any] = {"a": 0.5, "b": 2.0, "c": 0.0, "v": 1.0}  # differing budgets inside one bucket
-    opt = modnorm.ModnormOptimizer(list(params.items()), Recipe(default=_rule(precond, form, wd_mode)), budgets=budgets, lr=0.05)
+    return params, targets
+
+
+def _train(params: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], opts: list[torch.optim.Optimizer], steps: int) -> list[torch.Tensor]:
     for _ in range(steps):
-        opt.zero_grad()
+        for opt in opts:
+            opt.zero_grad()
         sum(((p - targets[n]) ** 2).sum() + 0.2 * ((p - targets[n]) ** 4).sum() for n, p in params.items()).backward()
-        opt.step()
+        for opt in opts:
+            opt.step()
     return [p.detach() for p in params.values()]
+
+
+def _run(precond: str, form: str, wd_mode: str, steps: int = 12) -> list[torch.Tensor]:
+    params, targets = _problem()
+    opt = modnorm.ModnormOptimizer(list(params.items()), Recipe(default=_rule(precond, form, wd_mode)), budgets=BUDGETS, lr=0.05)
+    return _train(params, targets, [opt], steps)
 
 
 @pytest.mark.parametrize("form", sorted(FORMS))
@@ -68,6 +82,21 @@ def test_entrywise_shortcut_equals_stacked_dnorm(form: str, wd_mode: str) -> Non
     assert max(float((a - b).abs().max()) for a, b in zip(fast, start)) > 1e-2
     for a, b in zip(fast, slow):
         assert float((a - b).abs().max()) < 1e-12
+
+
+@pytest.mark.parametrize("form, wd_mode", [("adam", "decoupled"), ("adam", "coupled"), ("adagrad", "coupled")])
+def test_both_paths_equal_torch_optim(form: str, wd_mode: str) -> None:
+    """The independent reference: torch.optim's Adam/AdamW/Adagrad per parameter with lr × budget."""
+    params, targets = _problem()
+    peers = {
+        ("adam", "decoupled"): lambda p, lr: torch.optim.AdamW([p], lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.1),
+        ("adam", "coupled"): lambda p, lr: torch.optim.Adam([p], lr=lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.1),
+        ("adagrad", "coupled"): lambda p, lr: torch.optim.Adagrad([p], lr=lr, initial_accumulator_value=0.1, eps=1e-6, weight_decay=0.1),
+    }
+    ref = _train(params, targets, [peers[form, wd_mode](p, 0.05 * BUDGETS[n]) for n, p in params.items()], 12)
+    for precond in ("entrywise_second_moment", "stacked_second_moment"):
+        for a, b in zip(_run(precond, form, wd_mode), ref):
+            assert float((a - b).abs().max()) < 1e-12, precond
 
 
 def test_dnorm_positive_skips_only_the_zero_handling() -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..table import format_table
 from .training import _shrink_png, cosine_factor, make_optimizer, mlp, train_steps, write_json
 
 __all__ = ["DEMO_OPTIMIZERS", "DEMO_EXTRA", "MissingExtraError", "require_demo_extra", "demo_model", "load_digits_split", "run_demo"]
@@ -142,12 +143,13 @@ def _train_one(name: str, hp: dict[str, Any], data: tuple[Tensor, ...], steps: i
     }
 
 
-def format_table(results: dict[str, dict[str, Any]]) -> str:
+def results_table(results: dict[str, dict[str, Any]]) -> str:
     """The printed results table."""
-    lines = [f"{'optimizer':<14} {'lr':>8} {'train loss':>11} {'test acc':>9} {'time (s)':>9}", "-" * 55]
-    for name, r in results.items():
-        lines.append(f"{name:<14} {r['hyperparameters'].get('lr', float('nan')):>8.3g} {r['final_train_loss']:>11.3g} {r['test_accuracy']:>9.3f} {r['seconds']:>9.2f}")
-    return "\n".join(lines)
+    rows = [{
+        "optimizer": name, "lr": f"{r['hyperparameters'].get('lr', float('nan')):.3g}", "train loss": f"{r['final_train_loss']:.3g}",
+        "test acc": f"{r['test_accuracy']:.3f}", "time (s)": f"{r['seconds']:.2f}",
+    } for name, r in results.items()]
+    return format_table(rows, ["optimizer", "lr", "train loss", "test acc", "time (s)"])
 
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, optimizers: dict[str, dict[str, Any]] | None = None, seed: int = 0, progress: bool = True) -> dict[str, Any]:
@@ -181,6 +183,6 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, optimizers: dic
     }
     write_json(out / "results.json", summary)
     _shrink_png(plot_demo(out / "loss_curves.png", results))
-    print(format_table(results))
+    print(results_table(results))
     print(f"wrote {out / 'results.json'} and {out / 'loss_curves.png'} ({summary['total_seconds']:.1f} s)")
     return summary
