@@ -34,12 +34,13 @@ from torch import Tensor
 
 from .geometry import Geometry
 
-__all__ = ["Node", "Atom", "Bond", "Chain", "Tuple", "Tared", "scaled", "render"]
+__all__ = ["Node", "Atom", "Bond", "Chain", "Tuple", "Tared", "scaled", "render", "finite_nonneg"]
 
 
-def _check_nonneg(owner: str, name: str, value: float) -> float:
+def finite_nonneg(value: float, what: str) -> float:
+    """``value`` as a float, or ``ValueError("<what> must be a finite number ≥ 0, got …")`` (masses, sensitivities)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{owner}: {name} must be a finite number ≥ 0, got {value!r}")
+        raise ValueError(f"{what} must be a finite number ≥ 0, got {value!r}")
     return float(value)
 
 
@@ -101,8 +102,8 @@ class Atom(Node):
     kind: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mass", _check_nonneg(f"Atom {self.name!r}", "mass", self.mass))
-        object.__setattr__(self, "sensitivity", _check_nonneg(f"Atom {self.name!r}", "sensitivity", self.sensitivity))
+        object.__setattr__(self, "mass", finite_nonneg(self.mass, f"Atom {self.name!r}: mass"))
+        object.__setattr__(self, "sensitivity", finite_nonneg(self.sensitivity, f"Atom {self.name!r}: sensitivity"))
         for label, _, geo in self.params:
             if not isinstance(geo, Geometry):
                 raise TypeError(f"Atom {self.name!r}: parameter {label!r} needs a modnorm.Geometry, got {type(geo).__name__}")
@@ -136,7 +137,7 @@ class Bond(Node):
     name: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sensitivity", _check_nonneg(f"Bond {self.name!r}", "sensitivity", self.sensitivity))
+        object.__setattr__(self, "sensitivity", finite_nonneg(self.sensitivity, f"Bond {self.name!r}: sensitivity"))
 
     @property
     def mass(self) -> float:  # type: ignore[override]
@@ -273,7 +274,7 @@ class Tared(Node):
     total: float
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "total", _check_nonneg("Tared", "mass", self.total))
+        object.__setattr__(self, "total", finite_nonneg(self.total, "Tared: mass"))
 
     def children(self) -> Sequence[Node]:
         return (self.child,)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import detect
-from .composition import Bond, Chain
+from .composition import Bond, Chain, finite_nonneg
 from .geometry import Geometry
 from .layers import defaults as D
 from .blocks import Stacked
@@ -131,7 +130,7 @@ class LayerRules:
         _check_type(module_type)
         if geometries is None or not (callable(geometries) or isinstance(geometries, Mapping)):
             raise TypeError(f"register({module_type.__name__}): geometries must be a dict name→Geometry or a function module→dict")
-        _check_mass(mass)
+        finite_nonneg(mass, "mass")
         self._types[module_type] = LayerRule(geometries, float(mass), sensitivity, head)
 
     def register_structural(
@@ -149,14 +148,14 @@ class LayerRules:
             raise TypeError(f"register_structural: predicate must be a function module → bool, got {predicate!r}")
         if geometries is None or not (callable(geometries) or isinstance(geometries, Mapping)):
             raise TypeError("register_structural: geometries must be a dict name→Geometry or a function module→dict")
-        _check_mass(mass)
+        finite_nonneg(mass, "mass")
         self._detectors.append((predicate, LayerRule(geometries, float(mass), sensitivity, head)))
 
     def register_bond(self, module_type: type, sensitivity: float | Callable[[nn.Module], float] = 1.0) -> None:
         """Declare a parameter-free ``module_type`` a bond of the given sensitivity."""
         _check_type(module_type)
         if not callable(sensitivity):
-            _check_sensitivity(sensitivity)
+            finite_nonneg(sensitivity, "sensitivity")
         self._types[module_type] = LayerRule(None, 0.0, sensitivity)
 
     def register_node(self, module_type: type, node: Callable[..., Any]) -> None:
@@ -166,7 +165,7 @@ class LayerRules:
 
     def register_function(self, fn: object, sensitivity: float) -> None:
         """Sensitivity of a traced function (e.g. ``torch.tanh``) or method name (e.g. ``"tanh"``)."""
-        _check_sensitivity(sensitivity)
+        finite_nonneg(sensitivity, "sensitivity")
         self._functions[fn] = float(sensitivity)
 
     def override(self, pattern: str, geometry: Geometry | None = None, **fields: Any) -> None:
@@ -188,7 +187,7 @@ class LayerRules:
 
     def set_mass(self, pattern: str, mass: float) -> None:
         """Give the submodule(s) at paths matching ``pattern`` (fnmatch; "" is the root) total mass ``mass``."""
-        _check_mass(mass)
+        finite_nonneg(mass, "mass")
         self._masses.append((pattern, float(mass)))
 
     @property
@@ -258,16 +257,6 @@ class LayerRules:
         new._patterns, new._masses = list(self._patterns), list(self._masses)
         new._detectors = list(self._detectors)
         return new
-
-
-def _check_mass(mass: float) -> None:
-    if isinstance(mass, bool) or not isinstance(mass, (int, float)) or not math.isfinite(mass) or mass < 0:
-        raise ValueError(f"mass must be a finite number ≥ 0, got {mass!r}")
-
-
-def _check_sensitivity(s: float) -> None:
-    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s < 0:
-        raise ValueError(f"sensitivity must be a finite number ≥ 0, got {s!r}")
 
 
 # -- defaults ---------------------------------------------------------------------------

@@ -9,13 +9,12 @@ role "vector", which bounds its change in the same RMS units as the layer's outp
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from ..composition import Bond, Node
+from ..composition import Bond, Node, finite_nonneg
 from ..geometry import Geometry
 from ..norms import Norm, Spectral, SpectralConv
 from ..blocks import inner, rewrap
@@ -63,8 +62,7 @@ class AtomLayer:
         self, mass: float, sensitivity: float, preconditioner: str, norm: Norm | None, init: str
     ) -> None:
         for name, v in (("mass", mass), ("sensitivity", sensitivity)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{type(self).__name__}: {name} must be a finite number ≥ 0, got {v!r}")
+            finite_nonneg(v, f"{type(self).__name__}: {name}")
         if not isinstance(preconditioner, str) or not preconditioner:
             raise ValueError(f"{type(self).__name__}: preconditioner must be a registered name such as 'adam' or 'none', got {preconditioner!r}")
         if norm is not None and not isinstance(norm, Norm):
