@@ -66,11 +66,11 @@ def load_target(target: str) -> Any:
 def _describe(target: str | None, preset: str | None, lr: float | None, tree: bool) -> int:
     import torch
 
-    from .demo import demo_model
     from .describe import describe
     from .optim.factory import optimizer
 
     if target is None:
+        from .demo import demo_model
 
         obj: Any = demo_model()
     else:

@@ -39,6 +39,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from .optim.factory import optimizer
+from .optim.kl_shampoo import KLShampoo
+from .optim.matrix_preconditioners import Shampoo
+from .optim.preconditioner import get_preconditioner
+from .optim.presets import PRESETS
+
 __all__ = ["check_invariance", "InvarianceReport", "predicted_invariance", "KINDS"]
 
 Kind = Literal["scale", "affine"]
@@ -78,8 +84,6 @@ class InvarianceReport:
 
 
 def _hidden_rule(preset: str, hp: dict[str, Any]) -> Any:
-    from .optim.presets import PRESETS
-
     if preset not in PRESETS:
         raise KeyError(f"check_invariance: unknown preset {preset!r}; known: {sorted(PRESETS)}")
     p = PRESETS[preset]
@@ -88,8 +92,6 @@ def _hidden_rule(preset: str, hp: dict[str, Any]) -> Any:
 
 def predicted_invariance(preset: str, kind: Kind, reparam_sides: str = "both", **hp: Any) -> tuple[bool, str]:
     """(predicted, reason) per the module docstring, for the preset's rule on hidden matrices."""
-    from .optim.preconditioner import get_preconditioner
-
     rule = _hidden_rule(preset, hp)
     if rule.weight_decay > 0 and rule.weight_decay_mode == "coupled":
         return False, "coupled weight decay g + λW does not transform like the gradient"
@@ -108,7 +110,7 @@ def predicted_invariance(preset: str, kind: Kind, reparam_sides: str = "both", *
             return False, f"D = V̂^{inner * outer} maps to A^{2 * inner * outer} ⊙ D, not A ⊙ D"
         return True, "D = V̂^{1/2} maps to A ⊙ D under G ↦ A ⊙ G (Theorem 2, scale)"
     base_ok = rule.norm in ("frobenius", "spectral")
-    if type(P).__name__ == "Shampoo":
+    if type(P) is Shampoo:
         side = P.sides
         if side == "both":
             return False, "two-sided Shampoo: B = Σ GᵀG becomes Σ Gᵀ A_L A_Lᵀ G under A_L, not a function of B"
@@ -121,7 +123,7 @@ def predicted_invariance(preset: str, kind: Kind, reparam_sides: str = "both", *
         if not base_ok:
             return False, f"base norm {rule.norm!r} is not orthogonally invariant"
         return True, "one-sided Shampoo with power 1: L = A^{1/2} ↦ U·L·A_L (Theorem 2, affine)"
-    if type(P).__name__ == "KLShampoo":
+    if type(P) is KLShampoo:
         return False, "KL-Shampoo's factor recursion is equivariant, but its identity initialization is not"
     return False, f"{type(P).__name__}: statistics do not transform as L ↦ L A_L, R ↦ A_R R"
 
@@ -206,8 +208,6 @@ def check_invariance(
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"check_invariance: steps must be a positive int, got {steps!r}")
     if isinstance(preset, str):
-        from .optim.factory import optimizer
-
         hp.setdefault("lr", 1e-2)
         kwargs = dict(hp)
         name = preset
