@@ -91,7 +91,7 @@ class Atom(Node):
     """A weighted module: ``params`` is a tuple of (label, parameter, geometry).
 
     ``head`` optionally holds the geometries to use instead when this atom turns out to be
-    the network's output head (see ``modnorm.module``); ``name`` is the module's path.
+    the network's output head (see ``modnorm.resolver``); ``name`` is the module's path.
     """
 
     params: tuple[tuple[str, Tensor, Geometry], ...]
