@@ -45,7 +45,7 @@ def optimizer_rows(opt: ModnormOptimizer) -> list[dict[str, Any]]:
     for gi, group in enumerate(opt.param_groups):
         lr = _float(group["lr"])
         for p, plan in zip(group["params"], opt._plans(gi, group)):
-            scale = plan.scale * plan.rule.lr_ratio
+            scale = plan.step_scale * plan.rule.lr_ratio
             rows.append({
                 "name": plan.name,
                 "shape": tuple(p.shape),

@@ -58,7 +58,7 @@ from .recipe import DTYPES, Recipe, infer_geometry
 from .step_size import Direction, Scaling, group_stage, stage_inputs, stage_loss
 from .state_io import GROUP_KEYS, NS_AUTO_KEY, PRESET_KEY, SKIPPED_KEY, check_loadable, checked_ns_choices, is_runtime, portable
 from .transaction import PendingWrite, StepTransaction
-from .update import Computed, compiled_update_bucket, momentum_implied, update_bucket
+from .update import BucketStep, compiled_update_bucket, momentum_implied, update_bucket
 
 __all__ = ["ModnormOptimizer"]
 
@@ -125,7 +125,7 @@ class ModnormOptimizer(Optimizer):
         self._geometries = dict(geometries or {})
         self._budgets = {k: float(v) for k, v in (budgets or {}).items()}
         self._meta: list[list[tuple[str, Geometry, float]]] = []
-        self._plan_cache: dict[Any, Any] = {}  # (gi, frozen hyperparameters) → plans; gi → (last hp, plans)
+        self._forget_plans()
         self._ns_auto: dict[str, str] = {}  # "device type:param dtype:size class" → what ns_dtype="auto" resolved to
         defaults = validate_hyperparameters(self._preset, hyperparameters).model_dump()
         super().__init__(params, defaults)
@@ -183,7 +183,7 @@ class ModnormOptimizer(Optimizer):
     def _plans(self, gi: int, group: dict[str, Any]) -> list[Plan]:
         """Per-parameter plans for the group's current hyperparameters (cached on them, lr excluded)."""
         hp = {k: v for k, v in self._hyperparameters(group).items() if k != "lr"}
-        last = self._plan_cache.get(gi)  # fast path: the group's hyperparameters did not change
+        last = self._last_plans.get(gi)  # fast path: the group's hyperparameters did not change
         if last is not None and len(last[1]) == len(group["params"]):
             try:
                 if last[0] == hp:
@@ -192,14 +192,17 @@ class ModnormOptimizer(Optimizer):
                 pass
         key = (gi, freeze(hp))
         plans = self._plan_cache.get(key)
-        if plans is not None and len(plans) == len(group["params"]):
-            self._plan_cache[gi] = (hp, plans)
-            return plans
-        recipe = self._preset.build(validate_hyperparameters(self._preset, hp, where=f", param group {gi}"))
-        plans = build_plans(recipe, self._meta[gi], group["params"], self._state_dtype, self._auto_ns_dtype)
-        self._plan_cache[key] = plans
-        self._plan_cache[gi] = (hp, plans)
+        if plans is None or len(plans) != len(group["params"]):
+            recipe = self._preset.build(validate_hyperparameters(self._preset, hp, where=f", param group {gi}"))
+            plans = self._plan_cache[key] = build_plans(recipe, self._meta[gi], group["params"], self._state_dtype, self._auto_ns_dtype)
+        self._last_plans[gi] = (hp, plans)
         return plans
+
+    def _forget_plans(self) -> None:
+        """Drop the cached plans (rebuilt on demand): ``_plan_cache`` maps (group index, frozen
+        hyperparameters) → plans; ``_last_plans`` maps a group index → (its last hyperparameters, plans)."""
+        self._plan_cache: dict[tuple[int, Any], list[Plan]] = {}
+        self._last_plans: dict[int, tuple[dict[str, Any], list[Plan]]] = {}
 
     def _auto_ns_dtype(self, p: Tensor, shape: tuple[int, ...]) -> torch.dtype | None:
         """What ns_dtype="auto" means for ``p`` (matrices of its first two dims): resolved once per
@@ -241,7 +244,7 @@ class ModnormOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._plan_cache = {}
+        self._forget_plans()
         # torch's load_state_dict calls __setstate__ with only state and param_groups: keep our own fields
         self._compile = state.get("_compile", getattr(self, "_compile", False))
         self._compiled = {}
@@ -255,7 +258,7 @@ class ModnormOptimizer(Optimizer):
     def set_ns_dtype_auto(self, choices: dict[str, str]) -> None:
         """Adopt saved ns_dtype="auto" choices (they replace this machine's); checked before anything changes."""
         self._ns_auto.update(checked_ns_choices(choices))
-        self._plan_cache = {}
+        self._forget_plans()
 
     def _expected_state(self) -> list[dict[str, tuple[int, ...]]]:
         """State key → shape that each parameter (in group order) has once stepped ({} for 0-size ones)."""
@@ -312,7 +315,7 @@ class ModnormOptimizer(Optimizer):
                     self.state[p][k] = v.clone()
                 elif p.dtype != self._state_dtype(p):
                     self.state[p][k] = v.to(device=p.device, dtype=self._state_dtype(p), copy=True)
-        self._plan_cache = {}
+        self._forget_plans()
 
     # ------------------------------------------------------------------ step
 
@@ -444,13 +447,12 @@ class ModnormOptimizer(Optimizer):
         shape = plan.shape
         views = sharded.views if sharded else [p.view(shape) if p.ndim == 0 else p for p in params]
         grads = sharded.grads if sharded else [p.grad if p.ndim else p.grad.reshape(shape) for p in params]
-        budgets = [m[1].scale for m in members]
         if scaling is not None:  # a stage before the directions: the pipeline sees the loss σ·f, lr × ρ
             grads = torch._foreach_mul([g.to(self._state_dtype(params[0])) for g in grads], scaling.loss)
             if spec.coupled and spec.weight_decay:
                 spec = dataclasses.replace(spec, weight_decay=spec.weight_decay * scaling.loss)
             precond, lr = precond.for_loss_scale(scaling.eps), float(lr) * scaling.lr
-        fn: Callable[..., Computed] = update_bucket
+        fn: Callable[..., BucketStep] = update_bucket
         if self._compile is not False and sharded is None and not (precond.needs_hvp or precond.eager_only) and collect is None and scaling is None:
             key = (plan.key, len(members))
             if key not in self._compiled:
@@ -461,11 +463,11 @@ class ModnormOptimizer(Optimizer):
         else:
             lr = float(lr)
             ctx = StepContext(step=step, params=params, names=names, closure=closure, loss=loss)
-        update, alpha, decay, divisor, fresh, checks = fn(
-            spec, plan.norm, precond, budgets, views, grads, states, step, lr, maximize, self._state_dtype(params[0]), ctx, sharded,
-            [m[1].budget for m in members], **({"collect": collect} if collect is not None else {}))
+        out = fn(spec=spec, base=plan.norm, precond=precond, views=views, grads=grads, states=states, step=step, lr=lr,
+                 maximize=maximize, state_dtype=self._state_dtype(params[0]), ctx=ctx, step_scales=[m[1].step_scale for m in members],
+                 decay_budgets=[m[1].budget for m in members], sharded=sharded, **({"collect": collect} if collect is not None else {}))
         implied = momentum_key(plan.rule.momentum) if momentum_implied(plan.spec, plan.precond, self._state_dtype(params[0])) else None
-        txn.add_write(PendingWrite(views, update, alpha, decay, divisor, fresh), checks, names, params, implied)
+        txn.add_write(PendingWrite(views, out.update, out.alpha, out.decay, out.divisor, out.fresh), out.checks, names, params, implied)
 
     # ------------------------------------------------------------------ schedule-free train/eval
 

@@ -31,7 +31,7 @@ class Plan:
     role: str
     route: str  # the recipe entry that handles it: its role, or "default"
     budget: float
-    scale: float  # budget × the rule's shape factor (lr_adjust)
+    step_scale: float  # the factor on its step: budget × the rule's shape factor (lr_adjust)
     shape: tuple[int, ...]
     rule: Rule
     norm: Norm
@@ -86,9 +86,9 @@ def build_plans(
         options = ", ".join(f"{k}={v}" for k, v in rule.preconditioner_options.items()) if pname != "none" else ""
         plabel = f"{pname}({options})" if options else pname
         # per block (gates, groups, (in, out) layouts); a 0-size parameter is never stepped
-        scale = budget * rule.shape_factor(block_shape(norm, tuple(p.shape))) if p.numel() else budget
+        step_scale = budget * rule.shape_factor(block_shape(norm, tuple(p.shape))) if p.numel() else budget
         route = geometry.role if geometry.role in recipe.roles else "default"
         declared = repr(geometry.norm) if overrides_declared(geometry, norm) else ""
-        plans.append(Plan(label, geometry.role, route, budget, scale, shape, rule, norm, preconds[pkey], plabel, bucket,
+        plans.append(Plan(label, geometry.role, route, budget, step_scale, shape, rule, norm, preconds[pkey], plabel, bucket,
                           specs.setdefault(id(rule), RuleSpec.of(rule)), declared))
     return plans

@@ -1,8 +1,9 @@
-"""One bucket's step: same-shape parameters that share a rule, updated at once.
+"""One bucket's step: same-shape parameters that share a rule, updated at once, by composing
+the stages of ``stages.py`` (and ``update_stages.py``)::
 
     g ← ∓grad (maximize), + λW if weight decay is coupled      (cast to the state dtype)
     d ← momentum(g); c ← its bias correction                   (momentum.py)
-    precond.update_many(states, g)                             (statistics of the raw g)
+    precond.update_many(states, g)                             (statistics of g)
     U ← N.lmo(c·stack d) or N.sharp(c·stack d),  N = precond.norm(base)   (Theorem 1)
     U ← trust ratio · U;  U ← momentum(U) if momentum_on="update"   (update_stages.py; then c·U)
     W ← W (1 − η_r · budget · λ s)  (decoupled weight decay, s = precond.decay_scale);   W ← W − η_r · budget · shape · U
@@ -27,18 +28,19 @@ from collections.abc import Sequence
 import itertools
 import types
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from ..norms import Frobenius, Norm
-from .momentum import apply_momentum, momentum_scale
-from .preconditioner import RESERVED_STATE_KEYS, Identity, Preconditioner, StepContext
-from .update_stages import after_direction, schedule_free
+from .preconditioner import Identity, Preconditioner, StepContext
+from .stages import (budget_stage, decay_factor, direction_stage, entrywise_alpha, momentum_stage, oriented_gradients, rule_lr,
+                     statistics_stage, with_coupled_decay)
 from .step_size import Direction
+from .update_stages import after_direction, schedule_free
 
-__all__ = ["RuleSpec", "update_bucket", "compiled_update_bucket", "momentum_implied"]
+__all__ = ["RuleSpec", "BucketStep", "update_bucket", "compiled_update_bucket", "momentum_implied"]
 
 Scalar = float | Tensor
 
@@ -79,13 +81,6 @@ class RuleSpec:
                 or (self.momentum_on == "update" and self.momentum != "none"))
 
 
-def _alphas(lr_r: Scalar, c: float, budgets: Sequence[float]) -> Scalar | list[float]:
-    """−η_r·c·budget: one scalar when the budgets agree, else one float per parameter."""
-    if all(b == budgets[0] for b in budgets):
-        return -(lr_r * c) * budgets[0]
-    return [-(lr_r * c) * b for b in budgets]  # float lr only (a tensor lr with mixed budgets takes the stacked path)
-
-
 def momentum_implied(spec: RuleSpec, precond: Preconditioner, state_dtype: torch.dtype) -> bool:
     """Whether the finiteness check may skip the momentum buffers and directions: when the
     preconditioner's new state holds G ⊙ G (or G Gᵀ), finite state means |G| < √max, and a
@@ -93,16 +88,27 @@ def momentum_implied(spec: RuleSpec, precond: Preconditioner, state_dtype: torch
     return spec.momentum != "none" and precond.covers_gradient and torch.finfo(state_dtype).max >= 1e38
 
 
-Computed = tuple[Sequence[Tensor], Any, Any, Any, bool, list[Tensor]]
-"""(update, alpha, decay, divisor, fresh, checks): the fields of a ``PendingWrite`` and the
-tensors to check besides the new state (see ``update_bucket``)."""
+class BucketStep(NamedTuple):
+    """A bucket's computed parameter change (the fields of ``transaction.PendingWrite``) and the
+    tensors the finiteness check reads besides the new state."""
+
+    update: Sequence[Tensor]
+    alpha: Any
+    decay: Any
+    divisor: Any
+    fresh: bool
+    checks: list[Tensor]
+
+
+NO_STEP = BucketStep([], 0.0, None, None, False, [])
+"""A statistics-only step (a preconditioner's warm-up): nothing is written to the parameters."""
 
 
 def update_bucket(
+    *,
     spec: RuleSpec,
     base: Norm,
     precond: Preconditioner,
-    budgets: Sequence[float],
     views: list[Tensor],
     grads: list[Tensor],
     states: Sequence[dict[str, Any]],
@@ -111,103 +117,83 @@ def update_bucket(
     maximize: bool,
     state_dtype: torch.dtype,
     ctx: StepContext,
+    step_scales: Sequence[float],
+    decay_budgets: Sequence[float] | None = None,
     sharded: Any = None,
-    decays: Sequence[float] | None = None,
     collect: list[Any] | None = None,
-) -> Computed:
+) -> BucketStep:
     """One step of a bucket (see the module docstring), computed aside: new state tensors are
     assigned to the keys of ``states`` (shadow dicts), the parameters are not touched; returns
-    the parameter change (``transaction.PendingWrite`` fields) and the update tensors to check.
-    The step counters are advanced when the step commits. ``sharded``: local shards (modnorm.distributed);
-    ``decays``: each parameter's budget for the decoupled weight decay (default: 1).
-    ``collect``: for a global step-size stage (``step_size.py``), append the bucket's
-    ``Direction`` (stacked input X and direction U, before budgets); the entrywise shortcuts are
-    then skipped, and the returned ``alpha`` is scaled by the stage's factor before the commit."""
+    the parameter change and the update tensors to check. The step counters are advanced when
+    the step commits.
+
+    ``step_scales``: each parameter's budget × its rule's shape factor (``lr_adjust``), the factor
+    on its step; ``decay_budgets``: each parameter's budget, the factor on its decoupled weight
+    decay (default 1); ``sharded``: local shards (modnorm.distributed); ``collect``: for a global
+    step-size stage (``step_size.py``), append the bucket's ``Direction`` (stacked input X and
+    direction U, before the step scales); the entrywise shortcuts are then skipped, and the
+    returned ``alpha`` is scaled by the stage's factor before the commit."""
     if sharded is not None and (spec.trust_ratio != "none" or spec.momentum == "schedule_free"):
         raise NotImplementedError("trust ratios (lamb, lars) and schedule-free need whole tensors; they do not run on FSDP2 shards")
-    if grads[0].dtype != state_dtype:
-        grads = [g.to(state_dtype) for g in grads]
-    if maximize:
-        grads = torch._foreach_neg(grads)
+    raw = oriented_gradients(grads, maximize=maximize, state_dtype=state_dtype)
     if precond.warmup_steps:  # statistics-only first steps (SOAP's reference schedule)
         if step <= precond.warmup_steps:
-            precond.update_many(states, grads, step - precond.warmup_steps, ctx)
-            return [], 0.0, None, None, False, []
+            precond.update_many(states, raw, step - precond.warmup_steps, ctx)
+            return NO_STEP
         step = step - precond.warmup_steps
-    raw = grads
-    wd = spec.weight_decay
-    if wd and spec.coupled:
-        grads = torch._foreach_add(grads, views if views[0].dtype == state_dtype else [v.to(state_dtype) for v in views], alpha=wd)
-    staged = spec.staged
-    if spec.momentum_on == "gradient":
-        d = apply_momentum(spec.momentum, spec.beta, spec.dampening, states, grads, step, spec.direction_beta)
-        c = momentum_scale(spec.momentum, spec.beta, step)
-    else:
-        d, c = grads, 1.0
-    lr_r = lr * spec.lr_ratio
-    if spec.lr_decay:
-        lr_r = lr_r / (1.0 + (step - 1) * spec.lr_decay)
-    decay = (_decay(lr_r, spec.weight_decay * precond.decay_scale(views[0].shape), decays)
-             if spec.weight_decay and not spec.coupled and spec.momentum != "schedule_free" else None)  # schedule-free decays at y itself
-    uniform = all(b == budgets[0] for b in budgets)
-    entrywise = (
-        spec.mode == "sharp" and type(base) is Frobenius and views[0].dtype == state_dtype
-        and (uniform or not isinstance(lr_r, Tensor)) and (sharded is None or not sharded.whole_statistics)
-        and not staged and collect is None
-    )
-    if entrywise and isinstance(precond, Identity):
-        return d, _alphas(lr_r, c, budgets), decay, None, False, list(d)
-    if entrywise:
-        precond.update_many(states, grads, step, ctx)
+    g = with_coupled_decay(raw, views=views, weight_decay=spec.weight_decay if spec.coupled else 0.0, state_dtype=state_dtype)
+    d, c = momentum_stage(spec, states=states, grads=g, step=step)
+    lr_r = rule_lr(lr, lr_ratio=spec.lr_ratio, lr_decay=spec.lr_decay, step=step)
+    decay = None  # schedule-free decays at y itself (update_stages.schedule_free)
+    if spec.weight_decay and not spec.coupled and spec.momentum != "schedule_free":
+        decay = decay_factor(lr=lr_r, weight_decay=spec.weight_decay * precond.decay_scale(views[0].shape), decay_budgets=decay_budgets)
+    if _entrywise(spec, base, views, state_dtype, step_scales, lr_r, sharded, collect):
+        if isinstance(precond, Identity):
+            return BucketStep(d, entrywise_alpha(lr=lr_r, c=c, step_scales=step_scales), decay, None, False, list(d))
+        precond.update_many(states, g, step, ctx)
         D2 = precond.entrywise_divisor(states, step)
         if D2 is not None:  # d and the state are checked; D² > 0 (eps validated against the state dtype)
-            return d, _alphas(lr_r, c, budgets), decay, D2, False, [] if momentum_implied(spec, precond, state_dtype) else list(d)
+            checks = [] if momentum_implied(spec, precond, state_dtype) else list(d)
+            return BucketStep(d, entrywise_alpha(lr=lr_r, c=c, step_scales=step_scales), decay, D2, False, checks)
         norm = precond.norm(base, states, step)
         if sharded is not None:
             norm = sharded.norm(norm)
-    elif sharded is not None:  # statistics on shards (or whole tensors); dual map via all_to_all to owner ranks
-        norm = sharded.precondition(precond, base, grads, step, ctx, reserved=RESERVED_STATE_KEYS)
     else:
-        precond.update_many(states, grads, step, ctx)
-        norm = precond.norm(base, states, step)
-    X = torch.stack(d)  # a copy: the momentum buffers stay untouched
-    if c != 1.0 and not staged:  # staged: the bias correction scales the step after the stages
-        X.mul_(c)
-    U = norm.lmo(X) if spec.mode == "lmo" else norm.sharp(X)
+        norm = statistics_stage(precond, base=base, states=states, grads=g, step=step, ctx=ctx, sharded=sharded)
+    staged = spec.staged  # staged: the bias correction c scales the step after the stages
+    X, U = direction_stage(norm, d=d, c=c, mode=spec.mode, correct=not staged)
     if collect is not None:
-        collect.append(Direction(ctx.params, states, X, U, budgets))
+        collect.append(Direction(ctx.params, states, X, U, step_scales))
     if staged:
-        return _staged(spec, U, views, raw, states, step, lr_r * c, budgets, uniform, decay)
-    if uniform:
-        alpha: Scalar = -lr_r * budgets[0]
-    else:
-        U = U * torch.tensor(budgets, dtype=U.dtype, device=U.device).view(-1, *([1] * (U.ndim - 1)))
-        alpha = -lr_r
+        return _staged(spec, U, views=views, grads=raw, states=states, step=step, lr=lr_r * c, step_scales=step_scales, decay=decay)
+    U, alpha = budget_stage(U, lr=lr_r, step_scales=step_scales)
     if U.dtype != views[0].dtype:
         U = U.to(views[0].dtype)
     checks = [U, *d] if spec.momentum == "none" and not precond.covers_gradient else [U]  # d (the gradient) is in no state
-    return U.unbind(0), alpha, decay, None, True, checks
+    return BucketStep(U.unbind(0), alpha, decay, None, True, checks)
 
 
-def _staged(spec: RuleSpec, U: Tensor, views: list[Tensor], raw: Sequence[Tensor], states: Sequence[dict[str, Any]],
-            step: int, lr_c: Scalar, budgets: Sequence[float], uniform: bool, decay: Any) -> Computed:
-    """The stages after U (``update_stages``) and the parameter change they give."""
-    steps, fresh = after_direction(spec, U, views, raw, states, step, decay)
+def _entrywise(spec: RuleSpec, base: Norm, views: list[Tensor], state_dtype: torch.dtype, step_scales: Sequence[float],
+               lr: Scalar, sharded: Any, collect: Any) -> bool:
+    """Whether the bucket may skip the stack (the module docstring's entrywise shortcut)."""
+    return (spec.mode == "sharp" and type(base) is Frobenius and views[0].dtype == state_dtype
+            and (all(s == step_scales[0] for s in step_scales) or not isinstance(lr, Tensor))
+            and (sharded is None or not sharded.whole_statistics) and not spec.staged and collect is None)
+
+
+def _staged(spec: RuleSpec, U: Tensor, *, views: list[Tensor], grads: Sequence[Tensor], states: Sequence[dict[str, Any]],
+            step: int, lr: Scalar, step_scales: Sequence[float], decay: Any) -> BucketStep:
+    """The stages after U (``update_stages``) and the parameter change they give; ``lr``: η_r·c."""
+    uniform = all(s == step_scales[0] for s in step_scales)
+    steps, fresh = after_direction(spec, U, views, grads, states, step, decay)
     if not uniform:
-        steps, fresh = torch._foreach_mul(steps, [float(b) for b in budgets]), True
+        steps, fresh = torch._foreach_mul(steps, [float(s) for s in step_scales]), True
     if steps[0].dtype != views[0].dtype:
         steps, fresh = [u.to(views[0].dtype) for u in steps], True
     if spec.momentum == "schedule_free":
-        update, y_decay = schedule_free(spec, views, steps, states, step, lr_c * (budgets[0] if uniform else 1.0))
-        return update, 1.0, y_decay, None, True, list(update)
-    return steps, -lr_c * budgets[0] if uniform else -lr_c, decay, None, fresh, list(steps)
-
-
-def _decay(lr_r: Scalar, wd: float, decays: Sequence[float] | None) -> Scalar | list[Scalar]:
-    """The decoupled decay factor 1 − η_r · budget · λ: one scalar when the budgets agree, else one per parameter."""
-    if decays is None or all(b == decays[0] for b in decays):
-        return 1.0 - lr_r * (wd * (decays[0] if decays else 1.0))
-    return [1.0 - lr_r * (wd * b) for b in decays]
+        update, y_decay = schedule_free(spec, views, steps, states, step, lr * (step_scales[0] if uniform else 1.0))
+        return BucketStep(update, 1.0, y_decay, None, True, list(update))
+    return BucketStep(steps, -lr * step_scales[0] if uniform else -lr, decay, None, fresh, list(steps))
 
 
 _copies = itertools.count()
@@ -222,4 +208,5 @@ def compiled_update_bucket(options: dict[str, Any]) -> Any:
     """
     code = update_bucket.__code__.replace(co_name=f"update_bucket_{next(_copies)}")
     fn = types.FunctionType(code, update_bucket.__globals__, code.co_name, update_bucket.__defaults__, update_bucket.__closure__)
+    fn.__kwdefaults__ = update_bucket.__kwdefaults__
     return torch.compile(fn, **options)
