@@ -32,11 +32,6 @@ from .describe import describe
 
 # The generated optimizer; presets, preconditioners and recipes live in ``modnorm.optim``.
 from .optim import ConfigError, ModnormOptimizer, optimizer
-from .optim import matrix_presets as _matrix_presets  # noqa: F401  (registers shampoo, soap, splus, sophia, …)
-from .optim import zoo_presets as _zoo_presets  # noqa: F401  (registers rmsprop, lion, lamb, lars)
-from .optim import prodigy as _prodigy  # noqa: F401  (registers the prodigy preset and step_size="prodigy")
-from .optim import kfac as _kfac, kfac_presets as _kfac_presets  # noqa: F401  (registers kfac, ekfac, kfac_spectral)
-from .optim import hessian as _hessian, kl_shampoo as _kl_shampoo  # noqa: F401  (registers hessian, kl_shampoo)
 
 # name → module, imported on first attribute access: torch.distributed.checkpoint alone
 # takes longer to import than the rest of modnorm.

@@ -39,11 +39,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from .optim.catalog import PRESETS, get_preconditioner
 from .optim.factory import optimizer
 from .optim.kl_shampoo import KLShampoo
 from .optim.matrix_preconditioners import Shampoo
-from .optim.preconditioner import get_preconditioner
-from .optim.presets import PRESETS
 
 __all__ = ["check_invariance", "InvarianceReport", "predicted_invariance", "KINDS"]
 

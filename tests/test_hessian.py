@@ -13,7 +13,8 @@ from torch import nn
 import modnorm
 from modnorm import Frobenius, Sign, Spectral
 from modnorm.optim.hessian import HessianDiagonal, functional_loss, hutchinson_diagonal
-from modnorm.optim.preconditioner import StepContext, get_preconditioner
+from modnorm.optim.catalog import get_preconditioner
+from modnorm.optim.preconditioner import StepContext
 
 F64 = torch.float64
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 import modnorm
 from modnorm import Frobenius, Sign, Spectral
 from modnorm.optim.kl_shampoo import KLShampoo
-from modnorm.optim.matrix_preconditioners import SOAP, Shampoo, SPlus, shampoo_one_sided
-from modnorm.optim.preconditioner import get_preconditioner
+from modnorm.optim.catalog import get_preconditioner
+from modnorm.optim.matrix_preconditioners import SOAP, Shampoo, SPlus
 
 F64 = torch.float64
 
@@ -94,8 +94,13 @@ def test_shampoo_sharp_matches_formula(m, n, T, beta2, k, sides, eps, seed) -> N
     np.testing.assert_allclose(got.numpy() / scale, want / scale, atol=1e-8)
 
 
+def shampoo_one_sided(**options):
+    """One-sided Shampoo (what the shampoo_one_sided preset configures): R = I, the step A^{-1/2} G."""
+    return Shampoo(sides="left", power=0.5, **options)
+
+
 def test_one_sided_factory_defaults() -> None:
-    P = get_preconditioner("shampoo_one_sided")
+    P = get_preconditioner("shampoo", sides="left", power=0.5)
     assert P.sides == "left" and P.power == 0.5
     gs = grads(4, 5, 3, 0)
     A = sum(g @ g.T for g in gs)
@@ -185,7 +190,7 @@ def test_splus_matches_formula(shape_scale: bool) -> None:
 
 ALL = {
     "shampoo": lambda: Shampoo(eps=1e-6, root_dtype=F64, precondition_frequency=2),
-    "shampoo_one_sided": lambda: shampoo_one_sided(eps=1e-6, root_dtype=F64),
+    "shampoo:one_sided": lambda: shampoo_one_sided(eps=1e-6, root_dtype=F64),
     "kl_shampoo": lambda: KLShampoo(root_dtype=F64),
     "soap": lambda: SOAP(root_dtype=F64, precondition_frequency=2),
     "splus": lambda: SPlus(root_dtype=F64, precondition_frequency=2),
@@ -232,7 +237,7 @@ def test_bucket_update_equals_one_at_a_time(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(ALL))
 def test_registered_and_state_loads_weights_only(name: str) -> None:
-    assert type(get_preconditioner(name)) is type(ALL[name]())
+    assert type(get_preconditioner(name.split(":")[0])) is type(ALL[name]())  # "name:variant": a configuration of name
     P = ALL[name]()
     state = run(P, grads(3, 4, 5, 9))[0]
     buf = io.BytesIO()

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import modnorm
-from modnorm.optim import PRESETS, Preconditioner, Recipe, Rule, register_preconditioner
+from modnorm.optim import PRECONDITIONERS, PRESETS, Preconditioner, Recipe, UpdateRule, register_preconditioner
 from modnorm.optim.config import ConfigError
 from state_snapshot import snapshot, unchanged
 
@@ -89,17 +89,18 @@ class _FailsOnSecond(Preconditioner):
 
 
 def test_a_failure_in_a_later_bucket_leaves_earlier_buckets_untouched():
-    register_preconditioner("fails_test", _FailsOnSecond)
-    torch.manual_seed(0)
-    a, b = torch.randn(4, 3, requires_grad=True), torch.randn(5, requires_grad=True)
-    recipe = Recipe(default=Rule(norm="frobenius", preconditioner="adam", momentum="adam_ema", beta=0.9, mode="sharp"),
-                    roles={"vector": Rule(norm="frobenius", preconditioner="fails_test", mode="sharp")})
-    opt = modnorm.optimizer([("a", a), ("b", b)], recipe, lr=0.1)
-    (a.sum() + b.sum()).backward()
-    snap = snapshot(opt, [a, b])
-    with pytest.raises(RuntimeError, match="always fails"):
-        opt.step()
-    assert unchanged(opt, [a, b], snap) and len(opt.state) == 0
+    with PRECONDITIONERS.scoped():
+        register_preconditioner("fails_test", _FailsOnSecond)
+        torch.manual_seed(0)
+        a, b = torch.randn(4, 3, requires_grad=True), torch.randn(5, requires_grad=True)
+        recipe = Recipe(default=UpdateRule(norm="frobenius", preconditioner="adam", momentum="adam_ema", beta=0.9, mode="sharp"),
+                        roles={"vector": UpdateRule(norm="frobenius", preconditioner="fails_test", mode="sharp")})
+        opt = modnorm.optimizer([("a", a), ("b", b)], recipe, lr=0.1)
+        (a.sum() + b.sum()).backward()
+        snap = snapshot(opt, [a, b])
+        with pytest.raises(RuntimeError, match="always fails"):
+            opt.step()
+        assert unchanged(opt, [a, b], snap) and len(opt.state) == 0
 
 
 @pytest.mark.parametrize("preset", ["adamw", "muon", "soap", "shampoo", "muadam"])

@@ -12,9 +12,8 @@ import pytest
 import torch
 
 import modnorm
-from modnorm.optim import Recipe, Rule, register_preconditioner
+from modnorm.optim import PRECONDITIONERS, Recipe, UpdateRule, register_preconditioner
 from modnorm.optim.diagonal import SecondMoment
-from modnorm.optim.preconditioner import PRECONDITIONERS
 
 
 class _Stacked(SecondMoment):
@@ -33,16 +32,15 @@ FORMS = {
 
 @pytest.fixture(autouse=True)
 def _registered():
-    register_preconditioner("stacked_second_moment", lambda **kw: _Stacked(**kw))
-    register_preconditioner("entrywise_second_moment", lambda **kw: SecondMoment(**kw))
-    yield
-    PRECONDITIONERS.pop("stacked_second_moment")
-    PRECONDITIONERS.pop("entrywise_second_moment")
+    with PRECONDITIONERS.scoped():
+        register_preconditioner("stacked_second_moment", lambda **kw: _Stacked(**kw))
+        register_preconditioner("entrywise_second_moment", lambda **kw: SecondMoment(**kw))
+        yield
 
 
-def _rule(precond: str, form: str, wd_mode: str) -> Rule:
+def _rule(precond: str, form: str, wd_mode: str) -> UpdateRule:
     momentum = "none" if form == "adagrad" else "adam_ema"
-    return Rule(norm="frobenius", preconditioner=precond, preconditioner_options={"eps": 1e-6, **FORMS[form]},
+    return UpdateRule(norm="frobenius", preconditioner=precond, preconditioner_options={"eps": 1e-6, **FORMS[form]},
                 momentum=momentum, beta=0.9, mode="sharp", weight_decay=0.1, weight_decay_mode=wd_mode)
 
 

@@ -13,8 +13,7 @@ from torch import nn
 
 import modnorm
 from modnorm import DNorm, LRNorm
-from modnorm.optim import Preconditioner, Recipe, Rule, register_preconditioner
-from modnorm.optim.preconditioner import PRECONDITIONERS
+from modnorm.optim import PRECONDITIONERS, Preconditioner, Recipe, UpdateRule, register_preconditioner
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
 
@@ -41,7 +40,7 @@ def test_user_recipe_sign_lmo_in_adam_norm():
     """Recipe: Sign base × adam D × adam_ema × lmo → D⁻¹ ⊙ sign(D⁻¹ ⊙ M̂) = sign(M̂)/(√V̂+ε)^½."""
     torch.manual_seed(0)
     w = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
-    rule = Rule(norm="sign", preconditioner="adam", preconditioner_options={"beta2": 0.9, "eps": 1e-3},
+    rule = UpdateRule(norm="sign", preconditioner="adam", preconditioner_options={"beta2": 0.9, "eps": 1e-3},
                 momentum="adam_ema", beta=0.5, mode="lmo")
     opt = modnorm.optimizer([w], Recipe(default=rule), lr=0.1)
     M = torch.zeros_like(w)
@@ -98,17 +97,16 @@ class Rotated(Preconditioner):
 
 @pytest.fixture
 def registered():
-    register_preconditioner("fixed_scale", FixedScale)
-    register_preconditioner("rotated_adam", Rotated)
-    yield
-    PRECONDITIONERS.pop("fixed_scale")
-    PRECONDITIONERS.pop("rotated_adam")
+    with PRECONDITIONERS.scoped():
+        register_preconditioner("fixed_scale", FixedScale)
+        register_preconditioner("rotated_adam", Rotated)
+        yield
 
 
 def test_registered_preconditioners_per_param_update_and_nested_lr_d(registered):
     torch.manual_seed(0)
     w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    opt = modnorm.optimizer([w], Recipe(default=Rule(norm="frobenius", preconditioner="fixed_scale",
+    opt = modnorm.optimizer([w], Recipe(default=UpdateRule(norm="frobenius", preconditioner="fixed_scale",
                                                      preconditioner_options={"c": 2.0}, mode="sharp")), lr=0.1)
     for t in range(1, 4):
         opt.zero_grad()
@@ -120,7 +118,7 @@ def test_registered_preconditioners_per_param_update_and_nested_lr_d(registered)
     Q = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))[0]
     P = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))[0]
     w2 = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    rule = Rule(norm="frobenius", preconditioner="rotated_adam", preconditioner_options={"Q": Q, "P": P}, mode="sharp")
+    rule = UpdateRule(norm="frobenius", preconditioner="rotated_adam", preconditioner_options={"Q": Q, "P": P}, mode="sharp")
     opt = modnorm.optimizer([w2], Recipe(default=rule), lr=0.1)
     V = torch.zeros(4, 3, dtype=torch.float64)
     for t in range(1, 4):
@@ -152,11 +150,11 @@ class HessianProbe(Preconditioner):
 
 
 def test_preconditioner_gets_hessian_vector_products_through_the_step():
-    register_preconditioner("hessian_probe", HessianProbe)
-    try:
+    with PRECONDITIONERS.scoped():
+        register_preconditioner("hessian_probe", HessianProbe)
         a = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
         w = torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64, requires_grad=True)
-        opt = modnorm.optimizer([w], Recipe(default=Rule(norm="frobenius", preconditioner="hessian_probe", mode="sharp")), lr=1.0)
+        opt = modnorm.optimizer([w], Recipe(default=UpdateRule(norm="frobenius", preconditioner="hessian_probe", mode="sharp")), lr=1.0)
 
         def closure():
             opt.zero_grad()
@@ -172,8 +170,6 @@ def test_preconditioner_gets_hessian_vector_products_through_the_step():
         (w**2).sum().backward()  # no graph: a clear error
         with pytest.raises(RuntimeError, match="create_graph=True"):
             opt.step()
-    finally:
-        PRECONDITIONERS.pop("hessian_probe")
 
 
 def test_modular_budgets_scale_the_step_and_budgets_false_disables_them():
@@ -218,7 +214,7 @@ def test_rank_inference_and_construction_errors():
     assert rows["w"]["norm"].startswith("Spectral(") and rows["w"]["role"] == "hidden"
     assert rows["b"]["norm"] == "RMS()" and rows["s"]["norm"] == "RMS()"  # a 0-D parameter is a 1-vector
     with pytest.raises(ValueError, match="'b'.*spectral"):
-        modnorm.optimizer(params, Recipe(default=Rule(norm="spectral")))
+        modnorm.optimizer(params, Recipe(default=UpdateRule(norm="spectral")))
     # polar options given to scion replace a declared spectral norm's method, keeping its declared scale
     geo = {"w": modnorm.Geometry(modnorm.Spectral(scale="original"))}
     opt = modnorm.ModnormOptimizer(params, "scion", geometries=geo, ns_method="svd")
@@ -249,7 +245,7 @@ def test_every_composition_descends_and_lmo_ignores_gradient_scale(norm, precond
     mode without a preconditioner, the step does not depend on the gradient's scale."""
     g = torch.Generator().manual_seed(seed)
     G = torch.randn(shape, generator=g, dtype=torch.float64)
-    rule = Rule(norm=norm, preconditioner=precond, mode=mode, ns_method="svd")
+    rule = UpdateRule(norm=norm, preconditioner=precond, mode=mode, ns_method="svd")
     steps = []
     for c in (1.0, scale):
         w = torch.zeros(shape, dtype=torch.float64, requires_grad=True)

@@ -37,7 +37,7 @@ def test_bad_hyperparameters_are_refused_naming_the_field(preset, field, value):
 
 def test_rule_refuses_non_finite_numbers():
     with pytest.raises(ValueError, match="finite"):
-        modnorm.optim.Rule(weight_decay=INF)
+        modnorm.optim.UpdateRule(weight_decay=INF)
 
 
 def test_lists_and_ints_are_still_accepted():

@@ -186,19 +186,15 @@ def _prodigy_muon_reference(W, targets, lr, b1, b2, d0, steps):
 
 
 def test_the_d_stage_composes_with_a_spectral_direction():
-    from modnorm.optim.presets import PRESETS, register_preset
-    from modnorm.optim.prodigy import ProdigyHP
-    from modnorm.optim.recipe import Recipe, Rule
+    from modnorm.optim import PRESETS, Recipe, UpdateRule, register_preset
 
     def recipe(h):
-        return Recipe(default=Rule(norm="spectral", scale="none", ns_method="svd", momentum="ema", beta=h.betas[0], mode="lmo"))
+        return Recipe(default=UpdateRule(norm="spectral", scale="none", ns_method="svd", momentum="ema", beta=h.betas[0], mode="lmo"))
 
-    register_preset("test_prodigy_spectral", ProdigyHP, recipe)
-    try:
+    with PRESETS.scoped():
+        register_preset("test_prodigy_spectral", PRESETS["prodigy"].hyperparameters, recipe)
         (W,), (T,) = make_params(shapes=[(6, 4)]), make_params(shapes=[(6, 4)], seed=1)
         ref = _prodigy_muon_reference(W, [T], 0.5, 0.9, 0.99, 1e-3, 25)
         got = run(lambda ps: modnorm.optimizer(ps, "test_prodigy_spectral", lr=0.5, betas=(0.9, 0.99), d0=1e-3), [W], steps=25)
         assert (got[0] - ref).abs().max().item() < 1e-10
         assert (ref - W).abs().max().item() > 1e-2
-    finally:
-        PRESETS.pop("test_prodigy_spectral")

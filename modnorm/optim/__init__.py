@@ -1,23 +1,16 @@
 """The generated optimizer: one pipeline (momentum → preconditioner → LMO/sharp → budget →
 weight decay → update), presets as configurations of it, and the pieces to compose your own."""
 
-from . import diagonal as _diagonal  # noqa: F401  (registers "adam", "sania", "adagrad")
-from . import moment_variants as _moment_variants  # noqa: F401  (registers "amsgrad", "rmsprop")
+from .catalog import PRECONDITIONERS, PRESETS, get_preconditioner, register_preconditioner, register_preset
 from .config import ConfigError, OptimizerConfig
 from .diagonal import SecondMoment
 from .factory import optimizer
 from .momentum import MOMENTUM_KINDS
 from .optimizer import ModnormOptimizer
-from .preconditioner import (
-    PRECONDITIONERS,
-    Identity,
-    Preconditioner,
-    StepContext,
-    get_preconditioner,
-    register_preconditioner,
-)
-from .presets import PRESETS, Hyperparameters, register_preset
-from .recipe import Recipe, Rule
+from .preconditioner import Identity, Preconditioner, StepContext
+from .presets import Hyperparameters, Preset, preset
+from .recipe import Recipe, Rule, UpdateRule
+from .registry import Registry
 from .schedules import WSD, LinearCooldown, RefreshSpike
 
 __all__ = [
@@ -26,10 +19,14 @@ __all__ = [
     "OptimizerConfig",
     "ConfigError",
     "Recipe",
+    "UpdateRule",
     "Rule",
     "Hyperparameters",
+    "Preset",
+    "preset",
     "PRESETS",
     "register_preset",
+    "Registry",
     "MOMENTUM_KINDS",
     "Preconditioner",
     "Identity",

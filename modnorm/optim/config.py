@@ -15,13 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .presets import PRESETS, RANGES, Hyperparameters, Preset
+from .catalog import PRESETS
+from .hparams import ConfigError, allowed
+from .presets import Hyperparameters, Preset
 
 __all__ = ["OptimizerConfig", "ConfigError", "get_preset", "validate_hyperparameters"]
-
-
-class ConfigError(ValueError):
-    """A bad optimizer configuration; the message names the field and the fix."""
 
 
 def get_preset(name: str) -> Preset:
@@ -51,9 +49,10 @@ def validate_hyperparameters(preset: Preset, values: dict[str, Any], where: str 
                 continue
             seen.add(field)
             loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith(("float", "is-instance", "int", "bool"))) or "(model)"
-            allowed = f"; allowed: {RANGES[field]}" if field in RANGES else ""
+            text = allowed(model, field) if field else None
+            allowed_text = f"; allowed: {text}" if text else ""
             got = f" (got {err['input']!r})" if "input" in err and err["loc"] else ""
-            lines.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}{got}{allowed}")
+            lines.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}{got}{allowed_text}")
         raise ConfigError(f"{prefix}: invalid hyperparameters:\n  " + "\n  ".join(lines)) from None
 
 

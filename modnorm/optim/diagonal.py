@@ -32,7 +32,8 @@ from torch import Tensor
 
 from ..norms import Norm
 from ..preconditioned import DNorm
-from .preconditioner import Preconditioner, StepContext, check_eps, register_preconditioner
+from .hparams import require_nonneg
+from .preconditioner import Preconditioner, StepContext, check_eps
 
 __all__ = ["SecondMoment", "adam", "sania", "adagrad"]
 
@@ -79,14 +80,12 @@ class SecondMoment(Preconditioner):
     ) -> None:
         if not 0.0 <= beta2 < 1.0:
             raise ValueError(f"SecondMoment: beta2 must satisfy 0 ≤ beta2 < 1, got {beta2!r}")
-        if not eps >= 0.0:
-            raise ValueError(f"SecondMoment: eps must be ≥ 0, got {eps!r}")
+        require_nonneg(eps, "SecondMoment: eps", finite=False)
         if not (inner > 0 and outer > 0):
             raise ValueError(f"SecondMoment: exponents inner, outer must be > 0, got {inner!r}, {outer!r}")
         if accumulate not in ("ema", "sum"):
             raise ValueError(f"SecondMoment: accumulate must be 'ema' or 'sum', got {accumulate!r}")
-        if not initial_accumulator_value >= 0.0:
-            raise ValueError(f"SecondMoment: initial_accumulator_value must be ≥ 0, got {initial_accumulator_value!r}")
+        require_nonneg(initial_accumulator_value, "SecondMoment: initial_accumulator_value", finite=False)
         self.beta2, self.eps, self.inner, self.outer = float(beta2), float(eps), float(inner), float(outer)
         self.accumulate = accumulate
         self.initial_accumulator_value = float(initial_accumulator_value)
@@ -173,8 +172,3 @@ def sania(beta2: float = 0.999, eps: float = 1e-8) -> SecondMoment:
 def adagrad(eps: float = 1e-10, initial_accumulator_value: float = 0.0) -> SecondMoment:
     """Adagrad's D = (√ΣG² + ε)^½ (sharp of a Frobenius base → G/(√ΣG² + ε))."""
     return SecondMoment(eps=eps, accumulate="sum", initial_accumulator_value=initial_accumulator_value)
-
-
-register_preconditioner("adam", adam)
-register_preconditioner("sania", sania)
-register_preconditioner("adagrad", adagrad)

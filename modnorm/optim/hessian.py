@@ -30,7 +30,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from ..norms import Norm
 from ..preconditioned import DNorm
-from .preconditioner import Preconditioner, State, StepContext, check_eps, register_preconditioner
+from .preconditioner import Preconditioner, State, StepContext, check_eps
 
 __all__ = ["hutchinson_diagonal", "functional_loss", "HessianDiagonal"]
 
@@ -99,7 +99,6 @@ class HessianDiagonal(Preconditioner):
     Before the first estimate D = 1 (the base norm unchanged).
     """
 
-    name = "hessian"
     updates_in_place = False
     needs_hvp = True  # it reads the step context (params, Hessian-vector products): the bucket stays eager
 
@@ -195,6 +194,3 @@ class HessianDiagonal(Preconditioner):
 
     def __repr__(self) -> str:
         return f"HessianDiagonal(beta2={self.beta2}, eps={self.eps}, power={self.power}, every={self.every}, samples={self.samples})"
-
-
-register_preconditioner("hessian", HessianDiagonal)

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from ..norms import Frobenius, Norm, SpectralConv
 from ..preconditioned import DNorm, LRNorm
 from .kfac_hooks import LayerStatistics, Rows
-from .preconditioner import Preconditioner, State, StepContext, register_preconditioner
+from .hparams import require_nonneg
+from .preconditioner import Preconditioner, State, StepContext
 
 __all__ = ["KFAC", "FISHERS", "FlatNorm"]
 
@@ -98,13 +99,11 @@ class KFAC(Preconditioner):
         root_dtype: torch.float32 or torch.float64 for the eigendecompositions.
     """
 
-    name = "kfac"
     eager_only = True
 
     def __init__(self, model: nn.Module, damping: float = 1e-3, stat_decay: float = 0.95, update_freq: int = 10,
                  fisher: str = "empirical", form: str = "kfac", root_dtype: torch.dtype = torch.float32) -> None:
-        if not damping >= 0.0:
-            raise ValueError(f"KFAC: damping must be ≥ 0, got {damping!r}")
+        require_nonneg(damping, "KFAC: damping", finite=False)
         if not 0.0 <= stat_decay < 1.0:
             raise ValueError(f"KFAC: stat_decay must satisfy 0 ≤ stat_decay < 1, got {stat_decay!r}")
         if not isinstance(update_freq, int) or update_freq < 1:
@@ -212,6 +211,3 @@ class KFAC(Preconditioner):
     def __repr__(self) -> str:
         return (f"KFAC(form={self.form!r}, damping={self.damping}, stat_decay={self.stat_decay}, "
                 f"update_freq={self.update_freq}, fisher={self.fisher!r})")
-
-
-register_preconditioner("kfac", KFAC)

@@ -1,13 +1,5 @@
 """KFAC presets: layer-declared Kronecker factors (``kfac.py``) in the one pipeline.
 
-=============  =====================  =============================================  ======================  =====  ======
-preset         base (hidden/head/conv) preconditioner                                momentum                mode   others
-=============  =====================  =============================================  ======================  =====  ======
-kfac           Frobenius              kfac: L = S^½, R = A^½ (damped: (S⊗A + δI)⁻¹)  heavy-ball on the update sharp  AdamW
-ekfac          Frobenius              ekfac: KFAC eigenbasis, per-step diagonal       heavy-ball on the update sharp  AdamW
-kfac_spectral  Spectral (RMS→RMS)     kfac_spectral: L = (S+√δ)^½, R = (A+√δ)^½        ema                     lmo    AdamW
-=============  =====================  =============================================  ======================  =====  ======
-
 Weights of nn.Linear / nn.Conv2d layers (roles hidden, head, conv) take the KFAC rule;
 biases, embeddings and gains the AdamW rule (``adamw_*``). ``modnorm.optimizer(model,
 "kfac")`` passes the model (whose layers are hooked); with parameters, pass ``model=``.
@@ -17,73 +9,68 @@ The model is kept in the param groups, so ``state_dict()`` pickles it (no
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import model_validator
 from torch import nn
 
-from .presets import Hyperparameters, _Polar, _RoutedAdamW, register_preset
-from .recipe import DTYPES, Recipe, Rule
+from .hparams import Beta, Frequency, NonNeg, RootDtype
+from .parts import decoupled_decay, ema, heavy_ball, lmo, precondition, rule, sharp
+from .presets import Mixin, Polar, Preset, RoutedAdamW, preset
+from .recipe import DTYPES, Recipe, UpdateRule
 
-__all__ = ["KFACHP", "KFACSpectralHP"]
-
-Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
-NonNeg = Annotated[float, Field(ge=0.0)]
-Frequency = Annotated[int, Field(ge=1)]
+__all__ = ["KFAC_PRESETS"]
 
 
-class KFACHP(Hyperparameters, _RoutedAdamW):
-    """KFAC's hyperparameters; ``model`` is the module whose layers declare the statistics."""
+class LayerCurvature(Mixin):
+    """KFAC's statistics; ``model`` is the module whose layers declare them."""
 
-    lr: Any = 1e-2
-    momentum: Beta = 0.9
     damping: NonNeg = 1e-3
     stat_decay: Beta = 0.95
     update_freq: Frequency = 10
     fisher: Literal["empirical", "ggn", "mc"] = "empirical"
-    root_dtype: Literal["float32", "float64"] = "float32"
-    weight_decay: NonNeg = 0.0
+    root_dtype: RootDtype = "float32"
     model: nn.Module | None = None
 
     @model_validator(mode="after")
-    def _needs_model(self) -> KFACHP:
+    def _needs_model(self) -> LayerCurvature:
         if self.model is None:
             raise ValueError("KFAC reads its statistics from the layers: pass the model (modnorm.optimizer(model, 'kfac')) or model=<nn.Module>")
         return self
 
-    def options(self, form: str) -> dict[str, Any]:
-        return {"model": self.model, "damping": self.damping, "stat_decay": self.stat_decay, "update_freq": self.update_freq,
-                "fisher": self.fisher, "form": form, "root_dtype": DTYPES[self.root_dtype]}
+    def curvature(self) -> Callable[[str], dict[str, Any]]:
+        """form → the "kfac" preconditioner part of that form."""
+        return lambda form: precondition("kfac", model=self.model, damping=self.damping, stat_decay=self.stat_decay,
+                                         update_freq=self.update_freq, fisher=self.fisher, form=form, root_dtype=DTYPES[self.root_dtype])
 
 
-class KFACSpectralHP(KFACHP, _Polar):
-    lr: Any = 1e-3
+def _layers(matrix: UpdateRule, others: UpdateRule) -> Recipe:
+    """Weights of Linear/Conv layers (roles hidden, head, conv) take ``matrix``; the rest ``others``."""
+    return Recipe(default=others, roles={"hidden": matrix, "head": matrix, "conv": matrix})
 
 
-def _recipe(matrix: Rule, h: KFACHP) -> Recipe:
-    return Recipe(default=h.adamw_rule(), roles={"hidden": matrix, "head": matrix, "conv": matrix})
+def kfac(momentum: Beta = 0.9, weight_decay: NonNeg = 0.0, *, curvature: Callable[[str], dict[str, Any]], adamw_rule: UpdateRule) -> Recipe:
+    """K-FAC: L = S^½, R = A^½ (damped), heavy-ball momentum on the update."""
+    return _layers(rule(sharp("frobenius"), curvature("kfac"), heavy_ball(momentum, on="update"), decoupled_decay(weight_decay)), adamw_rule)
 
 
-def _sharp(form: str):
-    def build(h: KFACHP) -> Recipe:
-        rule = Rule(norm="frobenius", preconditioner="kfac", preconditioner_options=h.options(form),
-                    momentum="heavy_ball" if h.momentum else "none", beta=h.momentum, momentum_on="update",
-                    mode="sharp", weight_decay=h.weight_decay)
-        return _recipe(rule, h)
-
-    return build
+def ekfac(momentum: Beta = 0.9, weight_decay: NonNeg = 0.0, *, curvature: Callable[[str], dict[str, Any]], adamw_rule: UpdateRule) -> Recipe:
+    """EKFAC: the KFAC eigenbasis with a per-step diagonal."""
+    return _layers(rule(sharp("frobenius"), curvature("ekfac"), heavy_ball(momentum, on="update"), decoupled_decay(weight_decay)), adamw_rule)
 
 
-def _kfac_spectral(h: KFACSpectralHP) -> Recipe:
-    rule = Rule(norm="spectral", scale="rms", ns_method=h.ns_method, ns_steps=h.ns_steps, ns_dtype=h.ns_dtype,
-                preconditioner="kfac", preconditioner_options=h.options("kfac_spectral"),
-                momentum="ema" if h.momentum else "none", beta=h.momentum, mode="lmo", weight_decay=h.weight_decay)
-    return _recipe(rule, h)
+def kfac_spectral(momentum: Beta = 0.9, weight_decay: NonNeg = 0.0, *, curvature: Callable[[str], dict[str, Any]], adamw_rule: UpdateRule,
+                  polar: dict[str, Any]) -> Recipe:
+    """KFAC factors around the spectral LMO: L = (S+√δ)^½, R = (A+√δ)^½."""
+    return _layers(rule(lmo("spectral", scale="rms", **polar), curvature("kfac_spectral"), ema(momentum), decoupled_decay(weight_decay)),
+                   adamw_rule)
 
 
-for _name, _hp, _build, _src in (
-    ("kfac", KFACHP, _sharp("kfac"), "Martens & Grosse 2015 (K-FAC); Grosse & Martens 2016 (KFC, convolutions)"),
-    ("ekfac", KFACHP, _sharp("ekfac"), "George et al. 2018 (EKFAC)"),
-    ("kfac_spectral", KFACSpectralHP, _kfac_spectral, "KFAC factors around the spectral LMO (Theorem 1 with L = S^½, R = A^½)"),
-):
-    register_preset(_name, _hp, _build, _src)
+KFAC_PRESETS: tuple[Preset, ...] = (
+    preset(kfac, lr=1e-2, mixins=(RoutedAdamW, LayerCurvature),
+           source="Martens & Grosse 2015 (K-FAC); Grosse & Martens 2016 (KFC, convolutions)"),
+    preset(ekfac, lr=1e-2, mixins=(RoutedAdamW, LayerCurvature), source="George et al. 2018 (EKFAC)"),
+    preset(kfac_spectral, lr=1e-3, mixins=(RoutedAdamW, LayerCurvature, Polar),
+           source="KFAC factors around the spectral LMO (Theorem 1 with L = S^½, R = A^½)"),
+)

@@ -42,7 +42,7 @@ from .matrix_preconditioners import (
     _stacked_grads,
     eigenbasis,
 )
-from .preconditioner import Preconditioner, State, StepContext, register_preconditioner
+from .preconditioner import Preconditioner, State, StepContext
 
 __all__ = ["KLShampoo"]
 
@@ -68,7 +68,6 @@ class KLShampoo(Preconditioner):
     Q_a [(Q_aᵀ M Q_b) / ((d_a d_bᵀ)^p + ε)] Q_bᵀ with ε outside the root (no damping inside S).
     """
 
-    name = "kl_shampoo"
     updates_in_place = False
     covers_gradient = True
 
@@ -179,6 +178,3 @@ class KLShampoo(Preconditioner):
             f"KLShampoo(beta2={self.beta2}, eps={self.eps}, power={self.power}, "
             f"precondition_frequency={self.precondition_frequency}, reference={self.reference})"
         )
-
-
-register_preconditioner("kl_shampoo", KLShampoo)

@@ -34,7 +34,8 @@ from torch import Tensor
 from ..norms import Norm
 from ..preconditioned import DNorm, LRNorm
 from .diagonal import SecondMoment
-from .preconditioner import Preconditioner, State, StepContext, check_eps, register_preconditioner
+from .hparams import require_nonneg
+from .preconditioner import Preconditioner, State, StepContext, check_eps
 
 __all__ = [
     "Shampoo",
@@ -53,8 +54,7 @@ Sides = Literal["both", "left", "right"]
 def _check_hp(owner: str, beta2: float | None, eps: float, frequency: int, root_dtype: torch.dtype) -> None:
     if beta2 is not None and not 0.0 <= beta2 < 1.0:
         raise ValueError(f"{owner}: beta2 must be in [0, 1) (or None for a running sum), got {beta2!r}")
-    if not eps >= 0.0:
-        raise ValueError(f"{owner}: eps must be >= 0, got {eps!r}")
+    require_nonneg(eps, f"{owner}: eps", finite=False)
     if not isinstance(frequency, int) or frequency < 1:
         raise ValueError(f"{owner}: precondition_frequency must be a positive int, got {frequency!r}")
     if root_dtype not in (torch.float32, torch.float64):
@@ -174,7 +174,6 @@ class Shampoo(Preconditioner):
         root_dtype: dtype of ``torch.linalg.eigh`` (float32 or float64).
     """
 
-    name = "shampoo"
     updates_in_place = False
     covers_gradient = True
 
@@ -233,13 +232,6 @@ class Shampoo(Preconditioner):
         )
 
 
-def shampoo_one_sided(**hp: object) -> Shampoo:
-    """One-sided Shampoo: R = I, L = (Σ G Gᵀ)^{1/4} (Frobenius sharp A^{-1/2} G) unless overridden."""
-    hp.setdefault("sides", "left")
-    hp.setdefault("power", 0.5)
-    return Shampoo(**hp)  # type: ignore[arg-type]
-
-
 # ----------------------------------------------------------------------------- eigenbasis methods
 
 
@@ -292,7 +284,6 @@ class SOAP(_Eigenbasis):
     eigenvalues diag(Qᵀ A Q) (and V's rows/columns permuted alike).
     """
 
-    name = "soap"
 
     def __init__(
         self,
@@ -367,7 +358,6 @@ class SPlus(_Eigenbasis):
     step, before the current gradient enters A and B.
     """
 
-    name = "splus"
 
     def __init__(
         self,
@@ -399,10 +389,3 @@ class SPlus(_Eigenbasis):
 
     def __repr__(self) -> str:
         return f"SPlus(shampoo_beta2={self.shampoo_beta2}, precondition_frequency={self.precondition_frequency}, shape_scale={self.shape_scale})"
-
-
-register_preconditioner("shampoo", Shampoo)
-register_preconditioner("shampoo_one_sided", shampoo_one_sided)
-register_preconditioner("soap", SOAP)
-register_preconditioner("splus", SPlus)
-

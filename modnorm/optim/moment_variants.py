@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .diagonal import SecondMoment
-from .preconditioner import StepContext, register_preconditioner
+from .preconditioner import StepContext
 
 __all__ = ["AMSGrad", "RMSprop"]
 
@@ -81,7 +81,3 @@ class RMSprop(SecondMoment):
 
     def __repr__(self) -> str:
         return f"RMSprop(alpha={self.beta2}, eps={self.eps}, centered={self.centered})"
-
-
-register_preconditioner("amsgrad", AMSGrad)
-register_preconditioner("rmsprop", RMSprop)

@@ -50,6 +50,7 @@ from ..geometry import Geometry
 from ..polar_dtype import auto_dtype, size_class
 from .config import ConfigError, get_preset, validate_hyperparameters
 from .describe import lr_note, optimizer_overrides, optimizer_rows, optimizer_table
+from .hparams import require_nonneg
 from .momentum import init_momentum, momentum_key
 from .preconditioner import RESERVED_STATE_KEYS, StepContext
 from .presets import Preset, custom_recipe_preset
@@ -114,8 +115,10 @@ class ModnormOptimizer(Optimizer):
             if table is not None and not isinstance(table, dict):
                 raise ConfigError(f"{label} must be a dict name → value, got {type(table).__name__}")
         for name, b in (budgets or {}).items():
-            if not (isinstance(b, (int, float)) and b >= 0):
-                raise ConfigError(f"budget of parameter {name!r} must be a number ≥ 0, got {b!r}")
+            try:
+                require_nonneg(b, f"budget of parameter {name!r}", finite=False)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         self.nonfinite = nonfinite
         self.state_dtype = state_dtype
         self._compile = compile
@@ -423,13 +426,10 @@ class ModnormOptimizer(Optimizer):
     def _checked_lr(self, gi: int, group: dict[str, Any]) -> Any:
         """The group's lr, validated again (a scheduler or the user may have set it after construction)."""
         lr = group["lr"]
-        if isinstance(lr, Tensor):  # a tensor on an accelerator is not read (that would synchronize)
-            ok = lr.numel() == 1 and lr.is_floating_point() and (lr.device.type != "cpu" or (math.isfinite(float(lr)) and float(lr) >= 0))
-        else:
-            ok = isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr >= 0
-        if not ok:
-            raise ConfigError(f"param group {gi}: lr must be a finite number ≥ 0 (float or 1-element floating tensor), got {lr!r}; nothing was updated")
-        return lr
+        try:  # a tensor on an accelerator is not read (that would synchronize)
+            return require_nonneg(lr, "lr")
+        except ValueError as e:
+            raise ConfigError(f"param group {gi}: {e} (float or 1-element floating tensor); nothing was updated") from None
 
     def _update_bucket(self, members: list[tuple[Tensor, Plan, dict]], step: int, lr: Any, maximize: bool, closure: Any, loss: Any,
                        txn: StepTransaction, collect: list[Direction] | None = None, scaling: Scaling | None = None) -> None:

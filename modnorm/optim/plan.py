@@ -16,8 +16,9 @@ from ..geometry import Geometry
 from ..blocks import block_shape
 from ..norms import Norm
 from .config import ConfigError
-from .preconditioner import Preconditioner, get_preconditioner
-from .recipe import Recipe, Rule, norm_key, overrides_declared, resolve_norm
+from .catalog import get_preconditioner
+from .preconditioner import Preconditioner
+from .recipe import Recipe, UpdateRule, norm_key, overrides_declared, resolve_norm
 from .update import RuleSpec
 
 __all__ = ["Plan", "build_plans", "freeze", "internal_shape"]
@@ -33,7 +34,7 @@ class Plan:
     budget: float
     step_scale: float  # the factor on its step: budget × the rule's shape factor (lr_adjust)
     shape: tuple[int, ...]
-    rule: Rule
+    rule: UpdateRule
     norm: Norm
     precond: Preconditioner
     precond_label: str

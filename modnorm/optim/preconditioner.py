@@ -26,6 +26,9 @@ gradients to carry their graph: the training step calls ``loss.backward(create_g
 (or passes ``closure`` to ``optimizer.step`` and the closure does); otherwise ``ctx.hvp``
 raises an error saying so. ``ctx.closure``/``ctx.loss`` give the step's closure and loss.
 
+Preconditioners are registered by name in ``modnorm.optim.catalog.PRECONDITIONERS``
+(``register_preconditioner``); rules and geometries refer to them by that name.
+
 Contract (checked by the optimizer's tests for every registered preconditioner):
 - ``init_state`` allocates everything the preconditioner will ever need; state holds
   tensors and Python numbers only (so ``torch.load(weights_only=True)`` works). Keys
@@ -52,9 +55,6 @@ __all__ = [
     "Preconditioner",
     "Identity",
     "StepContext",
-    "register_preconditioner",
-    "get_preconditioner",
-    "PRECONDITIONERS",
     "RESERVED_STATE_KEYS",
     "check_eps",
 ]
@@ -115,7 +115,6 @@ class Preconditioner:
     ``state_dtype`` is the dtype statistics are kept in (fp32 for bf16 parameters).
     """
 
-    name: str = "base"
     needs_hvp: bool = False
     eager_only: bool = False  # needs ctx.params (e.g. layer statistics matched by parameter): never compiled
     updates_in_place: bool = True  # False: update_many assigns new tensors to state keys, never writes old ones
@@ -185,33 +184,7 @@ def check_eps(owner: str, eps: float, dtype: torch.dtype, exponent: float = 1.0,
 class Identity(Preconditioner):
     """No preconditioning: the base norm itself."""
 
-    name = "none"
     updates_in_place = False
 
     def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
         return base
-
-
-PRECONDITIONERS: dict[str, Callable[..., Preconditioner]] = {"none": Identity}
-
-
-def register_preconditioner(name: str, factory: Callable[..., Preconditioner]) -> None:
-    """Make ``factory(**hyperparameters)`` available under ``name`` to presets, recipes and geometries."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"register_preconditioner: name must be a non-empty string, got {name!r}")
-    if not callable(factory):
-        raise TypeError(f"register_preconditioner: factory for {name!r} must be callable, got {type(factory).__name__}")
-    PRECONDITIONERS[name] = factory
-
-
-def get_preconditioner(name: str, **hyperparameters: object) -> Preconditioner:
-    """Instantiate the preconditioner registered under ``name``."""
-    if name not in PRECONDITIONERS:
-        raise KeyError(
-            f"unknown preconditioner {name!r}; registered: {sorted(PRECONDITIONERS)}. "
-            "Add one with modnorm.optim.register_preconditioner(name, factory)"
-        )
-    try:
-        return PRECONDITIONERS[name](**hyperparameters)
-    except TypeError as e:
-        raise TypeError(f"preconditioner {name!r}: bad hyperparameters {sorted(hyperparameters)}: {e}") from None

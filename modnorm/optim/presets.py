@@ -1,72 +1,38 @@
 """Presets: named optimizers as configurations of the one pipeline.
 
-Each preset is a pydantic hyperparameter model plus a function from validated
-hyperparameters to a ``Recipe`` (base norm × preconditioner × momentum × mode per role).
-The table (also in docs/optimizer.md):
+A preset is a plain function from its hyperparameters to a ``Recipe``, composed of parts
+(``parts.py``), and ``preset(function, source=...)`` makes it a ``Preset``::
 
-============  =============================  ================  ===============  =====  ==================
-preset        base norm (hidden / conv)      preconditioner    momentum         mode   others routed to
-============  =============================  ================  ===============  =====  ==================
-sgd           Frobenius                      none              heavy-ball/nest.  sharp  —
-adamw         Frobenius                      adam (√V̂+ε)^½    adam_ema         sharp  —
-  amsgrad     Frobenius                      amsgrad (max V)   adam_ema         sharp  —
-adagrad       Frobenius                      adagrad           none             sharp  —
-adam_sania    Frobenius                      sania (V̂+ε)^½    adam_ema         sharp  —
-signsgd       Sign                           none              none / ema       lmo    —
-muon          Spectral ("original" scale)    none              ema(+nesterov)   lmo    AdamW
-polargrad     Spectral (scale 1)             none              ema              sharp  AdamW
-scion         declared (modular norm)        none              ema              lmo    —
-muadam        Spectral (RMS→RMS)             adam (V̂+ε)^¼     adam_ema         lmo    AdamW
-muadam_sania  Spectral (RMS→RMS)             sania (V̂+ε)^½    adam_ema         lmo    AdamW
-============  =============================  ================  ===============  =====  ==================
+    def lion(betas: Betas = (0.9, 0.99), weight_decay: NonNeg = 0.0) -> Recipe:
+        return everywhere(rule(lmo("sign"), lion_momentum(*betas), decoupled_decay(weight_decay)))
+
+    LION = preset(lion, lr=1e-4, source="Chen et al. 2023 (Lion); lion-pytorch")
+
+The function's parameters are the hyperparameters: each is declared once, its annotation (a
+type of ``hparams.py``) giving the validation and the range quoted in error messages, its
+default the default. Every preset also has the common fields of ``Hyperparameters`` (lr,
+maximize, the step-size stage); ``preset(..., lr=1e-4)`` changes their defaults. Keyword-only
+parameters receive what a mixin provides: ``adamw_rule`` (``RoutedAdamW``: the AdamW rule for the
+parameters a matrix preset leaves, ``adamw_*`` hyperparameters) and ``polar`` (``Polar``: the
+polar-factor options). The registry of presets is ``catalog.PRESETS``; the table of presets
+is in docs/optimizer.md and README.md (checked against the registry by the tests).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
-import math
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from ..polar import METHODS
-from .recipe import NsMethod, Recipe, Rule
+from .hparams import LR, Allowed, Beta, Betas, NonNeg, NsDtype, NsMethod, NsSteps
+from .parts import adam_momentum, decoupled_decay, precondition, rule, sharp
+from .recipe import Recipe, UpdateRule
 from .strict import check_strict
 
-__all__ = ["Hyperparameters", "Preset", "PRESETS", "register_preset", "custom_recipe_preset"]
-
-Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
-NonNeg = Annotated[float, Field(ge=0.0)]
-NsDtype = Literal["auto", "float32", "float64", "bfloat16", "float16"] | None
-
-# Allowed ranges, quoted in error messages.
-RANGES: dict[str, str] = {
-    "lr": "finite lr ≥ 0 (float or 1-element floating tensor)",
-    "betas": "betas = (β1, β2) with 0 ≤ β < 1",
-    "adamw_betas": "adamw_betas = (β1, β2) with 0 ≤ β < 1",
-    "momentum": "0 ≤ momentum < 1",
-    "eps": "eps ≥ 0",
-    "adamw_eps": "adamw_eps ≥ 0",
-    "weight_decay": "weight_decay ≥ 0",
-    "adamw_weight_decay": "adamw_weight_decay ≥ 0",
-    "adamw_lr_ratio": "adamw_lr_ratio ≥ 0",
-    "dampening": "dampening ≥ 0",
-    "lr_decay": "lr_decay ≥ 0",
-    "initial_accumulator_value": "initial_accumulator_value ≥ 0",
-    "ns_steps": "1 ≤ ns_steps < 100",
-    "ns_method": f"ns_method one of {METHODS}",
-    "ns_dtype": "ns_dtype one of auto, float32, float64, bfloat16, float16 or None",
-    "adjust_lr_fn": "adjust_lr_fn one of 'original', 'match_rms_adamw', 'rms' or None",
-    "scale": "scale one of 'rms', 'original', 'match_rms_adamw', 'none'",
-    "step_size": "step_size one of 'constant', 'polyak'",
-    "f_star": "f_star a finite number (a lower bound of the loss)",
-    "max_step": "max_step > 0 or None (no cap)",
-    "polyak_growth": "polyak_growth ≥ 1 or None (no cap)",
-    "routed_rule": "routed_rule one of 'adamw', 'adam_sania'",
-}
+__all__ = ["Hyperparameters", "Mixin", "RoutedAdamW", "Polar", "Preset", "preset", "adam_rule", "custom_recipe_preset"]
 
 
 class Hyperparameters(BaseModel):
@@ -76,10 +42,10 @@ class Hyperparameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True, allow_inf_nan=False, defer_build=True)
 
-    lr: float | torch.Tensor = 1e-3
+    lr: LR = 1e-3
     maximize: bool = False
-    step_size: Literal["constant", "polyak"] = "constant"
-    f_star: Annotated[float, Field(allow_inf_nan=False)] = 0.0
+    step_size: Annotated[Literal["constant", "polyak"], Allowed("{name} one of 'constant', 'polyak'; 'prodigy' for presets that declare it (prodigy)")] = "constant"
+    f_star: Annotated[float, Field(allow_inf_nan=False), Allowed("finite {name} (a lower bound of the loss)")] = 0.0
     max_step: Annotated[float, Field(gt=0.0)] | None = None
     polyak_growth: Annotated[float, Field(ge=1.0)] | None = 1.0
 
@@ -88,209 +54,57 @@ class Hyperparameters(BaseModel):
     def _strict(cls, values: Any) -> Any:
         return check_strict(cls, values)
 
-    @field_validator("lr")
-    @classmethod
-    def _lr(cls, v: float | torch.Tensor) -> float | torch.Tensor:
-        if isinstance(v, torch.Tensor):
-            if v.numel() != 1 or not v.is_floating_point():
-                raise ValueError(f"a tensor lr must be a floating tensor with exactly 1 element, got {v.dtype} of shape {tuple(v.shape)}")
-            if not (math.isfinite(float(v)) and float(v) >= 0.0):
-                raise ValueError(f"lr must be a finite number ≥ 0, got {float(v)}")
-            return v
-        if not (math.isfinite(v) and v >= 0.0):
-            raise ValueError(f"lr must be a finite number ≥ 0, got {v}")
-        return v
+
+def adam_rule(preconditioner: str, betas: tuple[float, float], eps: float, weight_decay: float, **fields: Any) -> UpdateRule:
+    """Adam's rule with a diagonal ``preconditioner`` ("adam", "sania", "amsgrad"): sharp in Frobenius
+    (U = M̂/D²) unless ``fields`` say otherwise; ``fields``: further rule fields (``lr_ratio``, ...)."""
+    return rule(sharp("frobenius"), precondition(preconditioner, beta2=betas[1], eps=eps), adam_momentum(betas[0]),
+                decoupled_decay(weight_decay), **fields)
 
 
-class _RoutedAdamW(BaseModel):
+class Mixin(BaseModel):
+    """Base of hyperparameter groups that presets share (``preset(..., mixins=...)``)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, defer_build=True)
+
+
+class RoutedAdamW(Mixin):
     """AdamW settings for the parameters a matrix preset does not handle (embedding, head, vectors)."""
 
     adamw_lr_ratio: NonNeg = 1.0
-    adamw_betas: tuple[Beta, Beta] = (0.9, 0.999)
+    adamw_betas: Betas = (0.9, 0.999)
     adamw_eps: NonNeg = 1e-8
     adamw_weight_decay: NonNeg = 0.0
     routed_rule: Literal["adamw", "adam_sania"] = "adamw"  # adam_sania: D = (V̂ + ε)^½, so that a Polyak
     # step over all parameters stays loss-scale invariant with a SANIA matrix rule
 
-    def adamw_rule(self) -> Rule:
+    def adamw_rule(self) -> UpdateRule:
         precond = "sania" if self.routed_rule == "adam_sania" else "adam"
-        return _adam_rule(precond, self.adamw_betas, self.adamw_eps, self.adamw_weight_decay, self.adamw_lr_ratio)
+        return adam_rule(precond, self.adamw_betas, self.adamw_eps, self.adamw_weight_decay, lr_ratio=self.adamw_lr_ratio)
 
 
-class _Polar(BaseModel):
+class Polar(Mixin):
     """Polar-factor options. ``ns_dtype="auto"``: bf16 where the device multiplies matrices of
     the parameter's size fast (CUDA; on CPUs a one-time probe per size class), else float32;
     float64 parameters stay float64 (``modnorm.polar_dtype``). ``ns_steps=None``: the method's default for that
     dtype (Polar Express: 6 in bf16, 8 in float32/64)."""
 
     ns_method: NsMethod = "polar_express"
-    ns_steps: Annotated[int, Field(ge=1, lt=100)] | None = None
+    ns_steps: NsSteps | None = None
     ns_dtype: NsDtype = "auto"
 
-
-def _adam_rule(precond: str, betas: tuple[float, float], eps: float, wd: float, lr_ratio: float = 1.0, **norm: Any) -> Rule:
-    options: dict[str, Any] = {"beta2": betas[1], "eps": eps}
-    return Rule(
-        norm=norm.pop("norm", "frobenius"),
-        preconditioner=precond,
-        preconditioner_options={**options, **norm.pop("precond_extra", {})},
-        momentum="adam_ema",
-        beta=betas[0],
-        mode=norm.pop("mode", "sharp"),
-        weight_decay=wd,
-        lr_ratio=lr_ratio,
-        **norm,
-    )
+    def polar(self) -> dict[str, Any]:
+        return {"ns_method": self.ns_method, "ns_steps": self.ns_steps, "ns_dtype": self.ns_dtype}
 
 
-def _matrix_recipe(matrix_rule: Rule, other_rule: Rule) -> Recipe:
-    """Hidden matrices and conv kernels get ``matrix_rule``; everything else ``other_rule``."""
-    return Recipe(default=other_rule, roles={"hidden": matrix_rule, "conv": matrix_rule})
-
-
-# ---------------------------------------------------------------- elementwise presets
-
-
-class SGD(Hyperparameters):
-    momentum: Beta = 0.0
-    dampening: NonNeg = 0.0
-    nesterov: bool = False
-    weight_decay: NonNeg = 0.0
+class NesterovCheck(Mixin):
+    """torch.optim.SGD's rule: ``nesterov=True`` needs momentum > 0 and no dampening."""
 
     @model_validator(mode="after")
-    def _nesterov(self) -> SGD:
-        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+    def _nesterov(self) -> Any:
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):  # type: ignore[attr-defined]
             raise ValueError("nesterov=True requires momentum > 0 and dampening = 0 (torch.optim.SGD's rule)")
         return self
-
-
-def _sgd(h: SGD) -> Recipe:
-    kind = "none" if h.momentum == 0 else ("nesterov" if h.nesterov else "heavy_ball")
-    rule = Rule(norm="frobenius", momentum=kind, beta=h.momentum, dampening=h.dampening, mode="sharp",
-                weight_decay=h.weight_decay, weight_decay_mode="coupled")
-    return Recipe(default=rule)
-
-
-class AdamW(Hyperparameters):
-    betas: tuple[Beta, Beta] = (0.9, 0.999)
-    eps: NonNeg = 1e-8
-    weight_decay: NonNeg = 1e-2
-    amsgrad: bool = False
-
-
-def _adamw(h: AdamW) -> Recipe:
-    return Recipe(default=_adam_rule("amsgrad" if h.amsgrad else "adam", h.betas, h.eps, h.weight_decay))
-
-
-class Adagrad(Hyperparameters):
-    lr: float | torch.Tensor = 1e-2
-    lr_decay: NonNeg = 0.0
-    weight_decay: NonNeg = 0.0
-    initial_accumulator_value: NonNeg = 0.0
-    eps: NonNeg = 1e-10
-
-
-def _adagrad(h: Adagrad) -> Recipe:
-    rule = Rule(norm="frobenius", preconditioner="adagrad",
-                preconditioner_options={"eps": h.eps, "initial_accumulator_value": h.initial_accumulator_value},
-                mode="sharp", weight_decay=h.weight_decay, weight_decay_mode="coupled", lr_decay=h.lr_decay)
-    return Recipe(default=rule)
-
-
-class AdamSania(Hyperparameters):
-    betas: tuple[Beta, Beta] = (0.9, 0.999)
-    eps: NonNeg = 1e-8
-    weight_decay: NonNeg = 0.0
-
-
-def _adam_sania(h: AdamSania) -> Recipe:
-    return Recipe(default=_adam_rule("sania", h.betas, h.eps, h.weight_decay))
-
-
-class SignSGD(Hyperparameters):
-    momentum: Beta = 0.0
-    weight_decay: NonNeg = 0.0
-
-
-def _signsgd(h: SignSGD) -> Recipe:
-    rule = Rule(norm="sign", momentum="ema" if h.momentum else "none", beta=h.momentum, mode="lmo", weight_decay=h.weight_decay)
-    return Recipe(default=rule)
-
-
-# ---------------------------------------------------------------- spectral presets
-
-
-class Muon(Hyperparameters, _RoutedAdamW):
-    """torch.optim.Muon's hyperparameter names and defaults, plus the AdamW rule for the rest.
-
-    One difference: ``ns_dtype="auto"`` (torch always computes Newton–Schulz in bf16) — bf16
-    on CUDA and where a CPU multiplies bf16 matrices of that size fast, float32 elsewhere,
-    float64 for float64 parameters. ``ns_dtype="bfloat16"`` reproduces torch.optim.Muon bit for bit."""
-
-    weight_decay: NonNeg = 0.1
-    momentum: Beta = 0.95
-    nesterov: bool = True
-    ns_coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
-    eps: NonNeg = 1e-7
-    ns_steps: Annotated[int, Field(ge=1, lt=100)] = 5
-    adjust_lr_fn: Literal["original", "match_rms_adamw", "rms"] | None = None
-    ns_dtype: NsDtype = "auto"
-
-
-def _muon(h: Muon) -> Recipe:
-    # torch.optim.Muon scales the lr by the shape factor; the same as Spectral(scale=...)'s LMO, and
-    # folding it into the lr keeps torch's rounding, so the trajectories agree bit for bit.
-    matrix = Rule(norm="spectral", scale="none", lr_adjust=h.adjust_lr_fn or "original", ns_coefficients=(h.ns_coefficients,),
-                  ns_steps=h.ns_steps, ns_dtype=h.ns_dtype, ns_eps=h.eps,
-                  momentum="ema_nesterov" if h.nesterov else "ema", beta=h.momentum, mode="lmo", weight_decay=h.weight_decay)
-    return _matrix_recipe(matrix, h.adamw_rule())
-
-
-class PolarGrad(Hyperparameters, _RoutedAdamW, _Polar):
-    momentum: Beta = 0.9
-    weight_decay: NonNeg = 0.0
-
-
-def _polargrad(h: PolarGrad) -> Recipe:
-    matrix = Rule(norm="spectral", scale="none", ns_method=h.ns_method, ns_steps=h.ns_steps, ns_dtype=h.ns_dtype,
-                  momentum="ema" if h.momentum else "none", beta=h.momentum, mode="sharp", weight_decay=h.weight_decay)
-    return _matrix_recipe(matrix, h.adamw_rule())
-
-
-class Scion(Hyperparameters, _Polar):
-    momentum: Beta = 0.9
-    weight_decay: NonNeg = 0.0
-
-
-def _scion(h: Scion) -> Recipe:
-    rule = Rule(norm="declared", ns_method=h.ns_method, ns_steps=h.ns_steps, ns_dtype=h.ns_dtype,
-                momentum="ema" if h.momentum else "none", beta=h.momentum, mode="lmo", weight_decay=h.weight_decay)
-    return Recipe(default=rule)
-
-
-class MuAdam(Hyperparameters, _RoutedAdamW, _Polar):
-    betas: tuple[Beta, Beta] = (0.9, 0.999)
-    eps: NonNeg = 1e-8
-    weight_decay: NonNeg = 0.0
-    scale: Literal["rms", "original", "match_rms_adamw", "none"] = "rms"
-    mode: Literal["lmo", "sharp"] = "lmo"  # sharp: ‖D⁻¹M‖_*·D⁻¹ polar(D⁻¹M), of degree 0 in the gradient for D = V^¼
-
-
-def _muadam_recipe(h: MuAdam, precond: str, extra: dict[str, float]) -> Recipe:
-    matrix = _adam_rule(precond, h.betas, h.eps, h.weight_decay, norm="spectral", mode=h.mode, scale=h.scale,
-                        ns_method=h.ns_method, ns_steps=h.ns_steps, ns_dtype=h.ns_dtype, precond_extra=extra)
-    return _matrix_recipe(matrix, h.adamw_rule())
-
-
-def _muadam(h: MuAdam) -> Recipe:
-    return _muadam_recipe(h, "adam", {"inner": 1.0, "outer": 0.25})
-
-
-def _muadam_sania(h: MuAdam) -> Recipe:
-    return _muadam_recipe(h, "sania", {})
-
-
-# ---------------------------------------------------------------- registry
 
 
 @dataclass(frozen=True)
@@ -303,29 +117,44 @@ class Preset:
     source: str
 
 
-PRESETS: dict[str, Preset] = {}
+@dataclass(frozen=True)
+class _Call:
+    """``build`` of a function preset: the function called with the validated hyperparameters it names."""
+
+    function: Callable[..., Recipe]
+    own: tuple[str, ...]
+    provided: tuple[str, ...]
+
+    def __call__(self, h: Hyperparameters) -> Recipe:
+        return self.function(**{k: getattr(h, k) for k in self.own}, **{k: getattr(h, k)() for k in self.provided})
 
 
-def register_preset(name: str, hyperparameters: type[Hyperparameters], build: Callable[[Any], Recipe], source: str = "") -> None:
-    """Add a preset: ``build(validated_hyperparameters) -> Recipe``."""
-    if not issubclass(hyperparameters, Hyperparameters):
-        raise TypeError(f"register_preset({name!r}): hyperparameters must subclass modnorm.optim.Hyperparameters")
-    PRESETS[name] = Preset(name, hyperparameters, build, source)
-
-
-for _name, _hp, _build, _src in (
-    ("sgd", SGD, _sgd, "Robbins & Monro 1951; Polyak 1964 (heavy ball); Nesterov 1983; torch.optim.SGD"),
-    ("adamw", AdamW, _adamw, "Kingma & Ba 2015; Loshchilov & Hutter 2019; torch.optim.AdamW"),
-    ("adagrad", Adagrad, _adagrad, "Duchi, Hazan & Singer 2011; torch.optim.Adagrad"),
-    ("adam_sania", AdamSania, _adam_sania, "Abdukhakimov et al. 2024 (SANIA)"),
-    ("signsgd", SignSGD, _signsgd, "Bernstein et al. 2018 (signSGD, Signum)"),
-    ("muon", Muon, _muon, "Jordan et al. 2024 (Muon); torch.optim.Muon"),
-    ("polargrad", PolarGrad, _polargrad, "Lau, Long & Su 2025 (PolarGrad)"),
-    ("scion", Scion, _scion, "Pethick et al. 2025 (Scion); Large, Bernstein et al. 2024 (modular norm)"),
-    ("muadam", MuAdam, _muadam, "Veprikov et al. 2025 (Preconditioned Norms), Algorithm 1, p = 1/4"),
-    ("muadam_sania", MuAdam, _muadam_sania, "Veprikov et al. 2025 (Preconditioned Norms), Algorithm 1, p = 1/2"),
-):
-    register_preset(_name, _hp, _build, _src)
+def preset(function: Callable[..., Recipe], *, source: str = "", name: str | None = None,
+           mixins: tuple[type[BaseModel], ...] = (), **defaults: Any) -> Preset:
+    """The ``Preset`` of a plain function (module docstring): its parameters with defaults become the
+    fields of a hyperparameter model built on ``Hyperparameters`` and ``mixins``; ``defaults`` replace
+    the defaults of inherited fields. The model is ``function.hyperparameters`` (so it pickles by name)."""
+    hints = get_type_hints(function, include_extras=True)
+    fields: dict[str, Any] = {}
+    own, provided = [], []
+    for p in inspect.signature(function).parameters.values():
+        if p.kind is p.KEYWORD_ONLY:
+            provided.append(p.name)
+            continue
+        if p.default is p.empty or p.name not in hints:
+            raise TypeError(f"preset {function.__name__!r}: hyperparameter {p.name!r} needs a type and a default")
+        fields[p.name] = (hints[p.name], p.default)
+        own.append(p.name)
+    bases = (*mixins, Hyperparameters)  # a mixin may refine a common field (e.g. the step size its stage needs)
+    for key, value in defaults.items():
+        inherited = next((b.model_fields[key] for b in bases if key in b.model_fields), None)
+        if inherited is None:
+            raise TypeError(f"preset {function.__name__!r}: {key!r} is no inherited hyperparameter")
+        fields[key] = (Annotated[(inherited.annotation, *inherited.metadata)], value)
+    model = create_model(f"{function.__name__}_hyperparameters", __base__=bases, __module__=function.__module__, **fields)
+    model.__qualname__ = f"{function.__name__}.hyperparameters"
+    function.hyperparameters = model  # type: ignore[attr-defined]
+    return Preset(name or function.__name__, model, _Call(function, tuple(own), tuple(provided)), source)
 
 
 @dataclass(frozen=True)

@@ -40,16 +40,17 @@ from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor
 
-from .presets import RANGES, Hyperparameters, register_preset
-from .recipe import Recipe, Rule
+from .hparams import Allowed, Beta, Betas, Frequency, NonNeg, Positive
+from .parts import coupled_decay, decoupled_decay, ema, everywhere, precondition, rule, sharp
+from .presets import Mixin, preset
+from .recipe import Recipe
 from .step_size import Scaling, StageInput, StepSizeStage, register_step_size
 
-__all__ = ["Prodigy", "ProdigyHP"]
+__all__ = ["Prodigy", "ProdigyStage", "PRODIGY"]
 
-Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 _SCALARS = ("prodigy_d", "prodigy_d_max", "prodigy_numerator", "prodigy_k")
 
 
@@ -135,50 +136,31 @@ class Prodigy(StepSizeStage):
                 f"safeguard_warmup={self.safeguard_warmup}, slice_p={self.slice_p})")
 
 
-class ProdigyHP(Hyperparameters):
-    """prodigyopt's ``Prodigy`` names and defaults (``fsdp_in_use`` aside: DTensor parameters are refused;
-    ``growth_rate`` None for the peer's inf, so that configurations round-trip through JSON).
-    ``step_size`` is "prodigy" (the stage is what makes it Prodigy)."""
+GrowthRate = Annotated[float, Field(ge=1.0, allow_inf_nan=True), Allowed("{name} ≥ 1, or inf (no cap)")]  # nan fails ≥ 1
 
-    lr: float | torch.Tensor = 1.0
+
+class ProdigyStage(Mixin):
+    """The stage's hyperparameters, prodigyopt's names and defaults (``growth_rate`` None for the
+    peer's inf, so that configurations round-trip through JSON); ``step_size`` is "prodigy" (the
+    stage is what makes it Prodigy)."""
+
     step_size: Literal["prodigy"] = "prodigy"
-    betas: tuple[Beta, Beta] = (0.9, 0.999)
     beta3: Beta | None = None
-    eps: Annotated[float, Field(ge=0.0)] = 1e-8
-    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
-    decouple: bool = True
     use_bias_correction: bool = False
     safeguard_warmup: bool = False
-    d0: Annotated[float, Field(gt=0.0)] = 1e-6
-    d_coef: Annotated[float, Field(gt=0.0)] = 1.0
-    growth_rate: Annotated[float, Field(ge=1.0, allow_inf_nan=True)] | None = None  # None or inf: no cap (inf is not JSON)
-    slice_p: Annotated[int, Field(ge=1)] = 1
-
-    @field_validator("growth_rate")
-    @classmethod
-    def _growth(cls, v: float | None) -> float | None:
-        if v is not None and math.isnan(v):
-            raise ValueError("growth_rate must be ≥ 1 or inf (no cap), got nan")
-        return v
+    d0: Positive = 1e-6
+    d_coef: Positive = 1.0
+    growth_rate: GrowthRate | None = None
+    slice_p: Frequency = 1
 
 
-def _prodigy(h: ProdigyHP) -> Recipe:
-    b1, b2 = h.betas
-    rule = Rule(norm="frobenius", preconditioner="adam", preconditioner_options={"beta2": b2, "eps": h.eps, "bias_correction": False},
-                momentum="ema" if b1 > 0 else "none", beta=b1, mode="sharp", weight_decay=h.weight_decay,
-                weight_decay_mode="decoupled" if h.decouple else "coupled")
-    return Recipe(default=rule)
+def prodigy(betas: Betas = (0.9, 0.999), eps: NonNeg = 1e-8, weight_decay: NonNeg = 0.0, decouple: bool = True) -> Recipe:
+    """prodigyopt's ``Prodigy`` (``fsdp_in_use`` aside: DTensor parameters are refused): EMA momentum
+    and Adam's V without bias corrections, under the stage's D; ``decouple=False``: coupled decay."""
+    decay = decoupled_decay(weight_decay) if decouple else coupled_decay(weight_decay)
+    return everywhere(rule(sharp("frobenius"), precondition("adam", beta2=betas[1], eps=eps, bias_correction=False), ema(betas[0]), decay))
 
 
-RANGES.update({
-    "step_size": "step_size one of 'constant', 'polyak'; 'prodigy' for presets that declare it (prodigy)",
-    "beta3": "0 ≤ beta3 < 1, or None (√β2)",
-    "d0": "d0 > 0 (the initial D)",
-    "d_coef": "d_coef > 0",
-    "growth_rate": "growth_rate ≥ 1, or inf / None (no cap)",
-    "slice_p": "slice_p an integer ≥ 1",
-    "decouple": "decouple a bool",
-})
+PRODIGY = preset(prodigy, lr=1.0, mixins=(ProdigyStage,), source="Mishchenko & Defazio 2024 (Prodigy); prodigyopt's Prodigy")
 register_step_size("prodigy", Prodigy.from_group,
                    ("betas", "beta3", "d0", "d_coef", "growth_rate", "use_bias_correction", "safeguard_warmup", "slice_p"))
-register_preset("prodigy", ProdigyHP, _prodigy, "Mishchenko & Defazio 2024 (Prodigy); prodigyopt's Prodigy")

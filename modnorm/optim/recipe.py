@@ -1,6 +1,6 @@
 """Rules and recipes: the configuration space of the one optimizer pipeline.
 
-A ``Rule`` fixes, for the parameters it applies to,
+A ``UpdateRule`` fixes, for the parameters it applies to,
 
     base norm  ×  preconditioner  ×  momentum  ×  mode ("lmo" | "sharp")
     + weight decay (decoupled or coupled), an lr ratio and Adagrad's lr decay
@@ -30,37 +30,28 @@ scale is kept).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import warnings
+from typing import Any, Literal
 
 import torch
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..geometry import ROLES, Geometry
 from ..layers.stacked import block_shape, inner, rewrap
 from ..norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, _dtype_repr, spectral_scale
 from ..polar import METHODS, default_steps
+from .hparams import Beta, NonNeg, NsDtype, NsMethod
 from .momentum import MomentumKind
 
 
-def _check_ns_method(v: str) -> str:
-    if v not in METHODS:
-        raise ValueError(f"ns_method must be one of {METHODS}")
-    return v
-
-
-NsMethod = Annotated[str, AfterValidator(_check_ns_method)]
-"""A polar-factor method name (``modnorm.orthogonalize``), validated."""
-
-__all__ = ["Rule", "Recipe", "BaseNormName", "resolve_norm", "overrides_declared", "DTYPES"]
+__all__ = ["UpdateRule", "Rule", "Recipe", "BaseNormName", "resolve_norm", "overrides_declared", "DTYPES"]
 
 BaseNormName = Literal["declared", "frobenius", "sign", "spectral", "rms", "colnorm", "rownorm"]
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-Beta = Annotated[float, Field(ge=0.0, lt=1.0, description="0 ≤ β < 1")]
-NonNeg = Annotated[float, Field(ge=0.0, description="≥ 0")]
 
 
-class Rule(BaseModel):
+class UpdateRule(BaseModel):
     """One configuration of the pipeline (see the module docstring)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -70,7 +61,7 @@ class Rule(BaseModel):
     ns_method: NsMethod = Field("polar_express", description=f"polar-factor method, one of {METHODS}")
     ns_steps: int | None = Field(None, ge=1, description="Newton–Schulz steps, ≥ 1 (None: the method's default)")
     ns_coefficients: tuple[tuple[float, float, float], ...] | None = Field(None, description="explicit per-step (a, b, c)")
-    ns_dtype: Literal["auto", "float32", "float64", "bfloat16", "float16"] | None = Field(
+    ns_dtype: NsDtype = Field(
         None, description="Newton–Schulz compute dtype (auto: what the device multiplies fast, float64 kept; None: bf16 on CUDA, else the gradient's)")
     ns_eps: NonNeg = Field(1e-7, description="floor of the Frobenius normalizer before Newton–Schulz, ≥ 0")
     preconditioner: str = Field("none", description="registered preconditioner name, or 'declared'")
@@ -118,27 +109,35 @@ class Rule(BaseModel):
         return f"{self.norm} × {self.preconditioner} × {self.momentum} × {self.mode}"
 
 
+class Rule(UpdateRule):
+    """Deprecated name of ``UpdateRule`` (it warns when built); use ``UpdateRule``."""
+
+    def __init__(self, **fields: Any) -> None:
+        warnings.warn("modnorm.optim.Rule is deprecated: use modnorm.optim.UpdateRule (the same fields)", DeprecationWarning, stacklevel=2)
+        super().__init__(**fields)
+
+
 class Recipe(BaseModel):
     """Routes parameters to rules by role; roles not listed use ``default``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    default: Rule
-    roles: dict[str, Rule] = Field(default_factory=dict)
+    default: UpdateRule
+    roles: dict[str, UpdateRule] = Field(default_factory=dict)
 
     @field_validator("roles")
     @classmethod
-    def _roles(cls, v: dict[str, Rule]) -> dict[str, Rule]:
+    def _roles(cls, v: dict[str, UpdateRule]) -> dict[str, UpdateRule]:
         bad = sorted(set(v) - set(ROLES))
         if bad:
             raise ValueError(f"unknown roles {bad}; roles are {ROLES}")
         return v
 
-    def rule_for(self, role: str) -> Rule:
+    def rule_for(self, role: str) -> UpdateRule:
         return self.roles.get(role, self.default)
 
 
-def _spectral_options(rule: Rule, auto: torch.dtype | None = None) -> dict[str, Any]:
+def _spectral_options(rule: UpdateRule, auto: torch.dtype | None = None) -> dict[str, Any]:
     """Spectral's keyword arguments; ``auto`` is the concrete dtype for ``ns_dtype="auto"``.
     With a concrete dtype, unset steps become that dtype's ``default_steps`` (shown by repr)."""
     dtype: torch.dtype | str | None = DTYPES.get(rule.ns_dtype) if rule.ns_dtype != "auto" else (auto or "auto")
@@ -175,7 +174,7 @@ class _CoefficientSpectralConv(SpectralConv):
         return f"SpectralConv(kernel_dims={self.kernel_dims}, spectral={self.spectral!r})"
 
 
-def _spectral(rule: Rule, auto: torch.dtype | None = None) -> Spectral:
+def _spectral(rule: UpdateRule, auto: torch.dtype | None = None) -> Spectral:
     opts = _spectral_options(rule, auto)
     if rule.ns_coefficients is not None:
         return _CoefficientSpectral(rule.ns_coefficients, **opts)
@@ -185,7 +184,7 @@ def _spectral(rule: Rule, auto: torch.dtype | None = None) -> Spectral:
 _POLAR_FIELDS = ("ns_method", "ns_steps", "ns_dtype", "ns_eps", "ns_coefficients")
 
 
-def _with_rule_polar(norm: Norm, rule: Rule, auto: torch.dtype | None) -> Norm:
+def _with_rule_polar(norm: Norm, rule: UpdateRule, auto: torch.dtype | None) -> Norm:
     """A declared Spectral/SpectralConv rebuilt with the polar-factor options the rule sets
     explicitly (its declared scale kept); any other norm unchanged."""
     if not _sets_polar_options(rule):
@@ -197,13 +196,13 @@ def _with_rule_polar(norm: Norm, rule: Rule, auto: torch.dtype | None) -> Norm:
     return norm
 
 
-def _spectral_conv(rule: Rule, kernel_dims: int, auto: torch.dtype | None) -> SpectralConv:
+def _spectral_conv(rule: UpdateRule, kernel_dims: int, auto: torch.dtype | None) -> SpectralConv:
     conv = _CoefficientSpectralConv(kernel_dims=kernel_dims, **_spectral_options(rule, auto))
     conv.spectral = _spectral(rule, auto)  # per kernel position: the same (possibly coefficient) spectral LMO
     return conv
 
 
-def _sets_polar_options(rule: Rule) -> bool:
+def _sets_polar_options(rule: UpdateRule) -> bool:
     return any(f in rule.model_fields_set for f in _POLAR_FIELDS)
 
 
@@ -217,7 +216,7 @@ def declares_default(geometry: Geometry) -> bool:
     return isinstance(inner(geometry.norm), _DEFAULT_BASES[geometry.role])
 
 
-def resolve_norm(rule: Rule, geometry: Geometry, shape: tuple[int, ...], name: str, ns_dtype: torch.dtype | None = None) -> Norm:
+def resolve_norm(rule: UpdateRule, geometry: Geometry, shape: tuple[int, ...], name: str, ns_dtype: torch.dtype | None = None) -> Norm:
     """The base norm ``rule`` gives a parameter of (internal) ``shape`` with ``geometry``.
 
     Matrix norms ("spectral", "colnorm", "rownorm") act on the blocks the declared norm

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
+from .catalog import PRESETS
+from .recipe import DTYPES
 
 __all__ = ["CheckpointMismatchError", "GROUP_KEYS", "NS_AUTO_KEY", "PRESET_KEY", "SKIPPED_KEY", "checked_ns_choices", "is_runtime", "portable", "check_loadable"]
 
@@ -28,8 +30,6 @@ GROUP_KEYS = ("params", "param_names")  # the keys of a param group that are not
 
 def checked_ns_choices(choices: Any) -> dict[str, str]:
     """Saved ns_dtype="auto" choices, validated: a dict of str → a dtype name."""
-    from .recipe import DTYPES
-
     if not isinstance(choices, dict) or any(not isinstance(k, str) or v not in DTYPES for k, v in choices.items()):
         raise ValueError(f"ns_dtype_auto must map 'device:dtype:size' to one of {sorted(DTYPES)}, got {choices!r}")
     return dict(choices)
@@ -51,8 +51,6 @@ def portable(state_dict: dict[str, Any], preset: str, skipped_steps: int) -> dic
 
 
 def _presets_with_fields(fields: set[str]) -> list[str]:
-    from .presets import PRESETS
-
     return sorted(name for name, p in PRESETS.items() if set(p.hyperparameters.model_fields) == fields)
 
 

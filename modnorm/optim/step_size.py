@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 from ..distributed.bucket import placement_key
+from .hparams import ConfigError
 
 __all__ = ["Direction", "Scaling", "StageInput", "StepSizeStage", "Polyak", "make_step_size", "register_step_size", "STEP_SIZES",
            "loss_value", "group_stage", "stage_inputs", "stage_loss"]
@@ -203,8 +204,6 @@ def loss_value(loss: Any) -> float | None:
 
 def group_stage(param_groups: Sequence[dict[str, Any]]) -> StepSizeStage | None:
     """The step-size stage of an optimizer's param groups (all groups must agree on its settings)."""
-    from .config import ConfigError
-
     kinds = {g.get("step_size", "constant") for g in param_groups}
     keys = ("step_size", *(k for kind in sorted(kinds, key=str) for k in _STAGES.get(kind, (None, ()))[1]))
     settings = {tuple(_hashable(g.get(k)) for k in keys) for g in param_groups}

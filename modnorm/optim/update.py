@@ -47,7 +47,7 @@ Scalar = float | Tensor
 
 @dataclass(frozen=True)
 class RuleSpec:
-    """The plain-Python numbers of a ``Rule`` that the step reads (cheap for torch.compile to guard)."""
+    """The plain-Python numbers of an ``UpdateRule`` that the step reads (cheap for torch.compile to guard)."""
 
     momentum: str
     beta: float
