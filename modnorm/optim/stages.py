@@ -68,14 +68,16 @@ def momentum_stage(spec: Any, *, states: Sequence[dict[str, Any]], grads: list[T
 
 
 def statistics_stage(precond: Preconditioner, *, base: Norm, states: Sequence[dict[str, Any]], grads: list[Tensor],
-                     step: int, ctx: StepContext, sharded: Any = None) -> Norm:
-    """Update the preconditioner's statistics from g and return the preconditioned norm N over
-    the stacked (B, *shape) tensor. ``sharded`` (FSDP2 local shards): statistics on shards or whole
-    tensors, the dual map on owner ranks (``modnorm.distributed``)."""
-    if sharded is not None:
+                     step: int, ctx: StepContext, sharded: Any = None, update: bool = True) -> Norm:
+    """Update the preconditioner's statistics from g (unless ``update=False``: already done) and
+    return the preconditioned norm N over the stacked (B, *shape) tensor. ``sharded`` (FSDP2 local
+    shards): statistics on shards or whole tensors, the dual map on owner ranks (``modnorm.distributed``)."""
+    if sharded is not None and update:
         return sharded.precondition(precond, base, grads, step, ctx, reserved=RESERVED_STATE_KEYS)
-    precond.update_many(states, grads, step, ctx)
-    return precond.norm(base, states, step)
+    if update:
+        precond.update_many(states, grads, step, ctx)
+    norm = precond.norm(base, states, step)
+    return sharded.norm(norm) if sharded is not None else norm
 
 
 def direction_stage(norm: Norm, *, d: Sequence[Tensor], c: float, mode: str, correct: bool = True) -> tuple[Tensor, Tensor]:

@@ -147,19 +147,17 @@ def update_bucket(
     decay = None  # schedule-free decays at y itself (update_stages.schedule_free)
     if spec.weight_decay and not spec.coupled and spec.momentum != "schedule_free":
         decay = decay_factor(lr=lr_r, weight_decay=spec.weight_decay * precond.decay_scale(views[0].shape), decay_budgets=decay_budgets)
+    updated = False  # the entrywise shortcut (module docstring): U = c·d or c·d/D², per parameter, never stacked
     if _entrywise(spec, base, views, state_dtype, step_scales, lr_r, sharded, collect):
         if isinstance(precond, Identity):
             return BucketStep(d, entrywise_alpha(lr=lr_r, c=c, step_scales=step_scales), decay, None, False, list(d))
         precond.update_many(states, g, step, ctx)
+        updated = True
         D2 = precond.entrywise_divisor(states, step)
         if D2 is not None:  # d and the state are checked; D² > 0 (eps validated against the state dtype)
             checks = [] if momentum_implied(spec, precond, state_dtype) else list(d)
             return BucketStep(d, entrywise_alpha(lr=lr_r, c=c, step_scales=step_scales), decay, D2, False, checks)
-        norm = precond.norm(base, states, step)
-        if sharded is not None:
-            norm = sharded.norm(norm)
-    else:
-        norm = statistics_stage(precond, base=base, states=states, grads=g, step=step, ctx=ctx, sharded=sharded)
+    norm = statistics_stage(precond, base=base, states=states, grads=g, step=step, ctx=ctx, sharded=sharded, update=not updated)
     staged = spec.staged  # staged: the bias correction c scales the step after the stages
     X, U = direction_stage(norm, d=d, c=c, mode=spec.mode, correct=not staged)
     if collect is not None:
