@@ -173,3 +173,16 @@ def test_rule_is_a_deprecated_alias_of_update_rule():
     assert isinstance(old, UpdateRule) and old.model_dump() == UpdateRule(norm="sign", momentum="ema", beta=0.9).model_dump()
     w = torch.zeros(3, requires_grad=True)
     modnorm.optimizer([w], Recipe(default=old))  # accepted where an UpdateRule is
+
+
+@pytest.mark.parametrize("build,name,text", [
+    (lambda: modnorm.optim.SecondMoment(beta2=1.0), "beta2", "0 ≤ beta2 < 1"),
+    (lambda: modnorm.optim.SecondMoment(eps=-1e-8), "eps", "eps ≥ 0"),
+    (lambda: modnorm.optim.SecondMoment(inner=0.0), "inner", "inner > 0"),
+    (lambda: modnorm.Shampoo(beta2=1.5), "beta2", "0 ≤ beta2 < 1 or None"),
+    (lambda: modnorm.Shampoo(precondition_frequency=True), "precondition_frequency", "precondition_frequency ≥ 1"),
+    (lambda: modnorm.KLShampoo(init=0.0), "init", "init > 0"),
+])
+def test_preconditioner_arguments_are_checked_against_the_same_types(build, name, text):
+    with pytest.raises(ValueError, match=f"{name} must satisfy {text}, got"):
+        build()

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..norms import Norm
 from ..preconditioned import DNorm
-from .hparams import require_nonneg
+from .hparams import Beta, NonNeg, Positive, require
 from .preconditioner import Preconditioner, StepContext, check_eps
 
 __all__ = ["SecondMoment", "adam", "sania", "adagrad"]
@@ -78,14 +78,11 @@ class SecondMoment(Preconditioner):
         initial_accumulator_value: float = 0.0,
         bias_correction: bool = True,
     ) -> None:
-        if not 0.0 <= beta2 < 1.0:
-            raise ValueError(f"SecondMoment: beta2 must satisfy 0 ≤ beta2 < 1, got {beta2!r}")
-        require_nonneg(eps, "SecondMoment: eps", finite=False)
-        if not (inner > 0 and outer > 0):
-            raise ValueError(f"SecondMoment: exponents inner, outer must be > 0, got {inner!r}, {outer!r}")
+        beta2, eps = require("SecondMoment", "beta2", beta2, Beta), require("SecondMoment", "eps", eps, NonNeg)
+        inner, outer = require("SecondMoment", "inner", inner, Positive), require("SecondMoment", "outer", outer, Positive)
         if accumulate not in ("ema", "sum"):
             raise ValueError(f"SecondMoment: accumulate must be 'ema' or 'sum', got {accumulate!r}")
-        require_nonneg(initial_accumulator_value, "SecondMoment: initial_accumulator_value", finite=False)
+        require("SecondMoment", "initial_accumulator_value", initial_accumulator_value, NonNeg)
         self.beta2, self.eps, self.inner, self.outer = float(beta2), float(eps), float(inner), float(outer)
         self.accumulate = accumulate
         self.initial_accumulator_value = float(initial_accumulator_value)

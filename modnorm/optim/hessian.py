@@ -30,6 +30,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from ..norms import Norm
 from ..preconditioned import DNorm
+from .hparams import Beta, Frequency, Positive, require
 from .preconditioner import Preconditioner, State, StepContext, check_eps
 
 __all__ = ["hutchinson_diagonal", "functional_loss", "HessianDiagonal"]
@@ -64,8 +65,7 @@ def hutchinson_diagonal(
     """
     if not callable(loss_fn):
         raise TypeError(f"hutchinson_diagonal: loss_fn must be callable params -> scalar loss, got {type(loss_fn).__name__}")
-    if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"hutchinson_diagonal: samples must be a positive int, got {samples!r}")
+    require("hutchinson_diagonal", "samples", samples, Frequency)
     primals = {k: v.detach() for k, v in params.items()}
     Z = rademacher_like(primals, samples, generator)
 
@@ -120,15 +120,11 @@ class HessianDiagonal(Preconditioner):
             raise ValueError("HessianDiagonal: with loss_fn, pass params= a dict name -> parameter, e.g. dict(model.named_parameters())")
         if loss_fn is not None and from_graph:
             raise ValueError("HessianDiagonal: pass either loss_fn (torch.func) or from_graph=True (create_graph backward), not both")
-        if not 0.0 <= beta2 < 1.0:
-            raise ValueError(f"HessianDiagonal: beta2 must be in [0, 1), got {beta2!r}")
-        if not eps > 0.0:
-            raise ValueError(f"HessianDiagonal: eps must be > 0 (it floors |h|), got {eps!r}")
-        if not power > 0.0:
-            raise ValueError(f"HessianDiagonal: power must be positive, got {power!r}")
-        for key, value in (("every", every), ("samples", samples)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"HessianDiagonal: {key} must be a positive int, got {value!r}")
+        require("HessianDiagonal", "beta2", beta2, Beta)
+        require("HessianDiagonal", "eps", eps, Positive)  # it floors |h|
+        require("HessianDiagonal", "power", power, Positive)
+        require("HessianDiagonal", "every", every, Frequency)
+        require("HessianDiagonal", "samples", samples, Frequency)
         self.loss_fn, self.beta2, self.eps, self.power = loss_fn, float(beta2), float(eps), float(power)
         self.every, self.samples, self.from_graph = every, samples, bool(from_graph)
         self.params = dict(params) if params is not None else {}

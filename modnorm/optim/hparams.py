@@ -7,7 +7,9 @@ validation (pydantic) and the error message's "allowed" text follow.
 
 ``allowed(model, field)`` words a field's range from its annotation ("0 ≤ momentum < 1",
 "eps ≥ 0", "ns_method one of ...", "betas = (β1, β2) with 0 ≤ β < 1"). ``require_nonneg`` is
-the one "a (finite) number ≥ 0" check of the optimizer package.
+the one "a (finite) number ≥ 0" check of the optimizer package (for lr and budgets, which
+may be tensors); ``require(owner, name, value, Type)`` checks a constructor's argument
+against the same types (preconditioners built directly, not through a preset).
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types as at
 import torch
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, TypeAdapter, ValidationError
 
 from ..polar import METHODS
 
 __all__ = [
     "ConfigError", "Beta", "NonNeg", "Positive", "Frequency", "NsSteps", "Betas", "LR", "NsMethod", "NsDtype", "RootDtype",
-    "Symbol", "Allowed", "allowed", "require_nonneg",
+    "Symbol", "Allowed", "allowed", "require", "require_nonneg",
 ]
 
 
@@ -133,6 +135,21 @@ def _describe(annotation: Any, name: str) -> str | None:
         names = ", ".join(f"{symbol}{i + 1}" for i in range(len(entries)))
         return f"{name} = ({names}) with {bound}"
     return _bounds(meta, name)
+
+
+OptionalBeta = Beta | None
+_ADAPTERS: dict[int, tuple[Any, TypeAdapter]] = {}  # id(type) → (type, adapter): the type kept alive with its id
+
+
+def require(owner: str, name: str, value: Any, kind: Any) -> Any:
+    """``value`` (a float for a float type) when it has the hyperparameter type ``kind``, checked
+    strictly (no bool for a number, no string); else a ValueError "{owner}: {name} must satisfy {range}"."""
+    if id(kind) not in _ADAPTERS:
+        _ADAPTERS[id(kind)] = (kind, TypeAdapter(kind))
+    try:
+        return _ADAPTERS[id(kind)][1].validate_python(value, strict=True)
+    except ValidationError:
+        raise ValueError(f"{owner}: {name} must satisfy {_describe(kind, name)}, got {value!r}") from None
 
 
 def allowed(model: type[BaseModel], name: str) -> str | None:

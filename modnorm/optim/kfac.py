@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from ..norms import Frobenius, Norm, SpectralConv
 from ..preconditioned import DNorm, LRNorm
 from .kfac_hooks import LayerStatistics, Rows
-from .hparams import require_nonneg
+from .hparams import Beta, Frequency, NonNeg, require
 from .preconditioner import Preconditioner, State, StepContext
 
 __all__ = ["KFAC", "FISHERS", "FlatNorm"]
@@ -103,11 +103,9 @@ class KFAC(Preconditioner):
 
     def __init__(self, model: nn.Module, damping: float = 1e-3, stat_decay: float = 0.95, update_freq: int = 10,
                  fisher: str = "empirical", form: str = "kfac", root_dtype: torch.dtype = torch.float32) -> None:
-        require_nonneg(damping, "KFAC: damping", finite=False)
-        if not 0.0 <= stat_decay < 1.0:
-            raise ValueError(f"KFAC: stat_decay must satisfy 0 ≤ stat_decay < 1, got {stat_decay!r}")
-        if not isinstance(update_freq, int) or update_freq < 1:
-            raise ValueError(f"KFAC: update_freq must be a positive int, got {update_freq!r}")
+        require("KFAC", "damping", damping, NonNeg)
+        require("KFAC", "stat_decay", stat_decay, Beta)
+        require("KFAC", "update_freq", update_freq, Frequency)
         if fisher not in FISHERS:
             raise ValueError(f"KFAC: fisher must be one of {FISHERS}, got {fisher!r}")
         if form not in FORMS:

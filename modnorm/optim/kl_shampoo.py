@@ -42,6 +42,7 @@ from .matrix_preconditioners import (
     _stacked_grads,
     eigenbasis,
 )
+from .hparams import Positive, require
 from .preconditioner import Preconditioner, State, StepContext
 
 __all__ = ["KLShampoo"]
@@ -82,10 +83,8 @@ class KLShampoo(Preconditioner):
         reference: bool = False,
     ) -> None:
         _check_hp("KLShampoo", beta2, eps, precondition_frequency, root_dtype)
-        if not power > 0.0:
-            raise ValueError(f"KLShampoo: power must be positive, got {power!r}")
-        if not init > 0.0:
-            raise ValueError(f"KLShampoo: init (the factors' initial multiple of I) must be positive, got {init!r}")
+        require("KLShampoo", "power", power, Positive)
+        require("KLShampoo", "init", init, Positive)  # the factors' initial multiple of I
         if not isinstance(reference, bool):
             raise TypeError(f"KLShampoo: reference must be a bool, got {reference!r}")
         self.beta2, self.eps, self.power, self.init = float(beta2), float(eps), float(power), float(init)

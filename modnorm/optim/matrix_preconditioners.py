@@ -34,7 +34,7 @@ from torch import Tensor
 from ..norms import Norm
 from ..preconditioned import DNorm, LRNorm
 from .diagonal import SecondMoment
-from .hparams import require_nonneg
+from .hparams import Frequency, NonNeg, OptionalBeta, Positive, require
 from .preconditioner import Preconditioner, State, StepContext, check_eps
 
 __all__ = [
@@ -52,11 +52,9 @@ Sides = Literal["both", "left", "right"]
 
 
 def _check_hp(owner: str, beta2: float | None, eps: float, frequency: int, root_dtype: torch.dtype) -> None:
-    if beta2 is not None and not 0.0 <= beta2 < 1.0:
-        raise ValueError(f"{owner}: beta2 must be in [0, 1) (or None for a running sum), got {beta2!r}")
-    require_nonneg(eps, f"{owner}: eps", finite=False)
-    if not isinstance(frequency, int) or frequency < 1:
-        raise ValueError(f"{owner}: precondition_frequency must be a positive int, got {frequency!r}")
+    require(owner, "beta2", beta2, OptionalBeta)  # None: a running sum
+    require(owner, "eps", eps, NonNeg)
+    require(owner, "precondition_frequency", frequency, Frequency)
     if root_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"{owner}: root_dtype must be torch.float32 or torch.float64, got {root_dtype}")
 
@@ -189,8 +187,7 @@ class Shampoo(Preconditioner):
         _check_hp(type(self).__name__, beta2, eps, precondition_frequency, root_dtype)
         if sides not in ("both", "left", "right"):
             raise ValueError(f"{type(self).__name__}: sides must be 'both', 'left' or 'right', got {sides!r}")
-        if not power > 0.0:
-            raise ValueError(f"{type(self).__name__}: power must be positive, got {power!r}")
+        require(type(self).__name__, "power", power, Positive)
         self.beta2, self.eps, self.power, self.sides = beta2, float(eps), float(power), sides
         self.precondition_frequency, self.root_dtype = precondition_frequency, root_dtype
         self.factors = _Factors(beta2, sides)

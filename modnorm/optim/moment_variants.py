@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .diagonal import SecondMoment
+from .hparams import Beta, require
 from .preconditioner import StepContext
 
 __all__ = ["AMSGrad", "RMSprop"]
@@ -53,8 +54,7 @@ class RMSprop(SecondMoment):
     """RMSprop's D² = √V + ε (or √(V − ḡ²) + ε when centred), V an uncorrected EMA with factor α."""
 
     def __init__(self, alpha: float = 0.99, eps: float = 1e-8, centered: bool = False) -> None:
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"RMSprop: alpha must satisfy 0 ≤ alpha < 1, got {alpha!r}")
+        require("RMSprop", "alpha", alpha, Beta)
         super().__init__(beta2=alpha, eps=eps, bias_correction=False)
         self.key = "square_avg"
         self.centered = bool(centered)
