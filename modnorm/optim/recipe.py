@@ -39,8 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..geometry import ROLES, Geometry
 from ..layers.stacked import block_shape, inner, rewrap
 from ..norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, _dtype_repr, spectral_scale
-from ..polar import METHODS, default_steps
-from .hparams import Beta, NonNeg, NsDtype, NsMethod
+from ..polar import default_steps
+from .hparams import Beta, NonNeg, NsDtype, NsMethod, Positive
 from .momentum import MomentumKind
 
 
@@ -56,34 +56,34 @@ class UpdateRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    norm: BaseNormName = Field("declared", description="base norm: declared|frobenius|sign|spectral|rms|colnorm|rownorm")
+    norm: BaseNormName = Field("declared", description="base norm")
     scale: str | float = Field("rms", description="spectral scale: rms|original|match_rms_adamw|none or a positive float")
-    ns_method: NsMethod = Field("polar_express", description=f"polar-factor method, one of {METHODS}")
-    ns_steps: int | None = Field(None, ge=1, description="Newton–Schulz steps, ≥ 1 (None: the method's default)")
+    ns_method: NsMethod = Field("polar_express", description="polar-factor method (modnorm.orthogonalize)")
+    ns_steps: int | None = Field(None, ge=1, description="Newton–Schulz steps (None: the method's default)")
     ns_coefficients: tuple[tuple[float, float, float], ...] | None = Field(None, description="explicit per-step (a, b, c)")
     ns_dtype: NsDtype = Field(
         None, description="Newton–Schulz compute dtype (auto: what the device multiplies fast, float64 kept; None: bf16 on CUDA, else the gradient's)")
-    ns_eps: NonNeg = Field(1e-7, description="floor of the Frobenius normalizer before Newton–Schulz, ≥ 0")
+    ns_eps: NonNeg = Field(1e-7, description="floor of the Frobenius normalizer before Newton–Schulz")
     preconditioner: str = Field("none", description="registered preconditioner name, or 'declared'")
     preconditioner_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the preconditioner")
-    momentum: MomentumKind = Field("none", description="none|heavy_ball|nesterov|ema|ema_nesterov|adam_ema|lion|schedule_free")
-    beta: Beta = Field(0.0, description="momentum coefficient, 0 ≤ β < 1")
-    dampening: NonNeg = Field(0.0, description="heavy-ball dampening τ (torch.optim.SGD), ≥ 0")
+    momentum: MomentumKind = Field("none", description="momentum kind (momentum.py)")
+    beta: Beta = Field(0.0, description="momentum coefficient β")
+    dampening: NonNeg = Field(0.0, description="heavy-ball dampening τ (torch.optim.SGD)")
     mode: Literal["lmo", "sharp"] = Field("lmo", description="lmo: normalized steepest descent; sharp: dual(G)·lmo(G)")
-    weight_decay: NonNeg = Field(0.0, description="weight decay λ, ≥ 0")
+    weight_decay: NonNeg = Field(0.0, description="weight decay λ")
     weight_decay_mode: Literal["decoupled", "coupled"] = Field("decoupled", description="decoupled: W ← W(1-ηλ); coupled: g ← g + λW (torch SGD/Adagrad L2)")
-    lr_ratio: NonNeg = Field(1.0, description="this rule's lr = lr_ratio × the group's lr, ≥ 0")
-    lr_decay: NonNeg = Field(0.0, description="Adagrad's lr/(1 + (t-1)·lr_decay), ≥ 0")
+    lr_ratio: NonNeg = Field(1.0, description="this rule's lr = lr_ratio × the group's lr")
+    lr_decay: NonNeg = Field(0.0, description="Adagrad's lr/(1 + (t-1)·lr_decay)")
     lr_adjust: str | float | None = Field(None, description="torch.optim.Muon's adjust_lr_fn: lr × spectral_scale(lr_adjust, d0, d1) of the first two dims")
-    direction_beta: Beta = Field(0.0, description="Lion's β1 (momentum='lion'): direction = β1·buffer + (1-β1)·g, 0 ≤ β1 < 1")
+    direction_beta: Beta = Field(0.0, description="Lion's β1 (momentum='lion'): direction = β1·buffer + (1-β1)·g")
     momentum_on: Literal["gradient", "update"] = Field("gradient", description="gradient: momentum before the preconditioner; update: on the preconditioned direction (RMSprop, LARS)")
     trust_ratio: Literal["none", "update", "triangle"] = Field("none", description="per-layer U ← c·min(‖W‖, clamp)/(den + ε)·U; den = ‖U‖ (update, LAMB) or ‖g‖ + λ‖W‖ (triangle, LARS)")
-    trust_coefficient: NonNeg = Field(1.0, description="c of the trust ratio, ≥ 0")
-    trust_clamp: float | None = Field(None, gt=0.0, description="upper clamp of ‖W‖ in the trust ratio (LAMB: 10), > 0 or None")
-    trust_eps: NonNeg = Field(0.0, description="ε of the trust ratio's denominator, ≥ 0")
-    sf_warmup_steps: int = Field(0, ge=0, description="schedule-free: linear lr warmup steps inside the iterate update, ≥ 0")
-    sf_r: NonNeg = Field(0.0, description="schedule-free: averaging weight (k+1)^r, ≥ 0")
-    sf_weight_lr_power: NonNeg = Field(2.0, description="schedule-free: averaging weight lr_max^p, ≥ 0")
+    trust_coefficient: NonNeg = Field(1.0, description="c of the trust ratio")
+    trust_clamp: Positive | None = Field(None, description="upper clamp of ‖W‖ in the trust ratio (LAMB: 10; None: no clamp)")
+    trust_eps: NonNeg = Field(0.0, description="ε of the trust ratio's denominator")
+    sf_warmup_steps: int = Field(0, ge=0, description="schedule-free: linear lr warmup steps inside the iterate update")
+    sf_r: NonNeg = Field(0.0, description="schedule-free: averaging weight (k+1)^r")
+    sf_weight_lr_power: NonNeg = Field(2.0, description="schedule-free: averaging weight lr_max^p")
 
     @field_validator("lr_adjust")
     @classmethod
