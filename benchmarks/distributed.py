@@ -16,7 +16,7 @@ for a stack of N Linear(d, d) layers: FSDP2 (``fully_shard`` per layer; modnorm'
 sharded pipeline) against DDP (replicated parameters: every rank runs every LMO).
 Bytes are those the step itself sends (DDP's gradient all-reduce happens in backward).
 Reported: median seconds per step and bytes sent per rank per step (measured for
-all_to_all by ``modnorm.distributed.STATS``; the all-gather's are (W−1)·local bytes).
+all_to_all by ``modnorm.distributed.counting()``; the all-gather's are (W−1)·local bytes).
 On a machine with fewer cores than ranks the times measure contention, not scaling.
 
     python benchmarks/distributed.py --quick --json benchmarks/distributed.json
@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modnorm import Spectral  # noqa: E402
-from modnorm.distributed import STATS, distributed_lmo, layout_of  # noqa: E402
+from modnorm.distributed import counting, distributed_lmo, layout_of  # noqa: E402
 from modnorm.distributed.launch import launch  # noqa: E402
 
 
@@ -75,9 +75,9 @@ def worker(world: int, n: int, m: int, k: int, reps: int) -> dict[str, float]:
         dist.barrier()
         return _time(lambda: (fn(), dist.barrier()), reps)
 
-    STATS.reset()
-    a2a()
-    a2a_bytes = STATS.bytes_sent
+    with counting() as stats:
+        a2a()
+    a2a_bytes = stats.bytes_sent
     step_fsdp, step_fsdp_bytes = _optimizer_step_time(world, n, m, reps, "fsdp")
     step_ddp, _ = _optimizer_step_time(world, n, m, reps, "ddp")
     local_bytes = sum(g.to_local().numel() * g.element_size() for g in Gs)
@@ -120,9 +120,9 @@ def _optimizer_step_time(world: int, n: int, d: int, reps: int, mode: str) -> tu
         dist.barrier()
 
     step()  # initializes state
-    STATS.reset()
-    step()
-    sent = STATS.bytes_sent
+    with counting() as stats:
+        step()
+    sent = stats.bytes_sent
     return _time(step, reps), sent
 
 

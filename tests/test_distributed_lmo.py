@@ -12,7 +12,7 @@ import torch
 
 from modnorm import RMS, ColNorm, DNorm, Frobenius, LRNorm, RowNorm, Sign, Spectral, SpectralConv
 from modnorm.distributed import distributed_lmo, distributed_sharp
-from modnorm.distributed.exchange import STATS
+from modnorm.distributed.exchange import counting
 from modnorm.distributed.launch import launch
 
 WORLD = 2
@@ -68,9 +68,9 @@ def worker() -> dict[str, dict[str, torch.Tensor]]:
         Gs = [distribute_tensor(g, mesh, [Shard(dim)]) for g in data["G"]]
         Dd = distribute_tensor(data["D"], mesh, [Shard(dim + 1)])
         norm = _norm(spec, data, Dd)
-        STATS.reset()
-        lmo_list = distributed_lmo(norm, Gs)
-        bytes_lmo = STATS.bytes_sent
+        with counting() as stats:
+            lmo_list = distributed_lmo(norm, Gs)
+        bytes_lmo = stats.bytes_sent
         stacked = distributed_sharp(norm, torch.stack(Gs))
         bf16 = distributed_lmo(norm, Gs, comm_dtype=torch.bfloat16)
         out[name] = {

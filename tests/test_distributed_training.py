@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import modnorm
-from modnorm.distributed import STATS
+from modnorm.distributed import counting
 from modnorm import CheckpointMismatchError, load_checkpoint, save_checkpoint
 from modnorm.distributed.launch import launch
 
@@ -109,20 +109,20 @@ def worker(presets: list[str], ckpt_root: str) -> dict[str, dict[str, dict[str, 
         res = {}
         ddp = DDP(make_model())
         opt = make_optimizer(ddp, preset)
-        STATS.reset()
-        train(ddp, opt, STEPS, rank, world)
+        with counting() as stats:
+            train(ddp, opt, STEPS, rank, world)
         res["ddp"] = full_params(ddp)
-        res["ddp_bytes"] = STATS.bytes_sent
+        res["ddp_bytes"] = stats.bytes_sent
         # FSDP2, with a checkpoint after SAVE_AT steps (saving must not perturb the run)
         path = f"{ckpt_root}/{preset}"
         model = fsdp(make_model())
         opt = make_optimizer(model, preset)
-        STATS.reset()
-        train(model, opt, SAVE_AT, rank, world)
-        save_checkpoint(path, model, opt)
-        train(model, opt, STEPS - SAVE_AT, rank, world, start=SAVE_AT)
+        with counting() as stats:
+            train(model, opt, SAVE_AT, rank, world)
+            save_checkpoint(path, model, opt)
+            train(model, opt, STEPS - SAVE_AT, rank, world, start=SAVE_AT)
         res["fsdp"] = full_params(model)
-        res["fsdp_bytes"] = STATS.bytes_sent
+        res["fsdp_bytes"] = stats.bytes_sent
         # resume from the checkpoint in fresh objects
         model = fsdp(make_model())
         opt = make_optimizer(model, preset)

@@ -11,7 +11,7 @@
 """
 
 from .dual_map import distributed_lmo, distributed_sharp
-from .exchange import STATS, CommStats, apply_whole, owned_counts
+from .exchange import STATS, CommStats, apply_whole, counting, owned_counts
 from .layout import ShardLayout, chunk_sizes, is_dtensor, layout_of
 from .sharded_norm import ShardedNorm, sharded, to_local
 
@@ -28,5 +28,6 @@ __all__ = [
     "apply_whole",
     "owned_counts",
     "STATS",
+    "counting",
     "CommStats",
 ]

@@ -12,13 +12,15 @@ Communication per call, for N parameters of ``numel`` entries each, in ``b`` byt
 each rank sends and receives ≈ (W−1)/W · N·numel·b/W in each of the two exchanges, i.e.
 ≈ 2·(W−1)/W² · N·numel·b per rank and 2·(W−1)/W · N·numel·b over all ranks — the same
 volume as one all-gather of the shards would move, but without every rank redoing every
-matrix. ``STATS`` counts the bytes this rank sent (for benchmarks).
+matrix. ``with counting() as stats:`` counts the bytes this rank sends inside the block
+(``STATS`` counts every exchange of the process).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +29,7 @@ from torch import Tensor
 
 from .layout import ShardLayout
 
-__all__ = ["owned_counts", "owned_range", "to_owners", "from_owners", "apply_whole", "gather_to_all", "CommStats", "STATS"]
+__all__ = ["owned_counts", "owned_range", "to_owners", "from_owners", "apply_whole", "gather_to_all", "CommStats", "STATS", "counting"]
 
 
 @dataclass
@@ -42,6 +44,18 @@ class CommStats:
 
 
 STATS = CommStats()
+_COUNTERS: list[CommStats] = [STATS]  # STATS and the counters of the open ``counting`` blocks
+
+
+@contextmanager
+def counting() -> Iterator[CommStats]:
+    """A fresh ``CommStats`` that counts the exchanges this process makes inside the block."""
+    stats = CommStats()
+    _COUNTERS.append(stats)
+    try:
+        yield stats
+    finally:
+        _COUNTERS.remove(stats)
 
 
 def owned_counts(n: int, world: int) -> list[int]:
@@ -60,8 +74,9 @@ def _all_to_all(send: Tensor, send_splits: list[int], recv_splits: list[int], gr
     recv = send.new_empty(sum(recv_splits))
     dist.all_to_all_single(recv, send.contiguous(), recv_splits, send_splits, group=group)
     me = dist.get_rank(group)
-    STATS.bytes_sent += (sum(send_splits) - send_splits[me]) * send.element_size()
-    STATS.calls += 1
+    for stats in _COUNTERS:
+        stats.bytes_sent += (sum(send_splits) - send_splits[me]) * send.element_size()
+        stats.calls += 1
     return recv
 
 
