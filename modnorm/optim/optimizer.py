@@ -465,7 +465,7 @@ class ModnormOptimizer(Optimizer):
             ctx = StepContext(step=step, params=params, names=names, closure=closure, loss=loss)
         out = fn(spec=spec, base=plan.norm, precond=precond, views=views, grads=grads, states=states, step=step, lr=lr,
                  maximize=maximize, state_dtype=self._state_dtype(params[0]), ctx=ctx, step_scales=[m[1].step_scale for m in members],
-                 decay_budgets=[m[1].budget for m in members], sharded=sharded, **({"collect": collect} if collect is not None else {}))
+                 decay_budgets=[m[1].budget for m in members], sharded=sharded, collect=collect)
         implied = momentum_key(plan.rule.momentum) if momentum_implied(plan.spec, plan.precond, self._state_dtype(params[0])) else None
         txn.add_write(PendingWrite(views, out.update, out.alpha, out.decay, out.divisor, out.fresh), out.checks, names, params, implied)
 
