@@ -48,9 +48,11 @@ def test_copy_is_independent():
 
 
 def test_builtin_registries_are_built_fresh_and_equal_the_library_ones():
-    fresh = builtin_presets()
-    assert sorted(fresh) == sorted(PRESETS) and fresh is not PRESETS
-    assert dict(builtin_preconditioners()) == dict(PRECONDITIONERS)
+    fresh = builtin_presets()  # (the library's registries may hold what a user, e.g. a docs page, registered)
+    assert set(fresh) <= set(PRESETS) and all(PRESETS[n] == p for n, p in fresh.items()) and fresh is not PRESETS
+    assert {"sgd", "adamw", "muon", "lion", "rmsprop", "kfac", "sophia"} <= set(fresh)
+    built = builtin_preconditioners()
+    assert all(PRECONDITIONERS[n] is f for n, f in built.items()) and {"none", "adam", "shampoo", "kfac", "hessian"} <= set(built)
     assert "shampoo_one_sided" not in PRECONDITIONERS  # the preset configures "shampoo" (sides="left", power=0.5)
 
 
