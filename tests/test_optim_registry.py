@@ -4,6 +4,7 @@ hyperparameter types that give both the validation and the range in the error me
 from __future__ import annotations
 
 import math
+import typing
 import pickle
 
 import pydantic
@@ -188,3 +189,32 @@ def test_rule_is_a_deprecated_alias_of_update_rule():
 def test_preconditioner_arguments_are_checked_against_the_same_types(build, name, text):
     with pytest.raises(ValueError, match=f"{name} must satisfy {text}, got"):
         build()
+
+
+def test_a_scoped_step_size_stage_scales_the_step_and_is_gone_after():
+    """A stage registered in a scope: γ = ½ after the directions, so sgd moves like torch.optim.SGD at lr/2."""
+    from modnorm.optim.catalog import STEP_SIZES, register_step_size
+    from modnorm.optim.step_size import StepSizeStage
+
+    class Half(StepSizeStage):
+        def factor(self, loss, directions):
+            return 0.5
+
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    ref = w.detach().clone().requires_grad_()
+    with STEP_SIZES.scoped(), PRESETS.scoped():
+        register_step_size("half", lambda group: Half(), ())
+
+        def half_sgd(step_size: typing.Literal["half"] = "half") -> Recipe:
+            return my_sgd(momentum=0.0)
+
+        register_preset("half_sgd", preset(half_sgd))
+        opt = modnorm.optimizer([w], "half_sgd", lr=0.1)
+        torch_opt = torch.optim.SGD([ref], lr=0.05)
+        for o, p in ((opt, w), (torch_opt, ref)):
+            o.zero_grad()
+            (p**3).sum().backward()
+            o.step()
+        torch.testing.assert_close(w, ref, rtol=1e-14, atol=1e-14)
+    assert "half" not in STEP_SIZES and "half_sgd" not in PRESETS

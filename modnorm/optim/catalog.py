@@ -1,11 +1,12 @@
 """The library's registries, constructed here from their parts (no import registers anything):
 
 - ``PRECONDITIONERS``: name → factory(**options) → ``Preconditioner`` (rules and geometries name them);
-- ``PRESETS``: name → ``Preset`` (``modnorm.optimizer(model, name)``).
+- ``PRESETS``: name → ``Preset`` (``modnorm.optimizer(model, name)``);
+- ``STEP_SIZES``: name → ``StageKind``, the global step-size stages (``step_size=name``).
 
-``register_preconditioner``/``register_preset`` add to them; ``with PRESETS.scoped():`` (or
-``PRECONDITIONERS.scoped()``) undoes the additions made inside the block, and
-``builtin_presets()``/``builtin_preconditioners()`` build fresh copies.
+``register_preconditioner``/``register_preset``/``register_step_size`` add to them; ``with
+PRESETS.scoped():`` (and the others' ``scoped()``) undoes the additions made inside the
+block, and ``builtin_presets()``, ``builtin_preconditioners()``, ``builtin_step_sizes()`` build fresh copies.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ from .matrix_presets import MATRIX_PRESETS
 from .moment_variants import AMSGrad, RMSprop
 from .preconditioner import Identity, Preconditioner
 from .presets import Hyperparameters, Preset
-from .prodigy import PRODIGY
+from .prodigy import PRODIGY, PRODIGY_STAGE
 from .recipe import Recipe
 from .registry import Registry
+from .step_size import POLYAK, StageKind, StepSizeStage
 from .zoo_presets import ZOO_PRESETS
 
 __all__ = [
-    "PRECONDITIONERS", "PRESETS", "builtin_preconditioners", "builtin_presets",
-    "register_preconditioner", "get_preconditioner", "register_preset",
+    "PRECONDITIONERS", "PRESETS", "STEP_SIZES", "builtin_preconditioners", "builtin_presets", "builtin_step_sizes",
+    "register_preconditioner", "get_preconditioner", "register_preset", "register_step_size",
 ]
 
 Factory = Callable[..., Preconditioner]
@@ -51,8 +53,21 @@ def builtin_presets() -> Registry[Preset]:
                     hint="or pass a modnorm.optim.Recipe")
 
 
+def builtin_step_sizes() -> Registry[StageKind]:
+    """A fresh registry of the built-in step-size stages (``"constant"`` is no stage)."""
+    return Registry("step size", {"polyak": POLYAK, "prodigy": PRODIGY_STAGE},
+                    hint="Add one with modnorm.optim.catalog.register_step_size(name, build, group_keys)")
+
+
 PRECONDITIONERS: Registry[Factory] = builtin_preconditioners()
 PRESETS: Registry[Preset] = builtin_presets()
+STEP_SIZES: Registry[StageKind] = builtin_step_sizes()
+
+
+def register_step_size(name: str, build: Callable[[dict[str, Any]], StepSizeStage], group_keys: tuple[str, ...]) -> None:
+    """Make ``step_size=name`` build ``build(param_group)``; ``group_keys``: the hyperparameters
+    that configure it (every param group must agree on them)."""
+    STEP_SIZES.register(name, StageKind(build, tuple(group_keys)))
 
 
 def register_preconditioner(name: str, factory: Factory) -> None:

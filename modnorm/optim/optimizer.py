@@ -48,6 +48,7 @@ from torch.optim import Optimizer
 from ..distributed.bucket import shard_bucket
 from ..geometry import Geometry
 from ..polar_dtype import auto_dtype, size_class
+from .catalog import STEP_SIZES
 from .config import ConfigError, get_preset, validate_hyperparameters
 from .describe import lr_note, optimizer_overrides, optimizer_rows, optimizer_table
 from .hparams import require_nonneg
@@ -235,7 +236,7 @@ class ModnormOptimizer(Optimizer):
         if clash:
             raise RuntimeError(f"preconditioner {plan.precond!r} uses reserved state keys {sorted(clash)}; rename them")
         state.update(extra)
-        stage = group_stage(self.param_groups)
+        stage = group_stage(self.param_groups, STEP_SIZES)
         if stage is not None:
             state.update(stage.init_state(view, dtype))  # the stage's running statistics
 
@@ -339,7 +340,7 @@ class ModnormOptimizer(Optimizer):
         ``loss``: the loss at the current parameters, for a step-size stage that needs it
         (``step_size="polyak"``) when no closure is given; a closure's value takes precedence.
         """
-        group_stage(self.param_groups)  # settings checked before the closure runs or anything is touched
+        group_stage(self.param_groups, STEP_SIZES)  # settings checked before the closure runs or anything is touched
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
@@ -353,7 +354,7 @@ class ModnormOptimizer(Optimizer):
         """Plan, compute every bucket aside, check once, commit (``transaction``). Never traced:
         ``torch.compile(opt.step)`` runs this eagerly; ``compile=True`` compiles each bucket's
         computation (``update.compiled_update_bucket``)."""
-        stage = group_stage(self.param_groups)
+        stage = group_stage(self.param_groups, STEP_SIZES)
         value = stage_loss(stage, self.param_groups, loss)
         if value is not None and not math.isfinite(value):
             if self.nonfinite == "skip":

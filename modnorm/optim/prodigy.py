@@ -47,9 +47,9 @@ from .hparams import Allowed, Beta, Betas, Frequency, NonNeg, Positive
 from .parts import coupled_decay, decoupled_decay, ema, everywhere, precondition, rule, sharp
 from .presets import Mixin, preset
 from .recipe import Recipe
-from .step_size import Scaling, StageInput, StepSizeStage, register_step_size
+from .step_size import Scaling, StageInput, StageKind, StepSizeStage
 
-__all__ = ["Prodigy", "ProdigyStage", "PRODIGY"]
+__all__ = ["Prodigy", "ProdigyStage", "PRODIGY", "PRODIGY_STAGE"]
 
 _SCALARS = ("prodigy_d", "prodigy_d_max", "prodigy_numerator", "prodigy_k")
 
@@ -162,5 +162,5 @@ def prodigy(betas: Betas = (0.9, 0.999), eps: NonNeg = 1e-8, weight_decay: NonNe
 
 
 PRODIGY = preset(prodigy, lr=1.0, mixins=(ProdigyStage,), source="Mishchenko & Defazio 2024 (Prodigy); prodigyopt's Prodigy")
-register_step_size("prodigy", Prodigy.from_group,
-                   ("betas", "beta3", "d0", "d_coef", "growth_rate", "use_bias_correction", "safeguard_warmup", "slice_p"))
+PRODIGY_STAGE = StageKind(Prodigy.from_group,
+                          ("betas", "beta3", "d0", "d_coef", "growth_rate", "use_bias_correction", "safeguard_warmup", "slice_p"))

@@ -44,7 +44,7 @@ few hundred steps; with growth = 1 (the default) γ never increases.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +54,7 @@ from torch import Tensor
 from ..distributed.bucket import placement_key
 from .hparams import ConfigError
 
-__all__ = ["Direction", "Scaling", "StageInput", "StepSizeStage", "Polyak", "make_step_size", "register_step_size", "STEP_SIZES",
+__all__ = ["Direction", "Scaling", "StageInput", "StepSizeStage", "Polyak", "StageKind", "POLYAK", "make_step_size",
            "loss_value", "group_stage", "stage_inputs", "stage_loss"]
 
 
@@ -165,28 +165,30 @@ class Polyak(StepSizeStage):
         return f"Polyak(f_star={self.f_star}, max_step={self.max_step}, growth={self.growth})"
 
 
-_STAGES: dict[str, tuple[Callable[[dict[str, Any]], StepSizeStage], tuple[str, ...]]] = {
-    "polyak": (lambda g: Polyak(g.get("f_star", 0.0), g.get("max_step"), g.get("polyak_growth", 1.0)), ("f_star", "max_step", "polyak_growth")),
-}
-STEP_SIZES: tuple[str, ...] = ("constant", "polyak")  # extended by register_step_size
+@dataclass(frozen=True)
+class StageKind:
+    """A named step-size stage (an entry of ``catalog.STEP_SIZES``): ``build(param_group)`` makes
+    it; ``group_keys`` are the hyperparameters that configure it (every param group must agree)."""
+
+    build: Callable[[dict[str, Any]], StepSizeStage]
+    group_keys: tuple[str, ...]
 
 
-def register_step_size(name: str, factory: Callable[[dict[str, Any]], StepSizeStage], group_keys: tuple[str, ...]) -> None:
-    """Make ``step_size=name`` build ``factory(param_group)``; ``group_keys``: the hyperparameters
-    that configure it (every param group must agree on them)."""
-    global STEP_SIZES
-    _STAGES[name] = (factory, tuple(group_keys))
-    STEP_SIZES = ("constant", *_STAGES)
+def _polyak(group: dict[str, Any]) -> Polyak:
+    return Polyak(group.get("f_star", 0.0), group.get("max_step"), group.get("polyak_growth", 1.0))
 
 
-def make_step_size(group: dict[str, Any]) -> StepSizeStage | None:
-    """The stage a param group's hyperparameters ask for (None for ``"constant"``)."""
+POLYAK = StageKind(_polyak, ("f_star", "max_step", "polyak_growth"))
+
+
+def make_step_size(group: dict[str, Any], stages: Mapping[str, StageKind]) -> StepSizeStage | None:
+    """The stage a param group's hyperparameters ask for among ``stages`` (None for ``"constant"``)."""
     kind = group.get("step_size", "constant")
     if kind == "constant":
         return None
-    if kind in _STAGES:
-        return _STAGES[kind][0](group)
-    raise ValueError(f"step_size must be one of {STEP_SIZES}, got {kind!r}")
+    if kind in stages:
+        return stages[kind].build(group)
+    raise ValueError(f"step_size must be one of {('constant', *stages)}, got {kind!r}")
 
 
 def loss_value(loss: Any) -> float | None:
@@ -202,15 +204,15 @@ def loss_value(loss: Any) -> float | None:
     raise TypeError(f"the loss must be a number or a 1-element tensor, got {type(loss).__name__}")
 
 
-def group_stage(param_groups: Sequence[dict[str, Any]]) -> StepSizeStage | None:
+def group_stage(param_groups: Sequence[dict[str, Any]], stages: Mapping[str, StageKind]) -> StepSizeStage | None:
     """The step-size stage of an optimizer's param groups (all groups must agree on its settings)."""
     kinds = {g.get("step_size", "constant") for g in param_groups}
-    keys = ("step_size", *(k for kind in sorted(kinds, key=str) for k in _STAGES.get(kind, (None, ()))[1]))
+    keys = ("step_size", *(k for kind in sorted(kinds, key=str) if kind in stages for k in stages[kind].group_keys))
     settings = {tuple(_hashable(g.get(k)) for k in keys) for g in param_groups}
     if len(settings) > 1:
         raise ConfigError(f"param groups disagree on the step-size stage {keys}: {sorted(settings, key=str)}; "
                           "the stage is one statistic over all parameters, so set them the same in every group")
-    stage = make_step_size(param_groups[0]) if param_groups else None
+    stage = make_step_size(param_groups[0], stages) if param_groups else None
     if stage is not None and stage.needs_loss and any(g.get("maximize") for g in param_groups):
         raise ConfigError("step_size='polyak' closes the gap f − f_star of a loss to minimize; use maximize=False (negate the objective)")
     return stage
