@@ -19,6 +19,8 @@ from modnorm.optim.catalog import builtin_preconditioners, builtin_presets, get_
 from modnorm.optim.config import ConfigError
 from modnorm.optim.hparams import Beta, Betas, NonNeg, Positive, allowed, require_nonneg
 from modnorm.optim.parts import coupled_decay, decoupled_decay, everywhere, heavy_ball, lion_momentum, lmo, rule, sharp
+from modnorm.optim.kl_shampoo import KLShampoo
+from modnorm.optim.matrix_preconditioners import Shampoo
 from modnorm.optim.preconditioner import Identity
 
 
@@ -171,8 +173,8 @@ def test_require_nonneg_refuses_bools_strings_and_tensors_of_several_entries():
 
 
 def test_rule_is_a_deprecated_alias_of_update_rule():
-    with pytest.warns(DeprecationWarning, match="use modnorm.UpdateRule"):
-        old = modnorm.Rule(norm="sign", momentum="ema", beta=0.9)
+    with pytest.warns(DeprecationWarning, match="use modnorm.optim.UpdateRule"):
+        old = modnorm.optim.Rule(norm="sign", momentum="ema", beta=0.9)
     assert isinstance(old, UpdateRule) and old.model_dump() == UpdateRule(norm="sign", momentum="ema", beta=0.9).model_dump()
     w = torch.zeros(3, requires_grad=True)
     modnorm.optimizer([w], Recipe(default=old))  # accepted where an UpdateRule is
@@ -182,9 +184,9 @@ def test_rule_is_a_deprecated_alias_of_update_rule():
     (lambda: modnorm.optim.SecondMoment(beta2=1.0), "beta2", "0 ≤ beta2 < 1"),
     (lambda: modnorm.optim.SecondMoment(eps=-1e-8), "eps", "eps ≥ 0"),
     (lambda: modnorm.optim.SecondMoment(inner=0.0), "inner", "inner > 0"),
-    (lambda: modnorm.Shampoo(beta2=1.5), "beta2", "0 ≤ beta2 < 1 or None"),
-    (lambda: modnorm.Shampoo(precondition_frequency=True), "precondition_frequency", "precondition_frequency ≥ 1"),
-    (lambda: modnorm.KLShampoo(init=0.0), "init", "init > 0"),
+    (lambda: Shampoo(beta2=1.5), "beta2", "0 ≤ beta2 < 1 or None"),
+    (lambda: Shampoo(precondition_frequency=True), "precondition_frequency", "precondition_frequency ≥ 1"),
+    (lambda: KLShampoo(init=0.0), "init", "init > 0"),
 ])
 def test_preconditioner_arguments_are_checked_against_the_same_types(build, name, text):
     with pytest.raises(ValueError, match=f"{name} must satisfy {text}, got"):
