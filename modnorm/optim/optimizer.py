@@ -55,7 +55,7 @@ from .hparams import require_nonneg
 from .momentum import init_momentum, momentum_key
 from .preconditioner import RESERVED_STATE_KEYS, StepContext
 from .presets import Preset, custom_recipe_preset
-from .plan import Plan, build_plans, freeze
+from .plan import Plan, PlanCache, build_plans
 from .recipe import DTYPES, Recipe, infer_geometry
 from .step_size import Direction, Scaling, group_stage, stage_inputs, stage_loss
 from .state_io import GROUP_KEYS, NS_AUTO_KEY, PRESET_KEY, SKIPPED_KEY, check_loadable, checked_ns_choices, is_runtime, portable
@@ -187,26 +187,16 @@ class ModnormOptimizer(Optimizer):
     def _plans(self, gi: int, group: dict[str, Any]) -> list[Plan]:
         """Per-parameter plans for the group's current hyperparameters (cached on them, lr excluded)."""
         hp = {k: v for k, v in self._hyperparameters(group).items() if k != "lr"}
-        last = self._last_plans.get(gi)  # fast path: the group's hyperparameters did not change
-        if last is not None and len(last[1]) == len(group["params"]):
-            try:
-                if last[0] == hp:
-                    return last[1]
-            except RuntimeError:  # a tensor-valued hyperparameter: compare through freeze below
-                pass
-        key = (gi, freeze(hp))
-        plans = self._plan_cache.get(key)
-        if plans is None or len(plans) != len(group["params"]):
+
+        def build() -> list[Plan]:
             recipe = self._preset.build(validate_hyperparameters(self._preset, hp, where=f", param group {gi}"))
-            plans = self._plan_cache[key] = build_plans(recipe, self._meta[gi], group["params"], self._state_dtype, self._auto_ns_dtype)
-        self._last_plans[gi] = (hp, plans)
-        return plans
+            return build_plans(recipe, self._meta[gi], group["params"], self._state_dtype, self._auto_ns_dtype)
+
+        return self._plan_cache.get(gi, hp, len(group["params"]), build)
 
     def _forget_plans(self) -> None:
-        """Drop the cached plans (rebuilt on demand): ``_plan_cache`` maps (group index, frozen
-        hyperparameters) → plans; ``_last_plans`` maps a group index → (its last hyperparameters, plans)."""
-        self._plan_cache: dict[tuple[int, Any], list[Plan]] = {}
-        self._last_plans: dict[int, tuple[dict[str, Any], list[Plan]]] = {}
+        """Drop the cached plans (rebuilt on demand)."""
+        self._plan_cache = PlanCache()
 
     def _auto_ns_dtype(self, p: Tensor, shape: tuple[int, ...]) -> torch.dtype | None:
         """What ns_dtype="auto" means for ``p`` (matrices of its first two dims): resolved once per

@@ -21,7 +21,7 @@ from .preconditioner import Preconditioner
 from .recipe import Recipe, UpdateRule, norm_key, overrides_declared, resolve_norm
 from .update import RuleSpec
 
-__all__ = ["Plan", "build_plans", "freeze", "internal_shape"]
+__all__ = ["Plan", "PlanCache", "build_plans", "freeze", "internal_shape"]
 
 
 @dataclass
@@ -56,6 +56,32 @@ def freeze(value: Any) -> Any:
     if isinstance(value, Tensor):
         return ("tensor", tuple(value.flatten().tolist()))
     return value
+
+
+class PlanCache:
+    """A param group's plans under each hyperparameter setting it had: ``by_setting`` maps
+    (group index, frozen hyperparameters) → plans; ``last`` maps a group index → (its last
+    hyperparameters, plans), the fast path while they do not change."""
+
+    def __init__(self) -> None:
+        self.by_setting: dict[tuple[int, Any], list[Plan]] = {}
+        self.last: dict[int, tuple[dict[str, Any], list[Plan]]] = {}
+
+    def get(self, gi: int, hp: dict[str, Any], n: int, build: Callable[[], list[Plan]]) -> list[Plan]:
+        """The plans of group ``gi`` (``n`` parameters) under hyperparameters ``hp``; ``build()`` when new."""
+        last = self.last.get(gi)
+        if last is not None and len(last[1]) == n:
+            try:
+                if last[0] == hp:
+                    return last[1]
+            except RuntimeError:  # a tensor-valued hyperparameter: compare through freeze below
+                pass
+        key = (gi, freeze(hp))
+        plans = self.by_setting.get(key)
+        if plans is None or len(plans) != n:
+            plans = self.by_setting[key] = build()
+        self.last[gi] = (hp, plans)
+        return plans
 
 
 def build_plans(
