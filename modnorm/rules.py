@@ -34,9 +34,10 @@ Activations, dropout, pooling, flatten, identity: bonds (see ``BOND_SENSITIVITY`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,6 +259,16 @@ class LayerRules:
         new._detectors = list(self._detectors)
         return new
 
+    @contextlib.contextmanager
+    def scoped(self) -> Iterator[LayerRules]:
+        """Registrations made inside the block are undone at its end (replaced entries restored)."""
+        saved = self.copy()
+        try:
+            yield self
+        finally:
+            self._types, self._functions = saved._types, saved._functions
+            self._patterns, self._masses, self._detectors = saved._patterns, saved._masses, saved._detectors
+
 
 # -- defaults ---------------------------------------------------------------------------
 
@@ -326,21 +337,6 @@ def _mha_node(m: nn.Module, ctx: Any) -> Any:
     return Chain([in_proj, Bond(1.0, name=f"{ctx.path(m)}:attention"), ctx.child(m, "out_proj")])
 
 
-DEFAULT_RULES = LayerRules(inherit=False)
-DEFAULT_RULES.register(nn.Linear, _linear, head=_linear_head)
-for _t, _k in ((nn.Conv1d, 1), (nn.Conv2d, 2), (nn.Conv3d, 3)):
-    DEFAULT_RULES.register(_t, _conv(_k))
-for _t, _k in ((nn.ConvTranspose1d, 1), (nn.ConvTranspose2d, 2), (nn.ConvTranspose3d, 3)):
-    DEFAULT_RULES.register(_t, _conv(_k, transposed=True))
-DEFAULT_RULES.register_node(nn.RNNBase, _rnn_node)
-DEFAULT_RULES.register(nn.Embedding, lambda m: {"weight": D.embedding()})
-DEFAULT_RULES.register(nn.EmbeddingBag, lambda m: {"weight": D.embedding()})
-for _t in (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
-    DEFAULT_RULES.register(_t, _affine)
-DEFAULT_RULES.register_node(nn.MultiheadAttention, _mha_node)
-DEFAULT_RULES.register_structural(detect.is_conv1d_like, detect.conv1d_geometries, head=detect.conv1d_head)
-DEFAULT_RULES.register_structural(detect.is_gain_module, detect.gain_geometries)
-
 BOND_SENSITIVITY: dict[type, float] = {
     nn.ReLU: 1.0, nn.ReLU6: 1.0, nn.LeakyReLU: 1.0, nn.ELU: 1.0, nn.Tanh: 1.0, nn.Hardtanh: 1.0,
     nn.GELU: D.GELU_MAX_SLOPE, nn.SiLU: D.SILU_MAX_SLOPE, nn.Sigmoid: 0.25, nn.Softmax: 1.0,
@@ -348,8 +344,6 @@ BOND_SENSITIVITY: dict[type, float] = {
     nn.MaxPool1d: 1.0, nn.MaxPool2d: 1.0, nn.AvgPool1d: 1.0, nn.AvgPool2d: 1.0,
     nn.AdaptiveAvgPool1d: 1.0, nn.AdaptiveAvgPool2d: 1.0, nn.AdaptiveMaxPool2d: 1.0,
 }
-for _t, _s in BOND_SENSITIVITY.items():
-    DEFAULT_RULES.register_bond(_t, _s)
 
 FUNCTION_SENSITIVITY: dict[object, float] = {
     F.gelu: D.GELU_MAX_SLOPE, "gelu": D.GELU_MAX_SLOPE,
@@ -359,27 +353,40 @@ FUNCTION_SENSITIVITY: dict[object, float] = {
     torch.zeros_like: 0.0, torch.ones_like: 0.0, torch.empty_like: 0.0, "new_zeros": 0.0, "new_ones": 0.0,
 }
 """Sensitivity of traced functions and methods; everything else is 1 (``x * c``: |c|, ``x / c``: 1/|c|)."""
-for _f, _s in FUNCTION_SENSITIVITY.items():
-    DEFAULT_RULES.register_function(_f, _s)
 
 
-def register_rule(
-    module_type: type,
-    geometries: GeometrySpec,
-    *,
-    mass: float = 1.0,
-    sensitivity: float | Callable[[nn.Module], float] = 1.0,
-    head: GeometrySpec | None = None,
-) -> None:
-    """``DEFAULT_RULES.register``: declare the geometry of your own layer type for every model."""
-    DEFAULT_RULES.register(module_type, geometries, mass=mass, sensitivity=sensitivity, head=head)
+
+def default_rules() -> LayerRules:
+    """A fresh copy of the library's layer conventions (the rules above, the bond and
+    function sensitivities below); ``DEFAULT_RULES`` is the one every model falls back to."""
+    rules = LayerRules(inherit=False)
+    rules.register(nn.Linear, _linear, head=_linear_head)
+    for t, k in ((nn.Conv1d, 1), (nn.Conv2d, 2), (nn.Conv3d, 3)):
+        rules.register(t, _conv(k))
+    for t, k in ((nn.ConvTranspose1d, 1), (nn.ConvTranspose2d, 2), (nn.ConvTranspose3d, 3)):
+        rules.register(t, _conv(k, transposed=True))
+    rules.register_node(nn.RNNBase, _rnn_node)
+    rules.register(nn.Embedding, lambda m: {"weight": D.embedding()})
+    rules.register(nn.EmbeddingBag, lambda m: {"weight": D.embedding()})
+    for t in (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+        rules.register(t, _affine)
+    rules.register_node(nn.MultiheadAttention, _mha_node)
+    rules.register_structural(detect.is_conv1d_like, detect.conv1d_geometries, head=detect.conv1d_head)
+    rules.register_structural(detect.is_gain_module, detect.gain_geometries)
+    for t, sensitivity in BOND_SENSITIVITY.items():
+        rules.register_bond(t, sensitivity)
+    for fn, sensitivity in FUNCTION_SENSITIVITY.items():
+        rules.register_function(fn, sensitivity)
+    return rules
 
 
-def register_bond(module_type: type, sensitivity: float | Callable[[nn.Module], float] = 1.0) -> None:
-    """``DEFAULT_RULES.register_bond``."""
-    DEFAULT_RULES.register_bond(module_type, sensitivity)
+DEFAULT_RULES = default_rules()
+"""The rules every model falls back to; ``register_rule`` and friends add to it (for every
+model), ``with DEFAULT_RULES.scoped():`` undoes additions at the end of the block."""
 
-
-def register_function(fn: object, sensitivity: float) -> None:
-    """``DEFAULT_RULES.register_function``."""
-    DEFAULT_RULES.register_function(fn, sensitivity)
+register_rule = DEFAULT_RULES.register
+"""Declare the geometry of your own layer type for every model (``DEFAULT_RULES.register``)."""
+register_bond = DEFAULT_RULES.register_bond
+"""``DEFAULT_RULES.register_bond``: a weightless module type and its sensitivity."""
+register_function = DEFAULT_RULES.register_function
+"""``DEFAULT_RULES.register_function``: a traced function or method and its sensitivity."""

@@ -228,11 +228,16 @@ def test_registering_a_user_layer_type_with_a_user_norm() -> None:
 
 
 def test_global_registration() -> None:
-    try:
+    with modnorm.rules.DEFAULT_RULES.scoped():
         modnorm.rules.register_rule(Scaler, lambda m: {"kernel": Geometry(LInf(), "adam", "vector")})
+        modnorm.rules.register_function(torch.tanh, 0.5)
         assert isinstance(modnorm.geometries(Scaler(2))["kernel"].norm, LInf)
-    finally:
-        modnorm.rules.DEFAULT_RULES._types.pop(Scaler)
+        assert modnorm.rules.DEFAULT_RULES.function_sensitivity(torch.tanh) == 0.5
+    # the block's registrations are gone, the defaults intact
+    assert type(modnorm.geometries(Scaler(2))["kernel"].norm) is RMS
+    assert modnorm.rules.DEFAULT_RULES.function_sensitivity(torch.tanh) is None
+    fresh = modnorm.rules.default_rules()
+    assert fresh is not modnorm.rules.DEFAULT_RULES and fresh.lookup(nn.Linear(2, 3)) is not None
 
 
 def test_overrides_per_type_and_per_name() -> None:

@@ -15,7 +15,7 @@ Base norms: ``"declared"`` takes the parameter's declared geometry (``Geometry.n
 ``"frobenius"``, ``"sign"``, ``"rms"`` act on the whole tensor; ``"spectral"`` is
 ``Spectral`` for a matrix and ``SpectralConv`` for a >2-D kernel, ``"colnorm"``/
 ``"rownorm"`` for matrices (embedding layout when the role is "embedding"), each acting
-on the blocks of the declared norm (``modnorm.layers.stacked``: gates, groups, (in, out)
+on the blocks of the declared norm (``modnorm.blocks``: gates, groups, (in, out)
 layouts). A "spectral" rule uses a declared norm of another family than the role's
 default as declared; where any other rule replaces such a norm, the optimizer says so. The
 spectral options (``scale``, ``ns_method``, ``ns_steps``, ``ns_coefficients``, ``ns_dtype``,
@@ -37,7 +37,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..geometry import ROLES, Geometry
-from ..layers.stacked import block_shape, inner, rewrap
+from ..blocks import block_shape, inner, rewrap
 from ..norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, _dtype_repr, spectral_scale
 from ..polar import default_steps
 from .hparams import Beta, NonNeg, NsDtype, NsMethod, Positive
