@@ -241,6 +241,11 @@ def test_bad_settings_name_the_field() -> None:
                        (dict(polyak_growth=0.5), "polyak_growth"), (dict(f_star=float("inf")), "f_star")):
         with pytest.raises(ConfigError, match=field):
             modnorm.optimizer(model, "adam_sania", **bad)
+    # Polyak's settings without step_size="polyak" would do nothing: refused, naming the field and the fix
+    for preset, bad in (("adam_sania", dict(f_star=0.5)), ("adamw", dict(max_step=1.0)), ("prodigy", dict(polyak_growth=2.0))):
+        with pytest.raises(ConfigError, match=rf"{next(iter(bad))}=.*configures step_size='polyak'.*pass step_size='polyak'"):
+            modnorm.optimizer(model, preset, **bad)
+    modnorm.optimizer(model, "adamw", f_star=0.0)  # the default value is harmless
     opt = modnorm.optimizer([{"params": [model[0].weight]}, {"params": [model[0].bias], "f_star": 1.0}], "adam_sania", step_size="polyak")
     model[0].weight.grad = torch.ones_like(model[0].weight)
     model[0].bias.grad = torch.ones_like(model[0].bias)

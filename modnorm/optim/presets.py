@@ -54,6 +54,17 @@ class Hyperparameters(BaseModel):
     def _strict(cls, values: Any) -> Any:
         return check_strict(cls, values)
 
+    @model_validator(mode="after")
+    def _polyak_fields_need_polyak(self) -> Hyperparameters:
+        """``f_star``/``max_step``/``polyak_growth`` set away from their defaults do nothing unless
+        ``step_size="polyak"``: refused rather than silently ignored."""
+        if self.step_size != "polyak":
+            for name in ("f_star", "max_step", "polyak_growth"):
+                if name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].default:
+                    raise ValueError(f"{name}={getattr(self, name)!r} configures step_size='polyak' but step_size={self.step_size!r}; "
+                                     f"pass step_size='polyak' or leave {name} out")
+        return self
+
 
 def adam_rule(preconditioner: str, betas: tuple[float, float], eps: float, weight_decay: float, **fields: Any) -> UpdateRule:
     """Adam's rule with a diagonal ``preconditioner`` ("adam", "sania", "amsgrad"): sharp in Frobenius
