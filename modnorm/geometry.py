@@ -32,11 +32,20 @@ class Geometry:
         role: "hidden" (a weight matrix inside the network), "embedding", "head" (the
             output/unembedding matrix), "conv" (a convolution kernel) or "vector" (bias,
             gain, any 1-D parameter).
+        tied_head: an embedding table that the network's output head also uses (weight
+            tying: logits = h · Eᵀ); the resolver sets it. Such a table is an output map
+            too (``is_output``).
     """
 
     norm: Norm
     preconditioner: str = "none"
     role: Role = "hidden"
+    tied_head: bool = False
+
+    @property
+    def is_output(self) -> bool:
+        """Whether the parameter maps features to the network's output: a head, or a table tied to it."""
+        return self.role == "head" or self.tied_head
 
     def __post_init__(self) -> None:
         if not isinstance(self.norm, Norm):

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol, runtime_checkable
 
 from torch import Tensor, nn
@@ -246,9 +246,10 @@ class Resolver:
         return Tuple(items) if items else Bond(1.0, name=path)
 
 
-def _tied_tables(model: nn.Module, ctx: Resolver, names: dict[int, str]) -> dict[str, Geometry]:
+def _tied_tables(model: nn.Module, ctx: Resolver, names: dict[int, str], head_ids: set[int]) -> dict[str, Geometry]:
     """Parameters held by several modules (weight tying) of which one declares it an embedding:
-    name → that embedding geometry, whichever use the composition reaches first (or at all)."""
+    name → that embedding geometry, whichever use the composition reaches first (or at all),
+    marked ``tied_head`` when the output head (``head_ids``: its parameters) holds it too."""
     owners: dict[int, list[nn.Module]] = {}
     for m in model.modules():
         for p in m._parameters.values():
@@ -261,7 +262,7 @@ def _tied_tables(model: nn.Module, ctx: Resolver, names: dict[int, str]) -> dict
         for m in ms:
             geos = [g for a in ctx.resolve(m).atoms() for _, p, g in a.params if id(p) == pid and g.role == "embedding"]
             if geos:
-                out[names[pid]] = geos[0]
+                out[names[pid]] = replace(geos[0], tied_head=True) if pid in head_ids else geos[0]
                 break
     return out
 
@@ -323,10 +324,12 @@ def resolve(
     effective: dict[int, tuple[tuple[str, Tensor, Geometry], ...]] = {}
     terminal, _ = root.terminals()
     n_atoms = len({id(a) for a in root.atoms()})
+    head_ids: set[int] = set()
     if rules_.auto_head and n_atoms >= 2:
         head = _head_atom(model, root, terminal)
         if head is not None:
             effective[id(head)] = head.head  # type: ignore[assignment]
+            head_ids = {id(p) for _, p, _ in head.head}  # type: ignore[union-attr]
 
     names = {id(p): n for n, p in model.named_parameters()}
     found: dict[str, dict] = {}
@@ -362,7 +365,7 @@ def resolve(
         for owner in sorted(owners, key=len):
             sub = ctx.resolve(model.get_submodule(owner))
             visit(sub)
-    for name, geo in _tied_tables(model, ctx, names).items():
+    for name, geo in _tied_tables(model, ctx, names, head_ids).items():
         if name in found:
             found[name]["geometry"] = geo
     if ctx.missing:

@@ -141,11 +141,13 @@ def adam_dir(Mh, Vh, eps, nd):
     return Mh / (Vh.sqrt() + eps)
 
 
-def muadam_dir(p, scale="rms"):
+def muadam_dir(p, scale="rms", normalize=False):
     def direction(Mh, Vh, eps, nd):
         if nd != 2:
             return adam_dir(Mh, Vh, eps, nd)
         D = (Vh + eps) ** p
+        if normalize:  # D / RMS(D): the step's size no longer depends on the gradient's scale
+            D = D / (D**2).mean().sqrt()
         ratio = Mh.shape[0] / Mh.shape[1]
         s = math.sqrt(ratio) if scale == "rms" else math.sqrt(max(1.0, ratio))  # RMS→RMS or torch Muon's "original"
         return s * polar_svd(Mh / D) / D
@@ -179,6 +181,33 @@ def test_muadam_scale_option_matches_float64_reference():
     assert_close(got, ref, 1e-9)
     rms = reference_adam_like(init, 10, 0.01, 0.9, 0.99, 1e-8, 0.0, muadam_dir(0.25, "rms"))
     assert (got[0] - rms[0]).abs().max() > 1e-4  # the (8, 16) matrix: scale 1 vs √½
+
+
+@pytest.mark.parametrize("preset,p", [("muadam", 0.25), ("muadam_sania", 0.5)])
+def test_muadam_normalize_matches_float64_reference(preset, p):
+    init = make_params(seed=2)
+    ref = reference_adam_like(init, 20, 0.01, 0.9, 0.99, 1e-8, 0.0, muadam_dir(p, normalize=True))
+    got = run(lambda ps: modnorm.optimizer(ps, preset, lr=0.01, betas=(0.9, 0.99), adamw_betas=(0.9, 0.99), normalize=True,
+                                           ns_method="svd", budgets=False), init, steps=20)
+    assert_close(got, ref, 1e-9)
+    plain = reference_adam_like(init, 20, 0.01, 0.9, 0.99, 1e-8, 0.0, muadam_dir(p))
+    assert max((a - b).abs().max().item() for a, b in zip(got[:3], plain[:3])) > 1e-4
+
+
+@pytest.mark.parametrize("c", [1e-3, 1e3])
+def test_muadam_normalize_step_does_not_depend_on_the_gradient_scale(c):
+    # one step from a fresh state with ε = 0: gradient c·G gives the same step as G (degree 0), where
+    # the plain MuAdam step D⁻¹ polar(D⁻¹ M) with D = V^¼ scales as c^-½
+    G = make_params(shapes=[(6, 4)], seed=3)[0]
+    steps = {}
+    for normalize in (True, False):
+        for scale in (1.0, c):
+            w = torch.zeros(6, 4, dtype=torch.float64, requires_grad=True)
+            w.grad = scale * G
+            modnorm.optimizer([w], "muadam", lr=0.1, eps=0.0, normalize=normalize, ns_method="svd", budgets=False).step()
+            steps[normalize, scale] = w.detach().clone()
+    assert_close([steps[True, c]], [steps[True, 1.0]], 1e-12)
+    assert_close([steps[False, c]], [steps[False, 1.0] / math.sqrt(c)], 1e-12)
 
 
 def test_muon_rms_lr_adjustment_is_the_rms_to_rms_scale():

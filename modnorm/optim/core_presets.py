@@ -65,7 +65,7 @@ def scion(momentum: Beta = 0.9, weight_decay: NonNeg = 0.0, *, polar: dict[str, 
 
 
 def _muadam_rule(preconditioner: str, betas: tuple[float, float], eps: float, weight_decay: float, scale: str, mode: str,
-                 polar: dict[str, Any], **extra: float) -> UpdateRule:
+                 polar: dict[str, Any], **extra: Any) -> UpdateRule:
     """D-preconditioned spectral steepest descent (Theorem 1): Adam's M̂ and V around the spectral LMO."""
     return rule(steepest("spectral", mode, scale=scale, **polar), precondition(preconditioner, beta2=betas[1], eps=eps, **extra),
                 {"momentum": "adam_ema", "beta": betas[0]}, decoupled_decay(weight_decay))
@@ -76,15 +76,18 @@ Mode = Literal["lmo", "sharp"]
 
 
 def muadam(betas: Betas = (0.9, 0.999), eps: NonNeg = 1e-8, weight_decay: NonNeg = 0.0, scale: Scale = "rms", mode: Mode = "lmo",
-           *, adamw_rule: UpdateRule, polar: dict[str, Any]) -> Recipe:
-    """D = (V̂ + ε)^¼. ``mode="sharp"``: ‖D⁻¹M‖_*·D⁻¹ polar(D⁻¹M), of degree 0 in the gradient."""
-    return matrices(_muadam_rule("adam", betas, eps, weight_decay, scale, mode, polar, inner=1.0, outer=0.25), adamw_rule)
+           normalize: bool = False, *, adamw_rule: UpdateRule, polar: dict[str, Any]) -> Recipe:
+    """D = (V̂ + ε)^¼. ``mode="sharp"``: ‖D⁻¹M‖_*·D⁻¹ polar(D⁻¹M), of degree 0 in the gradient.
+    ``normalize``: D / RMS(D) per parameter, so that the step's size is the base norm's (lr · s in
+    RMS→RMS) whatever the gradients' scale (otherwise it goes as |G|^-½)."""
+    extra = {"normalize": True} if normalize else {}
+    return matrices(_muadam_rule("adam", betas, eps, weight_decay, scale, mode, polar, inner=1.0, outer=0.25, **extra), adamw_rule)
 
 
 def muadam_sania(betas: Betas = (0.9, 0.999), eps: NonNeg = 1e-8, weight_decay: NonNeg = 0.0, scale: Scale = "rms", mode: Mode = "lmo",
-                 *, adamw_rule: UpdateRule, polar: dict[str, Any]) -> Recipe:
-    """D = (V̂ + ε)^½ (SANIA's)."""
-    return matrices(_muadam_rule("sania", betas, eps, weight_decay, scale, mode, polar), adamw_rule)
+                 normalize: bool = False, *, adamw_rule: UpdateRule, polar: dict[str, Any]) -> Recipe:
+    """D = (V̂ + ε)^½ (SANIA's); ``normalize`` as muadam's (it gives up the invariance under W → cW)."""
+    return matrices(_muadam_rule("sania", betas, eps, weight_decay, scale, mode, polar, **({"normalize": True} if normalize else {})), adamw_rule)
 
 
 CORE_PRESETS: tuple[Preset, ...] = (

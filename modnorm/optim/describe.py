@@ -9,7 +9,8 @@ the effective learning rate
 
 (budget: the parameter's share of the modular norm, 1 with ``budgets=False``;
 lr_ratio: the rule's, e.g. ``adamw_lr_ratio`` for what a matrix preset routes to AdamW;
-shape factor: torch.optim.Muon's ``adjust_lr_fn``, else 1). Adagrad's ``lr_decay``
+shape factor: torch.optim.Muon's ``adjust_lr_fn`` times, on the head and a table tied to
+it, a rule's ``lr_fan_in`` / fan_in (``adamw_head_width``), else 1). Adagrad's ``lr_decay``
 further divides lr_eff by 1 + (t − 1)·lr_decay at step t. A 3-layer MLP has budget 1/3
 per layer, so ``modnorm.optimizer(mlp, "adamw", lr=3e-3)`` steps like
 ``torch.optim.AdamW(lr=1e-3)``.

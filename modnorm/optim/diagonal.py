@@ -16,6 +16,10 @@ Registered forms (with a Frobenius base, ``sharp`` gives G/D²):
 - ``"sania"``:   inner 1, outer ½ → D = (V̂ + ε)^½: Adam-SANIA's M̂/(V̂ + ε); MuAdam-SANIA.
 - ``"adagrad"``: accumulate "sum", inner ½, outer ½ → G/(√ΣG² + ε): torch.optim.Adagrad.
 
+``normalize=True`` divides D by its RMS over each parameter, D / √mean(D²): the D-norm keeps
+its shape and the base norm's size, so an LMO step has the base norm's size whatever the
+scale of the gradients (MuAdam's D = V^¼ otherwise makes it ∝ |G|^-½).
+
 ε is added to a fresh tensor each step; V itself is never modified by ε. The new V is a
 new tensor assigned to the state key (the old one is not written: a step can be discarded).
 """
@@ -60,6 +64,7 @@ class SecondMoment(Preconditioner):
         accumulate: "ema" (Adam, bias-corrected) or "sum" (Adagrad, no correction).
         initial_accumulator_value: V_0 (Adagrad's option), ≥ 0.
         bias_correction: divide an EMA by 1-β2^t (Adam); False uses V itself (RMSprop, LAMB).
+        normalize: divide D by its RMS over each parameter (see the module docstring).
 
     Subclasses may replace V by another statistic of the gradients (``second_moment``):
     AMSGrad's running maximum, RMSprop's centred V − ḡ² (``moment_variants``).
@@ -77,6 +82,7 @@ class SecondMoment(Preconditioner):
         accumulate: Literal["ema", "sum"] = "ema",
         initial_accumulator_value: float = 0.0,
         bias_correction: bool = True,
+        normalize: bool = False,
     ) -> None:
         beta2, eps = require("SecondMoment", "beta2", beta2, Beta), require("SecondMoment", "eps", eps, NonNeg)
         inner, outer = require("SecondMoment", "inner", inner, Positive), require("SecondMoment", "outer", outer, Positive)
@@ -88,6 +94,7 @@ class SecondMoment(Preconditioner):
         self.initial_accumulator_value = float(initial_accumulator_value)
         self.key = "exp_avg_sq" if accumulate == "ema" else "sum"
         self.bias_correction = bool(bias_correction)
+        self.normalize = bool(normalize)
 
     def init_state(self, param: Tensor, state_dtype: torch.dtype) -> dict[str, Tensor]:
         V = torch.full_like(param, self.initial_accumulator_value, dtype=state_dtype, memory_format=torch.preserve_format)
@@ -139,11 +146,15 @@ class SecondMoment(Preconditioner):
 
     def diagonal(self, states: Sequence[dict[str, Tensor]], step: int) -> Tensor:
         """The stacked D, shape (B, *param_shape); a fresh tensor (V is not touched)."""
-        return torch.stack(self._powers(states, step, self.outer))
+        D = torch.stack(self._powers(states, step, self.outer))
+        if self.normalize and D.ndim > 1:
+            rms = D.square().mean(dim=tuple(range(1, D.ndim)), keepdim=True).sqrt()
+            D = D / rms.clamp_min(torch.finfo(D.dtype).tiny)  # an all-zero D (ε = 0, G = 0) stays 0
+        return D
 
     def entrywise_divisor(self, states: Sequence[dict[str, Tensor]], step: int) -> list[Tensor] | None:
         """D² per parameter when ε > 0 (so D > 0): a Frobenius base's sharp is then d / D²."""
-        return self._powers(states, step, 2.0 * self.outer) if self.eps > 0 else None
+        return self._powers(states, step, 2.0 * self.outer) if self.eps > 0 and not self.normalize else None
 
     def norm(self, base: Norm, states: Sequence[dict[str, Tensor]], step: int) -> Norm:
         return DNorm(base, self.diagonal(states, step), positive=self.eps > 0)
@@ -151,19 +162,21 @@ class SecondMoment(Preconditioner):
     def __repr__(self) -> str:
         return (
             f"SecondMoment(beta2={self.beta2}, eps={self.eps}, inner={self.inner}, outer={self.outer}, "
-            f"accumulate={self.accumulate!r}, bias_correction={self.bias_correction})"
+            f"accumulate={self.accumulate!r}, bias_correction={self.bias_correction}"
+            + (", normalize=True)" if self.normalize else ")")
         )
 
 
-def adam(beta2: float = 0.999, eps: float = 1e-8, inner: float = 0.5, outer: float = 0.5, bias_correction: bool = True) -> SecondMoment:
+def adam(beta2: float = 0.999, eps: float = 1e-8, inner: float = 0.5, outer: float = 0.5, bias_correction: bool = True,
+         normalize: bool = False) -> SecondMoment:
     """Adam's D = (√V̂ + ε)^½ (sharp of a Frobenius base → M̂/(√V̂+ε)); MuAdam: inner=1, outer=¼;
     LAMB: ``bias_correction=False``."""
-    return SecondMoment(beta2=beta2, eps=eps, inner=inner, outer=outer, bias_correction=bias_correction)
+    return SecondMoment(beta2=beta2, eps=eps, inner=inner, outer=outer, bias_correction=bias_correction, normalize=normalize)
 
 
-def sania(beta2: float = 0.999, eps: float = 1e-8) -> SecondMoment:
+def sania(beta2: float = 0.999, eps: float = 1e-8, normalize: bool = False) -> SecondMoment:
     """SANIA's D = (V̂ + ε)^½ (sharp of a Frobenius base → M̂/(V̂+ε))."""
-    return SecondMoment(beta2=beta2, eps=eps, inner=1.0, outer=0.5)
+    return SecondMoment(beta2=beta2, eps=eps, inner=1.0, outer=0.5, normalize=normalize)
 
 
 def adagrad(eps: float = 1e-10, initial_accumulator_value: float = 0.0) -> SecondMoment:

@@ -32,7 +32,7 @@ class Plan:
     role: str
     route: str  # the recipe entry that handles it: its role, or "default"
     budget: float
-    step_scale: float  # the factor on its step: budget × the rule's shape factor (lr_adjust)
+    step_scale: float  # the factor on its step: budget × the rule's shape factor (lr_adjust) × output factor (lr_fan_in)
     shape: tuple[int, ...]
     rule: UpdateRule
     norm: Norm
@@ -113,7 +113,8 @@ def build_plans(
         options = ", ".join(f"{k}={v}" for k, v in rule.preconditioner_options.items()) if pname != "none" else ""
         plabel = f"{pname}({options})" if options else pname
         # per block (gates, groups, (in, out) layouts); a 0-size parameter is never stepped
-        step_scale = budget * rule.shape_factor(block_shape(norm, tuple(p.shape))) if p.numel() else budget
+        step_scale = (budget * rule.shape_factor(block_shape(norm, tuple(p.shape))) * rule.output_factor(geometry, shape)
+                      if p.numel() else budget)
         route = geometry.role if geometry.role in recipe.roles else "default"
         declared = repr(geometry.norm) if overrides_declared(geometry, norm) else ""
         plans.append(Plan(label, geometry.role, route, budget, step_scale, shape, rule, norm, preconds[pkey], plabel, bucket,

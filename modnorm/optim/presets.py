@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from .hparams import LR, Allowed, Beta, Betas, NonNeg, NsDtype, NsMethod, NsSteps
+from .hparams import LR, Allowed, Beta, Betas, NonNeg, NsDtype, NsMethod, NsSteps, Positive
 from .parts import adam_momentum, decoupled_decay, precondition, rule, sharp
 from .recipe import Recipe, UpdateRule
 from .strict import check_strict
@@ -80,9 +80,15 @@ class Mixin(BaseModel):
 
 
 class RoutedAdamW(Mixin):
-    """AdamW settings for the parameters a matrix preset does not handle (embedding, head, vectors)."""
+    """AdamW settings for the parameters a matrix preset does not handle (embedding, head, vectors).
+
+    ``adamw_head_width``: the head's (and a table tied to it) AdamW lr becomes
+    lr · adamw_lr_ratio · adamw_head_width / fan_in (µP: an Adam-type output layer moves the
+    logits by ≈ lr · fan_in per step, so its lr goes as 1/width; set it to the width at which
+    the lr was tuned). None (the default): width-independent, as torch.optim.AdamW."""
 
     adamw_lr_ratio: NonNeg = 1.0
+    adamw_head_width: Positive | None = None
     adamw_betas: Betas = (0.9, 0.999)
     adamw_eps: NonNeg = 1e-8
     adamw_weight_decay: NonNeg = 0.0
@@ -91,7 +97,8 @@ class RoutedAdamW(Mixin):
 
     def adamw_rule(self) -> UpdateRule:
         precond = "sania" if self.routed_rule == "adam_sania" else "adam"
-        return adam_rule(precond, self.adamw_betas, self.adamw_eps, self.adamw_weight_decay, lr_ratio=self.adamw_lr_ratio)
+        return adam_rule(precond, self.adamw_betas, self.adamw_eps, self.adamw_weight_decay, lr_ratio=self.adamw_lr_ratio,
+                         lr_fan_in=self.adamw_head_width)
 
 
 class Polar(Mixin):

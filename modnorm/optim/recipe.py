@@ -3,7 +3,8 @@
 A ``UpdateRule`` fixes, for the parameters it applies to,
 
     base norm  ×  preconditioner  ×  momentum  ×  mode ("lmo" | "sharp")
-    + weight decay (decoupled or coupled), an lr ratio and Adagrad's lr decay
+    + weight decay (decoupled or coupled), an lr ratio, Adagrad's lr decay and a
+      fan-in factor for output maps (``lr_fan_in``: µP's lr ∝ 1/width for an Adam-type head)
     + where momentum acts (on the gradient, or on the preconditioned update) and a
       trust ratio (LAMB/LARS: a per-layer budget set by ‖W‖, ``update_stages``)
 
@@ -30,6 +31,7 @@ scale is kept).
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Literal
 
@@ -75,6 +77,7 @@ class UpdateRule(BaseModel):
     lr_ratio: NonNeg = Field(1.0, description="this rule's lr = lr_ratio × the group's lr")
     lr_decay: NonNeg = Field(0.0, description="Adagrad's lr/(1 + (t-1)·lr_decay)")
     lr_adjust: str | float | None = Field(None, description="torch.optim.Muon's adjust_lr_fn: lr × spectral_scale(lr_adjust, d0, d1) of the first two dims")
+    lr_fan_in: Positive | None = Field(None, description="output maps (a head, a table tied to it): lr × lr_fan_in / fan_in, fan_in = the product of the dims after the first; None: no factor")
     direction_beta: Beta = Field(0.0, description="Lion's β1 (momentum='lion'): direction = β1·buffer + (1-β1)·g")
     momentum_on: Literal["gradient", "update"] = Field("gradient", description="gradient: momentum before the preconditioner; update: on the preconditioned direction (RMSprop, LARS)")
     trust_ratio: Literal["none", "update", "triangle"] = Field("none", description="per-layer U ← c·min(‖W‖, clamp)/(den + ε)·U; den = ‖U‖ (update, LAMB) or ‖g‖ + λ‖W‖ (triangle, LARS)")
@@ -97,6 +100,13 @@ class UpdateRule(BaseModel):
         if self.lr_adjust is None or len(shape) < 2:
             return 1.0
         return spectral_scale(self.lr_adjust, shape[0], shape[1])
+
+    def output_factor(self, geometry: Geometry, shape: tuple[int, ...]) -> float:
+        """The lr multiplier of ``lr_fan_in``: ``lr_fan_in / fan_in`` for an output map of ≥ 2 dims
+        (``Geometry.is_output``; fan_in = ∏ shape[1:], a table's width), else 1."""
+        if self.lr_fan_in is None or len(shape) < 2 or not geometry.is_output:
+            return 1.0
+        return self.lr_fan_in / math.prod(shape[1:])
 
     @field_validator("scale")
     @classmethod
