@@ -12,6 +12,9 @@ the score is the held-out loss after training; the result is where the best lr m
 (in grid steps). The step time of each optimizer relative to torch's AdamW is measured
 side by side on the largest configurations. ``--budgets`` picks one lr for every layer
 (``false``, the library default), the captured modular budgets (``true``) or both.
+``--methods`` adds the width-aware options: ``muon_head`` (muon with ``adamw_head_width`` = the
+base width: the head's, here the tied token table's, AdamW lr ∝ 1/width) and
+``muadam_norm_head`` (muadam with ``normalize=True``, D / RMS(D), and the same head lr).
 """
 
 from __future__ import annotations
@@ -26,10 +29,15 @@ from torch import nn
 import common
 from modnorm.demo import load_digits_split
 
-METHODS: dict[str, tuple[dict[str, Any], float]] = {  # name → (fixed hyperparameters, lr grid centre)
-    "muon": ({"weight_decay": 0.0}, 0.2),
-    "muadam": ({"weight_decay": 0.0}, 0.08),
+BASE_WIDTH = "base width"  # stands for the family's base width (GPT-2 64, CNN 16; quick: 32, 4)
+METHODS: dict[str, tuple[str, dict[str, Any], float]] = {  # name → (preset, fixed hyperparameters, lr grid centre)
+    "muon": ("muon", {"weight_decay": 0.0}, 0.2),
+    "muadam": ("muadam", {"weight_decay": 0.0}, 0.08),
+    # the width-aware options: the head's (and a tied table's) AdamW lr ∝ base width / fan_in; MuAdam's D / RMS(D)
+    "muon_head": ("muon", {"weight_decay": 0.0, "adamw_head_width": BASE_WIDTH}, 0.2),
+    "muadam_norm_head": ("muadam", {"weight_decay": 0.0, "normalize": True, "adamw_head_width": BASE_WIDTH}, 0.2),
 }
+DEFAULT_METHODS = ("muon", "muadam")
 VOCAB, SEQ = 64, 32
 
 
@@ -87,8 +95,8 @@ def sample(P: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
 class Task:
     """Batches and the held-out loss of one model family."""
 
-    def __init__(self, kind: str, seed: int) -> None:
-        self.kind = kind
+    def __init__(self, kind: str, seed: int, base_width: int) -> None:
+        self.kind, self.base_width = kind, base_width
         if kind == "gpt2":
             P, g = markov(seed), torch.Generator().manual_seed(seed + 1)
             self.train, self.test = sample(P, 4096, g), sample(P, 256, g)
@@ -120,7 +128,9 @@ def make(method: str, model: nn.Module, task: Task, lr: float, budgets: bool = F
         return torch.optim.AdamW(model.parameters(), lr=lr)
     import modnorm
 
-    return modnorm.optimizer(model, method, lr=lr, example_inputs=task.example(), budgets=budgets, **METHODS[method][0])
+    preset, fixed, _ = METHODS[method]
+    hp = {k: task.base_width if v == BASE_WIDTH else v for k, v in fixed.items()}
+    return modnorm.optimizer(model, preset, lr=lr, example_inputs=task.example(), budgets=budgets, **hp)
 
 
 def run(task: Task, method: str, lr: float, depth: int, width: int, steps: int, seed: int, budgets: bool) -> dict[str, Any]:
@@ -143,10 +153,10 @@ def run(task: Task, method: str, lr: float, depth: int, width: int, steps: int, 
     return {"final": final if math.isfinite(final) else float("inf")}
 
 
-def step_times(task: Task, depth: int, width: int, repeats: int, budgets: bool) -> dict[str, float]:
+def step_times(task: Task, depth: int, width: int, repeats: int, budgets: bool, methods: list[str]) -> dict[str, float]:
     """Seconds per optimizer step (forward and backward excluded), the optimizers interleaved."""
     torch.manual_seed(0)
-    models = {m: task.model(depth, width) for m in ("torch:adamw", *METHODS)}
+    models = {m: task.model(depth, width) for m in ("torch:adamw", *methods)}
     opts = {m: make(m, models[m], task, 1e-3, budgets) for m in models}
     times = {m: [] for m in models}
     for r in range(repeats + 2):
@@ -163,7 +173,8 @@ def step_times(task: Task, depth: int, width: int, repeats: int, budgets: bool) 
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], "runs/bench")
     p.add_argument("--steps", type=int, default=None, help="steps per run (default 40; 2 with --quick)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="presets to run (default: all)")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS),
+                   help="presets to run (default: muon muadam; muon_head, muadam_norm_head: with the width-aware options)")
     p.add_argument("--budgets", choices=("false", "true", "both"), default="false",
                    help="false: one lr for every layer (the library default); true: the modular budgets; both: one row each")
     p.add_argument("--below", type=int, default=None, help="×2 grid steps below the lr centre (default 2; 1 with --quick)")
@@ -182,14 +193,14 @@ def main() -> None:
     results: dict[str, Any] = {}
     rows, panels = [], {}
     for kind, dims in sizes.items():
-        task = Task(kind, args.seed)
+        task = Task(kind, args.seed, dims["width"][0])
         steps = args.steps or (2 if quick else 40)
         d0, d1 = dims["depth"]
         w0, w1 = dims["width"]
         configs = {f"L={d0} w={w0}": (d0, w0), f"L={d1} w={w0}": (d1, w0), f"L={d0} w={w1}": (d0, w1)}
         results[kind] = {}
         for method in args.methods:
-            centre = METHODS[method][1]
+            centre = METHODS[method][2]
             lrs = common.lr_grid(centre, below, above)
             results[kind][method] = {}
             for budgets in settings:
@@ -212,16 +223,16 @@ def main() -> None:
         results[kind]["step_time_vs_adamw"] = {}
         for budgets in settings:
             for depth, width in ((d1, w0), (d0, w1)):
-                timing = step_times(task, depth, width, 1 if quick else 10, budgets)
+                timing = step_times(task, depth, width, 1 if quick else 10, budgets, args.methods)
                 results[kind]["step_time_vs_adamw"][f"L={depth} w={width} budgets={str(budgets).lower()}"] = {
-                    m: timing[m] / timing["torch:adamw"] for m in METHODS}
+                    m: timing[m] / timing["torch:adamw"] for m in args.methods}
         results[kind]["configs"] = list(configs)
     table = common.markdown_table(["model", "optimizer", "budgets", "best lr: base", "deeper", "wider", "depth shift", "width shift"], rows)
     table += ("\n\nBest lr per configuration (* = at the grid edge); shift = log₂ of the best lr's ratio to the base "
               "configuration's, in ×2 grid steps. Base, deeper, wider: " + "; ".join(
                   f"{k}: {', '.join(results[k]['configs'])}" for k in sizes))
-    trows = [[k, cfg, *(f"{v[m]:.2f}×" for m in METHODS)] for k in sizes for cfg, v in results[k]["step_time_vs_adamw"].items()]
-    table += "\n\n" + common.markdown_table(["model", "configuration", *(f"{m} step / AdamW step" for m in METHODS)], trows)
+    trows = [[k, cfg, *(f"{v[m]:.2f}×" for m in args.methods)] for k in sizes for cfg, v in results[k]["step_time_vs_adamw"].items()]
+    table += "\n\n" + common.markdown_table(["model", "configuration", *(f"{m} step / AdamW step" for m in args.methods)], trows)
     common.plot_curves(out / "lr_transfer_arch.png", panels, xlabel="learning rate", ylabel="held-out loss (capped at 10)", logx=True)
     meta = {"sizes": sizes, "lr_grid": "centre × 2^k, k = -%d..%d" % (below, above), "seed": args.seed, "budgets": args.budgets}
     common.finish(out, "lr_transfer_arch", {"config": meta, "results": results}, table, started, common.command_line())
