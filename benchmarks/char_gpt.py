@@ -38,7 +38,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "torch:muon": {"lr": 0.02, "weight_decay": 0.1, "adamw_lr": 1e-3, "adamw_betas": (0.9, 0.99), "adamw_params": ("wte", "wpe", "lm_head")},
     "muon": {"lr": 0.02, "weight_decay": 0.1, "adamw_lr_ratio": 0.05, "adamw_betas": (0.9, 0.99), "adamw_weight_decay": 0.1},
     "muadam": {"lr": 7.5e-4, "betas": (0.9, 0.99), "adamw_lr_ratio": 1.33, "adamw_betas": (0.9, 0.99)},
-    "muadam_sania": {"lr": 7.5e-4, "betas": (0.9, 0.99), "adamw_lr_ratio": 1.33, "adamw_betas": (0.9, 0.99)},
+    # SANIA's step is ∝ 1/|G| (D = V^½), so its lr lives on another scale: a grid around 7.5e-4 had its
+    # best at the bottom edge (val 2.49 at 2000); a 300-iteration probe put the region near 1e-5. Route lr 1e-3.
+    "muadam_sania": {"lr": 2.5e-5, "betas": (0.9, 0.99), "adamw_lr_ratio": 40.0, "adamw_betas": (0.9, 0.99)},
     # SOAP's published nanoGPT settings (lr 3e-3, β 0.95, preconditioner every 10 steps) with the recipe's β2 and decay
     "soap": {"lr": 3e-3, "beta2": 0.99, "weight_decay": 0.1, "adamw_lr_ratio": 0.33, "adamw_betas": (0.9, 0.99), "adamw_weight_decay": 0.1},
     # Polyak step (f* = 0, lr = fraction of the gap), Adam-SANIA on embedding/head/vectors (same degree)

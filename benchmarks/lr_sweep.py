@@ -95,15 +95,24 @@ def call(script: ModuleType, argv: list[str], folder: Path, extra: list[str]) ->
 class Runner:
     """Runs the script for one method and setting; caches by (method, settings, iters, seed)."""
 
-    def __init__(self, script: ModuleType, out: Path, extra: list[str], metric: str) -> None:
-        self.script, self.out, self.extra, self.metric = script, out, extra, metric
+    def __init__(self, script: ModuleType, out: Path, extra: list[str], metric: str, resume: bool = False) -> None:
+        self.script, self.out, self.extra, self.metric, self.resume = script, out, extra, metric, resume
         self.cache: dict[str, dict[str, Any]] = {}
+
+    def finished(self, folder: Path, argv: list[str]) -> dict[str, Any] | None:
+        """With ``--resume``: the JSON an earlier sweep left in ``folder`` for the same arguments."""
+        file = folder / f"{Path(str(self.script.__file__)).stem}.json"
+        if not (self.resume and file.is_file()):
+            return None
+        data = json.loads(file.read_text())
+        return data if data.get("command", "").split()[2:] == [*argv, "--out", str(folder), *self.extra] else None
 
     def __call__(self, method: str, settings: dict[str, float], iters: int, seed: int) -> dict[str, Any]:
         key = json.dumps([method, sorted(settings.items()), iters, seed])
         if key not in self.cache:
             folder = self.out / "runs" / f"{len(self.cache):03d}"
-            data = call(self.script, ["--methods", method, "--iters", str(iters), "--seed", str(seed), *setting_args({method: settings})], folder, self.extra)
+            argv = ["--methods", method, "--iters", str(iters), "--seed", str(seed), *setting_args({method: settings})]
+            data = self.finished(folder, argv) or call(self.script, argv, folder, self.extra)
             result = data["results"][method]
             value = float(result[self.metric]) if result[self.metric] is not None else math.nan
             self.cache[key] = {**result, "score": value if math.isfinite(value) else math.inf, "settings": settings, "iters": iters, "seed": seed}
@@ -155,6 +164,7 @@ def main() -> None:
     p.add_argument("--full-iters", type=int, default=2000, help="iterations of the reported runs (default 2000)")
     p.add_argument("--seeds", default="0,1", help="seeds of the reported runs (default 0,1)")
     p.add_argument("--pick-seed", type=int, default=0, help="seed of the picking runs (default 0)")
+    p.add_argument("--resume", action="store_true", help="reuse the runs an interrupted sweep left in --out (same arguments, same run folder)")
     p.add_argument("--from-json", default=None, help="only re-render the table and plot of a finished sweep's lr_sweep.json (into --out)")
     p.add_argument("--timing", type=int, default=0, help="rounds of interleaved timing at the best settings (default 0: use each run's own clock)")
     argv = sys.argv[1:]
@@ -176,7 +186,7 @@ def main() -> None:
     unknown = [m for m in methods if m not in script.METHODS]
     if unknown:
         raise SystemExit(f"lr_sweep: unknown --methods {unknown}; {args.script} has {list(script.METHODS)}")
-    run = Runner(script, out, extra, args.metric)
+    run = Runner(script, out, extra, args.metric, resume=args.resume)
     results = {m: sweep(m, script.METHODS[m], run, args) for m in methods}
     if args.timing > 0:
         for m, ms in timing(script, out, extra, {m: r["best"] for m, r in results.items()}, args.timing).items():

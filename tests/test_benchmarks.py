@@ -301,6 +301,18 @@ def test_lr_sweep_protocol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert again["results"].keys() == res.keys()
     table = (tmp_path / "again" / "lr_sweep.md").read_text()
     assert "Muon+AdamW (torch)'s time" in table and (tmp_path / "again" / "lr_sweep.png").is_file()
+    # --resume reuses every finished run (same arguments, same folder); a run whose folder holds
+    # another setting's result, or nothing, runs again.
+    run_files = sorted((tmp_path / "runs").glob("*/char_gpt.json"))
+    stamps = {f: f.stat().st_mtime_ns for f in run_files}
+    run_files[-1].unlink()
+    first = json.loads(run_files[0].read_text())
+    run_files[0].write_text(json.dumps({**first, "command": first["command"].replace("--seed 0", "--seed 7")}))
+    stamps[run_files[0]] = run_files[0].stat().st_mtime_ns
+    resumed = run_quick("lr_sweep", tmp_path, monkeypatch, "--resume", "--script", script, "--methods", "torch:adamw,torch:muon,muon", "--", "--data", str(corpus))
+    assert {m: r["mean"] for m, r in resumed["results"].items()} == pytest.approx({m: r["mean"] for m, r in res.items()})
+    rewritten = [f for f in run_files if not f.is_file() or f.stat().st_mtime_ns != stamps[f]]
+    assert rewritten == [run_files[0], run_files[-1]]
 
 
 def test_lr_sweep_equal_time() -> None:

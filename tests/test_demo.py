@@ -179,3 +179,29 @@ def test_demo_adamw_at_three_times_the_lr_takes_torch_adamw_steps(demo_run: tupl
     ours, torchs = summary["results"]["adamw"], summary["results"]["torch:adamw"]
     assert ours["curve"]["loss"] == pytest.approx(torchs["curve"]["loss"], rel=1e-4)
     assert ours["test_accuracy"] == pytest.approx(torchs["test_accuracy"], abs=1 / 360)
+
+
+def test_train_steps_stops_on_a_refused_gradient() -> None:
+    """A non-finite gradient under a finite loss: the modnorm optimizer refuses the step and the
+    training loop records the divergence (nan) instead of raising — a sweep continues with the
+    next run — and the parameters keep their last finite values."""
+    import torch
+
+    from modnorm.demo.training import make_optimizer, train_steps
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = make_optimizer("adamw", model, lr=0.1)
+    x = torch.randn(8, 3)
+    blow_up_at = 3
+
+    def loss_fn(step: int) -> torch.Tensor:
+        out = model(x)
+        if step == blow_up_at:
+            out.register_hook(lambda g: g * float("inf"))
+        return out.square().mean()
+
+    xs, ys, _ = train_steps(model, opt, loss_fn, steps=10)
+    assert xs[-1] == blow_up_at and math.isnan(ys[-1]) and all(math.isfinite(y) for y in ys[:-1])
+    assert len(xs) == blow_up_at + 2  # every step recorded, plus the refused one's nan
+    assert all(torch.isfinite(p).all() for p in model.parameters())

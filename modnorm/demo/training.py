@@ -140,8 +140,8 @@ def train_steps(
     """Run ``steps`` optimizer steps; ``loss_fn(step)`` returns the training loss.
 
     Returns (recorded steps, recorded losses, wall seconds). A loss is recorded every
-    ``every`` steps and at the last step; training stops early on a non-finite loss
-    (recorded as ``nan``).
+    ``every`` steps and at the last step; training stops early on a non-finite loss or a
+    non-finite gradient that the optimizer refuses (recorded as ``nan``).
     """
     xs: list[int] = []
     ys: list[float] = []
@@ -162,7 +162,12 @@ def train_steps(
         loss.backward()
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        step_optimizer(opt, loss)
+        try:
+            step_optimizer(opt, loss)
+        except FloatingPointError:  # a modnorm optimizer refused a non-finite gradient: the run diverged
+            xs.append(step)
+            ys.append(float("nan"))
+            break
     return xs, ys, time.perf_counter() - start
 
 
