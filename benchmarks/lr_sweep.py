@@ -7,7 +7,8 @@ Protocol, the same for every method:
    compressed to that length), seed ``--pick-seed``. For a method with an AdamW route
    (embedding, head), the route's own lr is held at its default meanwhile — for a
    ``*_ratio`` key (relative to ``lr``) the ratio is rescaled by ``lr₀/lr`` so that only the
-   hidden-matrix lr moves.
+   hidden-matrix lr moves. While the best lr sits at an edge of the grid, up to
+   ``--extend-edges`` more points are added beyond it (the same rule for every method).
 2. **route grid** (methods with a route key only): ``--route-grid`` values of the route's
    lr, ``default · factor^k``, at the best lr of step 1 (the centre reuses step 1's run).
 3. **full runs**: the best setting for ``--full-iters`` iterations and every seed in
@@ -96,23 +97,31 @@ class Runner:
     """Runs the script for one method and setting; caches by (method, settings, iters, seed)."""
 
     def __init__(self, script: ModuleType, out: Path, extra: list[str], metric: str, resume: bool = False) -> None:
-        self.script, self.out, self.extra, self.metric, self.resume = script, out, extra, metric, resume
+        self.script, self.out, self.extra, self.metric = script, out, extra, metric
         self.cache: dict[str, dict[str, Any]] = {}
+        self.finished: dict[tuple[str, ...], dict[str, Any]] = {}  # --resume: earlier runs by their arguments
+        folders = sorted((out / "runs").glob("[0-9][0-9][0-9]")) if resume else []
+        for folder in folders:
+            file = folder / f"{Path(str(script.__file__)).stem}.json"
+            if file.is_file():
+                data = json.loads(file.read_text())
+                self.finished[self.arguments(data.get("command", "").split()[2:])] = data
+        self.next_folder = int(folders[-1].name) + 1 if folders else 0
 
-    def finished(self, folder: Path, argv: list[str]) -> dict[str, Any] | None:
-        """With ``--resume``: the JSON an earlier sweep left in ``folder`` for the same arguments."""
-        file = folder / f"{Path(str(self.script.__file__)).stem}.json"
-        if not (self.resume and file.is_file()):
-            return None
-        data = json.loads(file.read_text())
-        return data if data.get("command", "").split()[2:] == [*argv, "--out", str(folder), *self.extra] else None
+    @staticmethod
+    def arguments(argv: list[str]) -> tuple[str, ...]:
+        """A run's arguments without its ``--out FOLDER``."""
+        i = argv.index("--out") if "--out" in argv else len(argv)
+        return tuple(argv[:i] + argv[i + 2 :])
 
     def __call__(self, method: str, settings: dict[str, float], iters: int, seed: int) -> dict[str, Any]:
         key = json.dumps([method, sorted(settings.items()), iters, seed])
         if key not in self.cache:
-            folder = self.out / "runs" / f"{len(self.cache):03d}"
             argv = ["--methods", method, "--iters", str(iters), "--seed", str(seed), *setting_args({method: settings})]
-            data = self.finished(folder, argv) or call(self.script, argv, folder, self.extra)
+            data = self.finished.get(tuple([*argv, *self.extra]))
+            if data is None:
+                data = call(self.script, argv, self.out / "runs" / f"{self.next_folder:03d}", self.extra)
+                self.next_folder += 1
             result = data["results"][method]
             value = float(result[self.metric]) if result[self.metric] is not None else math.nan
             self.cache[key] = {**result, "score": value if math.isfinite(value) else math.inf, "settings": settings, "iters": iters, "seed": seed}
@@ -133,6 +142,12 @@ def sweep(method: str, defaults: dict[str, Any], run: Runner, args: Any) -> dict
 
     r0 = float(defaults[route]) if route else None
     lr_scores = {lr: run(method, with_route(lr, r0), args.pick_iters, args.pick_seed)["score"] for lr in centred(lr0, args.grid, args.factor)}
+    for _ in range(args.extend_edges):  # the best at an edge: one more grid point beyond it
+        best_lr = min(lr_scores, key=lambda lr: lr_scores[lr])
+        if best_lr not in (min(lr_scores), max(lr_scores)):
+            break
+        beyond = best_lr * args.factor if best_lr == max(lr_scores) else best_lr / args.factor
+        lr_scores[beyond] = run(method, with_route(beyond, r0), args.pick_iters, args.pick_seed)["score"]
     best_lr = min(lr_scores, key=lambda lr: lr_scores[lr])
     best = with_route(best_lr, r0)
     route_scores: dict[float, float] = {}
@@ -164,7 +179,8 @@ def main() -> None:
     p.add_argument("--full-iters", type=int, default=2000, help="iterations of the reported runs (default 2000)")
     p.add_argument("--seeds", default="0,1", help="seeds of the reported runs (default 0,1)")
     p.add_argument("--pick-seed", type=int, default=0, help="seed of the picking runs (default 0)")
-    p.add_argument("--resume", action="store_true", help="reuse the runs an interrupted sweep left in --out (same arguments, same run folder)")
+    p.add_argument("--extend-edges", type=int, default=0, help="while the best lr is at an edge of its grid, add up to N more points beyond it (default 0)")
+    p.add_argument("--resume", action="store_true", help="reuse the runs an earlier sweep left in --out (same arguments); new runs go to new folders")
     p.add_argument("--from-json", default=None, help="only re-render the table and plot of a finished sweep's lr_sweep.json (into --out)")
     p.add_argument("--timing", type=int, default=0, help="rounds of interleaved timing at the best settings (default 0: use each run's own clock)")
     argv = sys.argv[1:]
@@ -173,8 +189,8 @@ def main() -> None:
     if args.quick:
         args.grid, args.route_grid, args.pick_iters, args.full_iters, args.seeds, args.timing = 2, 2, 3, 4, "0,1", 2
         extra = ["--quick", *extra]
-    if args.grid < 1 or args.route_grid < 0 or args.factor <= 1:
-        raise SystemExit("lr_sweep: need --grid ≥ 1, --route-grid ≥ 0 and --factor > 1")
+    if args.grid < 1 or args.route_grid < 0 or args.factor <= 1 or args.extend_edges < 0:
+        raise SystemExit("lr_sweep: need --grid ≥ 1, --route-grid ≥ 0, --extend-edges ≥ 0 and --factor > 1")
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     out = common.setup(args)
     started = time.perf_counter()
@@ -194,7 +210,7 @@ def main() -> None:
             results[m]["timed_interleaved"] = True
     table = report(results, args.metric, args.full_iters)
     plot(out / "lr_sweep.png", results)
-    config = {k: getattr(args, k) for k in ("script", "metric", "grid", "route_grid", "factor", "pick_iters", "full_iters", "seeds", "pick_seed", "timing")}
+    config = {k: getattr(args, k) for k in ("script", "metric", "grid", "extend_edges", "route_grid", "factor", "pick_iters", "full_iters", "seeds", "pick_seed", "timing")}
     common.finish(out, "lr_sweep", {"config": {**config, "script_args": extra}, "results": results}, table, started, common.command_line())
 
 

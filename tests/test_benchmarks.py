@@ -301,18 +301,27 @@ def test_lr_sweep_protocol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert again["results"].keys() == res.keys()
     table = (tmp_path / "again" / "lr_sweep.md").read_text()
     assert "Muon+AdamW (torch)'s time" in table and (tmp_path / "again" / "lr_sweep.png").is_file()
-    # --resume reuses every finished run (same arguments, same folder); a run whose folder holds
-    # another setting's result, or nothing, runs again.
+    # --resume reuses every finished run (same arguments); a run whose result is missing, or whose
+    # folder holds another setting's result, runs again in a new folder.
     run_files = sorted((tmp_path / "runs").glob("*/char_gpt.json"))
     stamps = {f: f.stat().st_mtime_ns for f in run_files}
     run_files[-1].unlink()
     first = json.loads(run_files[0].read_text())
     run_files[0].write_text(json.dumps({**first, "command": first["command"].replace("--seed 0", "--seed 7")}))
     stamps[run_files[0]] = run_files[0].stat().st_mtime_ns
-    resumed = run_quick("lr_sweep", tmp_path, monkeypatch, "--resume", "--script", script, "--methods", "torch:adamw,torch:muon,muon", "--", "--data", str(corpus))
+    argv = ["--resume", "--script", script, "--methods", "torch:adamw,torch:muon,muon", "--", "--data", str(corpus)]
+    resumed = run_quick("lr_sweep", tmp_path, monkeypatch, *argv)
     assert {m: r["mean"] for m, r in resumed["results"].items()} == pytest.approx({m: r["mean"] for m, r in res.items()})
-    rewritten = [f for f in run_files if not f.is_file() or f.stat().st_mtime_ns != stamps[f]]
-    assert rewritten == [run_files[0], run_files[-1]]
+    assert all(f.stat().st_mtime_ns == stamps[f] for f in run_files[:-1])
+    assert len(sorted((tmp_path / "runs").glob("*/char_gpt.json"))) == len(run_files) + 1  # two runs again, in new folders
+    # --extend-edges: the quick grid's best is always at an edge, so one point is added beyond it
+    extended = run_quick("lr_sweep", tmp_path, monkeypatch, "--extend-edges", "1", *argv)["results"]
+    for method, r in extended.items():
+        grid = sorted(float(k) for k in r["lr_grid"])
+        lr0 = char_gpt.METHODS[method]["lr"]
+        assert len(grid) == 3 and (grid == pytest.approx([lr0 / 2, lr0, 2 * lr0]) or grid == pytest.approx([lr0, 2 * lr0, 4 * lr0]))
+        first_best = min((lr0, 2 * lr0), key=lambda v: r["lr_grid"][next(k for k in r["lr_grid"] if float(k) == pytest.approx(v))])
+        assert (first_best == lr0) == (grid[0] == pytest.approx(lr0 / 2))  # extended beyond the edge that won
 
 
 def test_lr_sweep_equal_time() -> None:
