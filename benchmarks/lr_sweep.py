@@ -240,12 +240,21 @@ def report(results: dict[str, Any], metric: str, full_iters: int) -> str:
     wall-clock (torch Muon+AdamW's time when it was swept, else the fastest method's)."""
     reference = "torch:muon" if "torch:muon" in results else min(results, key=lambda m: results[m]["seconds_per_iter"])
     timed = equal_time(results, reference)
-    rows = [[common.PRETTY.get(m, m), r["best"]["lr"], r["best"].get(r["route_key"] or "", "—"), r["mean"], r["spread"], len(r["full"]),
-             r["seconds_per_iter"] * 1000, f"{timed[m][0]:.4g}" + (" (done sooner)" if timed[m][1] else ""),
+    rows = [[common.PRETTY.get(m, m), r["best"]["lr"], route_lr(r), f"{r['mean']:.4f}", f"{r['spread']:.4f}", len(r["full"]),
+             r["seconds_per_iter"] * 1000, f"{timed[m][0]:.4f}" + (" (done sooner)" if timed[m][1] else ""),
              ", ".join(k for k, edge in (("lr", r["lr_at_edge"]), ("route", r.get("route_at_edge", False))) if edge) or "no"] for m, r in results.items()]
-    headers = ["optimizer", "lr", "route", f"{metric} @ {full_iters} (mean)", "max − min", "seeds", "ms / iter",
+    headers = ["optimizer", "lr", "route lr", f"{metric} @ {full_iters} (mean)", "max − min", "seeds", "ms / iter",
                f"{metric} @ {common.PRETTY.get(reference, reference)}'s time", "best at grid edge"]
     return common.markdown_table(headers, rows)
+
+
+def route_lr(r: dict[str, Any]) -> float | str:
+    """The best setting's AdamW-route lr (``lr · ratio`` for a ``*_ratio`` key), "—" without a route."""
+    key = r["route_key"]
+    if not key:
+        return "—"
+    value = float(r["best"][key])
+    return float(f"{value * r['best']['lr']:.4g}") if key.endswith("_ratio") else value
 
 
 def rerender(path: Path, out: Path, started: float) -> None:
