@@ -18,7 +18,6 @@ number of Newton–Schulz steps of that dtype (Polar Express).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from modnorm.demo.training import write_json  # noqa: E402
 from modnorm.polar import orthogonalize  # noqa: E402
 from modnorm.polar_dtype import auto_dtype  # noqa: E402
 
@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{str(shape):>18s}  " + "  ".join(f"{k} {v:.2f}" for k, v in med.items()) + f"  → {best}")
     result = {"threads": args.threads, "torch": torch.__version__, "rows": rows}
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_json(args.out, result)
     return result
 
 

@@ -24,7 +24,6 @@ Without a CUDA device it prints why, writes ``{"skipped": ...}`` and exits 0, un
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "examples"))
 
 import modnorm  # noqa: E402
+from modnorm.demo.training import write_json  # noqa: E402
 from modnorm.polar import orthogonalize  # noqa: E402
 from modnorm.polar_dtype import auto_dtype  # noqa: E402
 
@@ -181,8 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"| {k} | {v:.2f} | {result['step_over_fwd_bwd'].get(k, 1.0):.3f} | {result['step_over_torch_muon'].get(k, float('nan')):.2f} |")
         print("bf16 Polar Express max|σ−1| by steps:", {k: f"{v:.1e}" for k, v in result["bf16_polar_express_max_sigma_err"].items()})
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_json(args.out, result)
     return result
 
 

@@ -28,6 +28,7 @@ from torch import nn
 
 import common
 from modnorm.demo import load_digits_split
+from modnorm.detect import conv1d_as_linear
 
 BASE_WIDTH = "base width"  # stands for the family's base width (GPT-2 64, CNN 16; quick: 32, 4)
 METHODS: dict[str, tuple[str, dict[str, Any], float]] = {  # name → (preset, fixed hyperparameters, lr grid centre)
@@ -47,18 +48,7 @@ def gpt2(layers: int, width: int) -> nn.Module:
     transformers.logging.set_verbosity_error()
     cfg = transformers.GPT2Config(n_layer=layers, n_embd=width, n_head=max(1, width // 32), vocab_size=VOCAB, n_positions=SEQ,
                                   resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = transformers.GPT2LMHeadModel(cfg)
-    from transformers.pytorch_utils import Conv1D
-
-    for name, m in list(model.named_modules()):
-        if isinstance(m, Conv1D):
-            lin = nn.Linear(m.weight.shape[0], m.weight.shape[1])
-            with torch.no_grad():
-                lin.weight.copy_(m.weight.T)
-                lin.bias.copy_(m.bias)
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, lin)
-    return model
+    return conv1d_as_linear(transformers.GPT2LMHeadModel(cfg))
 
 
 class Block(nn.Module):

@@ -51,6 +51,7 @@ from .norms import RMS, ColNorm, RowNorm, Spectral
 
 __all__ = [
     "is_conv1d_like",
+    "conv1d_as_linear",
     "conv1d_geometries",
     "conv1d_head",
     "is_gain_module",
@@ -76,6 +77,22 @@ def is_conv1d_like(m: nn.Module) -> bool:
         _leaf(m) and isinstance(nf, int) and isinstance(w, Tensor) and w.ndim == 2 and w.shape[1] == nf
         and (getattr(m, "bias", None) is None or tuple(m.bias.shape) == (nf,))
     )
+
+
+def conv1d_as_linear(model: nn.Module) -> nn.Module:
+    """``model`` with every Conv1D-like layer replaced, in place, by the equivalent ``nn.Linear``
+    (weight transposed to (d_out, d_in), same bias, dtype and device): the same function with
+    torch's own layer, e.g. to compare an optimizer's treatment of the two layouts."""
+    for path, m in list(model.named_modules()):
+        if path and is_conv1d_like(m):
+            lin = nn.Linear(m.weight.shape[0], m.nf, bias=m.bias is not None, dtype=m.weight.dtype, device=m.weight.device)
+            with torch.no_grad():
+                lin.weight.copy_(m.weight.T)
+                if m.bias is not None:
+                    lin.bias.copy_(m.bias)
+            parent, _, leaf = path.rpartition(".")
+            setattr(model.get_submodule(parent), leaf, lin)
+    return model
 
 
 def conv1d_geometries(m: nn.Module) -> dict[str, Geometry]:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import modnorm
+from modnorm.detect import conv1d_as_linear
 
 T = pytest.importorskip("transformers")
 T.logging.set_verbosity_error()
@@ -204,25 +205,12 @@ def test_zoo_trains_with_preset_defaults(name: str, preset: str) -> None:
 # ---------------------------------------------------------------- GPT-2: Conv1D orientation
 
 
-def _linearized(model: nn.Module) -> nn.Module:
-    """The same model with every Conv1D replaced by an nn.Linear holding the transposed weight."""
-    for path, m in list(model.named_modules()):
-        if type(m).__name__ == "Conv1D":
-            lin = nn.Linear(m.weight.shape[0], m.nf, dtype=m.weight.dtype)
-            with torch.no_grad():
-                lin.weight.copy_(m.weight.T)
-                lin.bias.copy_(m.bias)
-            parent, _, leaf = path.rpartition(".")
-            setattr(model.get_submodule(parent), leaf, lin)
-    return model
-
-
 @pytest.mark.parametrize("preset", PRESETS)
 def test_gpt2_conv1d_updates_are_exact_transposes_of_linear_updates(preset: str) -> None:
     torch.manual_seed(0)
     conv = T.GPT2LMHeadModel(gpt2_config()).double()
     torch.manual_seed(0)
-    lin = _linearized(T.GPT2LMHeadModel(gpt2_config()).double())
+    lin = conv1d_as_linear(T.GPT2LMHeadModel(gpt2_config()).double())
     conv_names = {n for n, m in conv.named_modules() if type(m).__name__ == "Conv1D"}
     assert len(conv_names) == 8 and not any(type(m).__name__ == "Conv1D" for m in lin.modules())
     x = _tokens(torch.Generator().manual_seed(1))
