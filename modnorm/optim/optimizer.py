@@ -57,7 +57,8 @@ from .preconditioner import RESERVED_STATE_KEYS, StepContext
 from .presets import Preset, custom_recipe_preset
 from .plan import Plan, PlanCache, build_plans
 from .recipe import DTYPES, Recipe, infer_geometry
-from .step_size import Direction, Scaling, group_stage, stage_inputs, stage_loss
+from .step_size import Direction, Scaling, StepSizeStage, group_stage, stage_inputs, stage_loss
+from .update_stages import schedule_free_swap
 from .state_io import GROUP_KEYS, NS_AUTO_KEY, PRESET_KEY, SKIPPED_KEY, check_loadable, checked_ns_choices, is_runtime, portable
 from .transaction import PendingWrite, StepTransaction
 from .update import BucketStep, compiled_update_bucket, momentum_implied, update_bucket
@@ -216,7 +217,7 @@ class ModnormOptimizer(Optimizer):
             return DTYPES[self.state_dtype]
         return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
 
-    def _init_state(self, p: Tensor, plan: Plan, state: dict[str, Any]) -> None:
+    def _init_state(self, p: Tensor, plan: Plan, state: dict[str, Any], stage: StepSizeStage | None) -> None:
         dtype = self._state_dtype(p)
         view = p.detach().reshape(plan.shape)
         state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
@@ -226,7 +227,6 @@ class ModnormOptimizer(Optimizer):
         if clash:
             raise RuntimeError(f"preconditioner {plan.precond!r} uses reserved state keys {sorted(clash)}; rename them")
         state.update(extra)
-        stage = group_stage(self.param_groups, STEP_SIZES)
         if stage is not None:
             state.update(stage.init_state(view, dtype))  # the stage's running statistics
 
@@ -256,23 +256,23 @@ class ModnormOptimizer(Optimizer):
 
     def _expected_state(self) -> list[dict[str, tuple[int, ...]]]:
         """State key → shape that each parameter (in group order) has once stepped ({} for 0-size ones)."""
-        out = []
+        out, stage = [], group_stage(self.param_groups, STEP_SIZES)
         for gi, group in enumerate(self.param_groups):
             for p, plan in zip(group["params"], self._plans(gi, group)):
                 shadow: dict[str, Any] = {}
                 if p.numel():
-                    self._init_state(torch.empty(p.shape, dtype=p.dtype, device="meta"), plan, shadow)
+                    self._init_state(torch.empty(p.shape, dtype=p.dtype, device="meta"), plan, shadow, stage)
                 out.append({k: tuple(v.shape) for k, v in shadow.items()})
         return out
 
     def initialize_state(self) -> list[Tensor]:
         """Give every trainable parameter without state its initial state (step 0), without a step;
         returns those parameters. Checkpoint loading uses it instead of torch's zero-gradient step."""
-        added = []
+        added, stage = [], group_stage(self.param_groups, STEP_SIZES)
         for gi, group in enumerate(self.param_groups):
             for p, plan in zip(group["params"], self._plans(gi, group)):
                 if p.requires_grad and p.numel() and not self.state.get(p):
-                    self._init_state(p, plan, self.state[p])
+                    self._init_state(p, plan, self.state[p], stage)
                     added.append(p)
         return added
 
@@ -330,21 +330,20 @@ class ModnormOptimizer(Optimizer):
         ``loss``: the loss at the current parameters, for a step-size stage that needs it
         (``step_size="polyak"``) when no closure is given; a closure's value takes precedence.
         """
-        group_stage(self.param_groups, STEP_SIZES)  # settings checked before the closure runs or anything is touched
+        stage = group_stage(self.param_groups, STEP_SIZES)  # settings checked before the closure runs or anything is touched
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         if torch.compiler.is_compiling():  # torch.compile(opt.step): keep planning out of the graph
-            torch.compiler.disable(self._apply)(closure, loss)
+            torch.compiler.disable(self._apply)(stage, closure, loss)
         else:
-            self._apply(closure, loss)
+            self._apply(stage, closure, loss)
         return loss
 
-    def _apply(self, closure: Callable[[], Any] | None, loss: Any) -> None:
+    def _apply(self, stage: StepSizeStage | None, closure: Callable[[], Any] | None, loss: Any) -> None:
         """Plan, compute every bucket aside, check once, commit (``transaction``). Never traced:
         ``torch.compile(opt.step)`` runs this eagerly; ``compile=True`` compiles each bucket's
         computation (``update.compiled_update_bucket``)."""
-        stage = group_stage(self.param_groups, STEP_SIZES)
         value = stage_loss(stage, self.param_groups, loss)
         if value is not None and not math.isfinite(value):
             if self.nonfinite == "skip":
@@ -356,7 +355,7 @@ class ModnormOptimizer(Optimizer):
         txn = StepTransaction()
         failure: BaseException | None = None
         try:
-            jobs = self._prepare(txn)
+            jobs = self._prepare(txn, stage)
             scaling = stage.prepare(stage_inputs(jobs, self._state_dtype), self.state.values()) if stage is not None and stage.runs_before else None
             for members, t, lr, maximize in jobs:
                 self._update_bucket(members, t, lr, maximize, closure, loss, txn, collected, scaling)
@@ -384,7 +383,7 @@ class ModnormOptimizer(Optimizer):
             "state dtype, overflow), or pass nonfinite='skip' to skip such steps."
         ) from failure
 
-    def _prepare(self, txn: StepTransaction) -> list[tuple[list[tuple[Tensor, Plan, dict]], int, Any, bool]]:
+    def _prepare(self, txn: StepTransaction, stage: StepSizeStage | None) -> list[tuple[list[tuple[Tensor, Plan, dict]], int, Any, bool]]:
         """Resolve plans, open each parameter's shadow state and form the buckets (eager, never traced)."""
         work = []
         for gi, group in enumerate(self.param_groups):
@@ -402,7 +401,7 @@ class ModnormOptimizer(Optimizer):
                 original = self.state.get(p) or None
                 if original is None:
                     shadow: dict[str, Any] = {}
-                    self._init_state(p, plans[i], shadow)
+                    self._init_state(p, plans[i], shadow, stage)
                 else:
                     shadow = dict(original)
                     if plans[i].precond.updates_in_place:  # it writes its tensors: give it copies
@@ -477,10 +476,8 @@ class ModnormOptimizer(Optimizer):
             return
         for gi, group in enumerate(self.param_groups):
             for p, plan in zip(group["params"], self._plans(gi, group)):
-                z = self.state[p].get("z") if p in self.state else None
-                if z is not None and plan.rule.momentum == "schedule_free":
-                    beta = plan.rule.beta
-                    p.lerp_(z.view_as(p).to(p.dtype), 1.0 - 1.0 / beta if to_eval else 1.0 - beta)
+                if plan.rule.momentum == "schedule_free" and "z" in self.state.get(p, {}):
+                    schedule_free_swap(p, self.state[p]["z"], plan.rule.beta, to_eval)
         self._eval_mode = to_eval
 
     # ------------------------------------------------------------------ introspection

@@ -96,3 +96,9 @@ def schedule_free(spec: Any, views: Sequence[Tensor], U: Sequence[Tensor], state
         s["sf_lr_max"] = torch.tensor(lr_max, dtype=torch.float64)
         s["sf_weight_sum"] = torch.tensor(weight_sum, dtype=torch.float64)
     return A, 1.0 - c + coef * spec.weight_decay
+
+
+def schedule_free_swap(p: Tensor, z: Tensor, beta: float, to_eval: bool) -> None:
+    """Move ``p`` in place between the training iterate y and the averaged iterate
+    x = (y − (1−β) z)/β used for evaluation (``to_eval``), and back: y = β x + (1−β) z."""
+    p.lerp_(z.view_as(p).to(p.dtype), 1.0 - 1.0 / beta if to_eval else 1.0 - beta)
