@@ -53,6 +53,7 @@ from torch import Tensor
 
 from ..distributed.bucket import placement_key
 from .hparams import ConfigError
+from .stages import oriented_gradients, with_coupled_decay
 
 __all__ = ["Direction", "Scaling", "StageInput", "StepSizeStage", "Polyak", "StageKind", "POLYAK", "make_step_size",
            "loss_value", "group_stage", "stage_inputs", "stage_loss"]
@@ -225,16 +226,15 @@ def _hashable(v: Any) -> Any:
 def stage_inputs(jobs: Sequence[tuple[Sequence[tuple[Tensor, Any, dict[str, Any]]], Any, Any, bool]],
                  state_dtype: Callable[[Tensor], torch.dtype]) -> list[StageInput]:
     """``StageInput``s of a step's buckets ((param, plan, shadow state) members, step, lr, maximize):
-    the descent gradient as the pipeline forms it (``update.update_bucket``'s first lines)."""
+    the descent gradient as the pipeline forms it (``stages.oriented_gradients``, ``with_coupled_decay``)."""
     out = []
-    for members, _, lr, maximize in jobs:
-        for p, plan, state in members:
-            g = p.grad.reshape(plan.shape).to(state_dtype(p))
-            if maximize:
-                g = -g
-            if plan.spec.weight_decay and plan.spec.coupled:
-                g = torch.add(g, p.detach().reshape(plan.shape).to(g.dtype), alpha=plan.spec.weight_decay)
-            out.append(StageInput(p, g, state, float(lr)))
+    for members, _, lr, maximize in jobs:  # a bucket shares its plan's shape, dtype and decay
+        plan, dtype = members[0][1], state_dtype(members[0][0])
+        grads = oriented_gradients([p.grad.reshape(plan.shape) for p, _, _ in members], maximize=maximize, state_dtype=dtype)
+        if plan.spec.coupled:
+            views = [p.detach().reshape(plan.shape) for p, _, _ in members]
+            grads = with_coupled_decay(grads, views=views, weight_decay=plan.spec.weight_decay, state_dtype=dtype)
+        out += [StageInput(p, g, state, float(lr)) for (p, _, state), g in zip(members, grads)]
     return out
 
 
