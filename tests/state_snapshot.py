@@ -1,10 +1,19 @@
-"""Snapshots of parameters and optimizer state, for tests that a refused step changes nothing."""
+"""Snapshots of parameters and optimizer state, and a small model, for tests that a refused step changes nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
+
+
+def tiny_mlp() -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
+    """A seeded 4 → 6 → 3 tanh MLP and a closure computing its loss on fixed inputs."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+    x = torch.randn(8, 4)
+    return model, lambda: model(x).pow(2).mean()
 
 
 def snapshot(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], dict[int, dict[str, Any]]]:

@@ -15,7 +15,7 @@ from torch import nn
 import modnorm
 from modnorm.optim import PRECONDITIONERS, PRESETS, Preconditioner, Recipe, UpdateRule, register_preconditioner
 from modnorm.optim.config import ConfigError
-from state_snapshot import snapshot, unchanged
+from state_snapshot import snapshot, tiny_mlp, unchanged
 
 PRESET_NAMES = sorted(p for p in PRESETS if not p.startswith("sophia"))
 MATRIX_PRESETS = ["muon", "polargrad", "scion", "muadam", "muadam_sania", "shampoo", "shampoo_one_sided", "kl_shampoo", "soap", "splus"]
@@ -26,18 +26,11 @@ def all_finite(opt, params):
     return all(bool(t.isfinite().all()) for t in tensors)
 
 
-def mlp():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
-    x = torch.randn(8, 4)
-    return model, lambda: model(x).pow(2).mean()
-
-
 @pytest.mark.parametrize("preset", PRESET_NAMES)
 def test_a_huge_finite_gradient_is_refused_and_training_goes_on(preset):
     """1e30 gradients overflow Adam's V (and Shampoo's factors): the step is refused with
     nothing changed, and the next ordinary step moves every parameter with finite state."""
-    model, loss = mlp()
+    model, loss = tiny_mlp()
     opt = modnorm.optimizer(model, preset)
     params = list(model.parameters())
     loss().backward()
@@ -64,7 +57,7 @@ def test_a_huge_finite_gradient_is_refused_and_training_goes_on(preset):
 
 
 def test_huge_gradient_skip_counts_and_keeps_state():
-    model, loss = mlp()
+    model, loss = tiny_mlp()
     opt = modnorm.optimizer(model, "adamw", nonfinite="skip")
     params = list(model.parameters())
     loss().backward()

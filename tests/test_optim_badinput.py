@@ -13,23 +13,16 @@ from torch import nn
 
 import modnorm
 from modnorm.optim import PRESETS
-from state_snapshot import snapshot, unchanged
+from state_snapshot import snapshot, tiny_mlp, unchanged
 
 # sophia* need a Hessian source (loss_fn= or from_graph=True); they are tested with it in tests/test_hessian.py.
 PRESET_NAMES = sorted(p for p in PRESETS if not p.startswith("sophia") and "model" not in PRESETS[p].hyperparameters.model_fields)  # those need a loss or the model
 
 
-def model_and_loss():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
-    x = torch.randn(8, 4)
-    return model, lambda: model(x).pow(2).mean()
-
-
 @pytest.mark.parametrize("preset", PRESET_NAMES)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nonfinite_gradient_raises_naming_the_parameter_before_any_change(preset, bad):
-    model, loss = model_and_loss()
+    model, loss = tiny_mlp()
     opt = modnorm.optimizer(model, preset)
     loss().backward()
     opt.step()  # state exists now
@@ -44,7 +37,7 @@ def test_nonfinite_gradient_raises_naming_the_parameter_before_any_change(preset
 
 
 def test_nonfinite_on_first_step_creates_no_state():
-    model, loss = model_and_loss()
+    model, loss = tiny_mlp()
     opt = modnorm.optimizer(model, "muadam")
     loss().backward()
     model[0].bias.grad[0] = float("nan")
@@ -54,7 +47,7 @@ def test_nonfinite_on_first_step_creates_no_state():
 
 
 def test_nonfinite_skip_counts_and_continues():
-    model, loss = model_and_loss()
+    model, loss = tiny_mlp()
     opt = modnorm.optimizer(model, "adamw", nonfinite="skip")
     params = list(model.parameters())
     loss().backward()
