@@ -10,7 +10,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 import modnorm
 from modnorm.optim import PRECONDITIONERS, PRESETS, Preconditioner, Recipe, UpdateRule, register_preconditioner

@@ -100,7 +100,7 @@ def test_bf16_parameters_keep_fp32_state_through_checkpoints(preset):
 def test_muadam_stores_step_and_never_adds_eps_into_v():
     torch.manual_seed(0)
     w = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
-    b2, V, grads = 0.9, torch.zeros(5, 3, dtype=torch.float64), []
+    b2, V = 0.9, torch.zeros(5, 3, dtype=torch.float64)
     opt = modnorm.optimizer([w], "muadam_sania", lr=1e-2, betas=(0.5, b2), eps=1.0)
     for t in range(1, 21):
         opt.zero_grad()
