@@ -191,7 +191,7 @@ def main() -> None:
         slowest = {key: max(r[key] for r in res) for key in res[0]}
         rows.append({"world": w, "n": n, "shape": [m, k], "single_s": single, **slowest})
     print("Spectral LMO of N sharded matrices (seconds per step; MB sent per rank per step)")
-    print(f"| ranks | N x shape | single s | all_to_all s | replicated s | all_to_all MB/rank | replicated MB/rank |")
+    print("| ranks | N x shape | single s | all_to_all s | replicated s | all_to_all MB/rank | replicated MB/rank |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(

@@ -7,7 +7,6 @@ from functools import lru_cache
 import pytest
 import torch
 
-import modnorm
 from modnorm.invariance import check_invariance, predicted_invariance
 
 F64 = "float64"

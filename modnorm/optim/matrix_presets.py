@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from .hparams import Beta, Frequency, NonNeg, Positive, RootDtype
-from .parts import adam_momentum, decoupled_decay, ema, everywhere, hidden_only, lmo, precondition, rule, sharp
+from .parts import adam_momentum, decoupled_decay, everywhere, hidden_only, lmo, precondition, rule, sharp
 from .presets import Mixin, Polar, Preset, RoutedAdamW, adam_rule, preset
 from .recipe import DTYPES, Recipe, UpdateRule
 

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from .hparams import LR, Allowed, Beta, Betas, NonNeg, NsDtype, NsMethod, NsSteps, Positive
+from .hparams import LR, Allowed, Betas, NonNeg, NsDtype, NsMethod, NsSteps, Positive
 from .parts import adam_momentum, decoupled_decay, precondition, rule, sharp
 from .recipe import Recipe, UpdateRule
 from .strict import check_strict
