@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -231,16 +230,11 @@ def time_interleaved(entries: list[Entry], warmup: int, repeats: int) -> dict[st
 
 
 def import_ratio(repeats: int) -> dict[str, float]:
-    """Median wall time of ``python -c "import X"`` for torch and modnorm (interleaved)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    times: dict[str, list[float]] = {"torch": [], "modnorm": []}
-    for _ in range(repeats):
-        for mod in times:
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-c", f"import {mod}"], check=True, env=env)
-            times[mod].append(time.perf_counter() - t0)
-    med = {m: statistics.median(t) for m, t in times.items()}
-    return {"torch_s": med["torch"], "modnorm_s": med["modnorm"], "ratio": med["modnorm"] / med["torch"]}
+    """``benchmarks/import_time.py``'s measurement: median seconds inside ``import X`` (fresh interpreters, alternating)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from import_time import measure
+
+    return measure(repeats)
 
 
 def cpu_name() -> str:

@@ -30,12 +30,15 @@ from .fixes import GeometryError
 from .network import budgets, geometries, modular_norm
 from .describe import describe
 
-# The generated optimizer; presets, preconditioners and recipes live in ``modnorm.optim``.
-from .optim import ConfigError, ModnormOptimizer, optimizer
-
-# name → module, imported on first attribute access: torch.distributed.checkpoint alone
-# takes longer to import than the rest of modnorm.
+# name → module, imported on first attribute access. The generated optimizer (presets,
+# preconditioners and recipes live in ``modnorm.optim``) builds its pydantic models on import,
+# about as long as the rest of modnorm together, and torch.distributed.checkpoint alone
+# takes longer than that: a program that only describes a model, or a worker process that
+# imports modnorm with a pickled model, pays for neither.
 _LAZY: dict[str, str] = {
+    "ConfigError": ".optim.config",
+    "ModnormOptimizer": ".optim.optimizer",
+    "optimizer": ".optim.factory",
     "save_checkpoint": ".distributed.checkpoint",
     "load_checkpoint": ".distributed.checkpoint",
     "CheckpointMismatchError": ".distributed.checkpoint",
@@ -46,7 +49,14 @@ def __getattr__(name: str) -> object:
     if name in _LAZY:
         import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        freeze = _gc.get_freeze_count() == 0  # as for the eager imports above
+        if freeze:
+            _gc.freeze()
+        try:
+            value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        finally:
+            if freeze:
+                _gc.unfreeze()
         globals()[name] = value
         return value
     raise AttributeError(f"module 'modnorm' has no attribute {name!r}")

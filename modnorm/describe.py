@@ -23,8 +23,6 @@ from torch import nn
 
 from .composition import render
 from .network import analyze
-from .optim.describe import optimizer_table
-from .optim.optimizer import ModnormOptimizer
 from .resolver import Analysis, Default
 from .rules import LayerRules
 from .table import format_table, fraction_text
@@ -116,6 +114,9 @@ def describe(
 
 
 def _describe_optimizer(opt: torch.optim.Optimizer, columns: Sequence[str] | None, **model_only: object) -> str:
+    from .optim.describe import optimizer_table  # deferred: an optimizer exists, so modnorm.optim is imported
+    from .optim.optimizer import ModnormOptimizer
+
     if not isinstance(opt, ModnormOptimizer):
         raise TypeError(f"describe: a {type(opt).__module__}.{type(opt).__name__} is not a modnorm optimizer; pass the model, or an optimizer from modnorm.optimizer(...)")
     given = [k for k, v in model_only.items() if v not in (None, False)]

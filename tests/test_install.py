@@ -43,6 +43,25 @@ def test_import_modnorm_leaves_distributed_checkpoint_unimported() -> None:
     ]
 
 
+def test_import_modnorm_defers_the_optimizer_package_until_first_use() -> None:
+    out = _python(
+        "import gc, sys, modnorm\n"
+        "print(sorted(m for m in ('modnorm.optim', 'pydantic') if m in sys.modules))\n"
+        "print(modnorm.describe(modnorm.Sequential()).splitlines()[0].split()[0], 'modnorm.optim' in sys.modules)\n"
+        "from modnorm import optimizer, ConfigError, ModnormOptimizer\n"
+        "print(optimizer.__module__, ConfigError.__module__, ModnormOptimizer.__module__, gc.get_freeze_count())\n"
+        "opt = modnorm.optimizer(__import__('torch').nn.Linear(3, 2), 'adamw')\n"
+        "print(type(opt) is modnorm.ModnormOptimizer, 'optimizer' in dir(modnorm))\n"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "[]",
+        "name False",
+        "modnorm.optim.factory modnorm.optim.hparams modnorm.optim.optimizer 0",
+        "True True",
+    ]
+
+
 def test_modnorm_demo_without_the_demo_extra_prints_one_line_and_no_traceback(tmp_path: Path) -> None:
     out = _python("from modnorm.cli import main; main()", "demo", "--out", str(tmp_path), blocked=("sklearn", "matplotlib", "tqdm"))
     assert out.returncode == 1 and out.stdout == ""
