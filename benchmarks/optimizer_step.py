@@ -23,6 +23,7 @@ pytorch-optimizer ("po") contenders are skipped when it is not installed.
     python benchmarks/optimizer_step.py --size S --out runs/step_S.json
     python benchmarks/optimizer_step.py --quick --out /tmp/step.json
     python benchmarks/optimizer_step.py --size S --profile modnorm.muadam
+    python benchmarks/optimizer_step.py --size S --only modnorm.soap,po.SOAP+AdamW
 """
 
 from __future__ import annotations
@@ -251,7 +252,11 @@ def run(args: argparse.Namespace) -> dict:
     dtype = getattr(torch, args.dtype)
     shapes = gpt_shapes(*SIZES[args.size])
     param_bytes = sum(a * b for _, (a, b), _ in shapes) * torch.finfo(dtype).bits // 8
-    entries = [Entry(name, build, gpt_params(shapes, dtype)) for name, build in gpt_builders(shapes).items()]
+    only = set(args.only.split(",")) if args.only else None
+    builders = gpt_builders(shapes)
+    if only is not None and only - set(builders):
+        raise SystemExit(f"--only: unknown entries {sorted(only - set(builders))}; choose from {sorted(builders)}")
+    entries = [Entry(name, build, gpt_params(shapes, dtype)) for name, build in builders.items() if only is None or name in only]
     med = time_interleaved(entries, args.warmup, args.repeats)
     by = {e.name: e for e in entries}
     table = [{"optimizer": e.name, "median_ms": 1e3 * med[e.name], "mean_ms": 1e3 * statistics.fmean(e.times),
@@ -264,16 +269,16 @@ def run(args: argparse.Namespace) -> dict:
             rows.append({"measure": f"peak step memory beyond state, × parameter bytes: {name}", "value": peak, "target": ""})
     width, classes = (8, 10) if args.size == "quick" else (64, 1000)
     res = []
-    for name, build in resnet_builders().items():
+    for name, build in (resnet_builders() if only is None else {}).items():
         torch.manual_seed(0)
         model = resnet18(width, classes).to(dtype)
         _with_grads(list(model.named_parameters()))
         res.append(Entry(name, lambda ps, build=build, model=model: build(model), []))
-    rmed = time_interleaved(res, args.warmup, args.repeats)
+    rmed = time_interleaved(res, args.warmup, args.repeats) if res else {}
     for e in res[1:]:
         rows.append({"measure": f"ResNet-18 step / torch AdamW step: {e.name}", "value": rmed[e.name] / rmed[res[0].name],
                      "target": "≤ 3" if e.name == "modnorm.muon" else ("≤ 4" if e.name == "modnorm.muadam" else "")})
-    imp = import_ratio(args.import_repeats) if args.import_repeats else None
+    imp = import_ratio(args.import_repeats) if args.import_repeats and only is None else None
     if imp:
         rows.append({"measure": "import modnorm / import torch", "value": imp["ratio"], "target": "≤ 1.2"})
     n_params = sum(a * b for _, (a, b), _ in shapes)
@@ -326,6 +331,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="size 'quick' (width 64), 3 repeats: seconds (plus the imports unless --import-repeats 0)")
+    ap.add_argument("--only", metavar="NAMES", help="comma-separated GPT entries to time (e.g. modnorm.soap,po.SOAP+AdamW); "
+                    "skips the ResNet and import rows")
     ap.add_argument("--profile", metavar="NAME", help="print torch.profiler's top ops for this entry instead")
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--table-from", metavar="JSON", help="print the tables of an earlier --out file and exit")

@@ -9,6 +9,9 @@ Nothing here knows which base norm it wraps: a user's ``Norm`` subclass works th
 Examples: Frobenius base with D = (√V + ε)^½ gives Adam's direction through ``sharp``;
 Spectral base with D = V^¼ gives MuAdam; L = Qᵀ_L, R = Q_R orthogonal rotates into an
 eigenbasis (SOAP, SPlus).
+- ``GramLRNorm(base, P_L, P_R)``: the ``LRNorm`` with symmetric L⁻¹ = P_L^½, R⁻¹ = P_R^½,
+      given P_L = L⁻¹L⁻ᵀ, P_R = R⁻ᵀR⁻¹; with a Frobenius base sharp(G) = P_L G P_R
+      (Shampoo: P = (A + εI)^{-p}, two products and no root).
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .norms import Norm
+from .norms import Frobenius, Norm
 
-__all__ = ["DNorm", "LRNorm"]
+__all__ = ["DNorm", "LRNorm", "GramLRNorm"]
 
 
 def _div(X: Tensor, D: Tensor) -> Tensor:
@@ -78,6 +81,8 @@ class DNorm(Norm):
     def sharp(self, G: Tensor) -> Tensor:
         self._check(G)
         # ‖·‖_D's sharp is D⁻¹ ⊙ sharp_base(D⁻¹ ⊙ G): one base evaluation instead of two.
+        if self.positive and type(self.base) is Frobenius:  # sharp_base is the identity: (G / D) / D, one temporary
+            return (G / self.D).div_(self.D)
         return self._inv(self.base.sharp(self._inv(G)))
 
     def __repr__(self) -> str:
@@ -121,21 +126,25 @@ class LRNorm(Norm):
     def expected_shape(self) -> str:
         return "(..., m, n)"
 
+    def _factors(self) -> tuple[tuple[str, Tensor | None, int], ...]:
+        """(name, matrix, side) of each given factor; side 0 acts on rows, 1 on columns."""
+        return (("L", self.L, 0), ("L_inv", self.L_inv, 0), ("R", self.R, 1), ("R_inv", self.R_inv, 1))
+
     def _check(self, X: Tensor) -> None:
         super()._check(X)
-        m, n = X.shape[-2:]
-        for name, M, k in (("L", self.L, m), ("L_inv", self.L_inv, m), ("R", self.R, n), ("R_inv", self.R_inv, n)):
+        for name, M, side in self._factors():
+            k = X.shape[-2 + side]
             if M is None:
                 continue
             if M.shape[-1] != k:
-                side = "rows" if name.startswith("L") else "columns"
-                raise ValueError(f"LRNorm: {name} is {tuple(M.shape[-2:])} but the tensor has {k} {side} (shape {tuple(X.shape)}); pass a {k}×{k} {name}")
+                what = ("rows", "columns")[side]
+                raise ValueError(f"{type(self).__name__}: {name} is {tuple(M.shape[-2:])} but the tensor has {k} {what} (shape {tuple(X.shape)}); pass a {k}×{k} {name}")
             try:
                 ok = torch.broadcast_shapes(M.shape[:-2], X.shape[:-2]) == X.shape[:-2]
             except RuntimeError:
                 ok = False
             if not ok:
-                raise ValueError(f"LRNorm: {name}'s batch dims {tuple(M.shape[:-2])} do not broadcast to the tensor's batch dims {tuple(X.shape[:-2])}")
+                raise ValueError(f"{type(self).__name__}: {name}'s batch dims {tuple(M.shape[:-2])} do not broadcast to the tensor's batch dims {tuple(X.shape[:-2])}")
 
     # Each helper applies one factor; None = identity.
     def _left(self, X: Tensor) -> Tensor:
@@ -175,10 +184,6 @@ class LRNorm(Norm):
         """L⁻ᵀ G R⁻ᵀ: the gradient seen by the base norm."""
         return self._right_inv(self._left_inv(G, transpose=True), transpose=True)
 
-    def _from_base(self, T: Tensor) -> Tensor:
-        """L⁻¹ T R⁻¹: a base-space direction mapped back."""
-        return self._right_inv(self._left_inv(T, transpose=False), transpose=False)
-
     def value(self, W: Tensor) -> Tensor:
         self._check(W)
         return self.base.value(self._right(self._left(W)))
@@ -187,13 +192,21 @@ class LRNorm(Norm):
         self._check(G)
         return self.base.dual(self._to_base(G))
 
+    def _through_base(self, G: Tensor, op: str) -> Tensor:
+        """L⁻¹ · base.op(L⁻ᵀ G R⁻ᵀ) · R⁻¹, each intermediate released once the next exists."""
+        X = self._left_inv(G, transpose=True)
+        X = self._right_inv(X, transpose=True)
+        X = getattr(self.base, op)(X)
+        X = self._left_inv(X, transpose=False)
+        return self._right_inv(X, transpose=False)
+
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
-        return self._from_base(self.base.lmo(self._to_base(G)))
+        return self._through_base(G, "lmo")
 
     def sharp(self, G: Tensor) -> Tensor:
         self._check(G)
-        return self._from_base(self.base.sharp(self._to_base(G)))
+        return self._through_base(G, "sharp")
 
     def __repr__(self) -> str:
         def shape(M: Tensor | None) -> str:
@@ -202,3 +215,70 @@ class LRNorm(Norm):
         left = shape(self.L) if self.L_inv is None else f"inv{shape(self.L_inv)}"
         right = shape(self.R) if self.R_inv is None else f"inv{shape(self.R_inv)}"
         return f"{type(self).__name__}({self.base!r}, L={left}, R={right})"
+
+
+def _sqrt_psd(P: Tensor) -> Tensor:
+    """The symmetric PSD square root of a symmetric PSD P (batched; eigenvalues clamped at 0)."""
+    lam, Q = torch.linalg.eigh(0.5 * (P + P.mT))
+    return (Q * lam.clamp_min(0.0).sqrt().unsqueeze(-2)) @ Q.mT
+
+
+class _RootOf:
+    """A ``GramLRNorm`` attribute: the symmetric square root of its attribute ``square``, formed on first read."""
+
+    def __init__(self, square: str) -> None:
+        self.square = square
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, obj: object, owner: type | None = None) -> Tensor | None:
+        if obj is None:
+            return self  # type: ignore[return-value]
+        root, P = obj.__dict__.get(self.slot), getattr(obj, self.square)
+        if root is None and P is not None:
+            root = obj.__dict__[self.slot] = _sqrt_psd(P)
+        return root
+
+    def __set__(self, obj: object, value: Tensor | None) -> None:
+        obj.__dict__[self.slot] = value
+
+
+class GramLRNorm(LRNorm):
+    """``LRNorm(base, L_inv=P_L^½, R_inv=P_R^½)`` given the symmetric PSD squares
+    P_L = L⁻¹L⁻ᵀ (m×m) and P_R = R⁻ᵀR⁻¹ (n×n) of symmetric factors; ``None`` is the identity.
+
+    With a Frobenius base the sharp is L⁻¹L⁻ᵀ G R⁻ᵀR⁻¹ = P_L G P_R: one product per side
+    and no root (Shampoo's A^{-p} G B^{-p} from P = (A + εI)^{-p}). Everything else — values,
+    duals, LMOs, other bases — uses ``L_inv``/``R_inv``, the symmetric square roots, formed on
+    first use (one ``eigh`` per side).
+    """
+
+    def __init__(self, base: Norm, P_L: Tensor | None = None, P_R: Tensor | None = None) -> None:
+        for name, M in (("P_L", P_L), ("P_R", P_R)):
+            if M is not None and (M.ndim < 2 or M.shape[-1] != M.shape[-2]):
+                raise ValueError(f"GramLRNorm: {name} must be square (..., k, k), got shape {tuple(M.shape)}")
+        self.P_L, self.P_R = P_L, P_R
+        super().__init__(base)
+
+    # L⁻¹, R⁻¹ (read by LRNorm's methods and by code that rebuilds an LRNorm): the roots, formed on first use.
+    L_inv = _RootOf("P_L")  # type: ignore[assignment]
+    R_inv = _RootOf("P_R")  # type: ignore[assignment]
+
+    def _factors(self) -> tuple[tuple[str, Tensor | None, int], ...]:
+        return (("P_L", self.P_L, 0), ("P_R", self.P_R, 1))
+
+    def sharp(self, G: Tensor) -> Tensor:
+        if type(self.base) is not Frobenius:
+            return super().sharp(G)
+        self._check(G)
+        X = G if self.P_L is None else self.P_L @ G
+        if self.P_R is not None:
+            X = X @ self.P_R
+        return G.clone() if X is G else X
+
+    def __repr__(self) -> str:
+        def shape(M: Tensor | None) -> str:
+            return "I" if M is None else str(tuple(M.shape))
+
+        return f"{type(self).__name__}({self.base!r}, P_L={shape(self.P_L)}, P_R={shape(self.P_R)})"

@@ -229,7 +229,7 @@ def test_bucket_update_equals_one_at_a_time(name: str) -> None:
             P.update(s, g, t)
     M = torch.from_numpy(rng.standard_normal((3, 4, 4)))
     for a, b in zip(bucket, single):
-        for key in ("A", "B", "Sa", "Sb", "exp_avg_sq", "L_inv", "R_inv"):
+        for key in ("A", "B", "Sa", "Sb", "exp_avg_sq", "A_inv_root", "B_inv_root"):
             if key in a:
                 torch.testing.assert_close(a[key], b[key], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(P.norm(Frobenius(), bucket, 4).sharp(M), P.norm(Frobenius(), single, 4).sharp(M), rtol=1e-9, atol=1e-12)
@@ -314,7 +314,7 @@ def test_presets_train_a_small_mlp_and_checkpoint(preset: str) -> None:
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < losses[0]
-    hidden = [s for p, s in opt.state.items() if p.ndim == 2 and ("QL" in s or "L_inv" in s or "R_inv" in s or "Qa" in s)]
+    hidden = [s for p, s in opt.state.items() if p.ndim == 2 and ("QL" in s or "A_inv_root" in s or "B_inv_root" in s or "Qa" in s)]
     assert hidden, "no parameter got the matrix preconditioner"
     buf = io.BytesIO()
     torch.save(opt.state_dict(), buf)
@@ -362,7 +362,7 @@ def soap_reference_port(W0, gs, lr, b1, b2, sb2, eps, k):
     L, R, M, V = np.zeros((m, m)), np.zeros((n, n)), np.zeros((m, n)), np.zeros((m, n))
     L, R = (1 - sb2) * gs[0] @ gs[0].T, (1 - sb2) * gs[0].T @ gs[0]
     QL, QR = eigvecs_desc(L), eigvecs_desc(R)
-    out = [W.copy()]
+    out, moments = [W.copy()], [M.copy()]
     for t, g in enumerate(gs[1:], start=1):
         V = b2 * V + (1 - b2) * (QL.T @ g @ QR) ** 2
         M = b1 * M + (1 - b1) * g
@@ -377,7 +377,8 @@ def soap_reference_port(W0, gs, lr, b1, b2, sb2, eps, k):
                 Q = np.linalg.qr(S @ Q[:, order])[0]
                 QL, QR = (Q, QR) if side == "L" else (QL, Q)
         out.append(W.copy())
-    return out
+        moments.append(M.copy())
+    return out, moments
 
 
 def test_soap_reference_option_follows_the_published_update() -> None:
@@ -385,12 +386,14 @@ def test_soap_reference_option_follows_the_published_update() -> None:
     rng = np.random.default_rng(41)
     W0 = rng.standard_normal((m, n))
     gs = [rng.standard_normal((m, n)) for _ in range(T)]
-    want = soap_reference_port(W0, gs, lr, b1, b2, sb2, eps, k)
+    want, moments = soap_reference_port(W0, gs, lr, b1, b2, sb2, eps, k)
     W = torch.tensor(W0, requires_grad=True)
     opt = modnorm.optimizer([("w", W)], "soap", lr=lr, momentum=b1, beta2=b2, shampoo_beta2=sb2, eps=eps,
                             precondition_frequency=k, weight_decay=0.0, root_dtype="float64", reference=True)
-    for g, expected in zip(gs, want):
+    for t, (g, expected, M) in enumerate(zip(gs, want, moments)):
         W.grad = torch.from_numpy(g)
         opt.step()
         np.testing.assert_allclose(W.detach().numpy(), expected, rtol=0, atol=1e-12)
+        if t:  # the published code keeps the momentum in the parameter's basis (rotated each step), as modnorm does
+            np.testing.assert_allclose(opt.state[W]["exp_avg"].numpy(), M, rtol=1e-12, atol=1e-15)
     assert int(opt.state[W]["step"]) == T

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from scipy.optimize import linprog
 
 from modnorm import RMS, ColNorm, DNorm, Frobenius, LRNorm, Norm, RowNorm, Sign, Spectral, SpectralConv
+from modnorm.preconditioned import GramLRNorm
 from modnorm.testing import check_laws, inner
 
 
@@ -161,6 +162,37 @@ def test_shampoo_direction_through_sharp() -> None:
     np.testing.assert_allclose(_np(norm.sharp(torch.as_tensor(G))), _mpow(A, -1 / 4) @ G @ _mpow(B, -1 / 4), rtol=1e-9, atol=1e-12)
     one_sided = LRNorm(Frobenius(), torch.as_tensor(_mpow(A, 1 / 4)), None)
     np.testing.assert_allclose(_np(one_sided.sharp(torch.as_tensor(G))), _mpow(A, -1 / 2) @ G, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("base", [Frobenius(), Spectral(method="svd"), Sign(), Nuclear()], ids=repr)
+def test_gram_lrnorm_is_the_lrnorm_of_the_symmetric_roots(base: Norm) -> None:
+    """GramLRNorm(base, P_L, P_R) = LRNorm(base, L_inv=P_L^½, R_inv=P_R^½), roots by NumPy's eigh."""
+    P_L, P_R = torch.stack([_spd(5, 1), _spd(5, 2)]), torch.stack([_spd(3, 3), _spd(3, 4)])
+    roots = [torch.as_tensor(np.stack([_mpow(_np(P[i]), 0.5) for i in range(2)])) for P in (P_L, P_R)]
+    want, got = LRNorm(base, L_inv=roots[0], R_inv=roots[1]), GramLRNorm(base, P_L, P_R)
+    W, G = _rand(2, 5, 3, seed=6), _rand(2, 5, 3, seed=7)
+    for op, X in (("value", W), ("dual", G), ("lmo", G), ("sharp", G)):
+        torch.testing.assert_close(getattr(got, op)(X), getattr(want, op)(X), rtol=1e-9, atol=1e-12, msg=op)
+
+
+def test_gram_lrnorm_frobenius_sharp_is_two_products_and_no_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    P_L, P_R, G = _spd(4, 3), _spd(3, 4), _rand(2, 4, 3, seed=5)
+
+    def no_root(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a root was formed")
+
+    monkeypatch.setattr(torch.linalg, "eigh", no_root)
+    torch.testing.assert_close(GramLRNorm(Frobenius(), P_L, P_R).sharp(G), P_L @ G @ P_R, rtol=1e-12, atol=0)
+    one_sided = GramLRNorm(Frobenius(), None, P_R)
+    out = one_sided.sharp(G)
+    torch.testing.assert_close(out, G @ P_R, rtol=1e-12, atol=0)
+    assert "P_L=I" in repr(one_sided)
+    same = GramLRNorm(Frobenius()).sharp(G)
+    assert torch.equal(same, G) and same is not G
+    with pytest.raises(ValueError, match="P_L must be square"):
+        GramLRNorm(Frobenius(), torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"GramLRNorm: P_R is \(3, 3\) but the tensor has 4 columns"):
+        GramLRNorm(Frobenius(), None, P_R).sharp(torch.ones(2, 4, 4, dtype=torch.float64))
 
 
 def test_muon_polargrad_and_signsgd() -> None:

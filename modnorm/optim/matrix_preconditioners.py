@@ -5,8 +5,11 @@ returns an ``LRNorm`` (Theorem 1) around the optimizer's base norm — there is 
 separate update formula: the optimizer takes the LMO or sharp of the returned norm.
 
 - ``Shampoo``: A = Σ G Gᵀ, B = Σ Gᵀ G (or EMAs with β2, bias-corrected), refreshed
-  eigendecompositions give L⁻¹ = (A + εI)^{-p/2}, R⁻¹ = (B + εI)^{-p/2}; the Frobenius
-  sharp is then A^{-p} G B^{-p} (p = 1/4: Shampoo of Gupta et al. 2018).
+  eigendecompositions give the inverse roots P_A = (A + εI)^{-p}, P_B = (B + εI)^{-p}
+  (state ``A_inv_root``, ``B_inv_root``), and the norm is the LRNorm with
+  L⁻¹ = P_A^{1/2}, R⁻¹ = P_B^{1/2} (``GramLRNorm``): its Frobenius sharp is
+  P_A G P_B = A^{-p} G B^{-p}, two products a step (p = 1/4: Shampoo of Gupta et al. 2018);
+  other bases and LMOs form the square roots (one eigh per side and step).
   ``sides="left"`` keeps R = I (one-sided Shampoo, default p = 1/2: A^{-1/2} G).
 - ``KLShampoo`` (KL-minimizing factors, Lin et al. 2025) lives in ``kl_shampoo.py`` and
   shares these helpers.
@@ -17,8 +20,9 @@ separate update formula: the optimizer takes the LMO or sharp of the returned no
 - ``SPlus``: Shampoo's eigenbases around the base norm (Sign for SPlus, Frans et al. 2025):
   lmo(M) = c · Q_L sign(Q_Lᵀ M Q_R) Q_Rᵀ with the shape factor c = 2/(m+n) folded into L.
 
-All statistics live in the per-parameter state dict (tensors only); ``norm`` stacks the
-states of same-shape parameters and returns one norm acting on the (B, m, n) stack.
+All statistics live in the per-parameter state dict (tensors only), as views into one
+stack per bucket (``stacked_state``): the step reads the (B, …) stacks without copying
+them and ``norm`` returns one norm acting on the (B, m, n) stack.
 Eigendecompositions use ``torch.linalg.eigh`` in ``root_dtype`` (float32 or float64),
 every ``precondition_frequency`` steps (steps 1, 1+k, 1+2k, …).
 """
@@ -32,10 +36,11 @@ import torch
 from torch import Tensor
 
 from ..norms import Norm
-from ..preconditioned import DNorm, LRNorm
+from ..preconditioned import DNorm, GramLRNorm, LRNorm
 from .diagonal import SecondMoment
 from .hparams import Frequency, NonNeg, OptionalBeta, Positive, require
 from .preconditioner import Preconditioner, State, StepContext, check_eps
+from .stacked_state import assign, stacked
 
 __all__ = [
     "Shampoo",
@@ -68,7 +73,7 @@ def _check_matrix(owner: str, param: Tensor) -> None:
 
 
 def _check_root_eps(owner: str, eps: float, power: float, sides: int, dtypes: Sequence[torch.dtype]) -> None:
-    """The inverse roots reach ε^-power per side: keep their product within √(largest float)."""
+    """The step reaches ε^-power per side: keep the product of the sides within √(largest float)."""
     for dtype in dtypes:
         check_eps(owner, eps, dtype, power * sides, max_inverse=torch.finfo(dtype).max ** 0.5)
 
@@ -110,7 +115,8 @@ def _due(step: int, frequency: int) -> bool:
 
 
 def _stack(states: Sequence[State], key: str) -> Tensor:
-    return torch.stack([s[key] for s in states])
+    """The bucket's (B, …) stack of ``key``: a view of the state when it is one stack (``stacked``)."""
+    return stacked([s[key] for s in states])
 
 
 class _Factors:
@@ -129,13 +135,11 @@ class _Factors:
         return state
 
     def accumulate(self, states: Sequence[State], G: Tensor) -> None:
-        """Add the stacked gradients' outer products (one bmm per side) into each state."""
-        for key, outer in (("A", lambda: G @ G.mT), ("B", lambda: G.mT @ G)):
+        """A ← A + G Gᵀ (or β2 A + (1-β2) G Gᵀ), B likewise with Gᵀ G: one baddbmm per side, into new stacks."""
+        beta, alpha = (1.0, 1.0) if self.beta2 is None else (self.beta2, 1.0 - self.beta2)
+        for key, X, Y in (("A", G, G.mT), ("B", G.mT, G)):
             if key in states[0]:
-                S, new = [s[key] for s in states], list(outer().unbind(0))
-                S = torch._foreach_add(S, new) if self.beta2 is None else torch._foreach_lerp(S, new, 1.0 - self.beta2)
-                for s, x in zip(states, S):
-                    s[key] = x
+                assign(states, key, torch.baddbmm(_stack(states, key), X, Y, beta=beta, alpha=alpha))
 
     def corrected(self, states: Sequence[State], key: str, step: int) -> Tensor:
         """The stacked statistic with EMA bias correction 1/(1 - β2^t) (a sum is returned as is)."""
@@ -146,9 +150,8 @@ class _Factors:
 
 
 def _copy_into(states: Sequence[State], key: str, X: Tensor) -> None:
-    """Assign each state's new ``key`` from the stack X (new tensors; the old ones are not written)."""
-    for s, x in zip(states, X.to(states[0][key].dtype).unbind(0)):
-        s[key] = x.clone()
+    """Assign each state's new ``key`` from the stack X (views of X in the state's dtype; the old ones are not written)."""
+    assign(states, key, X)
 
 
 def _stacked_grads(grads: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
@@ -160,6 +163,9 @@ def _stacked_grads(grads: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
 
 class Shampoo(Preconditioner):
     """Shampoo: L = (A + εI)^{p/2}, R = (B + εI)^{p/2}, so the Frobenius sharp is A^{-p} G B^{-p}.
+
+    The state keeps A, B and the inverse roots (A + εI)^{-p}, (B + εI)^{-p}, formed at each
+    refresh; the norm is ``GramLRNorm`` of those (the Frobenius sharp is two products).
 
     Args:
         beta2: None accumulates sums (original Shampoo); a float in [0, 1) keeps EMAs
@@ -197,9 +203,9 @@ class Shampoo(Preconditioner):
         state = self.factors.init(param, state_dtype)
         m, n = param.shape
         if "A" in state:
-            state["L_inv"] = torch.eye(m, dtype=state_dtype, device=param.device)
+            state["A_inv_root"] = torch.eye(m, dtype=state_dtype, device=param.device)
         if "B" in state:
-            state["R_inv"] = torch.eye(n, dtype=state_dtype, device=param.device)
+            state["B_inv_root"] = torch.eye(n, dtype=state_dtype, device=param.device)
         return state
 
     def check_state_dtype(self, state_dtype: torch.dtype) -> None:
@@ -209,18 +215,18 @@ class Shampoo(Preconditioner):
         self.update_many([state], [grad], step, None)
 
     def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
-        G = _stacked_grads(grads, states[0]["L_inv" if "L_inv" in states[0] else "R_inv"].dtype)
+        G = _stacked_grads(grads, states[0]["A" if "A" in states[0] else "B"].dtype)
         self.factors.accumulate(states, G)
-        if _due(step, self.precondition_frequency):
-            for key, inv in (("A", "L_inv"), ("B", "R_inv")):
+        if _due(step, self.precondition_frequency):  # the inverse roots, once per refresh
+            for key in ("A", "B"):
                 if key in states[0]:
                     S = self.factors.corrected(states, key, step)
-                    _copy_into(states, inv, inverse_root(S, self.power / 2, self.eps, self.root_dtype))
+                    _copy_into(states, f"{key}_inv_root", inverse_root(S, self.power, self.eps, self.root_dtype))
 
     def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
-        L_inv = _stack(states, "L_inv") if "L_inv" in states[0] else None
-        R_inv = _stack(states, "R_inv") if "R_inv" in states[0] else None
-        return LRNorm(base, L_inv=L_inv, R_inv=R_inv)
+        P_A = _stack(states, "A_inv_root") if "A_inv_root" in states[0] else None
+        P_B = _stack(states, "B_inv_root") if "B_inv_root" in states[0] else None
+        return GramLRNorm(base, P_L=P_A, P_R=P_B)
 
     def __repr__(self) -> str:
         return (
@@ -317,8 +323,9 @@ class SOAP(_Eigenbasis):
             return
         elif step > 1 and (step - 1) % self.precondition_frequency == 0:  # the refresh due after step t-1
             self._qr_refresh(states)
-        rotated = _stack(states, "QL").mT @ G @ _stack(states, "QR")
-        self.adam.update_many(states, list(rotated.unbind(0)), step, ctx)  # type: ignore[arg-type]
+        bucket = {self.adam.key: _stack(states, self.adam.key)}  # Adam's statistics of the rotated stack, as one stack
+        self.adam.update_many([bucket], [_stack(states, "QL").mT @ G @ _stack(states, "QR")], step, ctx)  # type: ignore[arg-type]
+        _copy_into(states, self.adam.key, bucket[self.adam.key])
         if self.reference:
             self.factors.accumulate(states, G)
 
@@ -334,12 +341,13 @@ class SOAP(_Eigenbasis):
         _copy_into(states, self.adam.key, V)
 
     def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
+        V = _stack(states, self.adam.key)
         if self.reference:  # (√V + ε)/√(1-β2^t): the reference's bias correction, ε outside it
-            V = _stack(states, self.adam.key)
-            D = ((V.sqrt() + self.eps) / (1.0 - self.beta2**step) ** 0.5) ** self.power
+            D = V.sqrt().add_(self.eps).div_((1.0 - self.beta2**step) ** 0.5).pow_(self.power)
         else:
-            D = self.adam.diagonal(states, step)
-        return LRNorm(DNorm(base, D), L_inv=_stack(states, "QL"), R_inv=_stack(states, "QR").mT)
+            D = self.adam._powers([{self.adam.key: V}], step, self.adam.outer)[0]  # (V̂^½ + ε)^p on the stack
+        # D ≥ ε^p > 0 with ε > 0 (V ≥ 0): plain division
+        return LRNorm(DNorm(base, D, positive=self.eps > 0), L_inv=_stack(states, "QL"), R_inv=_stack(states, "QR").mT)
 
     def __repr__(self) -> str:
         return f"SOAP(beta2={self.beta2}, eps={self.eps}, shampoo_beta2={self.shampoo_beta2}, precondition_frequency={self.precondition_frequency})"
