@@ -238,6 +238,16 @@ def test_optimizer_step_quick_reports_every_row(tmp_path: Path) -> None:
     assert "| measure | value | target |" in optimizer_step.format_tables(result)
 
 
+def test_optimizer_step_only_times_the_named_entries() -> None:
+    optimizer_step = importlib.import_module("optimizer_step")
+    result = optimizer_step.main(["--quick", "--only", "modnorm.soap,modnorm.shampoo", "--import-repeats", "0"])
+    assert [e["optimizer"] for e in result["entries"]] == ["modnorm.soap", "modnorm.shampoo"]
+    assert not result["resnet_ms"] and not any(r["measure"].startswith("ResNet") for r in result["rows"])
+    assert {r["measure"] for r in result["rows"]} == {f"peak step memory beyond state, × parameter bytes: modnorm.{n}" for n in ("soap", "shampoo")}
+    with pytest.raises(SystemExit, match="unknown entries"):
+        optimizer_step.main(["--quick", "--only", "modnorm.nope"])
+
+
 def test_peak_step_bytes_sees_a_known_temporary() -> None:
     import torch
 
