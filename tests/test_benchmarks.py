@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -50,7 +51,6 @@ def test_matrix_quadratic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_matrix_quadratic_hadamard_is_orthogonal() -> None:
-    import torch
 
     import matrix_quadratic
 
@@ -89,7 +89,6 @@ def test_matrix_completion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_rank_measures() -> None:
-    import torch
 
     import matrix_completion as mc
 
@@ -160,7 +159,6 @@ def test_zoo_2d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert set(data["results"]) == set(zoo_2d.METHODS)
     # the functions are the textbook ones: their known minima are zeros
-    import torch
 
     for fn, point in (("rosenbrock", (1.0, 1.0)), ("himmelblau", (3.0, 2.0)), ("saddle", (0.0, 0.0))):
         assert zoo_2d.FUNCTIONS[fn](torch.tensor(point)) == 0
@@ -186,7 +184,6 @@ def test_cifar_loader_reads_python_batches(tmp_path: Path) -> None:
     import pickle
 
     import numpy as np
-    import torch
 
     import mlp_zoo
 
@@ -220,6 +217,29 @@ def test_lr_transfer_arch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert sorted(r.split("|")[3].strip() for r in rows if "step" not in r and "w=" not in r) == ["false"] * 4 + ["true"] * 4
 
 
+def test_lr_transfer_arch_output_multiplier_models_sizes_and_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("transformers")
+    arch = importlib.import_module("lr_transfer_arch")
+    task = arch.Task("gpt2", 0, 32)
+    torch.manual_seed(0)
+    plain = arch.gpt2(1, 64)
+    torch.manual_seed(0)
+    scaled = task.model(1, 64, output_multiplier=True)
+    assert scaled.lm_head.factor == 0.5 and scaled.lm_head.module.weight is scaled.transformer.wte.weight
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(input_ids=task.test[:2]).logits, 0.5 * plain(input_ids=task.test[:2]).logits)
+    assert arch.Task("cnn", 0, 4).model(1, 8, output_multiplier=True)[-1].factor == 0.5
+    data = run_quick("lr_transfer_arch", tmp_path, monkeypatch, "--methods", "muon_out", "--models", "gpt2",
+                     "--sizes", "base", "wider", "--seeds", "2", "--no-timing")
+    res = data["results"]
+    assert set(res) == {"gpt2"} and data["config"]["seeds"] == [0, 1] and res["gpt2"]["step_time_vs_adamw"] == {}
+    r = res["gpt2"]["muon_out"]["budgets=false"]
+    assert set(r["per_config"]) == {"L=1 w=32", "L=1 w=64"} and r["depth_shift"] == "—"
+    assert r["width_shift"] == round(math.log2(r["per_config"]["L=1 w=64"]["best_lr"] / r["per_config"]["L=1 w=32"]["best_lr"]))
+    row = next(line for line in data["table"].splitlines() if line.startswith("| gpt2"))
+    assert row.split("|")[5].strip() == "—" and row.split("|")[7].strip() == "—"
+
+
 def test_optimizer_step_quick_reports_every_row(tmp_path: Path) -> None:
     optimizer_step = importlib.import_module("optimizer_step")
     out = tmp_path / "step.json"
@@ -249,7 +269,6 @@ def test_optimizer_step_only_times_the_named_entries() -> None:
 
 
 def test_peak_step_bytes_sees_a_known_temporary() -> None:
-    import torch
 
     optimizer_step = importlib.import_module("optimizer_step")
     x = torch.zeros(1000, 1000)
@@ -265,7 +284,6 @@ def test_peak_step_bytes_sees_a_known_temporary() -> None:
 
 
 def test_gpu_benchmark_skips_cleanly_without_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
 
     gpu = importlib.import_module("gpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

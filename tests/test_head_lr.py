@@ -92,3 +92,40 @@ def test_bad_head_width_is_refused_naming_it(bad: float) -> None:
     with pytest.raises(ConfigError, match="adamw_head_width"):
         modnorm.optimizer(model, "muon", adamw_head_width=bad)
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+class ScaledTiedLM(TiedLM):
+    """TiedLM with µP's output multiplier: the head wrapped in ``modnorm.Scale`` (the table keeps its input scale)."""
+
+    def __init__(self, factor: float, width: int = 6) -> None:
+        super().__init__(width=width)
+        self.head = modnorm.Scale(factor, self.head)
+
+
+def test_output_multiplier_changes_the_function_not_the_first_step() -> None:
+    """Wrapping the head in Scale(a) multiplies the logits by a; the roles stay, and every first step is the unwrapped
+    model's: Adam's (ε = 0) and Muon's first steps do not depend on the gradient's scale, so the multiplier moves the
+    logits a times less per step while every routed lr stays width-independent."""
+    idx, a = torch.tensor([[1, 2, 3], [4, 5, 6]]), 0.25
+    torch.manual_seed(0)
+    plain = TiedLM(width=8).double()
+    scaled = ScaledTiedLM(a, width=8).double()
+    scaled.load_state_dict(plain.state_dict(), strict=False)
+    scaled.head.module.weight = scaled.wte.weight  # re-tied after loading
+    torch.testing.assert_close(scaled(idx), a * plain(idx), rtol=1e-14, atol=0)
+    geo = modnorm.geometries(scaled)
+    assert geo["wte.weight"].tied_head and geo["wte.weight"].is_output and "head.module.weight" not in geo
+    moves = {}
+    for name, model in (("plain", plain), ("scaled", scaled)):
+        opt = modnorm.optimizer(model, "muon", lr=0.03, weight_decay=0.0, ns_dtype="float64", adamw_eps=0.0)
+        out = model(idx)
+        (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum().backward()  # logits' gradient: fixed, so scaled's is a × plain's
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt.step()
+        moves[name] = {n: p.detach() - before[n] for n, p in model.named_parameters()}
+    assert set(moves["plain"]) == set(moves["scaled"])
+    for n, move in moves["plain"].items():
+        assert move.abs().max() > 0, n
+        torch.testing.assert_close(moves["scaled"][n], move, rtol=1e-9, atol=1e-15)
+    g = scaled.wte.weight.grad
+    torch.testing.assert_close(moves["scaled"]["wte.weight"], -0.03 * torch.sign(g) * (g != 0), rtol=1e-12, atol=0)  # Adam's first step
