@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from ._numerics import normalize, vector_norm
-from .polar import check_options, orthogonalize, singular_values
+from .polar import check_options, check_products, orthogonalize, singular_values
+from .polar_products import ProductChoices
 
 __all__ = [
     "Norm",
@@ -34,6 +35,7 @@ __all__ = [
     "RowNorm",
     "RMS",
     "SpectralConv",
+    "CONV_LAYOUTS",
     "spectral_scale",
     "SCALES",
 ]
@@ -181,9 +183,12 @@ def spectral_scale(scale: str | float, d_out: int, d_in: int) -> float:
     raise ValueError(f"spectral scale must be one of {SCALES} or a positive float, got {scale!r}")
 
 
-def _dtype_repr(dtype: torch.dtype | str | None) -> str:
-    """``, dtype=bfloat16`` for a set polar-factor compute dtype, nothing when None (the default)."""
-    return "" if dtype is None else f", dtype={str(dtype).removeprefix('torch.')}"
+def _dtype_repr(dtype: torch.dtype | str | None, products: str | ProductChoices | None = None) -> str:
+    """``, dtype=bfloat16`` for a set polar-factor compute dtype, nothing when None (the default);
+    likewise ``, products='loop'`` for a fixed product form ("auto" is measured per call shape and
+    recorded by the optimizer, ``ModnormOptimizer.ns_products_auto``)."""
+    out = "" if dtype is None else f", dtype={str(dtype).removeprefix('torch.')}"
+    return out + f", products={products!r}" if isinstance(products, str) and products != "auto" else out
 
 
 class Spectral(Norm):
@@ -198,6 +203,8 @@ class Spectral(Norm):
     (``modnorm.orthogonalize``): ``method="svd"`` is exact, the Newton–Schulz methods are
     approximate (their measured accuracy is in ``modnorm.polar``), so the LMO laws hold
     only to that accuracy. ``value`` and ``dual`` always use exact singular values.
+    ``products`` ("batched", "loop", "auto" or a ``ProductChoices``) only changes how a
+    batch's products execute (``modnorm.polar_products``), not the norm.
     """
 
     ndim = 2
@@ -209,10 +216,13 @@ class Spectral(Norm):
         steps: int | None = None,
         dtype: torch.dtype | str | None = None,
         eps: float = 1e-7,
+        products: str | ProductChoices | None = None,
     ) -> None:
         spectral_scale(scale, 1, 1)  # validate early
         check_options(type(self).__name__, method, steps, dtype, eps)
+        check_products(type(self).__name__, products)
         self.scale, self.method, self.steps, self.dtype, self.eps = scale, method, steps, dtype, eps
+        self.products = products
 
     def expected_shape(self) -> str:
         return "(..., d_out, d_in)"
@@ -230,11 +240,12 @@ class Spectral(Norm):
 
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
-        O = orthogonalize(G, method=self.method, steps=self.steps, dtype=self.dtype, eps=self.eps)
+        O = orthogonalize(G, method=self.method, steps=self.steps, dtype=self.dtype, eps=self.eps, products=self.products)
         return O * self._s(G)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(scale={self.scale!r}, method={self.method!r}, steps={self.steps}{_dtype_repr(self.dtype)})"
+        return (f"{type(self).__name__}(scale={self.scale!r}, method={self.method!r}, steps={self.steps}"
+                f"{_dtype_repr(self.dtype, self.products)})")
 
 
 Layout = Literal["linear", "embedding"]
@@ -347,14 +358,26 @@ class RMS(Norm):
         return f"{name}()" if self.ndim == 1 else f"{name}(ndim={self.ndim})"
 
 
-class SpectralConv(Norm):
-    """Norm of a convolution kernel (d_out, d_in, *kernel): K·max over kernel positions of the
-    per-position scaled spectral norm, K = number of kernel positions (k² for k×k).
+ConvLayout = Literal["positions", "flatten"]
+CONV_LAYOUTS: tuple[str, ...] = ("positions", "flatten")
 
-    The unit ball holds kernels whose every position p has ‖W_p‖ ≤ 1/K, which bounds the
-    RMS→RMS norm of the whole convolution by 1. lmo(G)_p = (s/K)·U_p V_pᵀ per position,
-    dual = (s/K)·Σ_p ‖G_p‖_nuclear, with s = ``spectral_scale(scale, d_out, d_in)``.
-    ``kernel_dims`` is 2 for Conv2d, 1 for Conv1d, 3 for Conv3d.
+
+class SpectralConv(Norm):
+    """Norm of a convolution kernel (d_out, d_in, *kernel); K = number of kernel positions (k² for k×k).
+
+    ``layout="positions"`` (default): K·max over kernel positions of the per-position scaled
+    spectral norm. The unit ball holds kernels whose every position p has ‖W_p‖ ≤ 1/K,
+    which bounds the RMS→RMS norm of the whole convolution by 1. lmo(G)_p = (s/K)·U_p V_pᵀ
+    per position, dual = (s/K)·Σ_p ‖G_p‖_nuclear, with s = ``spectral_scale(scale, d_out, d_in)``.
+
+    ``layout="flatten"``: the scaled spectral norm of the (d_out, d_in·K) reshaping (the Muon
+    CIFAR-10 speedruns' geometry): ‖W‖ = σ_max(W_flat)/s, lmo(G) = s·polar(G_flat) reshaped,
+    dual = s·‖G_flat‖_nuclear, with s = ``spectral_scale(scale, d_out, d_in·K)`` (for "rms":
+    the RMS→RMS norm of the map from a d_in·K patch to a d_out output). A different norm,
+    not a faster form of the first: it is a declared choice and ``repr`` (``describe()``) says it.
+
+    ``kernel_dims`` is 2 for Conv2d, 1 for Conv1d, 3 for Conv3d. The remaining options
+    configure the polar factor (``Spectral``).
     """
 
     def __init__(
@@ -365,12 +388,18 @@ class SpectralConv(Norm):
         steps: int | None = None,
         dtype: torch.dtype | str | None = None,
         eps: float = 1e-7,
+        layout: ConvLayout = "positions",
+        products: str | ProductChoices | None = None,
     ) -> None:
         if kernel_dims not in (1, 2, 3):
             raise ValueError(f"SpectralConv: kernel_dims must be 1, 2 or 3, got {kernel_dims!r}")
+        if layout not in CONV_LAYOUTS:
+            raise ValueError(f"SpectralConv: layout must be one of {CONV_LAYOUTS} (the norm: per kernel position, or of the "
+                             f"(d_out, d_in·K) reshaping), got {layout!r}")
         self.kernel_dims = kernel_dims
         self.ndim = 2 + kernel_dims
-        self.spectral = Spectral(scale=scale, method=method, steps=steps, dtype=dtype, eps=eps)
+        self.layout: ConvLayout = layout
+        self.spectral = Spectral(scale=scale, method=method, steps=steps, dtype=dtype, eps=eps, products=products)
 
     def expected_shape(self) -> str:
         ks = ", ".join(f"k{i}" for i in range(self.kernel_dims))
@@ -384,25 +413,40 @@ class SpectralConv(Norm):
         Y = X.reshape(*batch, X.shape[-k - 2], X.shape[-k - 1], K).movedim(-1, -3)
         return Y, K
 
+    def _flat(self, X: Tensor) -> Tensor:
+        """The (..., d_out, d_in·K) reshaping (a view)."""
+        k = self.kernel_dims
+        return X.reshape(*X.shape[: X.ndim - k - 1], -1)
+
     def _apply_per_position(self, X: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
         Y, _ = self._positions_first(X)
         return fn(Y).movedim(-3, -1).reshape(X.shape)
 
     def value(self, W: Tensor) -> Tensor:
         self._check(W)
+        if self.layout == "flatten":
+            return self.spectral.value(self._flat(W))
         Y, K = self._positions_first(W)
         return self.spectral.value(Y).amax(dim=-1) * K
 
     def dual(self, G: Tensor) -> Tensor:
         self._check(G)
+        if self.layout == "flatten":
+            return self.spectral.dual(self._flat(G))
         Y, K = self._positions_first(G)
         return self.spectral.dual(Y).sum(dim=-1) / K
 
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
+        if self.layout == "flatten":
+            return self.spectral.lmo(self._flat(G)).reshape(G.shape)
         K = math.prod(G.shape[-self.kernel_dims:])
         return self._apply_per_position(G, self.spectral.lmo) / K
 
+    def _layout_repr(self) -> str:
+        return "" if self.layout == "positions" else f", layout={self.layout!r}"
+
     def __repr__(self) -> str:
         s = self.spectral
-        return f"{type(self).__name__}(kernel_dims={self.kernel_dims}, scale={s.scale!r}, method={s.method!r}, steps={s.steps}{_dtype_repr(s.dtype)})"
+        return (f"{type(self).__name__}(kernel_dims={self.kernel_dims}{self._layout_repr()}, scale={s.scale!r}, "
+                f"method={s.method!r}, steps={s.steps}{_dtype_repr(s.dtype, s.products)})")

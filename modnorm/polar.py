@@ -35,6 +35,11 @@ docs/orthogonalization.md): worst max |σ−1| of the output over gradient-like 
   steps for matrices up to 512×128.
 
 Non-finite input gives non-finite output for every method (never a silently finite one).
+
+``products`` chooses how the products of a batch run — one 3-D call per product over the
+batch ("batched", the default) or the iteration matrix by matrix with 2-D products
+("loop"); ``"auto"`` measures which is faster per call shape (``modnorm.polar_products``).
+The two differ in rounding only (the dtype's floor), not in the polynomial applied.
 """
 
 from __future__ import annotations
@@ -47,10 +52,12 @@ from torch import Tensor
 
 from ._numerics import vector_norm
 from .polar_dtype import auto_dtype
+from .polar_products import DEFAULT_CHOICES, FORMS, ProductChoices, product_key
 
 __all__ = [
     "orthogonalize",
     "check_options",
+    "check_products",
     "default_steps",
     "ns_coefficients",
     "singular_values",
@@ -127,6 +134,12 @@ def check_options(owner: str, method: str, steps: int | None, dtype: torch.dtype
         raise ValueError(f"{owner}: eps must be a positive float, got {eps!r}")
 
 
+def check_products(owner: str, products: object) -> None:
+    """Validate a ``products`` option (``FORMS``, "auto", None or a ``ProductChoices``); errors name ``owner``."""
+    if products is not None and products != "auto" and products not in FORMS and not isinstance(products, ProductChoices):
+        raise ValueError(f"{owner}: products must be one of {FORMS}, \"auto\" or None (batched), got {products!r}")
+
+
 def _check(X: Tensor, method: str, steps: int | None, dtype: torch.dtype | str | None, eps: float) -> None:
     if not isinstance(X, Tensor):
         raise TypeError(f"orthogonalize: X must be a torch.Tensor, got {type(X).__name__}")
@@ -178,8 +191,40 @@ def _power_of_two_scale(Y: Tensor) -> Tensor:
     return torch.where((peak > 0) & peak.isfinite(), scale, torch.ones_like(peak))
 
 
-def _newton_schulz(X: Tensor, coefficients: Sequence[Coefficients], safety: float, eps: float, dtype: torch.dtype) -> Tensor:
-    """Run the quintic iteration on the short side of every matrix of X, batched."""
+def _form(products: str | ProductChoices | None, Y: Tensor) -> str:
+    """"batched" or "loop" for the (count, n, m) batch Y (n ≤ m) in its compute dtype."""
+    if products is None or isinstance(products, str) and products != "auto":
+        return products or "batched"
+    table = DEFAULT_CHOICES if products == "auto" else products
+    b, n, m = Y.shape
+    if torch.compiler.is_compiling():  # never probe while tracing: a recorded choice, else batched
+        return table.choices.get(product_key(Y.device, Y.dtype, b, n, m), "batched")
+    return table.resolve(Y.device, Y.dtype, b, n, m)
+
+
+def _iterate_batched(Y: Tensor, coefficients: Sequence[Coefficients]) -> Tensor:
+    for a, b, c in coefficients:
+        A = Y @ Y.mT
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c) if c != 0.0 else A * b
+        Y = torch.baddbmm(Y, B, Y, beta=a, alpha=1.0)
+    return Y
+
+
+def _iterate_loop(Y: Tensor, coefficients: Sequence[Coefficients]) -> Tensor:
+    out = torch.empty(Y.shape, dtype=Y.dtype, device=Y.device)
+    for i in range(Y.shape[0]):
+        y = Y[i]
+        for a, b, c in coefficients:
+            A = y @ y.T
+            B = torch.addmm(A, A, A, beta=b, alpha=c) if c != 0.0 else A * b
+            y = torch.addmm(y, B, y, beta=a, alpha=1.0)
+        out[i] = y
+    return out
+
+
+def _newton_schulz(X: Tensor, coefficients: Sequence[Coefficients], safety: float, eps: float, dtype: torch.dtype,
+                   products: str | ProductChoices | None = None) -> Tensor:
+    """Run the quintic iteration on the short side of every matrix of X, batched or matrix by matrix."""
     m, n = X.shape[-2:]
     Y = X.reshape(-1, m, n)
     if torch.finfo(dtype).max < torch.finfo(Y.dtype).max:  # e.g. float16: scale by 2^-k first, so the cast neither
@@ -189,10 +234,7 @@ def _newton_schulz(X: Tensor, coefficients: Sequence[Coefficients], safety: floa
         Y = Y.mT
     norm = vector_norm(Y.to(torch.promote_types(dtype, torch.float32)), dim=(-2, -1), keepdim=True)
     Y = Y / (norm * safety).clamp_min(eps).to(dtype)
-    for a, b, c in coefficients:
-        A = Y @ Y.mT
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c) if c != 0.0 else A * b
-        Y = torch.baddbmm(Y, B, Y, beta=a, alpha=1.0)
+    Y = _iterate_loop(Y, coefficients) if _form(products, Y) == "loop" else _iterate_batched(Y, coefficients)
     if m > n:
         Y = Y.mT
     return Y.reshape(X.shape).to(X.dtype)
@@ -205,6 +247,7 @@ def orthogonalize(
     dtype: torch.dtype | str | None = None,
     eps: float = 1e-7,
     coefficients: Sequence[Coefficients] | None = None,
+    products: str | ProductChoices | None = None,
 ) -> Tensor:
     """Approximate ``U Vᵀ`` for every matrix in ``X`` of shape ``(..., m, n)``.
 
@@ -224,11 +267,16 @@ def orthogonalize(
             normalized by ‖X‖_F); overrides ``method``'s schedule, ``steps`` defaults to
             its length and longer runs repeat the last triple. E.g. torch.optim.Muon's
             ``ns_coefficients`` with ``steps=5``.
+        products: how a batch's products run: "batched" (None: one 3-D call per product),
+            "loop" (2-D products, matrix by matrix), "auto" (measured per call shape and
+            recorded, ``modnorm.polar_products``) or a ``ProductChoices`` table. Changes the
+            rounding only. Ignored by "svd".
 
     Returns:
         A tensor of X's shape and dtype.
     """
     _check(X, method, steps, dtype, eps)
+    check_products("orthogonalize", products)
     if coefficients is not None:
         schedule = [tuple(float(v) for v in abc) for abc in coefficients]
         if not schedule or any(len(abc) != 3 for abc in schedule):
@@ -249,4 +297,4 @@ def orthogonalize(
         dtype = auto_dtype(X.device, X.dtype, min(X.shape[-2:]))
     if schedule is None:
         schedule = ns_coefficients(method, default_steps(method, dtype) if steps is None else steps)
-    return _newton_schulz(X, schedule, safety, eps, dtype)  # type: ignore[arg-type]
+    return _newton_schulz(X, schedule, safety, eps, dtype, products)  # type: ignore[arg-type]

@@ -100,7 +100,9 @@ def optimizer_table(opt: ModnormOptimizer, columns: tuple[str, ...] | list[str] 
         raise ValueError(f"describe: unknown columns {bad} for an optimizer; available: {sorted(known)}")
     cells = [{c: _cell(c, r[c]) for c in columns} for r in rows]
     out = f"ModnormOptimizer(preset={opt.preset!r})\n{format_table(cells, columns)}"
-    return out + f"\n{LR_NOTE}" if "lr" in columns else out
+    out = out + f"\n{LR_NOTE}" if "lr" in columns else out
+    forms = getattr(opt, "ns_products_auto", {})
+    return out + "\nNewton–Schulz products (measured, kept in state_dict): " + ", ".join(f"{k} {v}" for k, v in forms.items()) if forms else out
 
 
 def lr_note(opt: ModnormOptimizer) -> str:

@@ -29,7 +29,10 @@ modified (``nonfinite="raise"``) or skip the step and count it in ``skipped_step
 (device type, parameter dtype, matrix size class) with ``modnorm.polar_dtype.auto_dtype``;
 the choice shows in ``describe()`` (the norm's ``dtype=``) and travels in
 ``state_dict()["ns_dtype_auto"]`` (e.g. ``{"cpu:float32:256": "bfloat16"}``),
-so a resumed run keeps the saved choice even on hardware that would choose otherwise.
+so a resumed run keeps the saved choice even on hardware that would choose otherwise. Likewise
+``ns_products="auto"``: whether a bucket's Newton–Schulz products run batched or as a 2-D loop,
+measured per call shape at its first step (``modnorm.polar_products``), kept in
+``state_dict()["ns_products_auto"]`` and listed by ``describe()``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from torch.optim import Optimizer
 from ..distributed.bucket import shard_bucket
 from ..geometry import Geometry
 from ..polar_dtype import auto_dtype, size_class
+from ..polar_products import ProductChoices, checked_choices
 from .catalog import STEP_SIZES
 from .config import ConfigError, get_preset, validate_hyperparameters
 from .describe import lr_note, optimizer_overrides, optimizer_rows, optimizer_table
@@ -59,7 +63,7 @@ from .plan import Plan, PlanCache, build_plans
 from .recipe import DTYPES, Recipe, infer_geometry
 from .step_size import Direction, Scaling, StepSizeStage, group_stage, stage_inputs, stage_loss
 from .update_stages import schedule_free_swap
-from .state_io import GROUP_KEYS, NS_AUTO_KEY, PRESET_KEY, SKIPPED_KEY, check_loadable, checked_ns_choices, is_runtime, portable
+from .state_io import GROUP_KEYS, NS_AUTO_KEY, NS_PRODUCTS_KEY, PRESET_KEY, SKIPPED_KEY, check_loadable, checked_ns_choices, is_runtime, portable
 from .transaction import PendingWrite, StepTransaction
 from .update import BucketStep, compiled_update_bucket, momentum_implied, update_bucket
 
@@ -132,6 +136,7 @@ class ModnormOptimizer(Optimizer):
         self._meta: list[list[tuple[str, Geometry, float]]] = []
         self._forget_plans()
         self._ns_auto: dict[str, str] = {}  # "device type:param dtype:size class" → what ns_dtype="auto" resolved to
+        self._ns_products = ProductChoices()  # "device:compute dtype:count×n×m" → what ns_products="auto" resolved to
         defaults = validate_hyperparameters(self._preset, hyperparameters).model_dump()
         super().__init__(params, defaults)
         self._warn_overridden()
@@ -191,7 +196,7 @@ class ModnormOptimizer(Optimizer):
 
         def build() -> list[Plan]:
             recipe = self._preset.build(validate_hyperparameters(self._preset, hp, where=f", param group {gi}"))
-            return build_plans(recipe, self._meta[gi], group["params"], self._state_dtype, self._auto_ns_dtype)
+            return build_plans(recipe, self._meta[gi], group["params"], self._state_dtype, self._auto_ns_dtype, self._ns_products)
 
         return self._plan_cache.get(gi, hp, len(group["params"]), build)
 
@@ -232,7 +237,7 @@ class ModnormOptimizer(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for k in ("_preset", "nonfinite", "state_dtype", "skipped_steps", "_geometries", "_budgets", "_meta", "_compile", "_eval_mode", "_ns_auto"):
+        for k in ("_preset", "nonfinite", "state_dtype", "skipped_steps", "_geometries", "_budgets", "_meta", "_compile", "_eval_mode", "_ns_auto", "_ns_products"):
             state[k] = getattr(self, k)
         return state
 
@@ -243,6 +248,7 @@ class ModnormOptimizer(Optimizer):
         self._compile = state.get("_compile", getattr(self, "_compile", False))
         self._compiled = {}
         self._ns_auto = state.get("_ns_auto", getattr(self, "_ns_auto", {}))
+        self._ns_products = state.get("_ns_products", getattr(self, "_ns_products", None)) or ProductChoices()
 
     @property
     def ns_dtype_auto(self) -> dict[str, str]:
@@ -253,6 +259,15 @@ class ModnormOptimizer(Optimizer):
         """Adopt saved ns_dtype="auto" choices (they replace this machine's); checked before anything changes."""
         self._ns_auto.update(checked_ns_choices(choices))
         self._forget_plans()
+
+    @property
+    def ns_products_auto(self) -> dict[str, str]:
+        """What ns_products="auto" resolved to so far: "device:compute dtype:count×n×m" → "batched" | "loop"."""
+        return dict(self._ns_products.choices)
+
+    def set_ns_products_auto(self, choices: dict[str, str]) -> None:
+        """Adopt saved ns_products="auto" choices (they replace this machine's); checked before anything changes."""
+        self._ns_products.update(choices)
 
     def _expected_state(self) -> list[dict[str, tuple[int, ...]]]:
         """State key → shape that each parameter (in group order) has once stepped ({} for 0-size ones)."""
@@ -279,7 +294,8 @@ class ModnormOptimizer(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict, plus the preset's name and ``"ns_dtype_auto"`` (what ns_dtype="auto"
         resolved to), minus runtime hyperparameters (``state_io``)."""
-        return {**portable(super().state_dict(), self.preset, self.skipped_steps), NS_AUTO_KEY: dict(self._ns_auto)}
+        return {**portable(super().state_dict(), self.preset, self.skipped_steps), NS_AUTO_KEY: dict(self._ns_auto),
+                NS_PRODUCTS_KEY: self.ns_products_auto}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load_state_dict after ``state_io.check_loadable`` (another preset's state, or state
@@ -288,13 +304,15 @@ class ModnormOptimizer(Optimizer):
         and adopts the saved ns_dtype="auto" choices (they replace this machine's)."""
         check_loadable(self, state_dict, self._expected_state())
         saved_auto = checked_ns_choices(state_dict.get(NS_AUTO_KEY, {}))
+        saved_forms = checked_choices(state_dict.get(NS_PRODUCTS_KEY, {}))
         runtime = [{k: v for k, v in g.items() if is_runtime(v)} for g in self.param_groups]
-        super().load_state_dict({k: v for k, v in state_dict.items() if k not in (PRESET_KEY, SKIPPED_KEY, NS_AUTO_KEY)})
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in (PRESET_KEY, SKIPPED_KEY, NS_AUTO_KEY, NS_PRODUCTS_KEY)})
         self.skipped_steps = int(state_dict.get(SKIPPED_KEY, self.skipped_steps))
         for group, values in zip(self.param_groups, runtime):
             for k, v in values.items():
                 group.setdefault(k, v)
         self.set_ns_dtype_auto(saved_auto)
+        self.set_ns_products_auto(saved_forms)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for p in params:  # torch keeps the dict's own step tensors; the step advances them in place

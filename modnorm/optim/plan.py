@@ -15,6 +15,7 @@ from ..distributed.bucket import placement_key
 from ..geometry import Geometry
 from ..blocks import block_shape
 from ..norms import Norm
+from ..polar_products import ProductChoices
 from .config import ConfigError
 from .catalog import get_preconditioner
 from .preconditioner import Preconditioner
@@ -90,8 +91,10 @@ def build_plans(
     params: Sequence[Tensor],
     state_dtype: Callable[[Tensor], torch.dtype],
     auto_ns_dtype: Callable[[Tensor, tuple[int, ...]], torch.dtype | None],
+    products: ProductChoices | None = None,
 ) -> list[Plan]:
-    """One plan per parameter of a group; ``meta``: (label, geometry, budget) per parameter.
+    """One plan per parameter of a group; ``meta``: (label, geometry, budget) per parameter;
+    ``products``: the table ``ns_products="auto"`` resolves with (``modnorm.polar_products``).
     Same-rule parameters share one preconditioner object (per preconditioner name)."""
     preconds: dict[tuple, Preconditioner] = {}
     specs: dict[int, RuleSpec] = {}
@@ -99,7 +102,7 @@ def build_plans(
     for (label, geometry, budget), p in zip(meta, params):
         rule = recipe.rule_for(geometry.role)
         shape = internal_shape(p)
-        norm = resolve_norm(rule, geometry, shape, label, auto_ns_dtype(p, shape) if rule.ns_dtype == "auto" else None)
+        norm = resolve_norm(rule, geometry, shape, label, auto_ns_dtype(p, shape) if rule.ns_dtype == "auto" else None, products)
         pname = geometry.preconditioner if rule.preconditioner == "declared" else rule.preconditioner
         pkey = (id(rule), pname)
         if pkey not in preconds:

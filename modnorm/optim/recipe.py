@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..geometry import ROLES, Geometry
 from ..blocks import block_shape, inner, rewrap
+from ..polar_products import ProductChoices
 from ..norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, _dtype_repr, spectral_scale
 from ..polar import default_steps
 from .hparams import Beta, NonNeg, NsDtype, NsMethod, Positive
@@ -66,6 +67,8 @@ class UpdateRule(BaseModel):
     ns_dtype: NsDtype = Field(
         None, description="Newton–Schulz compute dtype (auto: what the device multiplies fast, float64 kept; None: bf16 on CUDA, else the gradient's)")
     ns_eps: NonNeg = Field(1e-7, description="floor of the Frobenius normalizer before Newton–Schulz")
+    ns_products: Literal["auto", "batched", "loop"] = Field(
+        "auto", description="how Newton–Schulz multiplies a batch (auto: measured per call shape, modnorm.polar_products); execution only")
     preconditioner: str = Field("none", description="registered preconditioner name, or 'declared'")
     preconditioner_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the preconditioner")
     momentum: MomentumKind = Field("none", description="momentum kind (momentum.py)")
@@ -147,8 +150,9 @@ class Recipe(BaseModel):
         return self.roles.get(role, self.default)
 
 
-def _spectral_options(rule: UpdateRule, auto: torch.dtype | None = None) -> dict[str, Any]:
-    """Spectral's keyword arguments; ``auto`` is the concrete dtype for ``ns_dtype="auto"``.
+def _spectral_options(rule: UpdateRule, auto: torch.dtype | None = None, products: ProductChoices | None = None) -> dict[str, Any]:
+    """Spectral's keyword arguments; ``auto`` is the concrete dtype for ``ns_dtype="auto"``, ``products``
+    the table ``ns_products="auto"`` resolves with (None: the process-wide one).
     With a concrete dtype, unset steps become that dtype's ``default_steps`` (shown by repr)."""
     dtype: torch.dtype | str | None = DTYPES.get(rule.ns_dtype) if rule.ns_dtype != "auto" else (auto or "auto")
     if rule.ns_dtype == "auto" and rule.ns_method == "svd":
@@ -156,7 +160,8 @@ def _spectral_options(rule: UpdateRule, auto: torch.dtype | None = None) -> dict
     steps = rule.ns_steps
     if steps is None and isinstance(dtype, torch.dtype) and rule.ns_method != "svd" and rule.ns_coefficients is None:
         steps = default_steps(rule.ns_method, dtype)
-    return {"scale": rule.scale, "method": rule.ns_method, "steps": steps, "dtype": dtype, "eps": rule.ns_eps}
+    form = (products or "auto") if rule.ns_products == "auto" else rule.ns_products
+    return {"scale": rule.scale, "method": rule.ns_method, "steps": steps, "dtype": dtype, "eps": rule.ns_eps, "products": form}
 
 
 class _CoefficientSpectral(Spectral):
@@ -170,22 +175,22 @@ class _CoefficientSpectral(Spectral):
         from ..polar import orthogonalize
 
         self._check(G)
-        O = orthogonalize(G, steps=self.steps, dtype=self.dtype, eps=self.eps, coefficients=self.coefficients)
+        O = orthogonalize(G, steps=self.steps, dtype=self.dtype, eps=self.eps, coefficients=self.coefficients, products=self.products)
         return O * self._s(G)
 
     def __repr__(self) -> str:
-        return f"Spectral(scale={self.scale!r}, coefficients={self.coefficients}, steps={self.steps}{_dtype_repr(self.dtype)})"
+        return f"Spectral(scale={self.scale!r}, coefficients={self.coefficients}, steps={self.steps}{_dtype_repr(self.dtype, self.products)})"
 
 
 class _CoefficientSpectralConv(SpectralConv):
     """SpectralConv whose per-position LMO is a ``_CoefficientSpectral`` (repr shows the coefficients)."""
 
     def __repr__(self) -> str:
-        return f"SpectralConv(kernel_dims={self.kernel_dims}, spectral={self.spectral!r})"
+        return f"SpectralConv(kernel_dims={self.kernel_dims}{self._layout_repr()}, spectral={self.spectral!r})"
 
 
-def _spectral(rule: UpdateRule, auto: torch.dtype | None = None) -> Spectral:
-    opts = _spectral_options(rule, auto)
+def _spectral(rule: UpdateRule, auto: torch.dtype | None = None, products: ProductChoices | None = None) -> Spectral:
+    opts = _spectral_options(rule, auto, products)
     if rule.ns_coefficients is not None:
         return _CoefficientSpectral(rule.ns_coefficients, **opts)
     return Spectral(**opts)
@@ -194,21 +199,22 @@ def _spectral(rule: UpdateRule, auto: torch.dtype | None = None) -> Spectral:
 _POLAR_FIELDS = ("ns_method", "ns_steps", "ns_dtype", "ns_eps", "ns_coefficients")
 
 
-def _with_rule_polar(norm: Norm, rule: UpdateRule, auto: torch.dtype | None) -> Norm:
+def _with_rule_polar(norm: Norm, rule: UpdateRule, auto: torch.dtype | None, products: ProductChoices | None) -> Norm:
     """A declared Spectral/SpectralConv rebuilt with the polar-factor options the rule sets
-    explicitly (its declared scale kept); any other norm unchanged."""
+    explicitly (its declared scale and conv layout kept); any other norm unchanged."""
     if not _sets_polar_options(rule):
         return norm
     if type(norm) is Spectral:
-        return _spectral(rule.model_copy(update={"scale": norm.scale}), auto)
+        return _spectral(rule.model_copy(update={"scale": norm.scale}), auto, products)
     if type(norm) is SpectralConv:
-        return _spectral_conv(rule.model_copy(update={"scale": norm.spectral.scale}), norm.kernel_dims, auto)
+        return _spectral_conv(rule.model_copy(update={"scale": norm.spectral.scale}), norm.kernel_dims, auto, norm.layout, products)
     return norm
 
 
-def _spectral_conv(rule: UpdateRule, kernel_dims: int, auto: torch.dtype | None) -> SpectralConv:
-    conv = _CoefficientSpectralConv(kernel_dims=kernel_dims, **_spectral_options(rule, auto))
-    conv.spectral = _spectral(rule, auto)  # per kernel position: the same (possibly coefficient) spectral LMO
+def _spectral_conv(rule: UpdateRule, kernel_dims: int, auto: torch.dtype | None, layout: str = "positions",
+                   products: ProductChoices | None = None) -> SpectralConv:
+    conv = _CoefficientSpectralConv(kernel_dims=kernel_dims, layout=layout, **_spectral_options(rule, auto, products))
+    conv.spectral = _spectral(rule, auto, products)  # per kernel position (or of the flattening): the same spectral LMO
     return conv
 
 
@@ -226,7 +232,8 @@ def declares_default(geometry: Geometry) -> bool:
     return isinstance(inner(geometry.norm), _DEFAULT_BASES[geometry.role])
 
 
-def resolve_norm(rule: UpdateRule, geometry: Geometry, shape: tuple[int, ...], name: str, ns_dtype: torch.dtype | None = None) -> Norm:
+def resolve_norm(rule: UpdateRule, geometry: Geometry, shape: tuple[int, ...], name: str, ns_dtype: torch.dtype | None = None,
+                 products: ProductChoices | None = None) -> Norm:
     """The base norm ``rule`` gives a parameter of (internal) ``shape`` with ``geometry``.
 
     Matrix norms ("spectral", "colnorm", "rownorm") act on the blocks the declared norm
@@ -235,7 +242,8 @@ def resolve_norm(rule: UpdateRule, geometry: Geometry, shape: tuple[int, ...], n
     declared norm of another family than its role's default uses the declared norm (the
     user chose it). Raises a ValueError naming the parameter when the rule's norm cannot
     act on its shape. ``ns_dtype``: the concrete Newton–Schulz dtype that ``rule.ns_dtype ==
-    "auto"`` stands for (None: left to ``orthogonalize`` at each call).
+    "auto"`` stands for (None: left to ``orthogonalize`` at each call); ``products``: the table
+    ``rule.ns_products == "auto"`` resolves with (the optimizer's; None: the process-wide one).
     """
     nd = len(shape)
     where = f"parameter {name!r} of shape {shape}"
@@ -243,7 +251,7 @@ def resolve_norm(rule: UpdateRule, geometry: Geometry, shape: tuple[int, ...], n
     if rule.norm == "declared" or (rule.norm == "spectral" and not declares_default(geometry)):
         if declared.ndim > nd:
             raise ValueError(f"{where}: its declared norm {declared!r} acts on {declared.ndim} dims; declare a norm for {nd}-D tensors")
-        return rewrap(declared, _with_rule_polar(inner(declared), rule, ns_dtype))
+        return rewrap(declared, _with_rule_polar(inner(declared), rule, ns_dtype, products))
     if rule.norm == "frobenius":
         return Frobenius(ndim=nd)
     if rule.norm == "sign":
@@ -254,9 +262,9 @@ def resolve_norm(rule: UpdateRule, geometry: Geometry, shape: tuple[int, ...], n
     bd = len(block)
     if rule.norm == "spectral":
         if bd == 2:
-            return rewrap(declared, _spectral(rule, ns_dtype))
+            return rewrap(declared, _spectral(rule, ns_dtype, products))
         if 3 <= bd <= 5:
-            return rewrap(declared, _spectral_conv(rule, bd - 2, ns_dtype))
+            return rewrap(declared, _spectral_conv(rule, bd - 2, ns_dtype, getattr(inner(declared), "layout", "positions"), products))
         raise ValueError(f"{where}: the spectral norm needs a matrix or a conv kernel (2-5 dims); route this role to another rule")
     if rule.norm in ("colnorm", "rownorm"):
         if bd != 2:

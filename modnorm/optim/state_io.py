@@ -20,11 +20,12 @@ from torch import Tensor
 from .catalog import PRESETS
 from .recipe import DTYPES
 
-__all__ = ["CheckpointMismatchError", "GROUP_KEYS", "NS_AUTO_KEY", "PRESET_KEY", "SKIPPED_KEY", "checked_ns_choices", "is_runtime", "portable", "check_loadable"]
+__all__ = ["CheckpointMismatchError", "GROUP_KEYS", "NS_AUTO_KEY", "NS_PRODUCTS_KEY", "PRESET_KEY", "SKIPPED_KEY", "checked_ns_choices", "is_runtime", "portable", "check_loadable"]
 
 PRESET_KEY = "modnorm_preset"
 SKIPPED_KEY = "modnorm_skipped_steps"
 NS_AUTO_KEY = "ns_dtype_auto"  # what ns_dtype="auto" resolved to: "device:dtype:size class" → dtype name
+NS_PRODUCTS_KEY = "ns_products_auto"  # what ns_products="auto" resolved to: "device:dtype:count×n×m" → batched | loop
 GROUP_KEYS = ("params", "param_names")  # the keys of a param group that are not hyperparameters
 
 
