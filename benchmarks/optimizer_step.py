@@ -24,6 +24,7 @@ pytorch-optimizer ("po") contenders are skipped when it is not installed.
     python benchmarks/optimizer_step.py --quick --out /tmp/step.json
     python benchmarks/optimizer_step.py --size S --profile modnorm.muadam
     python benchmarks/optimizer_step.py --size S --only modnorm.soap,po.SOAP+AdamW
+    python benchmarks/optimizer_step.py --size M --only "torch.AdamW(foreach),torch.Muon+AdamW,modnorm.muon,modnorm.muon(batched)"
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 import modnorm  # noqa: E402
 from modnorm import Geometry, RowNorm  # noqa: E402
-from modnorm.norms import ColNorm  # noqa: E402
+from modnorm.norms import ColNorm, SpectralConv  # noqa: E402
 from modnorm.polar_dtype import cpu_report  # noqa: E402
 
 try:
@@ -67,6 +68,7 @@ RATIOS: list[tuple[str, str, str, float]] = [
     ("sgd / torch SGD", "modnorm.sgd", "torch.SGD", 1.05),
     ("muon / torch Muon(hidden) + AdamW(rest)", "modnorm.muon", "torch.Muon+AdamW", 1.0),
     ("muon(ns float32) / torch Muon(hidden) + AdamW(rest)", "modnorm.muon(ns float32)", "torch.Muon+AdamW", 1.0),
+    ("muon(ns_products batched) / torch Muon(hidden) + AdamW(rest)", "modnorm.muon(batched)", "torch.Muon+AdamW", 1.0),
     ("muadam / po.AdaMuon", "modnorm.muadam", "po.AdaMuon", 1.1),
     ("muadam(ns float32) / po.AdaMuon", "modnorm.muadam(ns float32)", "po.AdaMuon", 1.1),
     ("soap / po.SOAP", "modnorm.soap", "po.SOAP+AdamW", 1.0),
@@ -74,7 +76,8 @@ RATIOS: list[tuple[str, str, str, float]] = [
 ]
 MEMORY = ["modnorm.soap", "po.SOAP+AdamW", "modnorm.shampoo", "po.Shampoo+AdamW", "modnorm.muadam", "po.AdaMuon",
           "modnorm.adamw", "torch.AdamW(foreach)"]
-RESNET = ["torch.AdamW(foreach)", "modnorm.muon", "modnorm.scion", "modnorm.muadam", "modnorm.muadam(ns float32)"]
+RESNET = ["torch.AdamW(foreach)", "modnorm.muon", "modnorm.scion", "modnorm.muadam", "modnorm.muadam(ns float32)", "modnorm.muon(batched)",
+          "modnorm.muon(conv flatten)"]
 
 
 def gpt_shapes(width: int, layers: int, vocab: int) -> list[tuple[str, tuple[int, int], str]]:
@@ -190,6 +193,7 @@ def gpt_builders(shapes: list) -> dict[str, Callable]:
         "modnorm.sgd": mn("sgd", momentum=0.9),
         "modnorm.muon": mn("muon"),
         "modnorm.muon(ns float32)": mn("muon", ns_dtype="float32"),
+        "modnorm.muon(batched)": mn("muon", ns_products="batched"),
         "modnorm.muadam": mn("muadam"),
         "modnorm.muadam(ns float32)": mn("muadam", ns_dtype="float32"),
         "modnorm.soap": mn("soap", precondition_frequency=10),
@@ -207,12 +211,18 @@ def resnet_builders() -> dict[str, Callable]:
     def mn(preset: str, **hp: Any) -> Callable:
         return lambda model: [modnorm.optimizer(model, preset, **hp)]
 
+    def flatten(model: nn.Module) -> list[torch.optim.Optimizer]:  # the (d_out, d_in·k²) norm, declared per conv
+        flat = {n: Geometry(SpectralConv(layout="flatten"), role="conv") for n, p in model.named_parameters() if p.ndim == 4}
+        return [modnorm.ModnormOptimizer(list(model.named_parameters()), "muon", geometries={**modnorm.geometries(model), **flat})]
+
     return {
         "torch.AdamW(foreach)": lambda model: [torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)],
         "modnorm.muon": mn("muon"),
         "modnorm.scion": mn("scion"),
         "modnorm.muadam": mn("muadam"),
         "modnorm.muadam(ns float32)": mn("muadam", ns_dtype="float32"),
+        "modnorm.muon(batched)": mn("muon", ns_products="batched"),
+        "modnorm.muon(conv flatten)": flatten,
     }
 
 
@@ -253,9 +263,9 @@ def run(args: argparse.Namespace) -> dict:
     shapes = gpt_shapes(*SIZES[args.size])
     param_bytes = sum(a * b for _, (a, b), _ in shapes) * torch.finfo(dtype).bits // 8
     only = set(args.only.split(",")) if args.only else None
-    builders = gpt_builders(shapes)
-    if only is not None and only - set(builders):
-        raise SystemExit(f"--only: unknown entries {sorted(only - set(builders))}; choose from {sorted(builders)}")
+    builders, resnet = gpt_builders(shapes), resnet_builders()
+    if only is not None and only - set(builders) - set(resnet):
+        raise SystemExit(f"--only: unknown entries {sorted(only - set(builders) - set(resnet))}; choose from {sorted({*builders, *resnet})}")
     entries = [Entry(name, build, gpt_params(shapes, dtype)) for name, build in builders.items() if only is None or name in only]
     med = time_interleaved(entries, args.warmup, args.repeats)
     by = {e.name: e for e in entries}
@@ -269,7 +279,11 @@ def run(args: argparse.Namespace) -> dict:
             rows.append({"measure": f"peak step memory beyond state, × parameter bytes: {name}", "value": peak, "target": ""})
     width, classes = (8, 10) if args.size == "quick" else (64, 1000)
     res = []
-    for name, build in (resnet_builders() if only is None else {}).items():
+    chosen = RESNET if only is None else [n for n in RESNET if n in only]
+    if chosen and chosen[0] != RESNET[0]:  # the ResNet rows are ratios to torch AdamW's step
+        chosen.insert(0, RESNET[0])
+    for name in chosen:
+        build = resnet[name]
         torch.manual_seed(0)
         model = resnet18(width, classes).to(dtype)
         _with_grads(list(model.named_parameters()))
@@ -289,6 +303,7 @@ def run(args: argparse.Namespace) -> dict:
         "rows": rows,
         "entries": table,
         "resnet_ms": {k: 1e3 * v for k, v in rmed.items()},
+        "ns_products": {e.name: o.ns_products_auto for e in entries + res for o in e.opts if hasattr(o, "ns_products_auto")},
         "import": imp,
     }
 
@@ -331,8 +346,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="size 'quick' (width 64), 3 repeats: seconds (plus the imports unless --import-repeats 0)")
-    ap.add_argument("--only", metavar="NAMES", help="comma-separated GPT entries to time (e.g. modnorm.soap,po.SOAP+AdamW); "
-                    "skips the ResNet and import rows")
+    ap.add_argument("--only", metavar="NAMES", help="comma-separated entries to time (e.g. modnorm.soap,po.SOAP+AdamW); "
+                    "ResNet-18 rows only for ResNet entries named (with torch AdamW, their baseline); no import row")
     ap.add_argument("--profile", metavar="NAME", help="print torch.profiler's top ops for this entry instead")
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--table-from", metavar="JSON", help="print the tables of an earlier --out file and exit")

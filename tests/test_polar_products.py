@@ -211,3 +211,12 @@ def test_flatten_layout_is_declared_and_kept_by_the_presets() -> None:
         norms = {r["name"]: r["norm"] for r in opt.describe_rows()}
         assert "layout='flatten'" in norms["0.weight"], (preset, norms)
         assert "layout" not in norms["1.weight"]
+
+
+def test_normed_init_keeps_the_flatten_layout() -> None:
+    torch.manual_seed(0)
+    flat = SpectralConv(layout="flatten", method="svd")
+    conv = layers.Conv2d(4, 6, 3, norm=SpectralConv(layout="flatten"), init="normed")
+    assert abs(float(flat.value(conv.weight.detach().double())) - 1.0) < 1e-5
+    per_position = layers.Conv2d(4, 6, 3, init="normed")
+    assert abs(float(SpectralConv(method="svd").value(per_position.weight.detach().double())) - 1.0) < 1e-5

@@ -34,7 +34,7 @@ def _exact(norm: Norm) -> Norm:
     if type(norm) is Spectral:
         return Spectral(scale=norm.scale, method="svd")
     if type(norm) is SpectralConv:
-        return SpectralConv(norm.kernel_dims, scale=norm.spectral.scale, method="svd")
+        return SpectralConv(norm.kernel_dims, scale=norm.spectral.scale, method="svd", layout=norm.layout)
     return norm
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from .hparams import Beta, Betas, NonNeg, NsDtype, NsSteps
+from .hparams import Beta, Betas, NonNeg, NsDtype, NsProducts, NsSteps
 from .parts import coupled_decay, decoupled_decay, ema, everywhere, heavy_ball, lmo, matrices, precondition, rule, sharp, steepest
 from .presets import NesterovCheck, Polar, Preset, RoutedAdamW, adam_rule, preset
 from .recipe import Recipe, UpdateRule
@@ -42,16 +42,17 @@ def signsgd(momentum: Beta = 0.0, weight_decay: NonNeg = 0.0) -> Recipe:
 def muon(weight_decay: NonNeg = 0.1, momentum: Beta = 0.95, nesterov: bool = True,
          ns_coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315), eps: NonNeg = 1e-7, ns_steps: NsSteps = 5,
          adjust_lr_fn: Literal["original", "match_rms_adamw", "rms"] | None = None, ns_dtype: NsDtype = "auto",
-         *, adamw_rule: UpdateRule) -> Recipe:
+         ns_products: NsProducts = "auto", *, adamw_rule: UpdateRule) -> Recipe:
     """torch.optim.Muon's hyperparameter names and defaults, plus the AdamW rule for the rest.
 
     One difference: ``ns_dtype="auto"`` (torch always computes Newton–Schulz in bf16) — bf16
     on CUDA and where a CPU multiplies bf16 matrices of that size fast, float32 elsewhere,
     float64 for float64 parameters. ``ns_dtype="bfloat16"`` reproduces torch.optim.Muon bit for bit.
+    ``ns_products="auto"``: a bucket's products batched or as torch's 2-D loop, whichever is measured faster.
     torch.optim.Muon scales the lr by the shape factor; the same as Spectral(scale=...)'s LMO, and
     folding it into the lr (``lr_adjust``) keeps torch's rounding, so the trajectories agree bit for bit."""
     spectral = lmo("spectral", scale="none", lr_adjust=adjust_lr_fn or "original", ns_coefficients=(ns_coefficients,),
-                   ns_steps=ns_steps, ns_dtype=ns_dtype, ns_eps=eps)
+                   ns_steps=ns_steps, ns_dtype=ns_dtype, ns_eps=eps, ns_products=ns_products)
     momentum_part = {"momentum": "ema_nesterov" if nesterov else "ema", "beta": momentum}  # a buffer even at β = 0, as torch's
     return matrices(rule(spectral, momentum_part, decoupled_decay(weight_decay)), adamw_rule)
 

@@ -26,7 +26,7 @@ from pydantic import AfterValidator, BaseModel, Field, TypeAdapter, ValidationEr
 from ..polar import METHODS
 
 __all__ = [
-    "ConfigError", "Beta", "NonNeg", "Positive", "Frequency", "NsSteps", "Betas", "LR", "NsMethod", "NsDtype", "RootDtype",
+    "ConfigError", "Beta", "NonNeg", "Positive", "Frequency", "NsSteps", "Betas", "LR", "NsMethod", "NsDtype", "NsProducts", "RootDtype",
     "Symbol", "Allowed", "allowed", "require", "require_nonneg",
 ]
 
@@ -79,6 +79,7 @@ Betas = tuple[Beta, Beta]
 LR = Annotated[float | torch.Tensor, AfterValidator(_checked_lr), Allowed("finite {name} ≥ 0 (float or 1-element floating tensor)")]
 NsMethod = Literal[METHODS]  # type: ignore[valid-type]
 NsDtype = Literal["auto", "float32", "float64", "bfloat16", "float16"] | None
+NsProducts = Literal["auto", "batched", "loop"]
 RootDtype = Literal["float32", "float64"]
 
 

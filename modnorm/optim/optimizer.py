@@ -29,10 +29,8 @@ modified (``nonfinite="raise"``) or skip the step and count it in ``skipped_step
 (device type, parameter dtype, matrix size class) with ``modnorm.polar_dtype.auto_dtype``;
 the choice shows in ``describe()`` (the norm's ``dtype=``) and travels in
 ``state_dict()["ns_dtype_auto"]`` (e.g. ``{"cpu:float32:256": "bfloat16"}``),
-so a resumed run keeps the saved choice even on hardware that would choose otherwise. Likewise
-``ns_products="auto"``: whether a bucket's Newton–Schulz products run batched or as a 2-D loop,
-measured per call shape at its first step (``modnorm.polar_products``), kept in
-``state_dict()["ns_products_auto"]`` and listed by ``describe()``.
+so a resumed run keeps the saved choice even on hardware that would choose otherwise. Likewise the
+product forms of ``ns_products="auto"`` (``modnorm.polar_products``): ``state_dict()["ns_products_auto"]``.
 """
 
 from __future__ import annotations
@@ -266,7 +264,7 @@ class ModnormOptimizer(Optimizer):
         return dict(self._ns_products.choices)
 
     def set_ns_products_auto(self, choices: dict[str, str]) -> None:
-        """Adopt saved ns_products="auto" choices (they replace this machine's); checked before anything changes."""
+        """Adopt saved ns_products="auto" choices (they replace this machine's; validated first)."""
         self._ns_products.update(choices)
 
     def _expected_state(self) -> list[dict[str, tuple[int, ...]]]:

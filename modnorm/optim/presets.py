@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from .hparams import LR, Allowed, Betas, NonNeg, NsDtype, NsMethod, NsSteps, Positive
+from .hparams import LR, Allowed, Betas, NonNeg, NsDtype, NsMethod, NsProducts, NsSteps, Positive
 from .parts import adam_momentum, decoupled_decay, precondition, rule, sharp
 from .recipe import Recipe, UpdateRule
 from .strict import check_strict
@@ -105,14 +105,16 @@ class Polar(Mixin):
     """Polar-factor options. ``ns_dtype="auto"``: bf16 where the device multiplies matrices of
     the parameter's size fast (CUDA; on CPUs a one-time probe per size class), else float32;
     float64 parameters stay float64 (``modnorm.polar_dtype``). ``ns_steps=None``: the method's default for that
-    dtype (Polar Express: 6 in bf16, 8 in float32/64)."""
+    dtype (Polar Express: 6 in bf16, 8 in float32/64). ``ns_products="auto"``: batched or 2-D loop products,
+    whichever a one-time probe measures faster per call shape (``modnorm.polar_products``; execution only)."""
 
     ns_method: NsMethod = "polar_express"
     ns_steps: NsSteps | None = None
     ns_dtype: NsDtype = "auto"
+    ns_products: NsProducts = "auto"
 
     def polar(self) -> dict[str, Any]:
-        return {"ns_method": self.ns_method, "ns_steps": self.ns_steps, "ns_dtype": self.ns_dtype}
+        return {"ns_method": self.ns_method, "ns_steps": self.ns_steps, "ns_dtype": self.ns_dtype, "ns_products": self.ns_products}
 
 
 class NesterovCheck(Mixin):

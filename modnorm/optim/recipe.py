@@ -43,7 +43,7 @@ from ..blocks import block_shape, inner, rewrap
 from ..polar_products import ProductChoices
 from ..norms import RMS, ColNorm, Frobenius, Norm, RowNorm, Sign, Spectral, SpectralConv, _dtype_repr, spectral_scale
 from ..polar import default_steps
-from .hparams import Beta, NonNeg, NsDtype, NsMethod, Positive
+from .hparams import Beta, NonNeg, NsDtype, NsMethod, NsProducts, Positive
 from .momentum import MomentumKind
 
 
@@ -67,7 +67,7 @@ class UpdateRule(BaseModel):
     ns_dtype: NsDtype = Field(
         None, description="Newton–Schulz compute dtype (auto: what the device multiplies fast, float64 kept; None: bf16 on CUDA, else the gradient's)")
     ns_eps: NonNeg = Field(1e-7, description="floor of the Frobenius normalizer before Newton–Schulz")
-    ns_products: Literal["auto", "batched", "loop"] = Field(
+    ns_products: NsProducts = Field(
         "auto", description="how Newton–Schulz multiplies a batch (auto: measured per call shape, modnorm.polar_products); execution only")
     preconditioner: str = Field("none", description="registered preconditioner name, or 'declared'")
     preconditioner_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the preconditioner")
@@ -196,7 +196,7 @@ def _spectral(rule: UpdateRule, auto: torch.dtype | None = None, products: Produ
     return Spectral(**opts)
 
 
-_POLAR_FIELDS = ("ns_method", "ns_steps", "ns_dtype", "ns_eps", "ns_coefficients")
+_POLAR_FIELDS = ("ns_method", "ns_steps", "ns_dtype", "ns_eps", "ns_coefficients", "ns_products")
 
 
 def _with_rule_polar(norm: Norm, rule: UpdateRule, auto: torch.dtype | None, products: ProductChoices | None) -> Norm:
