@@ -15,6 +15,7 @@ import modnorm.polar_products as pp
 from modnorm import layers
 from modnorm.norms import SpectralConv, spectral_scale
 from modnorm.polar import orthogonalize
+from state_snapshot import snapshot, unchanged
 
 
 def _svd_polar(X: torch.Tensor) -> torch.Tensor:
@@ -171,14 +172,12 @@ def test_bad_saved_forms_raise_before_loading(loop_fast) -> None:
     model = _cnn()
     opt = modnorm.optimizer(model, "muon", lr=1e-2)
     _train(model, opt, 1)
-    sd = opt.state_dict()
-    sd["ns_products_auto"] = {"cpu:float32:9x8x8": "sideways"}
-    before = copy.deepcopy(opt.state_dict())
+    params = list(model.parameters())
+    snap, forms = snapshot(opt, params), opt.ns_products_auto
+    sd = {**opt.state_dict(), "ns_products_auto": {"cpu:float32:9x8x8": "sideways"}}
     with pytest.raises(ValueError, match="ns_products_auto"):
         opt.load_state_dict(sd)
-    after = opt.state_dict()
-    assert after["ns_products_auto"] == before["ns_products_auto"]
-    assert all(torch.equal(after["state"][k][n], v) for k in before["state"] for n, v in before["state"][k].items())
+    assert unchanged(opt, params, snap) and opt.ns_products_auto == forms
 
 
 # ---------------------------------------------------------------- SpectralConv(layout="flatten")
