@@ -303,7 +303,8 @@ def run(args: argparse.Namespace) -> dict:
         "rows": rows,
         "entries": table,
         "resnet_ms": {k: 1e3 * v for k, v in rmed.items()},
-        "ns_products": {e.name: o.ns_products_auto for e in entries + res for o in e.opts if hasattr(o, "ns_products_auto")},
+        "ns_products": {f"{kind} {e.name}": o.ns_products_auto for kind, es in (("gpt", entries), ("resnet", res)) for e in es
+                        for o in e.opts if hasattr(o, "ns_products_auto")},
         "import": imp,
     }
 

@@ -186,7 +186,7 @@ def _svd_polar(X: Tensor, dtype: torch.dtype | str | None) -> Tensor:
 
 def _power_of_two_scale(Y: Tensor) -> Tensor:
     """2^-k per matrix with max |2^-k Y| in [0.5, 1) (1 for a zero or non-finite matrix)."""
-    peak = Y.abs().amax(dim=(-2, -1), keepdim=True)
+    peak = torch.linalg.vector_norm(Y, ord=float("inf"), dim=(-2, -1), keepdim=True)  # max |Y|, without an |Y| temporary
     scale = torch.ldexp(torch.ones_like(peak), -torch.frexp(peak).exponent)
     return torch.where((peak > 0) & peak.isfinite(), scale, torch.ones_like(peak))
 
@@ -224,20 +224,30 @@ def _iterate_loop(Y: Tensor, coefficients: Sequence[Coefficients]) -> Tensor:
 
 def _newton_schulz(X: Tensor, coefficients: Sequence[Coefficients], safety: float, eps: float, dtype: torch.dtype,
                    products: str | ProductChoices | None = None) -> Tensor:
-    """Run the quintic iteration on the short side of every matrix of X, batched or matrix by matrix."""
+    """Run the quintic iteration on the short side of every matrix of X, batched or matrix by matrix.
+
+    A compute dtype with a smaller range than X's (bf16, fp16) first gets X scaled by 2^-k per
+    matrix (max |2^-k X| in [0.5, 1); exact, the normalized input is unchanged), fused with the
+    cast, so the cast neither overflows nor flushes to 0; the Frobenius norm of the scaled
+    matrix then needs no further prescaling."""
     m, n = X.shape[-2:]
-    Y = X.reshape(-1, m, n)
-    if torch.finfo(dtype).max < torch.finfo(Y.dtype).max:  # e.g. float16: scale by 2^-k first, so the cast neither
-        Y = Y * _power_of_two_scale(Y)  # overflows nor flushes to 0 (exact: the normalized result is unchanged)
-    Y = Y.to(dtype)
+    scaled = torch.finfo(dtype).max < torch.finfo(X.dtype).max
+    if scaled:  # one pass: scale, cast and lay out contiguously (X may be a strided view)
+        Y = torch.mul(X, _power_of_two_scale(X), out=torch.empty(X.shape, dtype=dtype, device=X.device))
+    else:
+        Y = X.to(dtype)
+    Y = Y.reshape(-1, m, n)
     if m > n:
         Y = Y.mT
-    norm = vector_norm(Y.to(torch.promote_types(dtype, torch.float32)), dim=(-2, -1), keepdim=True)
+    if scaled:
+        norm = torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True, dtype=torch.float32)
+    else:
+        norm = vector_norm(Y.to(torch.promote_types(dtype, torch.float32)), dim=(-2, -1), keepdim=True)
     Y = Y / (norm * safety).clamp_min(eps).to(dtype)
     Y = _iterate_loop(Y, coefficients) if _form(products, Y) == "loop" else _iterate_batched(Y, coefficients)
     if m > n:
         Y = Y.mT
-    return Y.reshape(X.shape).to(X.dtype)
+    return Y.to(X.dtype).reshape(X.shape)  # cast first: a transposed result is copied once, not twice
 
 
 def orthogonalize(
