@@ -44,6 +44,7 @@ The two differ in rounding only (the dtype's floor), not in the polynomial appli
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -222,27 +223,42 @@ def _iterate_loop(Y: Tensor, coefficients: Sequence[Coefficients]) -> Tensor:
     return out
 
 
+_SAFE_NORM: tuple[float, float] = (2.0**-60, 2.0**60)
+"""Frobenius norms for which a same-range cast (float32 → bf16) can neither overflow nor flush an entry that matters."""
+
+
+def _same_range(dtype: torch.dtype, source: torch.dtype) -> bool:
+    return math.frexp(torch.finfo(dtype).max)[1] >= math.frexp(torch.finfo(source).max)[1]
+
+
+def _to_compute(X: Tensor, dtype: torch.dtype) -> Tensor:
+    """X as a contiguous (count, m, n) batch in ``dtype``, such that the cast neither overflows nor
+    flushes to 0: into a dtype of smaller range, X is scaled by 2^-k per matrix first (max |2^-k X|
+    in [0.5, 1); exact, so the normalized input is unchanged). On a CPU, when the cast keeps the
+    exponent range (float32 → bf16) and every ‖X‖_F is in ``_SAFE_NORM``, no scaling is needed
+    (2^-k commutes with the rounding): one plain cast, without float32 temporaries."""
+    m, n = X.shape[-2:]
+    if torch.finfo(dtype).max >= torch.finfo(X.dtype).max:
+        return X.to(dtype).reshape(-1, m, n)
+    if X.device.type == "cpu" and _same_range(dtype, X.dtype):
+        nrm = torch.linalg.vector_norm(X, dim=(-2, -1))
+        if bool(((nrm >= _SAFE_NORM[0]) & (nrm <= _SAFE_NORM[1])).all()):  # False for NaN/inf too
+            return torch.empty(X.shape, dtype=dtype, device=X.device).copy_(X).reshape(-1, m, n)
+    out = torch.empty(X.shape, dtype=dtype, device=X.device)
+    return torch.mul(X, _power_of_two_scale(X), out=out).reshape(-1, m, n)
+
+
 def _newton_schulz(X: Tensor, coefficients: Sequence[Coefficients], safety: float, eps: float, dtype: torch.dtype,
                    products: str | ProductChoices | None = None) -> Tensor:
-    """Run the quintic iteration on the short side of every matrix of X, batched or matrix by matrix.
-
-    A compute dtype with a smaller range than X's (bf16, fp16) first gets X scaled by 2^-k per
-    matrix (max |2^-k X| in [0.5, 1); exact, the normalized input is unchanged), fused with the
-    cast, so the cast neither overflows nor flushes to 0; the Frobenius norm of the scaled
-    matrix then needs no further prescaling."""
+    """Run the quintic iteration on the short side of every matrix of X, batched or matrix by matrix."""
     m, n = X.shape[-2:]
-    scaled = torch.finfo(dtype).max < torch.finfo(X.dtype).max
-    if scaled:  # one pass: scale, cast and lay out contiguously (X may be a strided view)
-        Y = torch.mul(X, _power_of_two_scale(X), out=torch.empty(X.shape, dtype=dtype, device=X.device))
-    else:
-        Y = X.to(dtype)
-    Y = Y.reshape(-1, m, n)
+    Y = _to_compute(X, dtype)
     if m > n:
         Y = Y.mT
-    if scaled:
-        norm = torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True, dtype=torch.float32)
+    if torch.finfo(dtype).max < torch.finfo(X.dtype).max:  # narrowed by _to_compute: |Y| < 1 or a safe norm, no prescaling
+        norm = torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True).float()  # float32 accumulation, as torch.optim.Muon
     else:
-        norm = vector_norm(Y.to(torch.promote_types(dtype, torch.float32)), dim=(-2, -1), keepdim=True)
+        norm = vector_norm(Y, dim=(-2, -1), keepdim=True)
     Y = Y / (norm * safety).clamp_min(eps).to(dtype)
     Y = _iterate_loop(Y, coefficients) if _form(products, Y) == "loop" else _iterate_batched(Y, coefficients)
     if m > n:

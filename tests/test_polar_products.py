@@ -73,6 +73,17 @@ def test_loop_keeps_zero_and_nonfinite_matrices_apart() -> None:
     assert not O[2].isfinite().all()
 
 
+@pytest.mark.parametrize("dtype, big", [(torch.float16, 1e3), (torch.bfloat16, 1e30), (torch.float32, 1e30)])
+def test_same_dtype_inputs_with_a_large_norm(dtype: torch.dtype, big: float) -> None:
+    """A low-precision input whose Frobenius norm exceeds its dtype's range (or float32's squares) is normalized
+    without overflow; float32 inputs cast to bf16 take the unscaled fast path only with a safe norm."""
+    X = _conditioned(2, 64, 48)
+    ref = _svd_polar(X)
+    for scale, source, compute in ((big, dtype, dtype), (1e-30, torch.float32, torch.bfloat16), (1e25, torch.float32, torch.bfloat16)):
+        O = orthogonalize((X * scale).to(source), dtype=compute)
+        assert O.isfinite().all() and (O.double() - ref).abs().max() < 0.1, (scale, source, compute)
+
+
 def test_auto_probes_once_per_shape_and_records(loop_fast) -> None:
     calls = loop_fast(2.0)
     table = pp.ProductChoices()
