@@ -241,7 +241,8 @@ class Spectral(Norm):
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
         O = orthogonalize(G, method=self.method, steps=self.steps, dtype=self.dtype, eps=self.eps, products=self.products)
-        return O * self._s(G)
+        s = self._s(G)
+        return O if s == 1.0 else O * s  # × 1 is exact: no copy
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(scale={self.scale!r}, method={self.method!r}, steps={self.steps}"

@@ -176,7 +176,8 @@ class _CoefficientSpectral(Spectral):
 
         self._check(G)
         O = orthogonalize(G, steps=self.steps, dtype=self.dtype, eps=self.eps, coefficients=self.coefficients, products=self.products)
-        return O * self._s(G)
+        s = self._s(G)
+        return O if s == 1.0 else O * s
 
     def __repr__(self) -> str:
         return f"Spectral(scale={self.scale!r}, coefficients={self.coefficients}, steps={self.steps}{_dtype_repr(self.dtype, self.products)})"
