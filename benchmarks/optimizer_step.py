@@ -25,6 +25,7 @@ pytorch-optimizer ("po") contenders are skipped when it is not installed.
     python benchmarks/optimizer_step.py --size S --profile modnorm.muadam
     python benchmarks/optimizer_step.py --size S --only modnorm.soap,po.SOAP+AdamW
     python benchmarks/optimizer_step.py --size M --only "torch.AdamW(foreach),torch.Muon+AdamW,modnorm.muon,modnorm.muon(batched)"
+    python benchmarks/optimizer_step.py --profile resnet:modnorm.muon --repeats 3
 """
 
 from __future__ import annotations
@@ -328,8 +329,13 @@ def profile(args: argparse.Namespace, name: str) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    shapes = gpt_shapes(*SIZES[args.size])
-    e = Entry(name, gpt_builders(shapes)[name], gpt_params(shapes, getattr(torch, args.dtype)))
+    if name.startswith("resnet:"):  # a ResNet-18 contender
+        model = resnet18().to(getattr(torch, args.dtype))
+        _with_grads(list(model.named_parameters()))
+        e = Entry(name, lambda ps: resnet_builders()[name.removeprefix("resnet:")](model), [])
+    else:
+        shapes = gpt_shapes(*SIZES[args.size])
+        e = Entry(name, gpt_builders(shapes)[name], gpt_params(shapes, getattr(torch, args.dtype)))
     for _ in range(args.warmup):
         e.step()
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -349,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--quick", action="store_true", help="size 'quick' (width 64), 3 repeats: seconds (plus the imports unless --import-repeats 0)")
     ap.add_argument("--only", metavar="NAMES", help="comma-separated entries to time (e.g. modnorm.soap,po.SOAP+AdamW); "
                     "ResNet-18 rows only for ResNet entries named (with torch AdamW, their baseline); no import row")
-    ap.add_argument("--profile", metavar="NAME", help="print torch.profiler's top ops for this entry instead")
+    ap.add_argument("--profile", metavar="NAME", help="print torch.profiler's top ops for this entry instead (resnet:NAME for a ResNet-18 one)")
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--table-from", metavar="JSON", help="print the tables of an earlier --out file and exit")
     args = ap.parse_args(argv)
