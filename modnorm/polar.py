@@ -187,7 +187,7 @@ def _svd_polar(X: Tensor, dtype: torch.dtype | str | None) -> Tensor:
 
 def _power_of_two_scale(Y: Tensor) -> Tensor:
     """2^-k per matrix with max |2^-k Y| in [0.5, 1) (1 for a zero or non-finite matrix)."""
-    peak = torch.linalg.vector_norm(Y, ord=float("inf"), dim=(-2, -1), keepdim=True)  # max |Y|, without an |Y| temporary
+    peak = Y.abs().amax(dim=(-2, -1), keepdim=True)
     scale = torch.ldexp(torch.ones_like(peak), -torch.frexp(peak).exponent)
     return torch.where((peak > 0) & peak.isfinite(), scale, torch.ones_like(peak))
 
@@ -258,7 +258,7 @@ def _newton_schulz(X: Tensor, coefficients: Sequence[Coefficients], safety: floa
     if torch.finfo(dtype).max < torch.finfo(X.dtype).max:  # narrowed by _to_compute: |Y| < 1 or a safe norm, no prescaling
         norm = torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True).float()  # float32 accumulation, as torch.optim.Muon
     else:
-        norm = vector_norm(Y, dim=(-2, -1), keepdim=True)
+        norm = vector_norm(Y.to(torch.promote_types(dtype, torch.float32)), dim=(-2, -1), keepdim=True)
     Y = Y / (norm * safety).clamp_min(eps).to(dtype)
     Y = _iterate_loop(Y, coefficients) if _form(products, Y) == "loop" else _iterate_batched(Y, coefficients)
     if m > n:
