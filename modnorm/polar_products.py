@@ -19,6 +19,9 @@ once per process, thread count and shape), and takes ``"loop"`` only when it is 
 ``ProductChoices`` records what was chosen per "device:dtype:count×n×m" key (n ≤ m, the
 short side first); the optimizer keeps one per instance, shows it in ``describe()`` and
 saves it in ``state_dict()["ns_products_auto"]``, so a resumed run keeps the saved forms.
+In a process group of more than one process (DDP, FSDP) no probe runs — the ranks'
+timings would differ and so would their rounding — and a shape without a saved choice
+takes "batched".
 """
 
 from __future__ import annotations
@@ -95,6 +98,12 @@ def auto_products(device: str | torch.device, dtype: torch.dtype, count: int, n:
     return "loop" if loop_speedup(device, dtype, count, n, m) >= MIN_SPEEDUP else "batched"
 
 
+def _distributed() -> bool:
+    """Whether this process is one of several (torch.distributed initialized, world size > 1)."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def checked_choices(choices: object) -> dict[str, str]:
     """Saved choices, validated: a dict of "device:dtype:count×n×m" → one of ``FORMS``."""
     if not isinstance(choices, dict) or any(not isinstance(k, str) or v not in FORMS for k, v in choices.items()):
@@ -110,8 +119,8 @@ class ProductChoices:
 
     def resolve(self, device: str | torch.device, dtype: torch.dtype, count: int, n: int, m: int) -> str:
         key = product_key(device, dtype, count, n, m)
-        if key not in self.choices:
-            self.choices[key] = auto_products(device, dtype, count, n, m)
+        if key not in self.choices:  # several processes must agree (replicated LMOs, a resumed run): no probe there
+            self.choices[key] = "batched" if _distributed() else auto_products(device, dtype, count, n, m)
         return self.choices[key]
 
     def update(self, choices: dict[str, str]) -> None:

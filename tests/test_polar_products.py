@@ -107,6 +107,16 @@ def test_recorded_choice_is_used_without_probing(monkeypatch: pytest.MonkeyPatch
     orthogonalize(torch.randn(2, 12, 8), products=table)
 
 
+def test_no_probe_among_several_processes(loop_fast, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranks would time differently, and their LMOs must agree: batched unless a choice was saved."""
+    calls = loop_fast(2.0)
+    monkeypatch.setattr(pp, "_distributed", lambda: True)
+    table = pp.ProductChoices({"cpu:float32:2x8x12": "loop"})
+    orthogonalize(torch.randn(3, 12, 8), products=table)
+    orthogonalize(torch.randn(2, 12, 8), products=table)
+    assert calls == [] and table.choices == {"cpu:float32:2x8x12": "loop", "cpu:float32:3x8x12": "batched"}
+
+
 def test_real_probe_measures_and_caches() -> None:
     pp._cpu_speedup.cache_clear()
     r = pp.loop_speedup("cpu", torch.float32, 3, 16, 16)
