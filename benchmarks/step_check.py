@@ -3,7 +3,8 @@
 GPT-like parameter set (``optimizer_step.gpt_shapes``), fixed gradients. For each optimizer,
 steps are timed interleaved (rotating order, so machine load hits all alike); inside every
 step the transaction's check (``StepTransaction.all_finite``: one sum per new state tensor
-and update, one host read) and its commit (state swap + the parameter writes, which any
+and update, one host read; for buckets on the fused path, ``fused.admit``: one max |x| per
+gradient) and its commit (state swap + the parameter writes, which any
 optimizer does) are timed too. Reported: median step time, the check's and the swap's share
 of it, and for reference a gradient-only check (one sum per gradient) timed in the same loop.
 
@@ -26,7 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from optimizer_step import gpt_builders, gpt_params, gpt_shapes  # noqa: E402
 
+import importlib  # noqa: E402
+
 from modnorm.optim import transaction  # noqa: E402
+
+optimizer_module = importlib.import_module("modnorm.optim.optimizer")  # (``modnorm.optim.optimizer`` is the factory)
 
 TIMES: dict[str, float] = {}
 
@@ -41,8 +46,8 @@ def _timed(name: str, fn):
     return wrapper
 
 
-PATCHES = ((transaction.StepTransaction, "all_finite", "check"), (transaction.StepTransaction, "commit", "commit"),
-           (transaction.PendingWrite, "apply", "write"))
+PATCHES = ((transaction.StepTransaction, "all_finite", "check"), (optimizer_module, "admit", "check"),
+           (transaction.StepTransaction, "commit", "commit"), (transaction.PendingWrite, "apply", "write"))
 
 
 def grad_check(params) -> bool:

@@ -62,6 +62,7 @@ from .recipe import DTYPES, Recipe, infer_geometry
 from .step_size import Direction, Scaling, StepSizeStage, group_stage, stage_inputs, stage_loss
 from .update_stages import schedule_free_swap
 from .state_io import GROUP_KEYS, NS_AUTO_KEY, NS_PRODUCTS_KEY, PRESET_KEY, SKIPPED_KEY, check_loadable, checked_ns_choices, is_runtime, portable
+from .fused import Bounds, FusedStep, admit, advance, plan_fused
 from .transaction import PendingWrite, StepTransaction
 from .update import BucketStep, compiled_update_bucket, momentum_implied, update_bucket
 
@@ -135,6 +136,7 @@ class ModnormOptimizer(Optimizer):
         self._forget_plans()
         self._ns_auto: dict[str, str] = {}  # "device type:param dtype:size class" → what ns_dtype="auto" resolved to
         self._ns_products = ProductChoices()  # "device:compute dtype:count×n×m" → what ns_products="auto" resolved to
+        self._bounds: Bounds = {}  # running bounds of the fused steps' state (fused.py)
         defaults = validate_hyperparameters(self._preset, hyperparameters).model_dump()
         super().__init__(params, defaults)
         self._warn_overridden()
@@ -247,6 +249,7 @@ class ModnormOptimizer(Optimizer):
         self._compiled = {}
         self._ns_auto = state.get("_ns_auto", getattr(self, "_ns_auto", {}))
         self._ns_products = state.get("_ns_products", getattr(self, "_ns_products", None)) or ProductChoices()
+        self._bounds = {}  # the fused steps' running bounds belong to the state tensors they were made for
 
     @property
     def ns_dtype_auto(self) -> dict[str, str]:
@@ -299,7 +302,8 @@ class ModnormOptimizer(Optimizer):
         """torch's load_state_dict after ``state_io.check_loadable`` (another preset's state, or state
         that does not fit, is refused with nothing changed); keeps this optimizer's runtime
         hyperparameters and fp32 state of 16-bit parameters (torch casts it to the parameter's dtype),
-        and adopts the saved ns_dtype="auto" choices (they replace this machine's)."""
+        and adopts the saved ns_dtype="auto" choices (they replace this machine's). The state is copied:
+        stepping this optimizer never writes into ``state_dict``'s tensors (nor the reverse)."""
         check_loadable(self, state_dict, self._expected_state())
         saved_auto = checked_ns_choices(state_dict.get(NS_AUTO_KEY, {}))
         saved_forms = checked_choices(state_dict.get(NS_PRODUCTS_KEY, {}))
@@ -325,6 +329,8 @@ class ModnormOptimizer(Optimizer):
                     self.state[p][k] = v.clone()
                 elif p.dtype != self._state_dtype(p):
                     self.state[p][k] = v.to(device=p.device, dtype=self._state_dtype(p), copy=True)
+                elif self.state[p][k] is v:  # torch keeps the dict's own tensor: the fused steps write in place
+                    self.state[p][k] = v.clone()
         self._forget_plans()
 
     # ------------------------------------------------------------------ step
@@ -370,8 +376,9 @@ class ModnormOptimizer(Optimizer):
         collected: list[Direction] | None = [] if stage is not None and not stage.runs_before else None
         txn = StepTransaction()
         failure: BaseException | None = None
+        fused: list[FusedStep] = []
         try:
-            jobs = self._prepare(txn, stage)
+            jobs, fused = self._prepare(txn, stage)
             scaling = stage.prepare(stage_inputs(jobs, self._state_dtype), self.state.values()) if stage is not None and stage.runs_before else None
             for members, t, lr, maximize in jobs:
                 self._update_bucket(members, t, lr, maximize, closure, loss, txn, collected, scaling)
@@ -383,6 +390,9 @@ class ModnormOptimizer(Optimizer):
             failure = e
         if failure is None and txn.all_finite():
             txn.commit(self.state)
+            advance(fused)
+            for step in reversed(fused):  # proven finite (fused.py): in place, once nothing can refuse the step
+                step.run(self.state, self._bounds)
             return
         bad = txn.bad_gradients()
         if self.nonfinite == "skip":
@@ -399,8 +409,10 @@ class ModnormOptimizer(Optimizer):
             "state dtype, overflow), or pass nonfinite='skip' to skip such steps."
         ) from failure
 
-    def _prepare(self, txn: StepTransaction, stage: StepSizeStage | None) -> list[tuple[list[tuple[Tensor, Plan, dict]], int, Any, bool]]:
-        """Resolve plans, open each parameter's shadow state and form the buckets (eager, never traced)."""
+    def _prepare(self, txn: StepTransaction, stage: StepSizeStage | None) -> tuple[list[tuple[list[tuple[Tensor, Plan, dict]], int, Any, bool]], list[FusedStep]]:
+        """Resolve plans and form the buckets (eager, never traced): (jobs, fused). A bucket that a
+        fused kernel can step in place, with a precondition that holds (``fused.py``), is in ``fused``;
+        every other bucket opens its parameters' shadow state in ``txn`` and is a job."""
         work = []
         for gi, group in enumerate(self.param_groups):
             items = [(i, p) for i, p in enumerate(group["params"]) if p.grad is not None and p.numel() > 0]
@@ -410,24 +422,21 @@ class ModnormOptimizer(Optimizer):
         # resolve every group first: hyperparameters changed to bad values fail before any update
         all_plans = [self._plans(gi, group) for gi, group, _ in work]
         lrs = [self._checked_lr(gi, group) for gi, group, _ in work]
-        jobs = []
+        buckets: list[tuple[list[tuple[Tensor, Plan, dict | None]], int, Any, bool]] = []
         for (gi, group, items), plans, lr in zip(work, all_plans, lrs):
-            buckets: dict[tuple, list[tuple[Tensor, Plan, dict]]] = defaultdict(list)
+            by_key: dict[tuple, list[tuple[Tensor, Plan, dict | None]]] = defaultdict(list)
             for i, p in items:
                 original = self.state.get(p) or None
-                if original is None:
-                    shadow: dict[str, Any] = {}
-                    self._init_state(p, plans[i], shadow, stage)
-                else:
-                    shadow = dict(original)
-                    if plans[i].precond.updates_in_place:  # it writes its tensors: give it copies
-                        shadow.update({k: v.clone() for k, v in original.items() if k not in RESERVED_STATE_KEYS and isinstance(v, Tensor)})
-                txn.open(p, plans[i].name, original, shadow)
-                t = int(shadow["step"]) + 1  # step lives on the CPU (torch's convention): no device sync
-                buckets[(plans[i].key, t)].append((p, plans[i], shadow))
-            for (_, t), members in buckets.items():
-                jobs.append((members, t, lr, bool(group["maximize"])))
-        return jobs
+                t = int(original["step"]) + 1 if original is not None else 1  # step lives on the CPU: no device sync
+                by_key[(plans[i].key, t)].append((p, plans[i], original))
+            buckets += [(members, t, lr, bool(group["maximize"])) for (_, t), members in by_key.items()]
+        fusable = stage is None and self._compile is False
+        candidates = [(plan_fused(*b, self._state_dtype, self._init_state, self._bounds) if fusable else None, b) for b in buckets]
+        admitted, _ = admit([f for f, _ in candidates if f is not None])
+        taken = {id(f) for f in admitted}
+        init = lambda p, plan, shadow: self._init_state(p, plan, shadow, stage)  # noqa: E731
+        jobs = [(txn.open_bucket(members, init), t, lr, maximize) for f, (members, t, lr, maximize) in candidates if id(f) not in taken]
+        return jobs, admitted
 
     def _checked_lr(self, gi: int, group: dict[str, Any]) -> Any:
         """The group's lr, validated again (a scheduler or the user may have set it after construction)."""

@@ -21,12 +21,26 @@ Any other exception propagates with nothing changed.
 
 Cost: the check reads every new state tensor once more (a sum), and peak memory holds
 the old and the new state of one step together (about twice the optimizer state).
+
+Fast path (``fused.py``): a bucket whose rule is exactly torch's fused Adam, AdamW, Adagrad
+or SGD kernel does not compute aside. Before anything is computed, one batched reduction
+reads max |x| of its gradients (of its parameters too with coupled weight decay; of
+Adagrad's sum and SGD's buffer when no running bound is known) and checks a precondition
+that proves the in-place step finite from any finite state: per parameter a = max|g| +
+λ·max|W| ≤ M/4 (M the dtype's largest value), for Adam a ≤ √M/4 with 1 − β2 ≥ 64·eps
+(then β2·V + (1−β2)·g² < M), for Adagrad and SGD a running bound on the sum or buffer
+after the step ≤ M/4. NaN and ±inf fail it. The bucket's kernel then runs in place *after*
+this transaction commits (so another bucket's failure still leaves it untouched); a bucket
+whose precondition fails is computed here as before, and refused or skipped as before.
+What the fast path assumes — finite state that only the optimizer writes — and when it
+is not taken (global step-size stages, trust ratios, schedule-free, DTensor shards,
+accelerators, state dtype ≠ parameter dtype, ``compile``) is in ``fused.py``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +49,7 @@ from torch import Tensor
 
 from ..distributed.layout import is_dtensor
 from ..distributed.sharded_norm import to_local
+from .preconditioner import RESERVED_STATE_KEYS
 
 __all__ = ["PendingWrite", "StepTransaction"]
 
@@ -119,6 +134,24 @@ class StepTransaction:
         entry.before = {k: id(v) for k, v in shadow.items()}
         self.entries[id(param)] = entry
         return shadow
+
+    def open_bucket(self, members: Sequence[tuple[Tensor, Any, dict[str, Any] | None]],
+                    init_state: Callable[[Tensor, Any, dict[str, Any]], None]) -> list[tuple[Tensor, Any, dict[str, Any]]]:
+        """Open a bucket's shadow states: (parameter, plan, state or None) → (parameter, plan, shadow).
+        A first step's shadow is filled by ``init_state``; a shadow shares the state's tensors, except
+        for a preconditioner that updates in place (``plan.precond.updates_in_place``), which gets copies."""
+        opened = []
+        for p, plan, original in members:
+            if original is None:
+                shadow: dict[str, Any] = {}
+                init_state(p, plan, shadow)
+            else:
+                shadow = dict(original)
+                if plan.precond.updates_in_place:
+                    shadow.update({k: v.clone() for k, v in original.items() if k not in RESERVED_STATE_KEYS and isinstance(v, Tensor)})
+            self.open(p, plan.name, original, shadow)
+            opened.append((p, plan, shadow))
+        return opened
 
     def bind_work(self, param: Tensor, work: dict[str, Any]) -> None:
         """The pipeline of a DTensor parameter writes local shards into ``work``."""
