@@ -90,15 +90,16 @@ def abs_maxima(tensors: Sequence[Tensor]) -> list[float]:
     """max |x| of each tensor (NaN for a tensor holding a NaN), read in one batch."""
     if not tensors:
         return []
-    lo, hi = zip(*(torch.aminmax(t) for t in tensors))
-    return torch.maximum(torch.stack(hi), torch.stack(lo).neg()).tolist()
+    return torch.stack([x for t in tensors for x in torch.aminmax(t)]).view(-1, 2).abs().amax(1).tolist()
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
 
 
-def _usable(t: Tensor, dtype: torch.dtype) -> bool:
-    return type(t) in _PLAIN and t.is_cpu and t.dtype == dtype and t.layout == torch.strided and t.is_contiguous()
+def _usable(tensors: Sequence[Tensor], dtype: torch.dtype) -> bool:
+    """Dense contiguous CPU tensors of ``dtype`` (no subclass such as DTensor): what the kernels take."""
+    strided = torch.strided
+    return all(type(t) in _PLAIN and t.is_cpu and t.dtype == dtype and t.layout == strided and t.is_contiguous() for t in tensors)
 
 
 Bounds = dict[int, tuple[Any, float]]
@@ -138,7 +139,7 @@ class FusedStep:
         grads = [p.grad.view(1) if p.ndim == 0 else p.grad for p in params]
         dtype = params[0].dtype
         tensors = views + grads + [v for s in states for k, v in s.items() if k != "step" and isinstance(v, Tensor)]
-        if not all(_usable(t, dtype) for t in tensors) or any(g.shape != v.shape for g, v in zip(grads, views)):
+        if not _usable(tensors, dtype) or any(g.shape != v.shape for g, v in zip(grads, views)):
             return None
         if not all(math.isfinite(lr * s) and s > 0 for s in step_scales) or not all(math.isfinite(b) for b in decay_budgets):
             return None
