@@ -96,10 +96,13 @@ def abs_maxima(tensors: Sequence[Tensor]) -> list[float]:
 _PLAIN = (Tensor, torch.nn.Parameter)
 
 
-def _usable(tensors: Sequence[Tensor], dtype: torch.dtype) -> bool:
-    """Dense contiguous CPU tensors of ``dtype`` (no subclass such as DTensor): what the kernels take."""
-    strided = torch.strided
-    return all(type(t) in _PLAIN and t.is_cpu and t.dtype == dtype and t.layout == strided and t.is_contiguous() for t in tensors)
+def _usable(params: Sequence[Tensor], grads: Sequence[Tensor], states: Sequence[dict[str, Any]]) -> bool:
+    """Dense contiguous CPU tensors of one dtype (no subclass such as DTensor): what the kernels take.
+    (State tensors are made like their parameter, or moved to its device and dtype when loaded.)"""
+    dtype = params[0].dtype
+    return (all(type(p) in _PLAIN and p.is_cpu and p.dtype == dtype and p.is_contiguous() for p in params)
+            and all(g.is_cpu and g.dtype == dtype and g.is_contiguous() and g.shape == p.shape for g, p in zip(grads, params))
+            and all(v.is_cpu and v.dtype == dtype and v.is_contiguous() for s in states for k, v in s.items() if k != "step" and isinstance(v, Tensor)))
 
 
 Bounds = dict[int, tuple[Any, float]]
@@ -137,9 +140,7 @@ class FusedStep:
         factor is not finite."""
         views = [p.view(1) if p.ndim == 0 else p for p in params]
         grads = [p.grad.view(1) if p.ndim == 0 else p.grad for p in params]
-        dtype = params[0].dtype
-        tensors = views + grads + [v for s in states for k, v in s.items() if k != "step" and isinstance(v, Tensor)]
-        if not _usable(tensors, dtype) or any(g.shape != v.shape for g, v in zip(grads, views)):
+        if not _usable(views, grads, states):
             return None
         if not all(math.isfinite(lr * s) and s > 0 for s in step_scales) or not all(math.isfinite(b) for b in decay_budgets):
             return None
