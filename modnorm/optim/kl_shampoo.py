@@ -71,6 +71,7 @@ class KLShampoo(Preconditioner):
 
     updates_in_place = False
     covers_gradient = True
+    exact_state = frozenset({"Qa", "Qb", "la", "lb", "la_step", "lb_step"})  # eigenbases and eigenvalues: never rounded to 16 bits
 
     def __init__(
         self,

@@ -6,7 +6,9 @@ A step runs in three phases:
    parameters' state; fresh state for a parameter's first step). The built-in stages
    assign new tensors to the shadow keys instead of writing in place (a preconditioner
    with ``updates_in_place = True`` gets copies of its own tensors); the parameter
-   change of every bucket is kept as a ``PendingWrite``;
+   change of every bucket is kept as a ``PendingWrite``; 16-bit state (``low_precision``)
+   is upcast when a shadow is opened and each bucket's new state is rounded back to its
+   storage dtype (``store``) as soon as the bucket is computed;
 2. **check** — one reduction over every new state tensor and every update direction
    (a sum per tensor on the CPU, ``torch._foreach_norm`` on accelerators), stacked and
    read with one host synchronization per device;
@@ -26,7 +28,7 @@ the old and the new state of one step together (about twice the optimizer state)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,8 +95,10 @@ class _Entry:
     original: dict[str, Any] | None  # the committed state (None on the first step)
     shadow: dict[str, Any]
     work: dict[str, Any]  # == shadow, or the local-shard view of it (DTensor parameters)
-    before: dict[str, int] = field(default_factory=dict)  # id of each work value before the step
+    before: dict[str, int | None] = field(default_factory=dict)  # id of each work value before the step
     implied: str | None = None  # a state key the check skips (see ``update.momentum_implied``)
+    low: frozenset[str] = frozenset()  # keys stored in 16 bits (``low_precision``), computed in a wider dtype
+    round: Callable[[str, Tensor], Tensor] | None = None  # key, new value → the value to store
 
     def changed(self) -> list[tuple[str, Tensor]]:
         return [(k, v) for k, v in self.work.items() if isinstance(v, Tensor) and self.before.get(k) != id(v)]
@@ -114,11 +118,26 @@ class StepTransaction:
 
     # ------------------------------------------------------------------ compute phase
 
-    def open(self, param: Tensor, label: str, original: dict[str, Any] | None, shadow: dict[str, Any]) -> dict[str, Any]:
-        entry = _Entry(param, label, original, shadow, shadow)
+    def open(self, param: Tensor, label: str, original: dict[str, Any] | None, shadow: dict[str, Any],
+             low: frozenset[str] = frozenset(), round: Callable[[str, Tensor], Tensor] | None = None) -> dict[str, Any]:
+        """Register a parameter's shadow state; ``low``: its keys stored in 16 bits (the shadow holds
+        them upcast), written back through ``round`` by ``store``."""
+        entry = _Entry(param, label, original, shadow, shadow, low=low, round=round)
         entry.before = {k: id(v) for k, v in shadow.items()}
         self.entries[id(param)] = entry
         return shadow
+
+    def store(self, params: Sequence[Tensor]) -> None:
+        """Round the new 16-bit state of ``params`` to its storage dtype (their bucket is computed).
+        Every 16-bit key is rounded, written or not (in place or by assignment): a value the step
+        left on the storage grid rounds to itself."""
+        for p in params:
+            e = self.entries[id(p)]
+            if e.round is None:
+                continue
+            for k in e.low:
+                e.work[k] = e.round(k, e.work[k])
+                e.before[k] = None  # checked (the id of a freed copy could be reused)
 
     def bind_work(self, param: Tensor, work: dict[str, Any]) -> None:
         """The pipeline of a DTensor parameter writes local shards into ``work``."""
