@@ -170,10 +170,16 @@ def _split(params: list, hidden: set[str]) -> tuple[list, list]:
     return [p for n, p in params if n in hidden], [p for n, p in params if n not in hidden]
 
 
-def gpt_builders(shapes: list) -> dict[str, Callable]:
-    hidden = {n for n, _, r in shapes if r == "hidden"}
+def gpt_geometries(shapes: list) -> dict[str, Geometry]:
+    """The embedding's and the head's geometries (the hidden matrices' is inferred from their rank)."""
     geometries = {n: Geometry(ColNorm(layout="embedding"), role="embedding") for n, _, r in shapes if r == "embedding"}
     geometries.update({n: Geometry(RowNorm(), role="head") for n, _, r in shapes if r == "head"})
+    return geometries
+
+
+def gpt_builders(shapes: list) -> dict[str, Callable]:
+    hidden = {n for n, _, r in shapes if r == "hidden"}
+    geometries = gpt_geometries(shapes)
 
     def mn(preset: str, **hp: Any) -> Callable:
         return lambda ps: [modnorm.ModnormOptimizer(ps, preset, geometries=geometries, **hp)]

@@ -334,3 +334,18 @@ def test_dtensor_parameters_with_16_bit_state_are_refused(tmp_path):
         modnorm.optimizer([("w", w)], "adamw")  # fp32 state: fine
     finally:
         dist.destroy_process_group()
+
+
+def test_bfloat16_parameters_with_bfloat16_state_compute_in_float32():
+    """A 16-bit state_dtype is a storage format for 16-bit parameters too: the first step (fresh
+    state) equals the float32-state step, and the state is stored in bfloat16."""
+    torch.manual_seed(0)
+    w = torch.randn(5, 4, dtype=torch.bfloat16, requires_grad=True)
+    ref = w.detach().clone().requires_grad_()
+    opt = modnorm.optimizer([w], "adamw", state_dtype="bfloat16", lr=0.1)
+    opt32 = modnorm.optimizer([ref], "adamw", lr=0.1)  # bf16 parameters: float32 state by default
+    w.grad = torch.randn(5, 4, dtype=torch.bfloat16)
+    ref.grad = w.grad.clone()
+    opt.step()
+    opt32.step()
+    assert torch.equal(w, ref) and opt.state[w]["exp_avg"].dtype == torch.bfloat16 and opt32.state[ref]["exp_avg"].dtype == torch.float32
