@@ -7,13 +7,12 @@ each on its own copy of the weights; after ``--warmup`` steps, ``--repeats`` rou
 step of every contender in a rotating order (interleaved: machine load hits all alike).
 Reported: median ms / step, its ratio to the float32-state step, and the state's bytes.
 
-    python benchmarks/state_dtype_step.py --quick
+    python benchmarks/state_dtype_step.py --quick --out /tmp/state_dtype.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from optimizer_step import gpt_geometries, gpt_params, gpt_shapes  # noqa: E402
+from optimizer_step import gpt_geometries, gpt_params, gpt_shapes, gpt_step_arguments, write_result  # noqa: E402
 
 import modnorm  # noqa: E402
 from modnorm.table import markdown_table  # noqa: E402
@@ -66,22 +65,11 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--width", type=int, default=128)
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--vocab", type=int, default=256)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--quick", action="store_true", help="width 64, 3 repeats")
-    ap.add_argument("--out", type=str, default=None, help="write the results as JSON here")
-    args = ap.parse_args()
-    if args.quick:
-        args.width, args.repeats = 64, 3
+    args = gpt_step_arguments(__doc__)
     result = measure(args)
     rows = [[n, r["step_ms"], r["vs_float32"], r["state_bytes"] / 2**20] for n, r in result["results"].items()]
     print(markdown_table(["optimizer / state", "ms / step", "× float32 state", "state MiB"], rows))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+    write_result(args.out, "state_dtype_step", result)
 
 
 if __name__ == "__main__":

@@ -125,8 +125,9 @@ def test_char_gpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_state_dtype_step_quick(tmp_path: Path) -> None:
     import state_dtype_step
+    from optimizer_step import gpt_step_arguments
 
-    args = type("Args", (), {"width": 32, "layers": 1, "vocab": 16, "warmup": 1, "repeats": 1})()
+    args = gpt_step_arguments("t", ["--width", "32", "--layers", "1", "--vocab", "16", "--warmup", "1", "--repeats", "1"])
     results = state_dtype_step.measure(args)["results"]
     assert set(results) == {f"{p} / {s}" for p in state_dtype_step.PRESETS for s in state_dtype_step.SETTINGS}
     for preset in state_dtype_step.PRESETS:  # 16-bit state: half the bytes
