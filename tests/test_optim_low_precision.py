@@ -349,3 +349,17 @@ def test_bfloat16_parameters_with_bfloat16_state_compute_in_float32():
     opt.step()
     opt32.step()
     assert torch.equal(w, ref) and opt.state[w]["exp_avg"].dtype == torch.bfloat16 and opt32.state[ref]["exp_avg"].dtype == torch.float32
+
+
+def test_default_seed_is_the_same_in_every_process():
+    """Replicas seeded differently (torch.manual_seed(seed + rank)) round alike: the default seed is 0."""
+    states = []
+    for rank in range(2):
+        torch.manual_seed(100 + rank)
+        w = torch.ones(50, requires_grad=True)
+        opt = modnorm.optimizer([w], "adamw", state_dtype="bfloat16")
+        w.grad = torch.full((50,), 0.1234567)
+        opt.step()
+        states.append(opt.state[w]["exp_avg_sq"])
+        assert opt.rounding_seed == 0
+    assert torch.equal(*states) and len(states[0].unique()) == 2  # both neighbours occur, at the same entries

@@ -124,7 +124,7 @@ def optimizer(
         state_dtype: optimizer-state dtype (None: fp32 for 16-bit parameters); "bfloat16"/"float16"
             store the state in 16 bits and compute steps in float32 (``modnorm.optim.low_precision``).
         state_rounding, rounding_seed: how 16-bit state is rounded ("stochastic" or "nearest") and the
-            seed of stochastic rounding (default: from ``torch.initial_seed()``).
+            seed of stochastic rounding (default 0, the same in every process).
         compile: torch.compile each bucket's update (True or torch.compile options).
         **hyperparameters: the preset's hyperparameters.
     """

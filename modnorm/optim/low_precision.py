@@ -20,9 +20,10 @@ Rounding x to the storage grid, with x_lo ≤ x ≤ x_hi its two neighbours ther
 Randomness: counter-based. The noise of (parameter i, state key k, step t) comes from a
 generator on the tensor's device seeded with mix(seed, i, crc32(k), t): it never touches the
 global torch RNG, does not depend on bucketing or on the order of the work, and a refused or
-skipped step consumes nothing. ``seed`` (drawn once from the global RNG at construction unless
-given) is the whole RNG state: it travels in ``state_dict`` with the step counters, so a
-resumed run rounds bitwise like an uninterrupted one.
+skipped step consumes nothing. ``seed`` (``rounding_seed``, default 0: the same in every process,
+so data-parallel replicas that were seeded differently still round alike) is the whole RNG
+state: it travels in ``state_dict`` with the step counters, so a resumed run rounds bitwise
+like an uninterrupted one.
 
 Which state is stored in 16 bits: every floating state tensor with at least one dimension —
 moments and statistics, which are accumulated (EMAs, sums, maxima) — except the keys a stage
@@ -54,7 +55,7 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 _MASK64 = (1 << 64) - 1
 
 
-def state_storage(state_dtype: Any, rounding: Any, seed: Any) -> tuple[str | None, StateStorage | None]:
+def state_storage(state_dtype: Any, rounding: Any, seed: int | None = None) -> tuple[str | None, StateStorage | None]:
     """The optimizer's options checked (ValueError naming the option): ``state_dtype`` as a dtype
     name (a ``torch.dtype`` is accepted), and the ``StateStorage`` of a 16-bit one (else None)."""
     if isinstance(state_dtype, torch.dtype):
@@ -67,7 +68,7 @@ def state_storage(state_dtype: Any, rounding: Any, seed: Any) -> tuple[str | Non
         raise ValueError(f"rounding_seed must be None or an int ≥ 0, got {seed!r}")
     if state_dtype is None or DTYPES[state_dtype] not in LOW_PRECISION:
         return state_dtype, None
-    return state_dtype, StateStorage(DTYPES[state_dtype], rounding, mix_seed(torch.initial_seed()) if seed is None else seed)
+    return state_dtype, StateStorage(DTYPES[state_dtype], rounding, 0 if seed is None else seed)
 
 
 def compute_dtype(param_dtype: torch.dtype, state_dtype: torch.dtype | None) -> torch.dtype:

@@ -88,8 +88,8 @@ class ModnormOptimizer(LowPrecisionState, Optimizer):
             and the parameter's dtype otherwise. "bfloat16"/"float16" store the state in 16
             bits and compute in float32 (``low_precision.py``: which state stays wider).
         state_rounding: how 16-bit state is written: "stochastic" (unbiased, default) or "nearest".
-        rounding_seed: seed of stochastic rounding (default: from ``torch.initial_seed()``;
-            the global RNG is never drawn from); saved in ``state_dict``.
+        rounding_seed: seed of stochastic rounding (default 0, the same in every process; the
+            global RNG is never drawn from); saved in ``state_dict``.
         compile: torch.compile each bucket's update (True, or a dict of torch.compile
             options such as ``{"backend": "aot_eager"}``); lr enters as a 0-d tensor, so
             lr schedules do not recompile. DTensor buckets and Hessian preconditioners stay eager.
