@@ -363,3 +363,12 @@ def test_default_seed_is_the_same_in_every_process():
         states.append(opt.state[w]["exp_avg_sq"])
         assert opt.rounding_seed == 0
     assert torch.equal(*states) and len(states[0].unique()) == 2  # both neighbours occur, at the same entries
+
+
+def test_meta_parameters_step_with_bfloat16_state():
+    """Shapes only: no generator on the meta device (regression: creating one raised)."""
+    w = torch.empty(4, 3, device="meta", requires_grad=True)
+    opt = modnorm.optimizer([w], "adamw", state_dtype="bfloat16")
+    w.grad = torch.empty(4, 3, device="meta")
+    opt.step()
+    assert opt.state[w]["exp_avg"].dtype == torch.bfloat16 and opt.state[w]["exp_avg"].is_meta

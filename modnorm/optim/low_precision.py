@@ -134,7 +134,7 @@ class StateStorage:
         """x in the storage dtype; the noise of stochastic rounding depends only on (seed, index, key, step)."""
         if x.dtype == self.dtype:
             return x
-        if self.rounding == "nearest":
+        if self.rounding == "nearest" or x.device.type == "meta":  # meta tensors hold no values
             return x.to(self.dtype)
         g = self._generator(x.device)
         g.manual_seed(mix_seed(self.seed, index, zlib.crc32(key.encode()), step))
