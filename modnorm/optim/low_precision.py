@@ -29,7 +29,7 @@ Which state is stored in 16 bits: every floating state tensor with at least one 
 moments and statistics, which are accumulated (EMAs, sums, maxima) — except the keys a stage
 lists in ``exact_state``: results of a decomposition that must keep their structure
 (eigenbases must stay orthogonal: SOAP/SPlus ``QL``/``QR``, KFAC ``kfac_QA``/``kfac_QS``,
-KL-Shampoo ``Qa``/``Qb``, with their eigenvalues; Shampoo's inverse roots ``L_inv``/``R_inv``)
+KL-Shampoo ``Qa``/``Qb``, with their eigenvalues; Shampoo's inverse roots ``A_inv_root``/``B_inv_root``)
 and copies of the parameters (schedule-free ``z``, Prodigy's ``prodigy_x0``). Those, and 0-d
 scalars, stay in the compute dtype.
 """

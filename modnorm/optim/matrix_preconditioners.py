@@ -180,7 +180,7 @@ class Shampoo(Preconditioner):
 
     updates_in_place = False
     covers_gradient = True
-    exact_state = frozenset({"L_inv", "R_inv"})  # inverse roots: recomputed from A, B, not accumulated
+    exact_state = frozenset({"A_inv_root", "B_inv_root"})  # inverse roots: recomputed from A, B, not accumulated
 
     def __init__(
         self,
