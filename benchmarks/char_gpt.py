@@ -35,6 +35,7 @@ from gpt_modnorm import GPT, GPTConfig  # noqa: E402
 # muadam: the best of a ×2 lr grid at 500 iterations (3e-3 … 3.75e-4, docs/benchmarks.md), route 1e-3.
 METHODS: dict[str, dict[str, Any]] = {
     "torch:adamw": {"lr": 1e-3, "betas": (0.9, 0.99), "weight_decay": 0.1},
+    "adamw": {"lr": 1e-3, "betas": (0.9, 0.99), "weight_decay": 0.1},
     "torch:muon": {"lr": 0.02, "weight_decay": 0.1, "adamw_lr": 1e-3, "adamw_betas": (0.9, 0.99), "adamw_params": ("wte", "wpe", "lm_head")},
     "muon": {"lr": 0.02, "weight_decay": 0.1, "adamw_lr_ratio": 0.05, "adamw_betas": (0.9, 0.99), "adamw_weight_decay": 0.1},
     "muadam": {"lr": 7.5e-4, "betas": (0.9, 0.99), "adamw_lr_ratio": 1.33, "adamw_betas": (0.9, 0.99)},
@@ -46,6 +47,7 @@ METHODS: dict[str, dict[str, Any]] = {
     # Polyak step (f* = 0, lr = fraction of the gap), Adam-SANIA on embedding/head/vectors (same degree)
     "muadam_sania+polyak": {"lr": 0.1, "betas": (0.9, 0.99), "weight_decay": 0.0, "routed_rule": "adam_sania", "adamw_betas": (0.9, 0.99)},
 }
+DEFAULT_METHODS = [m for m in METHODS if m != "adamw"]  # modnorm's adamw is torch's (bitwise): run it by name, e.g. with --state-dtype
 
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -188,7 +190,7 @@ def main() -> None:
     p = common.parser(__doc__.splitlines()[0], "runs/bench")
     p.add_argument("--data", default=None, help=f"path of a UTF-8 text corpus (default: {default_data()}; tinyshakespeare: {TINYSHAKESPEARE_URL})")
     p.add_argument("--iters", type=int, default=None, help="training iterations per optimizer (default 2000; 4 with --quick)")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated subset of {','.join(METHODS)} (default: all but adamw)")
     p.add_argument("--lr", action="append", default=[], type=parse_override, help="override a learning rate, e.g. --lr muon=0.03 (repeatable)")
     p.add_argument("--set", action="append", default=[], type=parse_setting, dest="settings",
                    help="override any hyperparameter, VALUE as JSON, e.g. --set muon.budgets=false --set muon.adamw_lr_ratio=0.05 (repeatable)")
@@ -196,6 +198,9 @@ def main() -> None:
     p.add_argument("--eval-iters", type=int, default=20, help="validation batches per estimate (default 20, as nanoGPT's CPU recipe)")
     p.add_argument("--batch", type=int, default=12, help="batch size (default 12)")
     p.add_argument("--arch", choices=("modula", "gpt2"), default="modula", help="network: modula's GPT (examples/) or transformers' GPT-2 (default modula)")
+    p.add_argument("--state-dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="state_dtype of the modnorm optimizers (default: theirs, float32 here); bfloat16: 16-bit state, float32 steps")
+    p.add_argument("--state-rounding", default="stochastic", choices=("stochastic", "nearest"), help="rounding of 16-bit state (default stochastic)")
     p.add_argument("--timing", type=int, default=0, help="instead of training: time N interleaved iterations of every method (median ms / iter)")
     args = p.parse_args()
     out = common.setup(args)
@@ -213,6 +218,9 @@ def main() -> None:
         raise SystemExit(f"char_gpt: unknown --methods {unknown}; choose from {list(METHODS)}")
     overrides = dict(args.lr)
     hps = {m: {**METHODS[m], **{k: v for n, k, v in args.settings if n == m}, **({"lr": overrides[m]} if m in overrides else {})} for m in methods}
+    if args.state_dtype is not None:
+        storage = {"state_dtype": args.state_dtype, **({"state_rounding": args.state_rounding} if args.state_dtype != "float32" else {})}
+        hps = {m: {**hp, **storage} if not m.startswith("torch:") else hp for m, hp in hps.items()}
     if args.timing > 0:
         timed = time_interleaved(hps, cfg, train_ids, args)
         table = common.markdown_table(["optimizer", "median ms / iter", "× fastest"], [
@@ -232,7 +240,7 @@ def main() -> None:
         "validation loss": {common.PRETTY[m]: (r["val_curve"]["iter"], r["val_curve"]["val_loss"]) for m, r in results.items()},
     }
     common.plot_curves(out / "char_gpt.png", panels, xlabel="iteration", logy=False)
-    meta = {"arch": args.arch, "model": {k: getattr(cfg, k) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}, "iters": args.iters,
+    meta = {"arch": args.arch, "state_dtype": args.state_dtype, "state_rounding": args.state_rounding, "model": {k: getattr(cfg, k) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}, "iters": args.iters,
             "batch": args.batch, "eval_iters": args.eval_iters, "corpus_chars": len(train_ids) + len(val_ids), "published_nanogpt_val_loss_2000_iters": 1.88}
     common.finish(out, "char_gpt", {"config": meta, "results": results}, table, started, common.command_line())
 

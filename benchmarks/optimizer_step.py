@@ -174,10 +174,43 @@ def _split(params: list, hidden: set[str]) -> tuple[list, list]:
     return [p for n, p in params if n in hidden], [p for n, p in params if n not in hidden]
 
 
-def gpt_builders(shapes: list) -> dict[str, Callable]:
-    hidden = {n for n, _, r in shapes if r == "hidden"}
+def gpt_geometries(shapes: list) -> dict[str, Geometry]:
+    """The embedding's and the head's geometries (the hidden matrices' is inferred from their rank)."""
     geometries = {n: Geometry(ColNorm(layout="embedding"), role="embedding") for n, _, r in shapes if r == "embedding"}
     geometries.update({n: Geometry(RowNorm(), role="head") for n, _, r in shapes if r == "head"})
+    return geometries
+
+
+def gpt_step_arguments(doc: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """Options of the interleaved step benchmarks on the GPT-like set (step_check, state_dtype_step);
+    ``--quick``: width 64, 5 repeats, 1 warm-up."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--vocab", type=int, default=256)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--quick", action="store_true", help="width 64, 5 repeats")
+    ap.add_argument("--out", type=str, default=None, help="JSON file or directory")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.width, args.repeats, args.warmup = 64, 5, 1
+    return args
+
+
+def write_result(out: str | None, name: str, result: dict) -> None:
+    """``result`` as JSON at ``out`` (a file, or a directory that gets ``name``.json); nothing without ``out``."""
+    if out:
+        path = Path(out)
+        if path.is_dir() or not path.suffix:
+            path.mkdir(parents=True, exist_ok=True)
+            path = path / f"{name}.json"
+        path.write_text(json.dumps(result, indent=1))
+
+
+def gpt_builders(shapes: list) -> dict[str, Callable]:
+    hidden = {n for n, _, r in shapes if r == "hidden"}
+    geometries = gpt_geometries(shapes)
 
     def mn(preset: str, **hp: Any) -> Callable:
         return lambda ps: [modnorm.ModnormOptimizer(ps, preset, geometries=geometries, **hp)]

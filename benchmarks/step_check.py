@@ -14,7 +14,6 @@ of it, and for reference a gradient-only check (one sum per gradient) timed in t
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from optimizer_step import gpt_builders, gpt_params, gpt_shapes  # noqa: E402
+from optimizer_step import gpt_builders, gpt_params, gpt_shapes, gpt_step_arguments, write_result  # noqa: E402
 
 import importlib  # noqa: E402
 
@@ -101,28 +100,13 @@ def _measure(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--width", type=int, default=128)
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--vocab", type=int, default=256)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--quick", action="store_true", help="width 64, 5 repeats")
-    ap.add_argument("--out", type=str, default=None, help="JSON file or directory")
-    args = ap.parse_args()
-    if args.quick:
-        args.width, args.repeats, args.warmup = 64, 5, 1
+    args = gpt_step_arguments(__doc__)
     result = run(args)
     print("| optimizer | ms/step | check / step | state swap / step | gradient-only check / step |")
     print("|---|---|---|---|---|")
     for n, r in result["results"].items():
         print(f"| {n} | {r['step_ms']:.2f} | {r['check_fraction']:.1%} | {r['swap_fraction']:.1%} | {r['grad_check_fraction']:.1%} |")
-    if args.out:
-        path = Path(args.out)
-        if path.is_dir() or not path.suffix:
-            path.mkdir(parents=True, exist_ok=True)
-            path = path / "step_check.json"
-        path.write_text(json.dumps(result, indent=1))
+    write_result(args.out, "step_check", result)
 
 
 if __name__ == "__main__":

@@ -112,10 +112,27 @@ def test_char_gpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert run_quick("char_gpt", tmp_path, monkeypatch, "--methods", "muadam")["config"]["model"]["vocab_size"] == vocab  # the default --data
     import char_gpt
 
-    assert set(data["results"]) == set(char_gpt.METHODS)
+    assert set(data["results"]) == set(char_gpt.DEFAULT_METHODS) == set(char_gpt.METHODS) - {"adamw"}
     for r in data["results"].values():
         assert math.isfinite(r["final_val_loss"]) and r["final_val_loss"] < math.log(vocab) + 1.0
         assert common.is_finite_tree(r["train_curve"])
+    low = run_quick("char_gpt", tmp_path, monkeypatch, "--data", str(corpus), "--methods", "adamw,muon,torch:adamw", "--state-dtype", "bfloat16")
+    assert low["config"]["state_dtype"] == "bfloat16" and low["config"]["state_rounding"] == "stochastic"
+    assert low["results"]["adamw"]["hyperparameters"]["state_dtype"] == "bfloat16"
+    assert "state_dtype" not in low["results"]["torch:adamw"]["hyperparameters"]  # torch's optimizers keep theirs
+    assert all(math.isfinite(r["final_val_loss"]) for r in low["results"].values())
+
+
+def test_state_dtype_step_quick(tmp_path: Path) -> None:
+    import state_dtype_step
+    from optimizer_step import gpt_step_arguments
+
+    args = gpt_step_arguments("t", ["--width", "32", "--layers", "1", "--vocab", "16", "--warmup", "1", "--repeats", "1"])
+    results = state_dtype_step.measure(args)["results"]
+    assert set(results) == {f"{p} / {s}" for p in state_dtype_step.PRESETS for s in state_dtype_step.SETTINGS}
+    for preset in state_dtype_step.PRESETS:  # 16-bit state: half the bytes
+        assert results[f"{preset} / bfloat16 stochastic"]["state_bytes"] * 2 == results[f"{preset} / float32"]["state_bytes"] > 0
+        assert results[f"{preset} / float32"]["vs_float32"] == 1.0
 
 
 def test_char_gpt_gpt2_arch_and_timing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

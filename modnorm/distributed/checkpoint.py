@@ -102,8 +102,9 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, optimizer: t
     dcp.save(state, checkpoint_id=path)
     if _rank0():
         meta = {"optimizer": None if optimizer is None else optimizer_identity(optimizer, osd),
-                "ns_dtype_auto": getattr(optimizer, "ns_dtype_auto", None),  # DCP's optimizer state drops them
-                "ns_products_auto": getattr(optimizer, "ns_products_auto", None)}
+                "ns_dtype_auto": getattr(optimizer, "ns_dtype_auto", None),  # DCP's optimizer state drops these three
+                "ns_products_auto": getattr(optimizer, "ns_products_auto", None),
+                "rounding_seed": getattr(optimizer, "rounding_seed", None)}
         with open(os.path.join(path, META), "w") as f:
             json.dump(meta, f, indent=1)
     _barrier()
@@ -150,3 +151,5 @@ def load_checkpoint(path: str | os.PathLike[str], model: nn.Module, optimizer: t
         optimizer.set_ns_dtype_auto(meta["ns_dtype_auto"])  # the saved Newton–Schulz dtypes, not this machine's
     if meta.get("ns_products_auto") and hasattr(optimizer, "set_ns_products_auto"):
         optimizer.set_ns_products_auto(meta["ns_products_auto"])  # and product forms
+    if meta.get("rounding_seed") is not None and getattr(optimizer, "rounding_seed", None) is not None:
+        optimizer.rounding_seed = meta["rounding_seed"]  # 16-bit state: the saved stochastic-rounding seed

@@ -66,6 +66,8 @@ class OptimizerConfig(BaseModel):
     budgets: bool = False
     nonfinite: Literal["raise", "skip"] = "raise"
     state_dtype: Literal["float32", "float64", "bfloat16", "float16"] | None = None
+    state_rounding: Literal["stochastic", "nearest"] = "stochastic"
+    rounding_seed: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _validate(self) -> OptimizerConfig:

@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..rules import LayerRules
@@ -96,7 +97,9 @@ def optimizer(
     config: OptimizerConfig | str | dict[str, Any] | None = None,
     budgets: bool = False,
     nonfinite: str = "raise",
-    state_dtype: str | None = None,
+    state_dtype: str | torch.dtype | None = None,
+    state_rounding: str = "stochastic",
+    rounding_seed: int | None = None,
     compile: bool | dict[str, Any] = False,
     **hyperparameters: Any,
 ) -> ModnormOptimizer:
@@ -111,14 +114,17 @@ def optimizer(
         rules, default, example_inputs: as in ``modnorm.network.analyze`` (rules for your layer
             types, a fallback geometry, inputs to capture the composition from a real forward).
         config: an ``OptimizerConfig`` (or its JSON text, or a dict); replaces ``preset``,
-            ``budgets``, ``nonfinite``, ``state_dtype`` and the hyperparameters.
+            ``budgets``, ``nonfinite``, the state options and the hyperparameters.
         budgets: scale each parameter's step by the model's modular budget (default False:
             every budget is 1). With budgets, each parameter steps with lr × budget (× the
             rule's lr_ratio), so the layers of a 3-layer MLP (budget 1/3 each) move 1/3 as
             far as torch.optim's with the same lr; ``modnorm.describe(opt)`` lists every
             parameter's effective lr.
         nonfinite: "raise" or "skip" on a non-finite gradient.
-        state_dtype: optimizer-state dtype (None: fp32 for 16-bit parameters).
+        state_dtype: optimizer-state dtype (None: fp32 for 16-bit parameters); "bfloat16"/"float16"
+            store the state in 16 bits and compute steps in float32 (``modnorm.optim.low_precision``).
+        state_rounding, rounding_seed: how 16-bit state is rounded ("stochastic" or "nearest") and the
+            seed of stochastic rounding (default 0, the same in every process).
         compile: torch.compile each bucket's update (True or torch.compile options).
         **hyperparameters: the preset's hyperparameters.
     """
@@ -132,6 +138,7 @@ def optimizer(
         elif not isinstance(config, OptimizerConfig):
             raise ConfigError(f"config must be an OptimizerConfig, its JSON text or a dict, got {type(config).__name__}")
         preset, budgets, nonfinite, state_dtype = config.preset, config.budgets, config.nonfinite, config.state_dtype
+        state_rounding, rounding_seed = config.state_rounding, config.rounding_seed
         hyperparameters = dict(config.hyperparameters)
     if isinstance(model_or_params, nn.Module):
         from ..network import analyze, unwrap
@@ -152,4 +159,5 @@ def optimizer(
         if param_groups is not None or rules is not None or default is not None or example_inputs is not None:
             raise ConfigError("param_groups=, rules=, default= and example_inputs= need the model as the first argument")
         geometries, table, params = {}, {}, _warn_if_model_parameters(model_or_params)
-    return ModnormOptimizer(params, preset, geometries=geometries, budgets=table, nonfinite=nonfinite, state_dtype=state_dtype, compile=compile, **hyperparameters)
+    return ModnormOptimizer(params, preset, geometries=geometries, budgets=table, nonfinite=nonfinite, state_dtype=state_dtype,
+                            state_rounding=state_rounding, rounding_seed=rounding_seed, compile=compile, **hyperparameters)

@@ -100,6 +100,7 @@ class KFAC(Preconditioner):
     """
 
     eager_only = True
+    exact_state = frozenset({"kfac_QA", "kfac_QS", "kfac_lamA", "kfac_lamS"})  # eigendecompositions: never rounded to 16 bits
 
     def __init__(self, model: nn.Module, damping: float = 1e-3, stat_decay: float = 0.95, update_freq: int = 10,
                  fisher: str = "empirical", form: str = "kfac", root_dtype: torch.dtype = torch.float32) -> None:

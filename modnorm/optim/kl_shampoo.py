@@ -71,6 +71,7 @@ class KLShampoo(Preconditioner):
 
     updates_in_place = False
     covers_gradient = True
+    exact_state = frozenset({"Qa", "Qb", "la", "lb"})  # eigenbases and eigenvalues: never rounded to 16 bits
 
     def __init__(
         self,
@@ -90,6 +91,8 @@ class KLShampoo(Preconditioner):
         self.beta2, self.eps, self.power, self.init = float(beta2), float(eps), float(power), float(init)
         self.precondition_frequency, self.root_dtype, self.reference = precondition_frequency, root_dtype, reference
         self.warmup_steps = 1 if reference else 0
+        if reference:
+            self.exact_state = KLShampoo.exact_state | {"la_step", "lb_step"}
 
     def init_state(self, param: Tensor, state_dtype: torch.dtype) -> State:
         _check_matrix("KLShampoo", param)

@@ -180,6 +180,7 @@ class Shampoo(Preconditioner):
 
     updates_in_place = False
     covers_gradient = True
+    exact_state = frozenset({"A_inv_root", "B_inv_root"})  # inverse roots: recomputed from A, B, not accumulated
 
     def __init__(
         self,
@@ -243,6 +244,7 @@ class _Eigenbasis(Preconditioner):
 
     updates_in_place = False
     covers_gradient = True
+    exact_state = frozenset({"QL", "QR"})  # eigenbases stay orthogonal: never rounded to 16 bits
 
     def __init__(self, shampoo_beta2: float | None, precondition_frequency: int, root_dtype: torch.dtype) -> None:
         _check_hp(type(self).__name__, shampoo_beta2, 0.0, precondition_frequency, root_dtype)

@@ -29,10 +29,14 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-__all__ = ["MomentumKind", "MOMENTUM_KINDS", "momentum_key", "init_momentum", "apply_momentum", "momentum_scale"]
+__all__ = ["EXACT_MOMENTUM_STATE", "MomentumKind", "MOMENTUM_KINDS", "momentum_key", "init_momentum", "apply_momentum", "momentum_scale"]
 
 MomentumKind = Literal["none", "heavy_ball", "nesterov", "ema", "ema_nesterov", "adam_ema", "lion", "schedule_free"]
 MOMENTUM_KINDS: tuple[str, ...] = get_args(MomentumKind)
+
+
+EXACT_MOMENTUM_STATE = frozenset({"z"})
+"""Momentum state kept in the compute dtype under 16-bit storage: schedule-free's z is an iterate (a copy of the parameter)."""
 
 
 def momentum_key(kind: str) -> str | None:

@@ -23,7 +23,9 @@ parameters, state_dict loadable with ``torch.load(weights_only=True)``, tensor l
 ``maximize``, closures, step hooks, lr schedulers, deepcopy. A parameter without a
 gradient is skipped and gets no state. Non-finite gradients raise before anything is
 modified (``nonfinite="raise"``) or skip the step and count it in ``skipped_steps``
-(``nonfinite="skip"``). 16-bit parameters keep fp32 state unless ``state_dtype`` says otherwise.
+(``nonfinite="skip"``). 16-bit parameters keep fp32 state unless ``state_dtype`` says otherwise;
+a 16-bit ``state_dtype`` is a storage format: steps compute in float32 and round every state
+write back, stochastically by default (``low_precision.py``).
 
 ``ns_dtype="auto"`` (the default of the Newton–Schulz presets) is resolved once per
 (device type, parameter dtype, matrix size class) with ``modnorm.polar_dtype.auto_dtype``;
@@ -47,6 +49,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..distributed.bucket import shard_bucket
+from ..distributed.layout import is_dtensor
 from ..geometry import Geometry
 from ..polar_dtype import auto_dtype, size_class
 from ..polar_products import ProductChoices, checked_choices
@@ -54,6 +57,7 @@ from .catalog import STEP_SIZES
 from .config import ConfigError, get_preset, validate_hyperparameters
 from .describe import lr_note, optimizer_overrides, optimizer_rows, optimizer_table
 from .hparams import require_nonneg
+from .low_precision import LowPrecisionState, state_storage
 from .momentum import init_momentum, momentum_key
 from .preconditioner import RESERVED_STATE_KEYS, StepContext
 from .presets import Preset, custom_recipe_preset
@@ -61,21 +65,18 @@ from .plan import Plan, PlanCache, build_plans
 from .recipe import DTYPES, Recipe, infer_geometry
 from .step_size import Direction, Scaling, StepSizeStage, group_stage, stage_inputs, stage_loss
 from .update_stages import schedule_free_swap
-from .state_io import GROUP_KEYS, NS_AUTO_KEY, NS_PRODUCTS_KEY, PRESET_KEY, SKIPPED_KEY, check_loadable, checked_ns_choices, is_runtime, portable
+from .state_io import GROUP_KEYS, NS_AUTO_KEY, NS_PRODUCTS_KEY, PRESET_KEY, SKIPPED_KEY, STORAGE_KEY, check_loadable, checked_ns_choices, is_runtime, portable
 from .fused import Bounds, FusedStep, admit, advance, plan_fused
 from .transaction import PendingWrite, StepTransaction
 from .update import BucketStep, compiled_update_bucket, momentum_implied, update_bucket
 
 __all__ = ["ModnormOptimizer"]
 
-_LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
 def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-class ModnormOptimizer(Optimizer):
+class ModnormOptimizer(LowPrecisionState, Optimizer):
     """Steepest descent in each parameter's (preconditioned) norm; see the module docstring.
 
     Args:
@@ -87,7 +88,11 @@ class ModnormOptimizer(Optimizer):
         budgets: name → budget (from ``modnorm.budgets(model)``); default 1.
         nonfinite: "raise" (default) or "skip".
         state_dtype: dtype of optimizer state; None keeps fp32 for 16-bit parameters
-            and the parameter's dtype otherwise.
+            and the parameter's dtype otherwise. "bfloat16"/"float16" store the state in 16
+            bits and compute in float32 (``low_precision.py``: which state stays wider).
+        state_rounding: how 16-bit state is written: "stochastic" (unbiased, default) or "nearest".
+        rounding_seed: seed of stochastic rounding (default 0, the same in every process; the
+            global RNG is never drawn from); saved in ``state_dict``.
         compile: torch.compile each bucket's update (True, or a dict of torch.compile
             options such as ``{"backend": "aot_eager"}``); lr enters as a 0-d tensor, so
             lr schedules do not recompile. DTensor buckets and Hessian preconditioners stay eager.
@@ -102,7 +107,9 @@ class ModnormOptimizer(Optimizer):
         geometries: dict[str, Geometry] | None = None,
         budgets: dict[str, float] | None = None,
         nonfinite: str = "raise",
-        state_dtype: str | None = None,
+        state_dtype: str | torch.dtype | None = None,
+        state_rounding: str = "stochastic",
+        rounding_seed: int | None = None,
         compile: bool | dict[str, Any] = False,
         **hyperparameters: Any,
     ) -> None:
@@ -114,8 +121,10 @@ class ModnormOptimizer(Optimizer):
             self._preset = get_preset(preset)
         if nonfinite not in ("raise", "skip"):
             raise ConfigError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
-        if state_dtype is not None and state_dtype not in DTYPES:
-            raise ConfigError(f"state_dtype must be None or one of {sorted(DTYPES)}, got {state_dtype!r}")
+        try:
+            state_dtype, self._storage = state_storage(state_dtype, state_rounding, rounding_seed)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         for label, table in (("geometries", geometries), ("budgets", budgets)):
             if table is not None and not isinstance(table, dict):
                 raise ConfigError(f"{label} must be a dict name → value, got {type(table).__name__}")
@@ -177,6 +186,9 @@ class ModnormOptimizer(Optimizer):
                 raise ConfigError(f"parameter {label!r} is complex; modnorm optimizers support real parameters only (view_as_real it)")
             if not p.is_floating_point():
                 raise ConfigError(f"parameter {label!r} has dtype {p.dtype}; only floating-point parameters can be optimized")
+            if self._stores_low(p) and is_dtensor(p):
+                raise ConfigError(f"parameter {label!r} is a DTensor (FSDP2): state_dtype={self.state_dtype!r} (16-bit state "
+                                  "computed in float32) runs on whole tensors only; use state_dtype=None for sharded parameters")
             geometry = self._geometries.get(name) or infer_geometry(tuple(p.shape))
             meta.append((label, geometry, self._budgets.get(name, 1.0)))
         self._meta.append(meta)
@@ -196,7 +208,7 @@ class ModnormOptimizer(Optimizer):
 
         def build() -> list[Plan]:
             recipe = self._preset.build(validate_hyperparameters(self._preset, hp, where=f", param group {gi}"))
-            return build_plans(recipe, self._meta[gi], group["params"], self._state_dtype, self._auto_ns_dtype, self._ns_products)
+            return build_plans(recipe, self._meta[gi], group["params"], self._storage_dtype, self._auto_ns_dtype, self._ns_products)
 
         return self._plan_cache.get(gi, hp, len(group["params"]), build)
 
@@ -217,11 +229,6 @@ class ModnormOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ state
 
-    def _state_dtype(self, p: Tensor) -> torch.dtype:
-        if self.state_dtype is not None:
-            return DTYPES[self.state_dtype]
-        return torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
-
     def _init_state(self, p: Tensor, plan: Plan, state: dict[str, Any], stage: StepSizeStage | None) -> None:
         dtype = self._state_dtype(p)
         view = p.detach().reshape(plan.shape)
@@ -237,7 +244,7 @@ class ModnormOptimizer(Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for k in ("_preset", "nonfinite", "state_dtype", "skipped_steps", "_geometries", "_budgets", "_meta", "_compile", "_eval_mode", "_ns_auto", "_ns_products"):
+        for k in ("_preset", "nonfinite", "state_dtype", "skipped_steps", "_geometries", "_budgets", "_meta", "_compile", "_eval_mode", "_ns_auto", "_ns_products", "_storage"):
             state[k] = getattr(self, k)
         return state
 
@@ -289,48 +296,47 @@ class ModnormOptimizer(Optimizer):
             for p, plan in zip(group["params"], self._plans(gi, group)):
                 if p.requires_grad and p.numel() and not self.state.get(p):
                     self._init_state(p, plan, self.state[p], stage)
+                    self._store_initial(p, plan, stage)
                     added.append(p)
         return added
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict, plus the preset's name and ``"ns_dtype_auto"`` (what ns_dtype="auto"
         resolved to), minus runtime hyperparameters (``state_io``)."""
+        extra = {STORAGE_KEY: self._storage.state_dict()} if self._storage is not None else {}
         return {**portable(super().state_dict(), self.preset, self.skipped_steps), NS_AUTO_KEY: dict(self._ns_auto),
-                NS_PRODUCTS_KEY: self.ns_products_auto}
+                NS_PRODUCTS_KEY: self.ns_products_auto, **extra}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load_state_dict after ``state_io.check_loadable`` (another preset's state, or state
         that does not fit, is refused with nothing changed); keeps this optimizer's runtime
-        hyperparameters and fp32 state of 16-bit parameters (torch casts it to the parameter's dtype),
-        and adopts the saved ns_dtype="auto" choices (they replace this machine's). The state is copied:
-        stepping this optimizer never writes into ``state_dict``'s tensors (nor the reverse)."""
+        hyperparameters and state dtypes (torch casts state to the parameter's dtype), adopts the
+        saved ns_dtype="auto" choices (they replace this machine's) and the saved rounding seed. The
+        state is copied: stepping this optimizer never writes into ``state_dict``'s tensors (nor the reverse)."""
         check_loadable(self, state_dict, self._expected_state())
         saved_auto = checked_ns_choices(state_dict.get(NS_AUTO_KEY, {}))
         saved_forms = checked_choices(state_dict.get(NS_PRODUCTS_KEY, {}))
         runtime = [{k: v for k, v in g.items() if is_runtime(v)} for g in self.param_groups]
-        super().load_state_dict({k: v for k, v in state_dict.items() if k not in (PRESET_KEY, SKIPPED_KEY, NS_AUTO_KEY, NS_PRODUCTS_KEY)})
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in (PRESET_KEY, SKIPPED_KEY, NS_AUTO_KEY, NS_PRODUCTS_KEY, STORAGE_KEY)})
+        if self._storage is not None and STORAGE_KEY in state_dict:
+            self.rounding_seed = state_dict[STORAGE_KEY]["seed"]
         self.skipped_steps = int(state_dict.get(SKIPPED_KEY, self.skipped_steps))
         for group, values in zip(self.param_groups, runtime):
             for k, v in values.items():
                 group.setdefault(k, v)
         self.set_ns_dtype_auto(saved_auto)
         self.set_ns_products_auto(saved_forms)
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
-        for p in params:  # torch keeps the dict's own step tensors; the step advances them in place
-            if isinstance(self.state.get(p, {}).get("step"), Tensor):
-                self.state[p]["step"] = self.state[p]["step"].clone()
-        for sid, p in zip(saved_ids, params):
-            saved = state_dict["state"].get(sid)
-            for k, v in (saved or {}).items():
-                if k == "step" or not (isinstance(v, Tensor) and v.is_floating_point()):
-                    continue
-                if v.ndim == 0 and v.dtype == torch.float64:  # a stage's CPU scalar (torch casts it to p's dtype)
-                    self.state[p][k] = v.clone()
-                elif p.dtype != self._state_dtype(p):
-                    self.state[p][k] = v.to(device=p.device, dtype=self._state_dtype(p), copy=True)
-                elif self.state[p][k] is v:  # torch keeps the dict's own tensor: the fused steps write in place
-                    self.state[p][k] = v.clone()
+        saved_ids = iter([i for g in state_dict["param_groups"] for i in g["params"]])
+        stage = group_stage(self.param_groups, STEP_SIZES)
+        for gi, group in enumerate(self.param_groups):
+            for p, plan in zip(group["params"], self._plans(gi, group)):
+                if isinstance(self.state.get(p, {}).get("step"), Tensor):  # torch keeps the dict's own step tensors; steps advance them in place
+                    self.state[p]["step"] = self.state[p]["step"].clone()
+                saved = state_dict["state"].get(next(saved_ids)) or {}
+                self._restore_dtypes(p, plan, stage, saved)
+                for k, v in saved.items():  # torch keeps the dict's own tensors: the fused steps write in place
+                    if k != "step" and isinstance(v, Tensor) and self.state[p].get(k) is v:
+                        self.state[p][k] = v.clone()
         self._forget_plans()
 
     # ------------------------------------------------------------------ step
@@ -423,6 +429,7 @@ class ModnormOptimizer(Optimizer):
         all_plans = [self._plans(gi, group) for gi, group, _ in work]
         lrs = [self._checked_lr(gi, group) for gi, group, _ in work]
         buckets: list[tuple[list[tuple[Tensor, Plan, dict | None]], int, Any, bool]] = []
+        index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
         for (gi, group, items), plans, lr in zip(work, all_plans, lrs):
             by_key: dict[tuple, list[tuple[Tensor, Plan, dict | None]]] = defaultdict(list)
             for i, p in items:
@@ -431,11 +438,12 @@ class ModnormOptimizer(Optimizer):
                 by_key[(plans[i].key, t)].append((p, plans[i], original))
             buckets += [(members, t, lr, bool(group["maximize"])) for (_, t), members in by_key.items()]
         fusable = stage is None and self._compile is False
-        candidates = [(plan_fused(*b, self._state_dtype, self._init_state, self._bounds) if fusable else None, b) for b in buckets]
+        candidates = [(plan_fused(*b, self._storage_dtype, self._init_state, self._bounds) if fusable else None, b) for b in buckets]
         admitted, _ = admit([f for f, _ in candidates if f is not None])
         taken = {id(f) for f in admitted}
         init = lambda p, plan, shadow: self._init_state(p, plan, shadow, stage)  # noqa: E731
-        jobs = [(txn.open_bucket(members, init), t, lr, maximize) for f, (members, t, lr, maximize) in candidates if id(f) not in taken]
+        storage = lambda p, plan, shadow, t: self._upcast(p, plan, stage, shadow, index[id(p)], t)  # noqa: E731
+        jobs = [(txn.open_bucket(members, t, init, storage), t, lr, maximize) for f, (members, t, lr, maximize) in candidates if id(f) not in taken]
         return jobs, admitted
 
     def _checked_lr(self, gi: int, group: dict[str, Any]) -> Any:
@@ -481,8 +489,9 @@ class ModnormOptimizer(Optimizer):
         out = fn(spec=spec, base=plan.norm, precond=precond, views=views, grads=grads, states=states, step=step, lr=lr,
                  maximize=maximize, state_dtype=self._state_dtype(params[0]), ctx=ctx, step_scales=[m[1].step_scale for m in members],
                  decay_budgets=[m[1].budget for m in members], sharded=sharded, collect=collect)
-        implied = momentum_key(plan.rule.momentum) if momentum_implied(plan.spec, plan.precond, self._state_dtype(params[0])) else None
+        implied = momentum_key(plan.rule.momentum) if momentum_implied(plan.spec, plan.precond, self._storage_dtype(params[0])) else None
         txn.add_write(PendingWrite(views, out.update, out.alpha, out.decay, out.divisor, out.fresh), out.checks, names, params, implied)
+        txn.store(params)
 
     # ------------------------------------------------------------------ schedule-free train/eval
 

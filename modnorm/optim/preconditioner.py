@@ -124,6 +124,9 @@ class Preconditioner:
     # the first ``warmup_steps`` steps of a parameter only feed ``update_many`` (with step ≤ 0):
     # no momentum, no update; later steps see the step count minus ``warmup_steps``
     warmup_steps: int = 0
+    # state keys kept in the compute dtype when the optimizer stores state in 16 bits
+    # (``low_precision``): decompositions of the statistics (eigenbases, inverse roots)
+    exact_state: frozenset[str] = frozenset()
 
     def init_state(self, param: Tensor, state_dtype: torch.dtype) -> State:
         """Allocate this preconditioner's statistics for one parameter (zeros, usually)."""

@@ -71,6 +71,7 @@ class Prodigy(StepSizeStage):
 
     runs_before = True
     state_keys = ("prodigy_s", "prodigy_x0", *_SCALARS)
+    exact_state = frozenset({"prodigy_x0"})  # the initial parameters (a copy): never rounded to 16 bits
 
     def __init__(self, betas: tuple[float, float] = (0.9, 0.999), beta3: float | None = None, d0: float = 1e-6, d_coef: float = 1.0,
                  growth_rate: float | None = math.inf, use_bias_correction: bool = False, safeguard_warmup: bool = False, slice_p: int = 1) -> None:

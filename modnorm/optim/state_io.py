@@ -1,7 +1,8 @@
 """What an optimizer's ``state_dict`` holds, and what ``load_state_dict`` accepts.
 
 ``state_dict()`` is torch's, plus ``"modnorm_preset"`` (the preset's name) and
-``"modnorm_skipped_steps"`` (``nonfinite="skip"``'s count), minus the
+``"modnorm_skipped_steps"`` (``nonfinite="skip"``'s count) and, with 16-bit state,
+``"modnorm_state_storage"`` (its dtype, rounding and seed: ``low_precision``), minus the
 *runtime* hyperparameters — callables and mappings such as sophia's ``loss_fn`` and
 ``loss_params``, which belong to the running program, not to the state (so the dict
 loads with ``torch.load(weights_only=True)`` and a resumed optimizer keeps its own).
@@ -20,10 +21,11 @@ from torch import Tensor
 from .catalog import PRESETS
 from .recipe import DTYPES
 
-__all__ = ["CheckpointMismatchError", "GROUP_KEYS", "NS_AUTO_KEY", "NS_PRODUCTS_KEY", "PRESET_KEY", "SKIPPED_KEY", "checked_ns_choices", "is_runtime", "portable", "check_loadable"]
+__all__ = ["CheckpointMismatchError", "GROUP_KEYS", "NS_AUTO_KEY", "NS_PRODUCTS_KEY", "PRESET_KEY", "SKIPPED_KEY", "STORAGE_KEY", "checked_ns_choices", "is_runtime", "portable", "check_loadable"]
 
 PRESET_KEY = "modnorm_preset"
 SKIPPED_KEY = "modnorm_skipped_steps"
+STORAGE_KEY = "modnorm_state_storage"  # 16-bit state: its dtype, rounding and seed (``low_precision``)
 NS_AUTO_KEY = "ns_dtype_auto"  # what ns_dtype="auto" resolved to: "device:dtype:size class" → dtype name
 NS_PRODUCTS_KEY = "ns_products_auto"  # what ns_products="auto" resolved to: "device:dtype:count×n×m" → batched | loop
 GROUP_KEYS = ("params", "param_names")  # the keys of a param group that are not hyperparameters
@@ -67,6 +69,9 @@ def check_loadable(optimizer: Any, state_dict: Any, expected: list[dict[str, tup
     hint = f"build the optimizer with the checkpoint's preset to resume it, or keep the {mine!r} optimizer fresh"
     if saved is not None and saved != mine:
         raise CheckpointMismatchError(f"this state_dict was written by preset {saved!r}; it cannot be loaded into a {mine!r} optimizer: {hint}")
+    storage = state_dict.get(STORAGE_KEY)
+    if storage is not None and not (isinstance(storage, Mapping) and isinstance(storage.get("seed"), int) and storage["seed"] >= 0):
+        raise CheckpointMismatchError(f"{STORAGE_KEY!r} must map 'seed' to an int ≥ 0 (the stochastic-rounding seed), got {storage!r}")
     groups = state_dict["param_groups"]
     if len(groups) != len(optimizer.param_groups):
         raise CheckpointMismatchError(f"the state_dict has {len(groups)} param group(s), this {mine!r} optimizer {len(optimizer.param_groups)}")

@@ -125,6 +125,7 @@ class StepSizeStage:
     needs_loss: bool = False
     runs_before: bool = False  # prepare() scales the step before the directions; factor() is not called
     state_keys: tuple[str, ...] = ()
+    exact_state: frozenset[str] = frozenset()  # keys kept in the compute dtype under 16-bit state storage
 
     def init_state(self, param: Tensor, state_dtype: torch.dtype) -> dict[str, Tensor]:
         """The stage's state for a parameter's first step: here each ``state_keys`` entry, unset (inf)."""

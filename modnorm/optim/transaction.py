@@ -6,7 +6,9 @@ A step runs in three phases:
    parameters' state; fresh state for a parameter's first step). The built-in stages
    assign new tensors to the shadow keys instead of writing in place (a preconditioner
    with ``updates_in_place = True`` gets copies of its own tensors); the parameter
-   change of every bucket is kept as a ``PendingWrite``;
+   change of every bucket is kept as a ``PendingWrite``; 16-bit state (``low_precision``)
+   is upcast when a shadow is opened and each bucket's new state is rounded back to its
+   storage dtype (``store``) as soon as the bucket is computed;
 2. **check** — one reduction over every new state tensor and every update direction
    (a sum per tensor on the CPU, ``torch._foreach_norm`` on accelerators), stacked and
    read with one host synchronization per device;
@@ -108,8 +110,10 @@ class _Entry:
     original: dict[str, Any] | None  # the committed state (None on the first step)
     shadow: dict[str, Any]
     work: dict[str, Any]  # == shadow, or the local-shard view of it (DTensor parameters)
-    before: dict[str, int] = field(default_factory=dict)  # id of each work value before the step
+    before: dict[str, int | None] = field(default_factory=dict)  # id of each work value before the step
     implied: str | None = None  # a state key the check skips (see ``update.momentum_implied``)
+    low: frozenset[str] = frozenset()  # keys stored in 16 bits (``low_precision``), computed in a wider dtype
+    round: Callable[[str, Tensor], Tensor] | None = None  # key, new value → the value to store
 
     def changed(self) -> list[tuple[str, Tensor]]:
         return [(k, v) for k, v in self.work.items() if isinstance(v, Tensor) and self.before.get(k) != id(v)]
@@ -129,17 +133,24 @@ class StepTransaction:
 
     # ------------------------------------------------------------------ compute phase
 
-    def open(self, param: Tensor, label: str, original: dict[str, Any] | None, shadow: dict[str, Any]) -> dict[str, Any]:
-        entry = _Entry(param, label, original, shadow, shadow)
+    def open(self, param: Tensor, label: str, original: dict[str, Any] | None, shadow: dict[str, Any],
+             low: frozenset[str] = frozenset(), round: Callable[[str, Tensor], Tensor] | None = None) -> dict[str, Any]:
+        """Register a parameter's shadow state; ``low``: its keys stored in 16 bits (the shadow holds
+        them upcast), written back through ``round`` by ``store``."""
+        entry = _Entry(param, label, original, shadow, shadow, low=low, round=round)
         entry.before = {k: id(v) for k, v in shadow.items()}
         self.entries[id(param)] = entry
         return shadow
 
-    def open_bucket(self, members: Sequence[tuple[Tensor, Any, dict[str, Any] | None]],
-                    init_state: Callable[[Tensor, Any, dict[str, Any]], None]) -> list[tuple[Tensor, Any, dict[str, Any]]]:
+    def open_bucket(self, members: Sequence[tuple[Tensor, Any, dict[str, Any] | None]], step: int,
+                    init_state: Callable[[Tensor, Any, dict[str, Any]], None],
+                    storage: Callable[[Tensor, Any, dict[str, Any], int], tuple[frozenset[str], Any]] | None = None,
+                    ) -> list[tuple[Tensor, Any, dict[str, Any]]]:
         """Open a bucket's shadow states: (parameter, plan, state or None) → (parameter, plan, shadow).
         A first step's shadow is filled by ``init_state``; a shadow shares the state's tensors, except
-        for a preconditioner that updates in place (``plan.precond.updates_in_place``), which gets copies."""
+        for a preconditioner that updates in place (``plan.precond.updates_in_place``), which gets copies.
+        ``storage(p, plan, shadow, step)`` upcasts 16-bit state in the shadow and returns ``open``'s
+        ``low`` and ``round``."""
         opened = []
         for p, plan, original in members:
             if original is None:
@@ -149,9 +160,21 @@ class StepTransaction:
                 shadow = dict(original)
                 if plan.precond.updates_in_place:
                     shadow.update({k: v.clone() for k, v in original.items() if k not in RESERVED_STATE_KEYS and isinstance(v, Tensor)})
-            self.open(p, plan.name, original, shadow)
+            self.open(p, plan.name, original, shadow, *(storage(p, plan, shadow, step) if storage else ()))
             opened.append((p, plan, shadow))
         return opened
+
+    def store(self, params: Sequence[Tensor]) -> None:
+        """Round the new 16-bit state of ``params`` to its storage dtype (their bucket is computed).
+        Every 16-bit key is rounded, written or not (in place or by assignment): a value the step
+        left on the storage grid rounds to itself."""
+        for p in params:
+            e = self.entries[id(p)]
+            if e.round is None:
+                continue
+            for k in e.low:
+                e.work[k] = e.round(k, e.work[k])
+                e.before[k] = None  # checked (the id of a freed copy could be reused)
 
     def bind_work(self, param: Tensor, work: dict[str, Any]) -> None:
         """The pipeline of a DTensor parameter writes local shards into ``work``."""
