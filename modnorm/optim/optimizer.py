@@ -51,18 +51,18 @@ from torch.optim import Optimizer
 from ..distributed.bucket import shard_bucket
 from ..distributed.layout import is_dtensor
 from ..geometry import Geometry
-from ..polar_dtype import auto_dtype, size_class
-from ..polar_products import ProductChoices, checked_choices
+from ..polar_products import checked_choices
 from .catalog import STEP_SIZES
 from .config import ConfigError, get_preset, validate_hyperparameters
 from .describe import lr_note, optimizer_overrides, optimizer_rows, optimizer_table
 from .hparams import require_nonneg
 from .low_precision import LowPrecisionState, state_storage
+from .ns_choices import RecordedNsChoices
 from .momentum import init_momentum, momentum_key
 from .preconditioner import RESERVED_STATE_KEYS, StepContext
 from .presets import Preset, custom_recipe_preset
 from .plan import Plan, PlanCache, build_plans
-from .recipe import DTYPES, Recipe, infer_geometry
+from .recipe import Recipe, infer_geometry
 from .step_size import Direction, Scaling, StepSizeStage, group_stage, stage_inputs, stage_loss
 from .update_stages import schedule_free_swap
 from .state_io import GROUP_KEYS, NS_AUTO_KEY, NS_PRODUCTS_KEY, PRESET_KEY, SKIPPED_KEY, STORAGE_KEY, check_loadable, checked_ns_choices, is_runtime, portable
@@ -76,7 +76,7 @@ def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-class ModnormOptimizer(LowPrecisionState, Optimizer):
+class ModnormOptimizer(LowPrecisionState, RecordedNsChoices, Optimizer):
     """Steepest descent in each parameter's (preconditioned) norm; see the module docstring.
 
     Args:
@@ -143,8 +143,7 @@ class ModnormOptimizer(LowPrecisionState, Optimizer):
         self._budgets = {k: float(v) for k, v in (budgets or {}).items()}
         self._meta: list[list[tuple[str, Geometry, float]]] = []
         self._forget_plans()
-        self._ns_auto: dict[str, str] = {}  # "device type:param dtype:size class" → what ns_dtype="auto" resolved to
-        self._ns_products = ProductChoices()  # "device:compute dtype:count×n×m" → what ns_products="auto" resolved to
+        self._init_ns_choices()  # what ns_dtype="auto" and ns_products="auto" resolve to (ns_choices.py)
         self._bounds: Bounds = {}  # running bounds of the fused steps' state (fused.py)
         defaults = validate_hyperparameters(self._preset, hyperparameters).model_dump()
         super().__init__(params, defaults)
@@ -216,17 +215,6 @@ class ModnormOptimizer(LowPrecisionState, Optimizer):
         """Drop the cached plans (rebuilt on demand)."""
         self._plan_cache = PlanCache()
 
-    def _auto_ns_dtype(self, p: Tensor, shape: tuple[int, ...]) -> torch.dtype | None:
-        """What ns_dtype="auto" means for ``p`` (matrices of its first two dims): resolved once per
-        (device type, dtype, size class), then recorded. None for vectors (no polar factor)."""
-        if len(shape) < 2:
-            return None
-        n = size_class(min(shape[0], shape[1]))
-        key = f"{p.device.type}:{str(p.dtype).removeprefix('torch.')}:{n}"
-        if key not in self._ns_auto:
-            self._ns_auto[key] = str(auto_dtype(p.device, p.dtype, n)).removeprefix("torch.")
-        return DTYPES[self._ns_auto[key]]
-
     # ------------------------------------------------------------------ state
 
     def _init_state(self, p: Tensor, plan: Plan, state: dict[str, Any], stage: StepSizeStage | None) -> None:
@@ -254,28 +242,8 @@ class ModnormOptimizer(LowPrecisionState, Optimizer):
         # torch's load_state_dict calls __setstate__ with only state and param_groups: keep our own fields
         self._compile = state.get("_compile", getattr(self, "_compile", False))
         self._compiled = {}
-        self._ns_auto = state.get("_ns_auto", getattr(self, "_ns_auto", {}))
-        self._ns_products = state.get("_ns_products", getattr(self, "_ns_products", None)) or ProductChoices()
+        self._init_ns_choices(state)
         self._bounds = {}  # the fused steps' running bounds belong to the state tensors they were made for
-
-    @property
-    def ns_dtype_auto(self) -> dict[str, str]:
-        """What ns_dtype="auto" resolved to so far: "device type:param dtype:size class" → dtype name."""
-        return dict(self._ns_auto)
-
-    def set_ns_dtype_auto(self, choices: dict[str, str]) -> None:
-        """Adopt saved ns_dtype="auto" choices (they replace this machine's); checked before anything changes."""
-        self._ns_auto.update(checked_ns_choices(choices))
-        self._forget_plans()
-
-    @property
-    def ns_products_auto(self) -> dict[str, str]:
-        """What ns_products="auto" resolved to so far: "device:compute dtype:count×n×m" → "batched" | "loop"."""
-        return dict(self._ns_products.choices)
-
-    def set_ns_products_auto(self, choices: dict[str, str]) -> None:
-        """Adopt saved ns_products="auto" choices (they replace this machine's; validated first)."""
-        self._ns_products.update(choices)
 
     def _expected_state(self) -> list[dict[str, tuple[int, ...]]]:
         """State key → shape that each parameter (in group order) has once stepped ({} for 0-size ones)."""
