@@ -127,3 +127,46 @@ def test_float64_scalars_of_float32_parameters_resume_bitwise():
     opt2.load_state_dict(sd)
     assert all(s["sf_weight_sum"].dtype == torch.float64 for s in opt2.state.values())
     assert all(torch.equal(a, b) for a, b in zip(train(model, opt, 3), train(model2, opt2, 3)))
+
+
+def test_shampoo_state_saved_with_the_earlier_half_roots_loads_as_full_inverse_roots():
+    """Earlier versions saved L_inv = (A + εI)^(-p/2) (R_inv for B); loading such a state gives
+    A_inv_root = L_inv² — the state this version keeps — and the same next step (float64)."""
+    import copy
+
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    opt = modnorm.optimizer(model, "shampoo", lr=0.01, root_dtype="float64")
+    x = torch.randn(8, 6, dtype=torch.float64)
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    saved = opt.state_dict()
+    legacy = copy.deepcopy(saved)
+    converted = 0
+    for st in legacy["state"].values():
+        for new, old in (("A_inv_root", "L_inv"), ("B_inv_root", "R_inv")):
+            if new in st:
+                lam, Q = torch.linalg.eigh(st.pop(new).double())
+                st[old] = (Q * lam.clamp_min(0).sqrt()) @ Q.mT  # the principal square root, as saved before
+                converted += 1
+    assert converted >= 2
+    before = copy.deepcopy(legacy)
+
+    twin = copy.deepcopy(model)
+    resumed = modnorm.optimizer(twin, "shampoo", lr=0.01, root_dtype="float64")
+    resumed.load_state_dict(legacy)
+    assert {k for st in legacy["state"].values() for k in st} == {k for st in before["state"].values() for k in st}  # not modified
+    for p, q in zip(model.parameters(), twin.parameters()):
+        for key in ("A_inv_root", "B_inv_root"):
+            if key in opt.state[p]:
+                assert "L_inv" not in resumed.state[q] and "R_inv" not in resumed.state[q]
+                torch.testing.assert_close(resumed.state[q][key], opt.state[p][key], rtol=1e-10, atol=1e-12)
+    for o, m in ((opt, model), (resumed, twin)):
+        o.zero_grad()
+        m(x).square().mean().backward()
+        o.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-10, atol=1e-12)

@@ -212,6 +212,19 @@ class Shampoo(Preconditioner):
     def check_state_dtype(self, state_dtype: torch.dtype) -> None:
         _check_root_eps(type(self).__name__, self.eps, self.power, 2 if self.sides == "both" else 1, (state_dtype, self.root_dtype))
 
+    def upgrade_state(self, state: State) -> State | None:
+        """Earlier versions kept L_inv = (A + εI)^(-p/2) (and R_inv for B) and applied each twice;
+        this one keeps their square (A + εI)^(-p) as ``A_inv_root`` (``B_inv_root``), formed in
+        ``root_dtype`` (symmetric by construction: L_inv·L_invᵀ)."""
+        if not {"L_inv", "R_inv"} & set(state):
+            return None
+        new = {k: v for k, v in state.items() if k not in ("L_inv", "R_inv")}
+        for old, key in (("L_inv", "A_inv_root"), ("R_inv", "B_inv_root")):
+            if isinstance(state.get(old), Tensor):
+                half = state[old].to(self.root_dtype)
+                new[key] = (half @ half.mT).to(state[old].dtype)
+        return new
+
     def update(self, state: State, grad: Tensor, step: int) -> None:
         self.update_many([state], [grad], step, None)
 

@@ -65,7 +65,7 @@ from .plan import Plan, PlanCache, build_plans
 from .recipe import Recipe, infer_geometry
 from .step_size import Direction, Scaling, StepSizeStage, group_stage, stage_inputs, stage_loss
 from .update_stages import schedule_free_swap
-from .state_io import GROUP_KEYS, NS_AUTO_KEY, NS_PRODUCTS_KEY, PRESET_KEY, SKIPPED_KEY, STORAGE_KEY, check_loadable, checked_ns_choices, is_runtime, portable
+from .state_io import GROUP_KEYS, NS_AUTO_KEY, NS_PRODUCTS_KEY, PRESET_KEY, SKIPPED_KEY, STORAGE_KEY, check_loadable, checked_ns_choices, is_runtime, portable, upgraded
 from .fused import Bounds, FusedStep, admit, advance, plan_fused
 from .transaction import PendingWrite, StepTransaction
 from .update import BucketStep, compiled_update_bucket, momentum_implied, update_bucket
@@ -276,11 +276,13 @@ class ModnormOptimizer(LowPrecisionState, RecordedNsChoices, Optimizer):
                 NS_PRODUCTS_KEY: self.ns_products_auto, **extra}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's load_state_dict after ``state_io.check_loadable`` (another preset's state, or state
+        """torch's load_state_dict after ``state_io.upgraded`` (an earlier version's state keys, e.g.
+        Shampoo's half roots) and ``state_io.check_loadable`` (another preset's state, or state
         that does not fit, is refused with nothing changed); keeps this optimizer's runtime
         hyperparameters and state dtypes (torch casts state to the parameter's dtype), adopts the
         saved ns_dtype="auto" choices (they replace this machine's) and the saved rounding seed. The
         state is copied: stepping this optimizer never writes into ``state_dict``'s tensors (nor the reverse)."""
+        state_dict = upgraded(state_dict, [plan.precond for gi, g in enumerate(self.param_groups) for plan in self._plans(gi, g)])
         check_loadable(self, state_dict, self._expected_state())
         saved_auto = checked_ns_choices(state_dict.get(NS_AUTO_KEY, {}))
         saved_forms = checked_choices(state_dict.get(NS_PRODUCTS_KEY, {}))

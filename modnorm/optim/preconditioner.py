@@ -137,6 +137,11 @@ class Preconditioner:
         that rounds to 0); called when the optimizer is built, before any step."""
         return None
 
+    def upgrade_state(self, state: State) -> State | None:
+        """A saved state in an earlier version's keys, as this version keeps it (a new dict; the
+        saved one is not modified), or None when there is nothing to upgrade (the default)."""
+        return None
+
     def update(self, state: State, grad: Tensor, step: int) -> None:
         """Update one parameter's statistics in place from its raw gradient."""
         return None

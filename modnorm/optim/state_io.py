@@ -21,7 +21,7 @@ from torch import Tensor
 from .catalog import PRESETS
 from .recipe import DTYPES
 
-__all__ = ["CheckpointMismatchError", "GROUP_KEYS", "NS_AUTO_KEY", "NS_PRODUCTS_KEY", "PRESET_KEY", "SKIPPED_KEY", "STORAGE_KEY", "checked_ns_choices", "is_runtime", "portable", "check_loadable"]
+__all__ = ["CheckpointMismatchError", "GROUP_KEYS", "NS_AUTO_KEY", "NS_PRODUCTS_KEY", "PRESET_KEY", "SKIPPED_KEY", "STORAGE_KEY", "checked_ns_choices", "is_runtime", "portable", "check_loadable", "upgraded"]
 
 PRESET_KEY = "modnorm_preset"
 SKIPPED_KEY = "modnorm_skipped_steps"
@@ -103,3 +103,20 @@ def check_loadable(optimizer: Any, state_dict: Any, expected: list[dict[str, tup
         bad = [k for k, v in (got or {}).items() if isinstance(v, Tensor) and v.is_floating_point() and v.ndim and not bool(v.isfinite().all())]
         if bad:
             raise CheckpointMismatchError(f"parameter #{n}: the state_dict holds non-finite state {bad}")
+
+
+def upgraded(state_dict: Any, preconditioners: list[Any]) -> Any:
+    """``state_dict`` with every parameter's state in this version's keys
+    (``Preconditioner.upgrade_state``; ``preconditioners[i]`` serves parameter i in group order).
+    A shallow copy when anything changes; the given dict is never modified."""
+    if not isinstance(state_dict, Mapping) or not isinstance(state_dict.get("state"), Mapping):
+        return state_dict  # check_loadable words the error
+    groups = state_dict.get("param_groups") or []
+    ids = [i for g in groups if isinstance(g, Mapping) for i in g.get("params", [])]
+    state, changed = dict(state_dict["state"]), False
+    for sid, precond in zip(ids, preconditioners):
+        saved = state.get(sid)
+        new = precond.upgrade_state(saved) if isinstance(saved, Mapping) else None
+        if new is not None:
+            state[sid], changed = new, True
+    return {**state_dict, "state": state} if changed else state_dict
