@@ -217,7 +217,7 @@ class FusedStep:
             pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
             params, grads, states = pick(self.views), pick(self.grads), pick(self.states)
             if self.kind == "sgd":
-                beta = self.spec.beta if self.spec.momentum != "none" else 0.0
+                beta = self._momentum()
                 torch._fused_sgd_(params, grads, [s["momentum_buffer"] for s in states] if beta else [],
                                   weight_decay=self._coupled(), momentum=beta, lr=lr, dampening=self.spec.dampening,
                                   nesterov=self.spec.momentum == "nesterov", maximize=self.maximize, is_first_step=self.step == 1)

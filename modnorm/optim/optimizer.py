@@ -64,7 +64,7 @@ from .presets import Preset, custom_recipe_preset
 from .plan import Plan, PlanCache, build_plans
 from .recipe import Recipe, infer_geometry
 from .step_size import Direction, Scaling, StepSizeStage, group_stage, stage_inputs, stage_loss
-from .update_stages import schedule_free_swap
+from .update_stages import ScheduleFreeModes
 from .state_io import GROUP_KEYS, NS_AUTO_KEY, NS_PRODUCTS_KEY, PRESET_KEY, SKIPPED_KEY, STORAGE_KEY, check_loadable, checked_ns_choices, is_runtime, portable, upgraded
 from .fused import Bounds, FusedStep, admit, advance, plan_fused
 from .transaction import PendingWrite, StepTransaction
@@ -76,7 +76,7 @@ def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-class ModnormOptimizer(LowPrecisionState, RecordedNsChoices, Optimizer):
+class ModnormOptimizer(LowPrecisionState, RecordedNsChoices, ScheduleFreeModes, Optimizer):
     """Steepest descent in each parameter's (preconditioned) norm; see the module docstring.
 
     Args:
@@ -399,7 +399,6 @@ class ModnormOptimizer(LowPrecisionState, RecordedNsChoices, Optimizer):
         all_plans = [self._plans(gi, group) for gi, group, _ in work]
         lrs = [self._checked_lr(gi, group) for gi, group, _ in work]
         buckets: list[tuple[list[tuple[Tensor, Plan, dict | None]], int, Any, bool]] = []
-        index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
         for (gi, group, items), plans, lr in zip(work, all_plans, lrs):
             by_key: dict[tuple, list[tuple[Tensor, Plan, dict | None]]] = defaultdict(list)
             for i, p in items:
@@ -412,7 +411,10 @@ class ModnormOptimizer(LowPrecisionState, RecordedNsChoices, Optimizer):
         admitted, _ = admit([f for f, _ in candidates if f is not None])
         taken = {id(f) for f in admitted}
         init = lambda p, plan, shadow: self._init_state(p, plan, shadow, stage)  # noqa: E731
-        storage = lambda p, plan, shadow, t: self._upcast(p, plan, stage, shadow, index[id(p)], t)  # noqa: E731
+        storage = None
+        if self._storage is not None:  # 16-bit state: the rounding noise is keyed by the parameter's index
+            index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+            storage = lambda p, plan, shadow, t: self._upcast(p, plan, stage, shadow, index[id(p)], t)  # noqa: E731
         jobs = [(txn.open_bucket(members, t, init, storage), t, lr, maximize) for f, (members, t, lr, maximize) in candidates if id(f) not in taken]
         return jobs, admitted
 
@@ -462,27 +464,6 @@ class ModnormOptimizer(LowPrecisionState, RecordedNsChoices, Optimizer):
         implied = momentum_key(plan.rule.momentum) if momentum_implied(plan.spec, plan.precond, self._storage_dtype(params[0])) else None
         txn.add_write(PendingWrite(views, out.update, out.alpha, out.decay, out.divisor, out.fresh), out.checks, names, params, implied)
         txn.store(params)
-
-    # ------------------------------------------------------------------ schedule-free train/eval
-
-    @torch.no_grad()
-    def train(self) -> None:
-        """Schedule-free rules: parameters back to the training iterate y (no-op when already there)."""
-        self._schedule_free_switch(to_eval=False)
-
-    @torch.no_grad()
-    def eval(self) -> None:
-        """Schedule-free rules: parameters to the averaged iterate x (evaluate, checkpoint); ``train()`` undoes it."""
-        self._schedule_free_switch(to_eval=True)
-
-    def _schedule_free_switch(self, to_eval: bool) -> None:
-        if getattr(self, "_eval_mode", False) == to_eval:
-            return
-        for gi, group in enumerate(self.param_groups):
-            for p, plan in zip(group["params"], self._plans(gi, group)):
-                if plan.rule.momentum == "schedule_free" and "z" in self.state.get(p, {}):
-                    schedule_free_swap(p, self.state[p]["z"], plan.rule.beta, to_eval)
-        self._eval_mode = to_eval
 
     # ------------------------------------------------------------------ introspection
 

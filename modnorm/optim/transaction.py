@@ -158,9 +158,11 @@ class StepTransaction:
                 init_state(p, plan, shadow)
             else:
                 shadow = dict(original)
-                if plan.precond.updates_in_place:
-                    shadow.update({k: v.clone() for k, v in original.items() if k not in RESERVED_STATE_KEYS and isinstance(v, Tensor)})
-            self.open(p, plan.name, original, shadow, *(storage(p, plan, shadow, step) if storage else ()))
+            low = storage(p, plan, shadow, step) if storage else ()  # 16-bit keys: upcast copies
+            if original is not None and plan.precond.updates_in_place:  # it writes its tensors: copies of the rest
+                shadow.update({k: v.clone() for k, v in shadow.items()
+                               if k not in RESERVED_STATE_KEYS and isinstance(v, Tensor) and v is original.get(k)})
+            self.open(p, plan.name, original, shadow, *low)
             opened.append((p, plan, shadow))
         return opened
 

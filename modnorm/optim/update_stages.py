@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .momentum import apply_momentum, momentum_key
 
-__all__ = ["trust_ratios", "after_direction", "schedule_free"]
+__all__ = ["trust_ratios", "after_direction", "schedule_free", "schedule_free_swap", "ScheduleFreeModes"]
 
 
 def trust_ratios(spec: Any, U: Sequence[Tensor], views: Sequence[Tensor], grads: Sequence[Tensor], decay: Any = None) -> Tensor:
@@ -102,3 +102,31 @@ def schedule_free_swap(p: Tensor, z: Tensor, beta: float, to_eval: bool) -> None
     """Move ``p`` in place between the training iterate y and the averaged iterate
     x = (y − (1−β) z)/β used for evaluation (``to_eval``), and back: y = β x + (1−β) z."""
     p.lerp_(z.view_as(p).to(p.dtype), 1.0 - 1.0 / beta if to_eval else 1.0 - beta)
+
+
+class ScheduleFreeModes:
+    """``train()`` / ``eval()`` of an optimizer with schedule-free rules (a mixin of
+    ``ModnormOptimizer``): the parameters hold the training iterate y or the average x."""
+
+    param_groups: list[dict[str, Any]]
+    state: Any
+    _eval_mode: bool
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Schedule-free rules: parameters back to the training iterate y (no-op when already there)."""
+        self._schedule_free_switch(to_eval=False)
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Schedule-free rules: parameters to the averaged iterate x (evaluate, checkpoint); ``train()`` undoes it."""
+        self._schedule_free_switch(to_eval=True)
+
+    def _schedule_free_switch(self, to_eval: bool) -> None:
+        if getattr(self, "_eval_mode", False) == to_eval:
+            return
+        for gi, group in enumerate(self.param_groups):
+            for p, plan in zip(group["params"], self._plans(gi, group)):
+                if plan.rule.momentum == "schedule_free" and "z" in self.state.get(p, {}):
+                    schedule_free_swap(p, self.state[p]["z"], plan.rule.beta, to_eval)
+        self._eval_mode = to_eval
