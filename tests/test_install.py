@@ -26,16 +26,21 @@ def _python(code: str, *args: str, blocked: tuple[str, ...] = ()) -> subprocess.
     return subprocess.run([sys.executable, "-c", prelude + code, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
+def _printed(code: str) -> list[str]:
+    """The lines ``code`` prints in a fresh interpreter (which must exit cleanly)."""
+    out = _python(code)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
 def test_import_modnorm_leaves_distributed_checkpoint_unimported() -> None:
-    out = _python(
+    assert _printed(
         "import sys, modnorm\n"
         "print('torch.distributed.checkpoint' in sys.modules)\n"
         "print('load_checkpoint' in dir(modnorm), modnorm.load_checkpoint.__module__)\n"
         "print('torch.distributed.checkpoint' in sys.modules)\n"
         "try:\n    modnorm.no_such_name\nexcept AttributeError as e:\n    print(e)\n"
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [
+    ) == [
         "False",
         "True modnorm.distributed.checkpoint",
         "True",
@@ -44,7 +49,7 @@ def test_import_modnorm_leaves_distributed_checkpoint_unimported() -> None:
 
 
 def test_import_modnorm_defers_the_optimizer_package_until_first_use() -> None:
-    out = _python(
+    assert _printed(
         "import gc, sys, modnorm\n"
         "print(sorted(m for m in ('modnorm.optim', 'pydantic') if m in sys.modules))\n"
         "print(modnorm.describe(modnorm.Sequential()).splitlines()[0].split()[0], 'modnorm.optim' in sys.modules)\n"
@@ -52,9 +57,7 @@ def test_import_modnorm_defers_the_optimizer_package_until_first_use() -> None:
         "print(optimizer.__module__, ConfigError.__module__, ModnormOptimizer.__module__, gc.get_freeze_count())\n"
         "opt = modnorm.optimizer(__import__('torch').nn.Linear(3, 2), 'adamw')\n"
         "print(type(opt) is modnorm.ModnormOptimizer, 'optimizer' in dir(modnorm))\n"
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [
+    ) == [
         "[]",
         "name False",
         "modnorm.optim.factory modnorm.optim.hparams modnorm.optim.optimizer 0",
@@ -71,14 +74,10 @@ def test_modnorm_demo_without_the_demo_extra_prints_one_line_and_no_traceback(tm
 
 
 def test_import_leaves_the_garbage_collector_as_it_found_it() -> None:
-    out = _python(
+    assert _printed(
         "import gc, torch\n"
         "x = [object() for _ in range(10)]; gc.freeze(); frozen = gc.get_freeze_count()\n"
         "import modnorm\n"
         "print(gc.isenabled(), gc.get_freeze_count() > 0.9 * frozen)\n"  # the application's freeze stays (less what refcounting freed)
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "True"]
-    out = _python("import gc, modnorm\nprint(gc.isenabled(), gc.get_freeze_count())\n")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "0"]
+    ) == ["True True"]
+    assert _printed("import gc, modnorm\nprint(gc.isenabled(), gc.get_freeze_count())\n") == ["True 0"]
