@@ -108,12 +108,20 @@ class SecondMoment(Preconditioner):
         self.update_many([state], [grad], step, StepContext(step=step))
 
     def update_many(self, states: Sequence[dict[str, Tensor]], grads: Sequence[Tensor], step: int, ctx: StepContext) -> None:
-        Vs = [s[self.key] for s in states]
+        """V ← β2 V + (1−β2) g ⊙ g (or V + g ⊙ g), into new tensors; with ``ctx.defer`` they are
+        temporaries for this step's norm, redone in place at the commit (``deferred``)."""
+        Vs, gs = [s[self.key] for s in states], list(grads)
         if self.accumulate == "ema":
             new = torch._foreach_mul(Vs, self.beta2)
-            torch._foreach_addcmul_(new, list(grads), list(grads), value=1.0 - self.beta2)
+            torch._foreach_addcmul_(new, gs, gs, value=1.0 - self.beta2)
+            redo = lambda: (torch._foreach_mul_(Vs, self.beta2), torch._foreach_addcmul_(Vs, gs, gs, value=1.0 - self.beta2))  # noqa: E731
         else:
-            new = torch._foreach_addcmul(Vs, list(grads), list(grads), value=1.0)
+            new = torch._foreach_addcmul(Vs, gs, gs, value=1.0)
+            redo = lambda: torch._foreach_addcmul_(Vs, gs, gs, value=1.0)  # noqa: E731
+        defer = getattr(ctx, "defer", None)
+        if defer is not None:
+            defer.replace(states, self.key, new, redo)
+            return
         for s, v in zip(states, new):
             s[self.key] = v
 

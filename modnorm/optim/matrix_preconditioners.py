@@ -29,6 +29,8 @@ every ``precondition_frequency`` steps (steps 1, 1+k, 1+2k, …).
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -37,6 +39,7 @@ from torch import Tensor
 
 from ..norms import Norm
 from ..preconditioned import DNorm, GramLRNorm, LRNorm
+from .deferred import Deferred, accumulation_bound
 from .diagonal import SecondMoment
 from .hparams import Frequency, NonNeg, OptionalBeta, Positive, require
 from .preconditioner import Preconditioner, State, StepContext, check_eps
@@ -134,12 +137,47 @@ class _Factors:
             state["B"] = torch.zeros(n, n, dtype=dtype, device=param.device)
         return state
 
-    def accumulate(self, states: Sequence[State], G: Tensor) -> None:
-        """A ← A + G Gᵀ (or β2 A + (1-β2) G Gᵀ), B likewise with Gᵀ G: one baddbmm per side, into new stacks."""
+    def accumulate(self, states: Sequence[State], G: Tensor, ctx: StepContext | None = None,
+                   grads: Sequence[Tensor] = (), need: bool = False) -> None:
+        """A ← A + G Gᵀ (or β2 A + (1-β2) G Gᵀ), B likewise with Gᵀ G: one baddbmm per side, into new stacks.
+
+        With ``ctx.defer`` and a proof that the new A, B are finite (``_deferrable``), the update is
+        instead redone in place at the commit from ``grads`` (G's rows); the new stacks are
+        computed now only when ``need`` (this step reads them), as temporaries shown in the states."""
         beta, alpha = (1.0, 1.0) if self.beta2 is None else (self.beta2, 1.0 - self.beta2)
-        for key, X, Y in (("A", G, G.mT), ("B", G.mT, G)):
-            if key in states[0]:
-                assign(states, key, torch.baddbmm(_stack(states, key), X, Y, beta=beta, alpha=alpha))
+        keys = [k for k in ("A", "B") if k in states[0]]
+        defer = ctx.defer if ctx is not None and grads else None
+        bounds = self._deferrable(defer, states, G, keys, beta, alpha) if defer is not None else None
+        if bounds is not None:  # one redo for both sides (one stack of the gradients at the commit)
+            redo = functools.partial(_redo_factors, defer, states, grads, G.dtype, beta, alpha, bounds)
+            if need:
+                for key in keys:
+                    X, Y = (G, G.mT) if key == "A" else (G.mT, G)
+                    new = torch.baddbmm(_stack(states, key), X, Y, beta=beta, alpha=alpha).unbind(0)
+                    defer.replace(states, key, new, redo if key == keys[-1] else _nothing, probe=False)  # finite: proved
+            else:
+                defer.later(redo)
+            return
+        for key in keys:
+            X, Y = (G, G.mT) if key == "A" else (G.mT, G)
+            assign(states, key, torch.baddbmm(_stack(states, key), X, Y, beta=beta, alpha=alpha))
+
+    @staticmethod
+    def _deferrable(defer: Deferred, states: Sequence[State], G: Tensor, keys: list[str], beta: float,
+                    alpha: float) -> dict[str, float] | None:
+        """Bounds proving the new A, B finite, or None: |β S + α G Gᵀ| ≤ β max|S| + α k·max|G|², with
+        k the length of G's rows (A) or columns (B) (Cauchy–Schwarz), rounding included."""
+        a = defer.abs_max(G)
+        if not math.isfinite(a):
+            return None
+        out = {}
+        for key in keys:
+            k = G.shape[-1] if key == "A" else G.shape[-2]
+            bound = accumulation_bound(defer.known_max([s[key] for s in states]), beta, alpha, k * a * a, k, G.dtype)
+            if bound is None:
+                return None
+            out[key] = bound
+        return out
 
     def corrected(self, states: Sequence[State], key: str, step: int) -> Tensor:
         """The stacked statistic with EMA bias correction 1/(1 - β2^t) (a sum is returned as is)."""
@@ -147,6 +185,24 @@ class _Factors:
         if self.beta2 is None or self.beta2 == 0.0:
             return S
         return S / (1.0 - self.beta2**step)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _redo_factors(defer: Deferred, states: Sequence[State], grads: Sequence[Tensor], dtype: torch.dtype,
+                  beta: float, alpha: float, bounds: dict[str, float]) -> None:
+    """At the commit: A ← β A + α G Gᵀ and B ← β B + α Gᵀ G in place on the states' stacks (made one
+    stack first when they are not), and their running bounds recorded."""
+    G = _stacked_grads(grads, dtype)
+    for key, bound in bounds.items():
+        S = _stack(states, key)
+        X, Y = (G, G.mT) if key == "A" else (G.mT, G)
+        S.baddbmm_(X, Y, beta=beta, alpha=alpha)
+        if S.untyped_storage().data_ptr() != states[0][key].untyped_storage().data_ptr():  # a copy: store its views
+            assign(states, key, S)
+        defer.record([s[key] for s in states], bound)
 
 
 def _copy_into(states: Sequence[State], key: str, X: Tensor) -> None:
@@ -230,8 +286,9 @@ class Shampoo(Preconditioner):
 
     def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
         G = _stacked_grads(grads, states[0]["A" if "A" in states[0] else "B"].dtype)
-        self.factors.accumulate(states, G)
-        if _due(step, self.precondition_frequency):  # the inverse roots, once per refresh
+        due = _due(step, self.precondition_frequency)
+        self.factors.accumulate(states, G, ctx, grads, need=due)
+        if due:  # the inverse roots, once per refresh
             for key in ("A", "B"):
                 if key in states[0]:
                     S = self.factors.corrected(states, key, step)
@@ -272,9 +329,11 @@ class _Eigenbasis(Preconditioner):
         state["QR"] = torch.eye(n, dtype=state_dtype, device=param.device)
         return state
 
-    def _refresh(self, states: Sequence[State], G: Tensor, step: int) -> None:
-        self.factors.accumulate(states, G)
-        if _due(step, self.precondition_frequency):
+    def _refresh(self, states: Sequence[State], G: Tensor, step: int, ctx: StepContext | None = None,
+                 grads: Sequence[Tensor] = ()) -> None:
+        due = _due(step, self.precondition_frequency)
+        self.factors.accumulate(states, G, ctx, grads, need=due)
+        if due:
             _copy_into(states, "QL", eigenbasis(_stack(states, "A"), self.root_dtype))
             _copy_into(states, "QR", eigenbasis(_stack(states, "B"), self.root_dtype))
 
@@ -282,7 +341,7 @@ class _Eigenbasis(Preconditioner):
         self.update_many([state], [grad], step, None)
 
     def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
-        self._refresh(states, _stacked_grads(grads, states[0]["A"].dtype), step)
+        self._refresh(states, _stacked_grads(grads, states[0]["A"].dtype), step, ctx, grads)
 
 
 class SOAP(_Eigenbasis):
@@ -330,19 +389,20 @@ class SOAP(_Eigenbasis):
     def update_many(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext | None) -> None:
         G = _stacked_grads(grads, states[0]["A"].dtype)
         if not self.reference:
-            self._refresh(states, G, step)
+            self._refresh(states, G, step, ctx, grads)
         elif step <= 0:  # the warm-up step: statistics and the first basis only
-            self.factors.accumulate(states, G)
+            self.factors.accumulate(states, G, ctx, grads, need=True)
             _copy_into(states, "QL", eigenbasis(_stack(states, "A"), self.root_dtype))
             _copy_into(states, "QR", eigenbasis(_stack(states, "B"), self.root_dtype))
             return
         elif step > 1 and (step - 1) % self.precondition_frequency == 0:  # the refresh due after step t-1
             self._qr_refresh(states)
         bucket = {self.adam.key: _stack(states, self.adam.key)}  # Adam's statistics of the rotated stack, as one stack
-        self.adam.update_many([bucket], [_stack(states, "QL").mT @ G @ _stack(states, "QR")], step, ctx)  # type: ignore[arg-type]
+        rotated = _stack(states, "QL").mT @ G @ _stack(states, "QR")  # V of the rotated G: computed aside (no redo)
+        self.adam.update_many([bucket], [rotated], step, StepContext(step=step))  # type: ignore[arg-type]
         _copy_into(states, self.adam.key, bucket[self.adam.key])
         if self.reference:
-            self.factors.accumulate(states, G)
+            self.factors.accumulate(states, G, ctx, grads)
 
     def _qr_refresh(self, states: Sequence[State]) -> None:
         """Q ← qr(S Q) per side, columns first sorted by diag(Qᵀ S Q) descending; V permuted alike."""
@@ -393,7 +453,7 @@ class SPlus(_Eigenbasis):
         if step > 1 and _due(step - 1, self.precondition_frequency):  # the refresh due after step t-1's update
             _copy_into(states, "QL", eigenbasis(_stack(states, "A"), self.root_dtype))
             _copy_into(states, "QR", eigenbasis(_stack(states, "B"), self.root_dtype))
-        self.factors.accumulate(states, _stacked_grads(grads, states[0]["A"].dtype))
+        self.factors.accumulate(states, _stacked_grads(grads, states[0]["A"].dtype), ctx, grads)
 
     def _scale(self, m: int, n: int) -> float:
         return 2.0 / (m + n) if self.shape_scale else 1.0

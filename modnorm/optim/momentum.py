@@ -17,14 +17,15 @@ Kinds (β the momentum coefficient, τ the dampening, B the buffer, g_t the grad
 Buffers live in the parameter's state under ``momentum_buffer`` (heavy-ball and EMA
 kinds) or ``exp_avg`` (adam_ema), as in torch.optim. Everything is ``torch._foreach_*``
 over the bucket, out of place: new buffers replace the old ones in the state dicts (so a
-step can be discarded). The returned tensors may alias the new buffers: callers must not
+step can be discarded), or, on the stacked path, are redone in place when the step commits
+(``deferred.py``). The returned tensors may alias the new buffers: callers must not
 modify them in place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -70,10 +71,16 @@ def apply_momentum(
     grads: list[Tensor],
     step: int,
     direction_beta: float = 0.0,
+    defer: Any = None,
+    probe: bool = True,
 ) -> list[Tensor]:
     """Compute the new buffers (assigned to each state's key: the old tensors are not written)
     and return the direction d for each parameter, up to the scalar ``momentum_scale`` (so
-    that the caller can apply it to the stacked tensor in place). ``direction_beta``: β₁ of "lion"."""
+    that the caller can apply it to the stacked tensor in place). ``direction_beta``: β₁ of "lion".
+
+    ``defer`` (``deferred.Deferred``): the new buffers are temporaries shown in the state until
+    the bucket ends (checked then when ``probe``) and redone in place at the commit with the
+    same kernels; the caller must be done with d when the bucket ends (it stacks a copy)."""
     if kind in ("none", "schedule_free") or (beta == 0.0 and kind in ("heavy_ball", "nesterov", "ema", "ema_nesterov")):
         return grads
     key = momentum_key(kind)
@@ -81,15 +88,21 @@ def apply_momentum(
     if kind in ("heavy_ball", "nesterov"):
         if step == 1:
             new = [g.to(b.dtype, copy=True) for g, b in zip(grads, bufs)]
+            redo = lambda: torch._foreach_copy_(bufs, grads)  # noqa: E731
         else:
             new = torch._foreach_mul(bufs, beta)
             torch._foreach_add_(new, grads, alpha=1.0 - dampening)
+            redo = lambda: (torch._foreach_mul_(bufs, beta), torch._foreach_add_(bufs, grads, alpha=1.0 - dampening))  # noqa: E731
     elif kind in ("ema", "ema_nesterov", "adam_ema", "lion"):
         new = torch._foreach_lerp(bufs, grads, 1.0 - beta)
+        redo = lambda: torch._foreach_lerp_(bufs, grads, 1.0 - beta)  # noqa: E731
     else:
         raise ValueError(f"unknown momentum kind {kind!r}; choose one of {MOMENTUM_KINDS}")
-    for s, b in zip(states, new):
-        s[key] = b  # type: ignore[index]
+    if defer is not None:
+        defer.replace(states, key, new, redo, probe)
+    else:
+        for s, b in zip(states, new):
+            s[key] = b  # type: ignore[index]
     if kind == "lion":
         return torch._foreach_lerp(grads, bufs, direction_beta)  # β₁ B_{t-1} + (1-β₁) g, from the old buffer
     if kind == "nesterov":

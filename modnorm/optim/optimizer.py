@@ -66,6 +66,7 @@ from .recipe import Recipe, infer_geometry
 from .step_size import Direction, Scaling, StepSizeStage, group_stage, stage_inputs, stage_loss
 from .update_stages import ScheduleFreeModes
 from .state_io import GROUP_KEYS, NS_AUTO_KEY, NS_PRODUCTS_KEY, PRESET_KEY, SKIPPED_KEY, STORAGE_KEY, check_loadable, checked_ns_choices, is_runtime, portable, upgraded
+from .deferred import Deferred, FactorBounds
 from .fused import Bounds, FusedStep, admit, advance, plan_fused
 from .transaction import PendingWrite, StepTransaction
 from .update import BucketStep, compiled_update_bucket, momentum_implied, update_bucket
@@ -145,6 +146,7 @@ class ModnormOptimizer(LowPrecisionState, RecordedNsChoices, ScheduleFreeModes, 
         self._forget_plans()
         self._init_ns_choices()  # what ns_dtype="auto" and ns_products="auto" resolve to (ns_choices.py)
         self._bounds: Bounds = {}  # running bounds of the fused steps' state (fused.py)
+        self._factor_bounds: FactorBounds = {}  # running bounds of statistics updated at the commit (deferred.py)
         defaults = validate_hyperparameters(self._preset, hyperparameters).model_dump()
         super().__init__(params, defaults)
         self._warn_overridden()
@@ -244,6 +246,7 @@ class ModnormOptimizer(LowPrecisionState, RecordedNsChoices, ScheduleFreeModes, 
         self._compiled = {}
         self._init_ns_choices(state)
         self._bounds = {}  # the fused steps' running bounds belong to the state tensors they were made for
+        self._factor_bounds = {}
 
     def _expected_state(self) -> list[dict[str, tuple[int, ...]]]:
         """State key → shape that each parameter (in group order) has once stepped ({} for 0-size ones)."""
@@ -350,7 +353,7 @@ class ModnormOptimizer(LowPrecisionState, RecordedNsChoices, ScheduleFreeModes, 
             raise FloatingPointError(f"non-finite loss {value} for the step-size stage; nothing was updated. "
                                      "Find the cause, or pass nonfinite='skip' to skip such steps.")
         collected: list[Direction] | None = [] if stage is not None and not stage.runs_before else None
-        txn = StepTransaction()
+        txn = StepTransaction(Deferred(self._factor_bounds) if self._storage is None and stage is None and self._compile is False else None)
         failure: BaseException | None = None
         fused: list[FusedStep] = []
         try:
@@ -457,10 +460,13 @@ class ModnormOptimizer(LowPrecisionState, RecordedNsChoices, ScheduleFreeModes, 
             ctx = StepContext(step=step)
         else:
             lr = float(lr)
-            ctx = StepContext(step=step, params=params, names=names, closure=closure, loss=loss)
+            defer = txn.deferred if sharded is None and collect is None and scaling is None else None
+            ctx = StepContext(step=step, params=params, names=names, closure=closure, loss=loss, defer=defer)
         out = fn(spec=spec, base=plan.norm, precond=precond, views=views, grads=grads, states=states, step=step, lr=lr,
                  maximize=maximize, state_dtype=self._state_dtype(params[0]), ctx=ctx, step_scales=[m[1].step_scale for m in members],
                  decay_budgets=[m[1].budget for m in members], sharded=sharded, collect=collect)
+        if ctx.defer is not None:
+            ctx.defer.end_bucket(", ".join(names))
         implied = momentum_key(plan.rule.momentum) if momentum_implied(plan.spec, plan.precond, self._storage_dtype(params[0])) else None
         txn.add_write(PendingWrite(views, out.update, out.alpha, out.decay, out.divisor, out.fresh), out.checks, names, params, implied)
         txn.store(params)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -73,6 +74,9 @@ class StepContext:
         names: their names ("" when unknown).
         closure: the closure passed to ``optimizer.step`` (or None).
         loss: what the closure returned (or None).
+        defer: the step's ``deferred.Deferred`` when a built-in preconditioner may redo its
+            statistics update in place at the commit instead of keeping new tensors (None: compute
+            aside; always None under ``compile``, for DTensor shards and 16-bit state).
     """
 
     step: int
@@ -80,6 +84,7 @@ class StepContext:
     names: Sequence[str] = ()
     closure: Callable[[], object] | None = None
     loss: object = None
+    defer: Any = None
     _shapes: Sequence[torch.Size] = field(default=(), repr=False)
 
     def hvp(self, vectors: Sequence[Tensor]) -> list[Tensor]:

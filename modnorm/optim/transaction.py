@@ -22,7 +22,10 @@ parameters, state and step counters untouched; the optimizer then raises
 Any other exception propagates with nothing changed.
 
 Cost: the check reads every new state tensor once more (a sum), and peak memory holds
-the old and the new state of one step together (about twice the optimizer state).
+the old and the new state of one step together (about twice the optimizer state) — except
+for the statistics that ``deferred.py`` redoes in place at the commit (momentum buffers of
+the stacked path, Adam's V, Shampoo's A and B): for those only one bucket's temporaries
+are held at a time.
 
 Fast path (``fused.py``): a bucket whose rule is exactly torch's fused Adam, AdamW, Adagrad
 or SGD kernel does not compute aside. Before anything is computed, one batched reduction
@@ -51,6 +54,7 @@ from torch import Tensor
 
 from ..distributed.layout import is_dtensor
 from ..distributed.sharded_norm import to_local
+from .deferred import Deferred
 from .preconditioner import RESERVED_STATE_KEYS
 
 __all__ = ["PendingWrite", "StepTransaction"]
@@ -127,9 +131,10 @@ def _checked(t: Tensor) -> bool:
 class StepTransaction:
     """Collects one step's shadow states and pending writes; checks them once; commits."""
 
-    def __init__(self) -> None:
+    def __init__(self, deferred: Deferred | None = None) -> None:
         self.entries: dict[int, _Entry] = {}
         self.writes: list[tuple[PendingWrite, list[Tensor], list[str]]] = []
+        self.deferred = deferred  # state updates redone in place at the commit (``deferred.py``)
 
     # ------------------------------------------------------------------ compute phase
 
@@ -215,6 +220,8 @@ class StepTransaction:
 
     def all_finite(self) -> bool:
         """One reduction per device over every new tensor; True when all are finite."""
+        if self.deferred is not None and self.deferred.failed:
+            return False
         by_device: dict[torch.device, list[Tensor]] = {}
         for *_, t in self._tensors():
             by_device.setdefault(t.device, []).append(t)
@@ -233,7 +240,7 @@ class StepTransaction:
 
     def bad_values(self) -> list[str]:
         """'label (what)' for each non-finite new tensor (the slow, exact check of a failed step)."""
-        bad: list[str] = []
+        bad: list[str] = list(self.deferred.failed) if self.deferred is not None else []
         for label, what, t in self._tensors():
             item = f"{label} ({what})"
             if item not in bad and not bool(t.isfinite().all()):
@@ -243,8 +250,10 @@ class StepTransaction:
     # ------------------------------------------------------------------ commit phase
 
     def commit(self, state: dict[Tensor, Any]) -> None:
-        """Write the new state (swap; copy into DTensor shards), advance the step counters (one
-        foreach add, in place), then write the parameters."""
+        """Redo the deferred state updates in place, write the new state (swap; copy into DTensor
+        shards), advance the step counters (one foreach add, in place), then write the parameters."""
+        if self.deferred is not None:
+            self.deferred.commit()
         for e in self.entries.values():
             if e.work is not e.shadow:
                 for k, v in e.changed():

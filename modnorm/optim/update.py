@@ -142,13 +142,19 @@ def update_bucket(
             return NO_STEP
         step = step - precond.warmup_steps
     g = with_coupled_decay(raw, views=views, weight_decay=spec.weight_decay if spec.coupled else 0.0, state_dtype=state_dtype)
-    d, c = momentum_stage(spec, states=states, grads=g, step=step)
     lr_r = rule_lr(lr, lr_ratio=spec.lr_ratio, lr_decay=spec.lr_decay, step=step)
+    entrywise = _entrywise(spec, base, views, state_dtype, step_scales, lr_r, sharded, collect)
+    # the stacked path copies d into X: its new buffers may be redone at the commit (``deferred``);
+    # the entrywise shortcut keeps d as the update, so deferring them would save nothing
+    shortcut = entrywise and (isinstance(precond, Identity) or type(precond).entrywise_divisor is not Preconditioner.entrywise_divisor)
+    defer = None if shortcut or spec.staged else ctx.defer
+    d, c = momentum_stage(spec, states=states, grads=g, step=step, defer=defer,
+                          probe=not momentum_implied(spec, precond, state_dtype))
     decay = None  # schedule-free decays at y itself (update_stages.schedule_free)
     if spec.weight_decay and not spec.coupled and spec.momentum != "schedule_free":
         decay = decay_factor(lr=lr_r, weight_decay=spec.weight_decay * precond.decay_scale(views[0].shape), decay_budgets=decay_budgets)
     updated = False  # the entrywise shortcut (module docstring): U = c·d or c·d/D², per parameter, never stacked
-    if _entrywise(spec, base, views, state_dtype, step_scales, lr_r, sharded, collect):
+    if entrywise:
         if isinstance(precond, Identity):
             return BucketStep(d, entrywise_alpha(lr=lr_r, c=c, step_scales=step_scales), decay, None, False, list(d))
         precond.update_many(states, g, step, ctx)

@@ -1,0 +1,141 @@
+"""State updates redone in place at the commit, so that a step does not hold old and new state together.
+
+The all-or-nothing step (``transaction.py``) computes new state aside and keeps it until every
+bucket is checked: its peak memory holds the old and the new statistics of every bucket at once.
+Most statistics are updated by a deterministic in-place-able formula of the old value and the
+gradient (a momentum lerp, V ← β2 V + (1−β2) G ⊙ G, A ← β A + α G Gᵀ). For those, a bucket may
+instead
+
+- compute the new value as a **temporary** (when this step's update needs it), let the bucket's
+  norm and direction read it, check its finiteness at the end of the bucket (``probe``: one
+  reduction, as the transaction's own check), then drop it and put the old tensor back in the
+  shadow state (``restore``), and
+- **redo** the same formula in place on the state tensor at the commit (``later``), with the same
+  kernels on the same operands, so the stored value is bit for bit the checked temporary;
+
+or, when this step does not read the new value (Shampoo's A, B between refreshes), skip the
+temporary and prove instead that the in-place update cannot overflow (``factor_bound``: a running
+upper bound of max |A|, as ``fused.py`` keeps for its buffers).
+
+A refused step never reaches the commit, so nothing is written; the shadow only ever held the
+temporaries. Peak memory then holds one bucket's temporaries instead of every bucket's new state.
+
+The redo reads the gradients and the step's own inputs at the commit, before the parameters are
+written. ``Deferred`` is used only on the eager, single-process path with state in the
+parameters' compute dtype (not under ``compile``, not for DTensor shards or 16-bit storage, not
+with a global step-size stage); everything else computes aside as before.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["Deferred", "FactorBounds"]
+
+FactorBounds = dict[int, tuple[Any, float]]
+"""id(state tensor) → (weak reference to it, an upper bound on its max |x|), valid while that object lives."""
+
+
+def _finite_probe(ts: Sequence[Tensor]) -> bool:
+    """Whether every value of ``ts`` is finite: one sum per tensor on the CPU (NaN/inf propagate;
+    a finite total that overflows is settled exactly), ``_foreach_norm(inf)`` on accelerators."""
+    ts = [t for t in ts if t.is_floating_point() and t.numel() > 0 and t.device.type != "meta"]  # meta tensors hold no values
+    if not ts:
+        return True
+    if ts[0].device.type == "cpu":
+        probes = [t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32).float() for t in ts]
+    else:
+        probes = [n.float() for n in torch._foreach_norm(list(ts), float("inf"))]
+    if math.isfinite(float(torch.stack(probes).sum())):
+        return True
+    return all(bool(t.isfinite().all()) for t in ts)
+
+
+class Deferred:
+    """One step's deferred state updates: temporaries to probe and restore per bucket, redos for the commit."""
+
+    def __init__(self, bounds: FactorBounds) -> None:
+        self.bounds = bounds
+        self._redos: list[Callable[[], None]] = []
+        self._restores: list[tuple[Sequence[dict[str, Any]], str, list[Tensor], bool]] = []
+        self.failed: list[str] = []  # 'label (state key)' of temporaries that were not finite
+
+    # ------------------------------------------------------------------ within a bucket
+
+    def replace(self, states: Sequence[dict[str, Any]], key: str, new: Sequence[Tensor], redo: Callable[[], None],
+                probe: bool = True) -> None:
+        """Show ``new`` (temporaries) in ``states[key]`` until the bucket ends; at the commit, ``redo``
+        recomputes them in place into the old tensors. ``probe``: check the temporaries at the end
+        of the bucket (False when their finiteness is proved or implied otherwise)."""
+        old = [s[key] for s in states]
+        for s, v in zip(states, new):
+            s[key] = v
+        self._restores.append((states, key, old, probe))
+        self._redos.append(redo)
+
+    def later(self, redo: Callable[[], None]) -> None:
+        """Run ``redo`` at the commit (an in-place update proved finite, e.g. by ``factor_bound``)."""
+        self._redos.append(redo)
+
+    def end_bucket(self, label: str) -> None:
+        """Probe the bucket's temporaries, then put the old tensors back in its shadow states."""
+        for states, key, old, probe in self._restores:
+            if probe and not _finite_probe([s[key] for s in states]):
+                self.failed.append(f"{label} (state {key!r})")
+            for s, v in zip(states, old):
+                s[key] = v
+        self._restores.clear()
+
+    # ------------------------------------------------------------------ proofs by running bounds
+
+    @staticmethod
+    def abs_max(t: Tensor) -> float:
+        """max |t| (inf when t holds a NaN or ±inf, or no values: a ``meta`` tensor)."""
+        if t.device.type == "meta" or t.numel() == 0:
+            return math.inf
+        lo, hi = torch.aminmax(t)
+        m = float(torch.maximum(lo.abs(), hi.abs()))
+        return math.inf if math.isnan(m) else m
+
+    def known_max(self, ts: Sequence[Tensor]) -> float:
+        """An upper bound on max |x| over ``ts``: their running bounds, read (one batch) for those unknown."""
+        unknown, best = [], 0.0
+        for t in ts:
+            ref, value = self.bounds.get(id(t), (None, 0.0))
+            if ref is not None and ref() is t:
+                best = max(best, value)
+            else:
+                unknown.append(t)
+        if unknown:
+            maxima = torch.stack([x for t in unknown for x in torch.aminmax(t)]).abs().amax()
+            m = float(maxima)
+            best = max(best, math.inf if math.isnan(m) else m)
+        return best
+
+    def record(self, ts: Sequence[Tensor], bound: float) -> None:
+        """After a redo: ``bound`` is an upper bound on max |x| of each of ``ts``."""
+        for t in ts:
+            self.bounds[id(t)] = (weakref.ref(t), bound)
+
+    # ------------------------------------------------------------------ the commit
+
+    def commit(self) -> None:
+        """Run the redos (before the parameters are written: a redo may read them)."""
+        for redo in self._redos:
+            redo()
+        self._redos.clear()
+
+
+def accumulation_bound(old: float, beta: float, alpha: float, increment: float, terms: int, dtype: torch.dtype) -> float | None:
+    """An upper bound on max |β S + α X| for max |S| ≤ ``old`` and max |X| ≤ ``increment`` when X is a
+    float product summing ``terms`` terms (rounding included), or None when it may exceed M/4
+    (M the dtype's largest value; NaN and inf give None)."""
+    info = torch.finfo(dtype)
+    bound = (beta * old + alpha * increment) * (1.0 + (terms + 4) * info.eps)
+    return bound if bound <= info.max / 4 else None

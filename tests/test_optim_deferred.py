@@ -1,0 +1,210 @@
+"""Statistics redone in place at the commit (``modnorm.optim.deferred``): invisible in the results
+(bit for bit the compute-aside step), in place in the state, and still all-or-nothing."""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import modnorm
+from modnorm.optim import PRECONDITIONERS, Preconditioner, Recipe, UpdateRule, register_preconditioner
+from modnorm.optim.deferred import accumulation_bound
+from state_snapshot import snapshot, unchanged
+
+optimizer_module = sys.modules["modnorm.optim.optimizer"]
+
+CASES = [
+    ("muon", {}),
+    ("muadam", {}),
+    ("soap", {"precondition_frequency": 3}),
+    ("shampoo", {"precondition_frequency": 2}),
+    ("shampoo", {"beta2": None, "precondition_frequency": 1}),
+    ("splus", {"precondition_frequency": 2}),
+    ("scion", {}),
+    ("lion", {}),
+    ("rmsprop", {}),
+    ("sgd", {"momentum": 0.9, "nesterov": True}),
+]
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(10, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 3))
+
+
+def _train(net: nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(32, 10, generator=g)
+        opt.zero_grad()
+        net(x).square().mean().backward()
+        opt.step()
+
+
+def _aside(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every later step computes its whole state aside (no deferred updates)."""
+    monkeypatch.setattr(optimizer_module, "Deferred", lambda bounds: None)
+
+
+def _state_equal(a: torch.optim.Optimizer, b: torch.optim.Optimizer, pa: list, pb: list) -> bool:
+    return all(
+        torch.equal(a.state[p][k], b.state[q][k]) if isinstance(a.state[p][k], torch.Tensor) else a.state[p][k] == b.state[q][k]
+        for p, q in zip(pa, pb) for k in a.state[p]
+    )
+
+
+@pytest.mark.parametrize("preset, hp", CASES)
+def test_redone_statistics_equal_the_step_computed_aside_bit_for_bit(preset, hp, monkeypatch):
+    net_a, net_b = _net(), _net()
+    opt_a = modnorm.optimizer(net_a, preset, lr=1e-2, **hp)
+    _train(net_a, opt_a, 6)
+    _aside(monkeypatch)
+    opt_b = modnorm.optimizer(net_b, preset, lr=1e-2, **hp)
+    _train(net_b, opt_b, 6)
+    pa, pb = list(net_a.parameters()), list(net_b.parameters())
+    assert all(torch.equal(p, q) for p, q in zip(pa, pb))
+    assert _state_equal(opt_a, opt_b, pa, pb)
+
+
+@pytest.mark.parametrize("preset, keys", [("muon", ["momentum_buffer"]), ("muadam", ["exp_avg", "exp_avg_sq"]),
+                                          ("shampoo", ["exp_avg", "A", "B"]), ("soap", ["exp_avg", "A", "B"])])
+def test_the_statistics_are_written_in_place(preset, keys):
+    """No new tensors for these keys after the first step: the step holds no second copy of them."""
+    net = _net()
+    opt = modnorm.optimizer(net, preset, lr=1e-2, precondition_frequency=3) if preset in ("shampoo", "soap") else modnorm.optimizer(net, preset, lr=1e-2)
+    _train(net, opt, 1)
+    hidden = net[2].weight
+    before = {k: opt.state[hidden][k] for k in keys}
+    values = {k: t.clone() for k, t in before.items()}
+    _train(net, opt, 3, seed=2)  # crosses a refresh (steps 1 and 4) for shampoo and soap
+    for k in keys:
+        assert opt.state[hidden][k] is before[k], k
+        assert not torch.equal(opt.state[hidden][k], values[k]), k
+
+
+def test_a_resumed_state_is_made_one_stack_and_continues_bitwise(monkeypatch):
+    """A loaded state holds separate tensors (not views of one stack): the first redo stacks them,
+    and the run continues as the uninterrupted one."""
+    net_a, net_b = _net(), _net()
+    opt_a = modnorm.optimizer(net_a, "shampoo", lr=1e-2, precondition_frequency=2)
+    _train(net_a, opt_a, 3)
+    buf = io.BytesIO()
+    torch.save({"model": net_a.state_dict(), "opt": opt_a.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    net_b.load_state_dict(saved["model"])
+    opt_b = modnorm.optimizer(net_b, "shampoo", lr=1e-2, precondition_frequency=2)
+    opt_b.load_state_dict(saved["opt"])
+    _train(net_a, opt_a, 3, seed=5)
+    _train(net_b, opt_b, 3, seed=5)
+    pa, pb = list(net_a.parameters()), list(net_b.parameters())
+    assert all(torch.equal(p, q) for p, q in zip(pa, pb)) and _state_equal(opt_a, opt_b, pa, pb)
+
+
+def test_the_running_bound_of_the_factors_stays_above_them():
+    """Shampoo with sums (β2 = None): A and B grow every step; the recorded bounds stay upper bounds."""
+    net = _net()
+    opt = modnorm.optimizer(net, "shampoo", lr=1e-3, beta2=None, precondition_frequency=100)
+    _train(net, opt, 8)
+    checked = 0
+    for st in opt.state.values():
+        for key in ("A", "B"):
+            if key in st:
+                ref, bound = opt._factor_bounds[id(st[key])]
+                assert ref() is st[key] and float(st[key].abs().max()) <= bound
+                checked += 1
+    assert checked > 0
+
+
+def test_accumulation_bound_refuses_what_may_overflow():
+    big = torch.finfo(torch.float32).max
+    assert accumulation_bound(1.0, 0.9, 0.1, 2.0, 10, torch.float32) == pytest.approx(0.9 + 0.2, rel=1e-5)
+    assert accumulation_bound(big / 8, 1.0, 1.0, big / 8, 10, torch.float32) is None
+    assert accumulation_bound(0.0, 1.0, 1.0, math.inf, 10, torch.float32) is None
+    assert accumulation_bound(0.0, 1.0, 1.0, math.nan, 10, torch.float32) is None
+
+
+@pytest.mark.parametrize("preset", ["shampoo", "soap", "splus"])
+def test_a_gradient_too_large_for_the_proof_takes_the_checked_path(preset):
+    """|G| = 1e21: G Gᵀ overflows float32, the proof fails, and the step computed aside is refused
+    with nothing changed (A, B included)."""
+    net = _net()
+    opt = modnorm.optimizer(net, preset, lr=1e-2)
+    _train(net, opt, 2)
+    params = list(net.parameters())
+    net(torch.randn(8, 10)).square().mean().backward()
+    net[2].weight.grad.fill_(1e21)
+    snap = snapshot(opt, params)
+    with pytest.raises(FloatingPointError, match="nothing was updated"):
+        opt.step()
+    assert unchanged(opt, params, snap)
+
+
+def test_a_step_the_proof_cannot_cover_is_computed_aside_and_committed():
+    """SPlus (β2 = 0.999), |G| = 1e20: the bound 0.001·24·1e40 exceeds max/4, but the new A = 0.999 A +
+    0.001 G Gᵀ ≈ 2.4e38 is finite: the step computed aside commits it (a new tensor, not in place)."""
+    net = _net()
+    opt = modnorm.optimizer(net, "splus", lr=1e-2)
+    _train(net, opt, 2)
+    w = net[2].weight
+    old = opt.state[w]["A"]
+    net(torch.randn(8, 10)).square().mean().backward()
+    w.grad.fill_(1e20)
+    opt.step()
+    A = opt.state[w]["A"]
+    assert A is not old and bool(A.isfinite().all()) and float(A.max()) > 1e38
+    want = 0.999 * old.double() + 0.001 * (w.grad.double() @ w.grad.double().T)
+    torch.testing.assert_close(A.double(), want, rtol=1e-5, atol=0.0)
+
+
+class _Fails(Preconditioner):
+    name = "fails_deferred_test"
+
+    def update_many(self, states, grads, step, ctx):
+        if step > 1:
+            raise RuntimeError("fails on the second step")
+
+    def norm(self, base, states, step):
+        return base
+
+
+@pytest.mark.parametrize("hidden", ["muon", "muadam", "shampoo"])
+def test_a_failure_after_deferred_buckets_writes_none_of_their_redos(hidden):
+    """The matrices' buckets registered their in-place updates; a later bucket raises: nothing is written."""
+    rules = {"muon": UpdateRule(norm="spectral", momentum="ema_nesterov", beta=0.95, mode="lmo"),
+             "muadam": UpdateRule(norm="spectral", preconditioner="adam", momentum="adam_ema", beta=0.9, mode="lmo"),
+             "shampoo": UpdateRule(norm="frobenius", preconditioner="shampoo", momentum="adam_ema", beta=0.9, mode="sharp")}
+    with PRECONDITIONERS.scoped():
+        register_preconditioner("fails_deferred_test", _Fails)
+        torch.manual_seed(0)
+        a, b = torch.randn(6, 4, requires_grad=True), torch.randn(5, requires_grad=True)
+        recipe = Recipe(default=rules[hidden], roles={"vector": UpdateRule(norm="frobenius", preconditioner="fails_deferred_test", mode="sharp")})
+        opt = modnorm.optimizer([("a", a), ("b", b)], recipe, lr=0.1)
+        (a.square().sum() + b.sum()).backward()
+        opt.step()
+        a.grad, b.grad = torch.randn(6, 4), torch.randn(5)
+        snap = snapshot(opt, [a, b])
+        with pytest.raises(RuntimeError, match="second step"):
+            opt.step()
+        assert unchanged(opt, [a, b], snap)
+
+
+def test_a_non_finite_temporary_is_named_and_nothing_is_written():
+    """A momentum buffer that overflows (|B| near the largest float): its temporary fails the probe."""
+    net = _net()
+    opt = modnorm.optimizer(net, "muon", lr=1e-2)
+    _train(net, opt, 1)
+    params = list(net.parameters())
+    w = net[2].weight
+    opt.state[w]["momentum_buffer"].fill_(3e38)
+    net(torch.randn(8, 10)).square().mean().backward()
+    w.grad.fill_(-3e38)  # B + (1-β)(g - B): g - B overflows
+    snap = snapshot(opt, params)
+    with pytest.raises(FloatingPointError, match="nothing was updated"):
+        opt.step()
+    assert unchanged(opt, params, snap)
