@@ -7,6 +7,8 @@ In the order ``update.update_bucket`` runs them (B parameters, t the step count)
     momentum_stage       d ← momentum(g), c its bias correction (``momentum.py``)
     statistics_stage     precond.update_many(states, g); N ← precond.norm(base)   (Theorem 1)
     direction_stage      X ← c·stack(d);  U ← N.lmo(X) or N.sharp(X)
+                         (``stacked_direction`` then ``dual_map``: between them a bucket whose
+                         statistics are redone at the commit drops their temporaries)
     rule_lr              η_r ← lr · lr_ratio / (1 + (t−1)·lr_decay)
     budget_stage         the step −η_r · s_i · U_i, s_i = budget × shape factor of parameter i
     decay_factor         W ← W (1 − η_r · b_i · λ · precond.decay_scale)      (decoupled weight decay)
@@ -34,6 +36,8 @@ __all__ = [
     "momentum_stage",
     "statistics_stage",
     "direction_stage",
+    "stacked_direction",
+    "dual_map",
     "rule_lr",
     "budget_stage",
     "entrywise_alpha",
@@ -82,13 +86,23 @@ def statistics_stage(precond: Preconditioner, *, base: Norm, states: Sequence[di
     return sharded.norm(norm) if sharded is not None else norm
 
 
-def direction_stage(norm: Norm, *, d: Sequence[Tensor], c: float, mode: str, correct: bool = True) -> tuple[Tensor, Tensor]:
-    """(X, U): X = stack(d) (times c when ``correct``), U = N.lmo(X) in "lmo" mode, N.sharp(X) in "sharp" mode.
-    X is a copy: the momentum buffers stay untouched."""
+def stacked_direction(d: Sequence[Tensor], *, c: float, correct: bool = True) -> Tensor:
+    """X = stack(d), times c when ``correct``: a copy (the momentum buffers stay untouched)."""
     X = torch.stack(list(d))
     if c != 1.0 and correct:
         X.mul_(c)
-    return X, norm.lmo(X) if mode == "lmo" else norm.sharp(X)
+    return X
+
+
+def dual_map(norm: Norm, X: Tensor, *, mode: str) -> Tensor:
+    """U = N.lmo(X) in "lmo" mode, N.sharp(X) in "sharp" mode."""
+    return norm.lmo(X) if mode == "lmo" else norm.sharp(X)
+
+
+def direction_stage(norm: Norm, *, d: Sequence[Tensor], c: float, mode: str, correct: bool = True) -> tuple[Tensor, Tensor]:
+    """(X, U): ``stacked_direction`` then ``dual_map``."""
+    X = stacked_direction(d, c=c, correct=correct)
+    return X, dual_map(norm, X, mode=mode)
 
 
 def rule_lr(lr: Scalar, *, lr_ratio: float, lr_decay: float, step: int) -> Scalar:

@@ -35,8 +35,8 @@ from torch import Tensor
 
 from ..norms import Frobenius, Norm
 from .preconditioner import Identity, Preconditioner, StepContext
-from .stages import (budget_stage, decay_factor, direction_stage, entrywise_alpha, momentum_stage, oriented_gradients, rule_lr,
-                     statistics_stage, with_coupled_decay)
+from .stages import (budget_stage, decay_factor, dual_map, entrywise_alpha, momentum_stage, oriented_gradients, rule_lr,
+                     stacked_direction, statistics_stage, with_coupled_decay)
 from .step_size import Direction
 from .update_stages import after_direction, schedule_free
 
@@ -165,7 +165,12 @@ def update_bucket(
             return BucketStep(d, entrywise_alpha(lr=lr_r, c=c, step_scales=step_scales), decay, D2, False, checks)
     norm = statistics_stage(precond, base=base, states=states, grads=g, step=step, ctx=ctx, sharded=sharded, update=not updated)
     staged = spec.staged  # staged: the bias correction c scales the step after the stages
-    X, U = direction_stage(norm, d=d, c=c, mode=spec.mode, correct=not staged)
+    X = stacked_direction(d, c=c, correct=not staged)
+    if ctx.defer is not None:  # the redone statistics' temporaries are read: check and drop them now
+        if spec.momentum != "none":
+            d = []
+        ctx.defer.end_bucket(", ".join(ctx.names))
+    U = dual_map(norm, X, mode=spec.mode)
     if collect is not None:
         collect.append(Direction(ctx.params, states, X, U, step_scales))
     if staged:
