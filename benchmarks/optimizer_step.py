@@ -230,6 +230,7 @@ def gpt_builders(shapes: list) -> dict[str, Callable]:
         "modnorm.muon(batched)": mn("muon", ns_products="batched"),
         "modnorm.muadam": mn("muadam"),
         "modnorm.muadam(ns float32)": mn("muadam", ns_dtype="float32"),
+        "modnorm.muadam(5 ns steps)": mn("muadam", ns_steps=5),  # po.AdaMuon's count of Newton–Schulz steps
         "modnorm.soap": mn("soap", precondition_frequency=10),
         "modnorm.shampoo": mn("shampoo", precondition_frequency=NO_REFRESH),
     }
@@ -255,6 +256,7 @@ def resnet_builders() -> dict[str, Callable]:
         "modnorm.scion": mn("scion"),
         "modnorm.muadam": mn("muadam"),
         "modnorm.muadam(ns float32)": mn("muadam", ns_dtype="float32"),
+        "modnorm.muadam(5 ns steps)": mn("muadam", ns_steps=5),  # po.AdaMuon's count of Newton–Schulz steps
         "modnorm.muon(batched)": mn("muon", ns_products="batched"),
         "modnorm.muon(conv flatten)": flatten,
     }

@@ -65,3 +65,41 @@ def test_gpu_benchmark_quick(tmp_path: Path) -> None:
     res = gpu.main(["--quick", "--repeats", "2", "--out", str(tmp_path / "gpu.json")])
     assert res["matmul_bf16_tflops"] > 0 and 0 < res["ns"]["fraction_of_matmul_peak"] < 1.5
     assert res["bf16_polar_express_max_sigma_err"][6] < 1e-2
+
+
+@pytest.mark.parametrize("preset", ["muon", "muadam", "shampoo"])
+def test_statistics_redone_at_the_commit_on_cuda(preset: str) -> None:
+    """On CUDA the deferred statistics (``modnorm.optim.deferred``) equal the step computed aside bit
+    for bit, and a NaN gradient (caught by the probes read with the transaction's check) changes nothing."""
+    optimizer_module = sys.modules["modnorm.optim.optimizer"]
+
+    def run(defer: bool) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(),
+                                  torch.nn.Linear(32, 4)).cuda()
+        opt = modnorm.optimizer(net, preset, lr=1e-2)
+        original = optimizer_module.Deferred
+        if not defer:
+            optimizer_module.Deferred = lambda bounds: None
+        try:
+            g = torch.Generator(device="cuda").manual_seed(1)
+            for _ in range(4):
+                opt.zero_grad()
+                net(torch.randn(8, 16, device="cuda", generator=g)).square().mean().backward()
+                opt.step()
+        finally:
+            optimizer_module.Deferred = original
+        return list(net.parameters()), opt
+
+    (pa, oa), (pb, ob) = run(True), run(False)
+    assert all(torch.equal(p, q) for p, q in zip(pa, pb))
+    assert all(torch.equal(oa.state[p][k], ob.state[q][k]) for p, q in zip(pa, pb) for k in oa.state[p]
+               if isinstance(oa.state[p][k], torch.Tensor))
+    for p in pa:
+        p.grad = torch.randn_like(p)
+    pa[2].grad[0, 0] = float("nan")
+    before = [p.detach().clone() for p in pa], {k: v.clone() for k, v in oa.state[pa[2]].items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(FloatingPointError, match="nothing was updated"):
+        oa.step()
+    assert all(torch.equal(p, q) for p, q in zip(pa, before[0]))
+    assert all(torch.equal(oa.state[pa[2]][k], v) for k, v in before[1].items())

@@ -208,3 +208,15 @@ def test_a_non_finite_temporary_is_named_and_nothing_is_written():
     with pytest.raises(FloatingPointError, match="nothing was updated"):
         opt.step()
     assert unchanged(opt, params, snap)
+
+
+def test_probes_read_later_name_what_was_not_finite():
+    """Accelerator probes are 0-d tensors read once by ``all_finite`` (here CPU tensors stand in for them)."""
+    from modnorm.optim.deferred import Deferred
+
+    d = Deferred({})
+    d._pending += [("a (state 'exp_avg')", torch.tensor(1.0)), ("b (state 'exp_avg_sq')", torch.tensor(math.inf)),
+                   ("c (state 'momentum_buffer')", torch.tensor(math.nan))]
+    assert not d.all_finite()
+    assert d.failed == ["b (state 'exp_avg_sq')", "c (state 'momentum_buffer')"] and not d._pending
+    assert Deferred({}).all_finite()

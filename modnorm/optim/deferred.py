@@ -42,16 +42,17 @@ FactorBounds = dict[int, tuple[Any, float]]
 """id(state tensor) → (weak reference to it, an upper bound on its max |x|), valid while that object lives."""
 
 
-def _finite_probe(ts: Sequence[Tensor]) -> bool:
-    """Whether every value of ``ts`` is finite: one sum per tensor on the CPU (NaN/inf propagate;
-    a finite total that overflows is settled exactly), ``_foreach_norm(inf)`` on accelerators."""
+def _finite_probe(ts: Sequence[Tensor]) -> bool | Tensor:
+    """Whether every value of ``ts`` is finite. On the CPU: one sum per tensor (NaN/inf propagate;
+    a finite total that overflows is settled exactly), read now. On accelerators: a 0-d tensor,
+    max |x| over ``ts`` (``_foreach_norm(inf)``: finite exactly when every value is), read with the
+    transaction's check (no host synchronization per bucket)."""
     ts = [t for t in ts if t.is_floating_point() and t.numel() > 0 and t.device.type != "meta"]  # meta tensors hold no values
     if not ts:
         return True
-    if ts[0].device.type == "cpu":
-        probes = [t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32).float() for t in ts]
-    else:
-        probes = [n.float() for n in torch._foreach_norm(list(ts), float("inf"))]
+    if ts[0].device.type != "cpu":
+        return torch.stack([n.float() for n in torch._foreach_norm(list(ts), float("inf"))]).amax()
+    probes = [t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32).float() for t in ts]
     if math.isfinite(float(torch.stack(probes).sum())):
         return True
     return all(bool(t.isfinite().all()) for t in ts)
@@ -65,6 +66,7 @@ class Deferred:
         self._redos: list[Callable[[], None]] = []
         self._restores: list[tuple[Sequence[dict[str, Any]], str, list[Tensor], bool]] = []
         self.failed: list[str] = []  # 'label (state key)' of temporaries that were not finite
+        self._pending: list[tuple[str, Tensor]] = []  # accelerator probes, read by ``all_finite``
 
     # ------------------------------------------------------------------ within a bucket
 
@@ -86,11 +88,25 @@ class Deferred:
     def end_bucket(self, label: str) -> None:
         """Probe the bucket's temporaries, then put the old tensors back in its shadow states."""
         for states, key, old, probe in self._restores:
-            if probe and not _finite_probe([s[key] for s in states]):
+            finite = _finite_probe([s[key] for s in states]) if probe else True
+            if isinstance(finite, Tensor):
+                self._pending.append((f"{label} (state {key!r})", finite))
+            elif not finite:
                 self.failed.append(f"{label} (state {key!r})")
             for s, v in zip(states, old):
                 s[key] = v
         self._restores.clear()
+
+    def all_finite(self) -> bool:
+        """Whether every probed temporary was finite (reads the accelerators' probes: one synchronization)."""
+        by_device: dict[torch.device, list[tuple[str, Tensor]]] = {}
+        for label, v in self._pending:
+            by_device.setdefault(v.device, []).append((label, v))
+        for probes in by_device.values():  # one read per device
+            values = torch.stack([v for _, v in probes]).tolist()
+            self.failed += [label for (label, _), v in zip(probes, values) if not math.isfinite(v)]
+        self._pending.clear()
+        return not self.failed
 
     # ------------------------------------------------------------------ proofs by running bounds
 

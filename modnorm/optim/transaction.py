@@ -220,7 +220,7 @@ class StepTransaction:
 
     def all_finite(self) -> bool:
         """One reduction per device over every new tensor; True when all are finite."""
-        if self.deferred is not None and self.deferred.failed:
+        if self.deferred is not None and not self.deferred.all_finite():
             return False
         by_device: dict[torch.device, list[Tensor]] = {}
         for *_, t in self._tensors():
