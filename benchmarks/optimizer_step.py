@@ -76,7 +76,7 @@ RATIOS: list[tuple[str, str, str, float]] = [
     ("shampoo / po.Shampoo (steps without refresh)", "modnorm.shampoo", "po.Shampoo+AdamW", 1.0),
 ]
 MEMORY = ["modnorm.soap", "po.SOAP+AdamW", "modnorm.shampoo", "po.Shampoo+AdamW", "modnorm.muadam", "po.AdaMuon",
-          "modnorm.adamw", "torch.AdamW(foreach)"]
+          "modnorm.muon", "torch.Muon+AdamW", "modnorm.adamw", "torch.AdamW(foreach)"]
 RESNET = ["torch.AdamW(foreach)", "modnorm.muon", "modnorm.scion", "modnorm.muadam", "modnorm.muadam(ns float32)", "modnorm.muon(batched)",
           "modnorm.muon(conv flatten)"]
 

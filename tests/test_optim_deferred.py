@@ -87,9 +87,9 @@ def test_the_statistics_are_written_in_place(preset, keys):
         assert not torch.equal(opt.state[hidden][k], values[k]), k
 
 
-def test_a_resumed_state_is_made_one_stack_and_continues_bitwise(monkeypatch):
-    """A loaded state holds separate tensors (not views of one stack): the first redo stacks them,
-    and the run continues as the uninterrupted one."""
+def test_a_resumed_state_continues_bitwise():
+    """A loaded state holds separate tensors (not views of one stack): its first step computes A, B
+    aside (as one new stack), later ones in place; the run continues as the uninterrupted one."""
     net_a, net_b = _net(), _net()
     opt_a = modnorm.optimizer(net_a, "shampoo", lr=1e-2, precondition_frequency=2)
     _train(net_a, opt_a, 3)

@@ -43,7 +43,7 @@ from .deferred import Deferred, accumulation_bound
 from .diagonal import SecondMoment
 from .hparams import Frequency, NonNeg, OptionalBeta, Positive, require
 from .preconditioner import Preconditioner, State, StepContext, check_eps
-from .stacked_state import assign, stacked
+from .stacked_state import assign, one_stack, stacked
 
 __all__ = [
     "Shampoo",
@@ -148,7 +148,8 @@ class _Factors:
         keys = [k for k in ("A", "B") if k in states[0]]
         defer = ctx.defer if ctx is not None and grads else None
         bounds = self._deferrable(defer, states, G, keys, beta, alpha) if defer is not None else None
-        if bounds is not None:  # one redo for both sides (one stack of the gradients at the commit)
+        # only statistics kept as one stack (not on a first step, nor just loaded) are redone in place
+        if bounds is not None and all(one_stack([s[k] for s in states]) for k in keys):  # one redo for both sides
             redo = functools.partial(_redo_factors, defer, states, grads, G.dtype, beta, alpha, bounds)
             if need:
                 for key in keys:
@@ -161,6 +162,8 @@ class _Factors:
         for key in keys:
             X, Y = (G, G.mT) if key == "A" else (G.mT, G)
             assign(states, key, torch.baddbmm(_stack(states, key), X, Y, beta=beta, alpha=alpha))
+            if bounds is not None:  # the bound holds for these values too (kept only if the step commits them)
+                defer.record([s[key] for s in states], bounds[key])
 
     @staticmethod
     def _deferrable(defer: Deferred, states: Sequence[State], G: Tensor, keys: list[str], beta: float,
@@ -193,15 +196,12 @@ def _nothing() -> None:
 
 def _redo_factors(defer: Deferred, states: Sequence[State], grads: Sequence[Tensor], dtype: torch.dtype,
                   beta: float, alpha: float, bounds: dict[str, float]) -> None:
-    """At the commit: A ← β A + α G Gᵀ and B ← β B + α Gᵀ G in place on the states' stacks (made one
-    stack first when they are not), and their running bounds recorded."""
+    """At the commit: A ← β A + α G Gᵀ and B ← β B + α Gᵀ G in place on the states' stacks (views:
+    ``accumulate`` defers only statistics kept as one stack), and their running bounds recorded."""
     G = _stacked_grads(grads, dtype)
     for key, bound in bounds.items():
-        S = _stack(states, key)
         X, Y = (G, G.mT) if key == "A" else (G.mT, G)
-        S.baddbmm_(X, Y, beta=beta, alpha=alpha)
-        if S.untyped_storage().data_ptr() != states[0][key].untyped_storage().data_ptr():  # a copy: store its views
-            assign(states, key, S)
+        _stack(states, key).baddbmm_(X, Y, beta=beta, alpha=alpha)
         defer.record([s[key] for s in states], bound)
 
 

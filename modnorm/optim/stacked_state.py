@@ -8,10 +8,11 @@ loaded or built tensor by tensor) stacks a copy. Both paths give the same values
 same (contiguous) layout, so a step does not depend on which one ran, and the state dict
 stays per parameter (``torch.save`` stores the shared memory once and restores the views).
 
-The views are read-only by contract: these preconditioners replace state tensors and
-never write them in place (``Preconditioner.updates_in_place = False``), and neither may
-anything that reads ``stacked``'s result. The shared memory lives as long as any of its
-views. Under torch.compile ``stacked`` always copies.
+During a step the views are read-only: these preconditioners replace state tensors and
+never write them in place while computing (``Preconditioner.updates_in_place = False``), and
+neither may anything that reads ``stacked``'s result. Only the commit writes them in place
+(Shampoo's A and B, ``deferred.py``), and only when they are one stack (``one_stack``). The
+shared memory lives as long as any of its views. Under torch.compile ``stacked`` always copies.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["stacked", "assign"]
+__all__ = ["stacked", "assign", "one_stack"]
 
 
-def _slices_of_one_stack(ts: Sequence[Tensor]) -> bool:
-    """Whether ``ts`` are consecutive, contiguous, equal-shape slices of one memory block."""
+def one_stack(ts: Sequence[Tensor]) -> bool:
+    """Whether ``ts`` are consecutive, contiguous, equal-shape slices of one memory block (``stacked``
+    then returns a view; a single contiguous tensor counts)."""
     if torch.compiler.is_compiling():
         return False
     t0 = ts[0]
@@ -44,7 +46,7 @@ def stacked(ts: Sequence[Tensor]) -> Tensor:
     """The (B, *shape) stack of same-shape tensors: a view when they are ``assign``'s slices, else a copy."""
     if len(ts) == 1:
         return ts[0].unsqueeze(0)
-    if _slices_of_one_stack(ts):
+    if one_stack(ts):
         t0 = ts[0]
         return t0.as_strided((len(ts), *t0.shape), (t0.numel(), *t0.stride()), t0.storage_offset())
     return torch.stack(list(ts))
