@@ -127,6 +127,7 @@ def test_accumulation_bound_refuses_what_may_overflow():
     assert accumulation_bound(big / 8, 1.0, 1.0, big / 8, 10, torch.float32) is None
     assert accumulation_bound(0.0, 1.0, 1.0, math.inf, 10, torch.float32) is None
     assert accumulation_bound(0.0, 1.0, 1.0, math.nan, 10, torch.float32) is None
+    assert accumulation_bound(0.0, 0.95, 0.05, big / 2, 10, torch.float32) is None  # α·X fits, X does not
 
 
 @pytest.mark.parametrize("preset", ["shampoo", "soap", "splus"])
@@ -143,6 +144,23 @@ def test_a_gradient_too_large_for_the_proof_takes_the_checked_path(preset):
     with pytest.raises(FloatingPointError, match="nothing was updated"):
         opt.step()
     assert unchanged(opt, params, snap)
+
+
+@pytest.mark.parametrize("preset", ["soap", "shampoo"])
+def test_a_product_that_overflows_before_its_scaling_is_not_proved_finite(preset):
+    """|G| = 2e19, a 4 × 4 matrix: α·G Gᵀ ≤ 0.05·4·4e38 < max/4, but G Gᵀ itself (formed before α scales it)
+    overflows float32. The step must not be proved finite: it is computed aside and refused."""
+    torch.manual_seed(0)
+    w, b = torch.randn(4, 4, requires_grad=True), torch.randn(4, requires_grad=True)
+    hp = {"beta2": 0.95} if preset == "shampoo" else {}
+    opt = modnorm.optimizer([("w", w), ("b", b)], preset, lr=0.1, precondition_frequency=10, **hp)
+    w.grad, b.grad = torch.ones(4, 4), torch.ones(4)
+    opt.step()  # the next step is not a refresh: A and B would be redone at the commit
+    w.grad, b.grad = torch.full((4, 4), 2e19), torch.ones(4)
+    snap = snapshot(opt, [w, b])
+    with pytest.raises(FloatingPointError, match="nothing was updated"):
+        opt.step()
+    assert unchanged(opt, [w, b], snap)
 
 
 def test_a_step_the_proof_cannot_cover_is_computed_aside_and_committed():

@@ -151,7 +151,9 @@ class Deferred:
 def accumulation_bound(old: float, beta: float, alpha: float, increment: float, terms: int, dtype: torch.dtype) -> float | None:
     """An upper bound on max |β S + α X| for max |S| ≤ ``old`` and max |X| ≤ ``increment`` when X is a
     float product summing ``terms`` terms (rounding included), or None when it may exceed M/4
-    (M the dtype's largest value; NaN and inf give None)."""
+    (M the dtype's largest value; NaN and inf give None). X itself is formed before α scales it
+    (``baddbmm``), so its own bound must stay below M/4 as well."""
     info = torch.finfo(dtype)
-    bound = (beta * old + alpha * increment) * (1.0 + (terms + 4) * info.eps)
-    return bound if bound <= info.max / 4 else None
+    grow = 1.0 + (terms + 4) * info.eps
+    bound = (beta * old + alpha * increment) * grow
+    return bound if bound <= info.max / 4 and increment * grow <= info.max / 4 else None
