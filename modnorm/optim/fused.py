@@ -58,7 +58,7 @@ from .moment_variants import AMSGrad
 from .preconditioner import Identity, Preconditioner
 from .update import RuleSpec
 
-__all__ = ["Bounds", "FusedStep", "fused_kind", "plan_fused", "abs_maxima", "admit", "advance"]
+__all__ = ["Bounds", "FusedBucket", "FusedStep", "fused_kind", "abs_maxima", "admit", "advance"]
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -96,18 +96,95 @@ def abs_maxima(tensors: Sequence[Tensor]) -> list[float]:
 _PLAIN = (Tensor, torch.nn.Parameter)
 
 
-def _usable(params: Sequence[Tensor], grads: Sequence[Tensor], states: Sequence[dict[str, Any]]) -> bool:
-    """Dense contiguous CPU tensors of one dtype (no subclass such as DTensor): what the kernels take.
-    (State tensors are made like their parameter, or moved to its device and dtype when loaded.)"""
-    dtype = params[0].dtype
-    return (all(type(p) in _PLAIN and p.is_cpu and p.dtype == dtype and p.is_contiguous() for p in params)
-            and all(g.is_cpu and g.dtype == dtype and g.is_contiguous() and g.shape == p.shape for g, p in zip(grads, params))
-            and all(v.is_cpu and v.dtype == dtype and v.is_contiguous() for s in states for k, v in s.items() if k != "step" and isinstance(v, Tensor)))
+def _state_fits(states: Sequence[dict[str, Any]], dtype: torch.dtype) -> list[list[tuple[str, Tensor]]] | None:
+    """Each state's tensors (but the step counter) as (key, tensor), when all are dense contiguous
+    CPU tensors of ``dtype`` (state is made like its parameter, or moved to its device and dtype
+    when loaded); None otherwise."""
+    out = [[(k, v) for k, v in s.items() if k != "step" and isinstance(v, Tensor)] for s in states]
+    fits = all(v.is_cpu and v.dtype == dtype and v.is_contiguous() for pairs in out for _, v in pairs)
+    return out if fits else None
 
 
 Bounds = dict[int, tuple[Any, float]]
 """id(parameter) → (weak reference to a state tensor, an upper bound on its max |x|): the
 running bound of the fused SGD/Adagrad steps, valid while that tensor object is the state's."""
+
+
+@dataclass(eq=False)
+class FusedBucket:
+    """What a bucket's fused step keeps from one step to the next: the kernel, the parameters,
+    their state dicts (new dicts on a first step) and the state tensors the kernel takes (checked
+    once, when the bucket is formed: ``unchanged`` says whether the dicts still hold them), the rule
+    and the per-parameter factors. ``step`` makes a step's ``FusedStep`` from the current gradients
+    and lr, re-checking what can change between steps."""
+
+    kind: str
+    params: list[Tensor]
+    states: list[dict[str, Any]]
+    fresh: list[bool]
+    tensors: list[list[tuple[str, Tensor]]]  # per parameter, its state's (key, tensor) pairs the checks passed
+    dtype: torch.dtype
+    spec: RuleSpec
+    precond: Preconditioner
+    maximize: bool
+    step_scales: list[float]
+    decay_budgets: list[float]
+    calls: list[tuple[float, float, list[int]]] = field(init=False)  # (step scale, decay budget, members): one kernel call each
+
+    def __post_init__(self) -> None:
+        groups: dict[tuple[float, float], list[int]] = defaultdict(list)
+        for i in reversed(range(len(self.params))):  # last-checked tensors first: their gradients may still be cached
+            groups[self.step_scales[i], self.decay_budgets[i]].append(i)
+        self.calls = [(scale, budget, idx) for (scale, budget), idx in groups.items()]
+
+    @classmethod
+    def of(cls, members: Sequence[tuple[Tensor, Any, dict[str, Any] | None]], maximize: bool,
+           state_dtype: Callable[[Tensor], torch.dtype], init_state: Callable[..., None]) -> FusedBucket | None:
+        """The bucket, or None when its rule is not a fused kernel's, or its parameters or state do not
+        fit one. ``members``: (parameter, its ``Plan``, its state or None before its first step);
+        ``init_state(p, plan, state, None)`` fills a first step's state."""
+        p0, plan = members[0][0], members[0][1]
+        kind = fused_kind(plan.spec, plan.norm, plan.precond, p0.dtype, state_dtype(p0))
+        if kind is None:
+            return None
+        states = []
+        for p, pl, original in members:
+            if original is None:
+                original = {}
+                init_state(p, pl, original, None)
+            states.append(original)
+        params = [m[0] for m in members]
+        tensors = _state_fits(states, p0.dtype) if all(type(p) in _PLAIN for p in params) else None  # no subclass (DTensor)
+        budgets = [m[1].budget for m in members]
+        if tensors is None or not all(math.isfinite(b) for b in budgets):
+            return None
+        return cls(kind, params, states, [m[2] is None for m in members], tensors, p0.dtype, plan.spec, plan.precond, maximize,
+                   [m[1].step_scale for m in members], budgets)
+
+    def unchanged(self) -> bool:
+        """Whether every state dict still holds the tensors that were checked."""
+        return all(s.get(k) is v for s, pairs in zip(self.states, self.tensors) for k, v in pairs)
+
+    def step(self, step: int, lr: Any, running: Bounds) -> FusedStep | None:
+        """This step's ``FusedStep``; None when lr is a tensor off the CPU, lr × a step scale is not a
+        positive finite number, or a parameter or gradient does not fit the kernel: dense contiguous
+        CPU tensors of the state's dtype, a gradient of its parameter's shape (the parameters as the
+        pipeline sees them: 0-D as (1,))."""
+        if isinstance(lr, Tensor) and lr.device.type != "cpu":
+            return None
+        lr = float(lr)
+        if not all(math.isfinite(lr * scale) and scale > 0 for scale, _, _ in self.calls):
+            return None
+        dtype, params, grads = self.dtype, self.params, [p.grad for p in self.params]
+        if not all(p.is_cpu and p.dtype == dtype and p.is_contiguous() and g.is_cpu and g.dtype == dtype and g.is_contiguous()
+                   and g.shape == p.shape for p, g in zip(params, grads)):
+            return None
+        views = [p.view(1) if p.ndim == 0 else p for p in params]
+        grads = [g.view(1) if g.ndim == 0 else g for g in grads]
+        out = FusedStep(self.kind, params, views, grads, self.states, self.fresh, self.spec, self.precond, step, lr,
+                        self.maximize, self.calls)
+        out.bound(running)
+        return out
 
 
 @dataclass(eq=False)
@@ -126,34 +203,21 @@ class FusedStep:
     step: int
     lr: float
     maximize: bool
-    step_scales: list[float]
-    decay_budgets: list[float]
+    calls: list[tuple[float, float, list[int]]]  # (step scale, decay budget, members): one kernel call each
     known: list[float | None] = field(default_factory=list)  # the running bound of each bounded state tensor (None: read it)
     probes: list[Tensor] = field(default_factory=list)
     bounds: list[float] = field(default_factory=list)  # the bounds after this step (set by ``admits``)
 
-    @classmethod
-    def build(cls, kind: str, params: list[Tensor], states: list[dict[str, Any]], fresh: list[bool], spec: RuleSpec,
-              precond: Preconditioner, step: int, lr: float, maximize: bool, step_scales: list[float],
-              decay_budgets: list[float], running: Bounds) -> FusedStep | None:
-        """The step, or None when a tensor is not fit for the kernel (device, dtype, layout) or a
-        factor is not finite."""
-        views = [p.view(1) if p.ndim == 0 else p for p in params]
-        grads = [p.grad.view(1) if p.ndim == 0 else p.grad for p in params]
-        if not _usable(views, grads, states):
-            return None
-        if not all(math.isfinite(lr * s) and s > 0 for s in step_scales) or not all(math.isfinite(b) for b in decay_budgets):
-            return None
-        out = cls(kind, params, views, grads, states, fresh, spec, precond, step, lr, maximize, list(step_scales), list(decay_budgets))
-        key = out._bounded_key()
+    def bound(self, running: Bounds) -> None:
+        """Set ``known`` from the running bounds and ``probes``: what the precondition reads."""
+        key = self._bounded_key()
         if key is not None:
-            for p, st in zip(params, states):
+            for p, st in zip(self.params, self.states):
                 ref, value = running.get(id(p), (None, 0.0))
-                fits = step == 1 and kind == "sgd" or ref is not None and ref() is st[key]  # a first SGD step does not read B
-                out.known.append(value if fits else None)
-        out.probes = out.grads + (out.views if out._coupled() else [])
-        out.probes += [st[key] for st, b in zip(states, out.known) if b is None]  # type: ignore[index]
-        return out
+                fits = self.step == 1 and self.kind == "sgd" or ref is not None and ref() is st[key]  # a first SGD step does not read B
+                self.known.append(value if fits else None)
+        self.probes = self.grads + (self.views if self._coupled() else [])
+        self.probes += [st[key] for st, b in zip(self.states, self.known) if b is None]  # type: ignore[index]
 
     # ------------------------------------------------------------------ the precondition
 
@@ -208,11 +272,8 @@ class FusedStep:
             for p, s, b in zip(self.params, self.states, self.bounds):
                 running[id(p)] = (weakref.ref(s[key]), b)
         steps = [s["step"] for s in self.states]
-        groups: dict[tuple[float, float], list[int]] = defaultdict(list)
-        for i in reversed(range(len(self.params))):
-            groups[self.step_scales[i], self.decay_budgets[i]].append(i)
         lr_r = self.lr * self.spec.lr_ratio
-        for (scale, budget), idx in groups.items():
+        for scale, budget, idx in self.calls:
             lr = lr_r * scale
             pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
             params, grads, states = pick(self.views), pick(self.grads), pick(self.states)
@@ -241,25 +302,6 @@ class FusedStep:
             return
         wd = self.spec.weight_decay * p.decay_scale(tuple(params[0].shape)) * decay_ratio if not self.spec.coupled else 0.0
         torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, maxes, steps, weight_decay=wd, **common)
-
-
-def plan_fused(members: Sequence[tuple[Tensor, Any, dict[str, Any] | None]], step: int, lr: Any, maximize: bool,
-               state_dtype: Callable[[Tensor], torch.dtype], init_state: Callable[..., None], running: Bounds) -> FusedStep | None:
-    """A bucket's fused step, or None when it takes the transactional path. ``members``: (parameter,
-    its ``Plan``, its state or None before its first step); ``init_state(p, plan, state, None)``
-    fills a first step's state."""
-    p0, plan = members[0][0], members[0][1]
-    kind = fused_kind(plan.spec, plan.norm, plan.precond, p0.dtype, state_dtype(p0))
-    if kind is None or isinstance(lr, Tensor) and lr.device.type != "cpu":
-        return None
-    states = []
-    for p, pl, original in members:
-        if original is None:
-            original = {}
-            init_state(p, pl, original, None)
-        states.append(original)
-    return FusedStep.build(kind, [m[0] for m in members], states, [m[2] is None for m in members], plan.spec, plan.precond, step,
-                           float(lr), maximize, [m[1].step_scale for m in members], [m[1].budget for m in members], running)
 
 
 def advance(steps: Sequence[FusedStep]) -> None:

@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -67,7 +66,8 @@ from .step_size import Direction, Scaling, StepSizeStage, group_stage, stage_inp
 from .update_stages import ScheduleFreeModes
 from .state_io import GROUP_KEYS, NS_AUTO_KEY, NS_PRODUCTS_KEY, PRESET_KEY, SKIPPED_KEY, STORAGE_KEY, check_loadable, checked_ns_choices, is_runtime, portable, upgraded
 from .deferred import Deferred, FactorBounds
-from .fused import Bounds, FusedStep, admit, advance, plan_fused
+from .fused import Bounds, FusedStep, admit, advance
+from .step_plan import form_buckets
 from .transaction import PendingWrite, StepTransaction
 from .update import BucketStep, compiled_update_bucket, momentum_implied, update_bucket
 
@@ -370,6 +370,8 @@ class ModnormOptimizer(LowPrecisionState, RecordedNsChoices, ScheduleFreeModes, 
         if failure is None and txn.all_finite():
             txn.commit(self.state)
             advance(fused)
+            if self._step_plan is not None:
+                self._step_plan.committed()
             for step in reversed(fused):  # proven finite (fused.py): in place, once nothing can refuse the step
                 step.run(self.state, self._bounds)
             return
@@ -392,33 +394,15 @@ class ModnormOptimizer(LowPrecisionState, RecordedNsChoices, ScheduleFreeModes, 
         """Resolve plans and form the buckets (eager, never traced): (jobs, fused). A bucket that a
         fused kernel can step in place, with a precondition that holds (``fused.py``), is in ``fused``;
         every other bucket opens its parameters' shadow state in ``txn`` and is a job."""
-        work = []
-        for gi, group in enumerate(self.param_groups):
-            items = [(i, p) for i, p in enumerate(group["params"]) if p.grad is not None and p.numel() > 0]
-            if items:
-                work.append((gi, group, items))
-        self._check_gradients(work)
-        # resolve every group first: hyperparameters changed to bad values fail before any update
-        all_plans = [self._plans(gi, group) for gi, group, _ in work]
-        lrs = [self._checked_lr(gi, group) for gi, group, _ in work]
-        buckets: list[tuple[list[tuple[Tensor, Plan, dict | None]], int, Any, bool]] = []
-        for (gi, group, items), plans, lr in zip(work, all_plans, lrs):
-            by_key: dict[tuple, list[tuple[Tensor, Plan, dict | None]]] = defaultdict(list)
-            for i, p in items:
-                original = self.state.get(p) or None
-                t = int(original["step"]) + 1 if original is not None else 1  # step lives on the CPU: no device sync
-                by_key[(plans[i].key, t)].append((p, plans[i], original))
-            buckets += [(members, t, lr, bool(group["maximize"])) for (_, t), members in by_key.items()]
-        fusable = stage is None and self._compile is False
-        candidates = [(plan_fused(*b, self._storage_dtype, self._init_state, self._bounds) if fusable else None, b) for b in buckets]
-        admitted, _ = admit([f for f, _ in candidates if f is not None])
+        buckets, candidates = form_buckets(self, stage is None and self._compile is False)  # step_plan.py
+        admitted, _ = admit([f for f in candidates if f is not None])
         taken = {id(f) for f in admitted}
         init = lambda p, plan, shadow: self._init_state(p, plan, shadow, stage)  # noqa: E731
         storage = None
         if self._storage is not None:  # 16-bit state: the rounding noise is keyed by the parameter's index
             index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
             storage = lambda p, plan, shadow, t: self._upcast(p, plan, stage, shadow, index[id(p)], t)  # noqa: E731
-        jobs = [(txn.open_bucket(members, t, init, storage), t, lr, maximize) for f, (members, t, lr, maximize) in candidates if id(f) not in taken]
+        jobs = [(txn.open_bucket(members, t, init, storage), t, lr, maximize) for f, (members, t, lr, maximize) in zip(candidates, buckets) if id(f) not in taken]
         return jobs, admitted
 
     def _checked_lr(self, gi: int, group: dict[str, Any]) -> Any:
