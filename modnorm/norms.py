@@ -72,6 +72,12 @@ class Norm:
         """dual(G) · lmo(G): steepest descent without normalization."""
         return _unsqueeze(self.dual(G), self.ndim) * self.lmo(G)
 
+    def lmo_step(self, G: Tensor) -> Tensor:
+        """``lmo(G)`` as an optimizer adds it to the parameters: the same values, possibly in a
+        narrower float dtype that upcasts to G's exactly (``Spectral``: Newton–Schulz's bf16).
+        The default is ``lmo``."""
+        return self.lmo(G)
+
     def expected_shape(self) -> str:
         """Human-readable shape this norm accepts, used in error messages."""
         return "(..., " + ", ".join(f"d{i}" for i in range(self.ndim)) + ")"
@@ -238,11 +244,23 @@ class Spectral(Norm):
         self._check(G)
         return singular_values(G).sum(dim=-1) * self._s(G)
 
+    def _polar(self, G: Tensor, narrow: bool = False) -> Tensor:
+        """The polar factor U Vᵀ of each matrix (``modnorm.orthogonalize`` with this norm's options)."""
+        return orthogonalize(G, method=self.method, steps=self.steps, dtype=self.dtype, eps=self.eps, products=self.products,
+                             narrow=narrow)
+
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
-        O = orthogonalize(G, method=self.method, steps=self.steps, dtype=self.dtype, eps=self.eps, products=self.products)
+        O = self._polar(G)
         s = self._s(G)
         return O if s == 1.0 else O * s  # × 1 is exact: no copy
+
+    def lmo_step(self, G: Tensor) -> Tensor:
+        """``lmo``, in Newton–Schulz's narrower compute dtype when the scale is 1 (values upcast exactly)."""
+        if self._s(G) != 1.0:
+            return self.lmo(G)
+        self._check(G)
+        return self._polar(G, narrow=True)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(scale={self.scale!r}, method={self.method!r}, steps={self.steps}"

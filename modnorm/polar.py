@@ -249,8 +249,9 @@ def _to_compute(X: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _newton_schulz(X: Tensor, coefficients: Sequence[Coefficients], safety: float, eps: float, dtype: torch.dtype,
-                   products: str | ProductChoices | None = None) -> Tensor:
-    """Run the quintic iteration on the short side of every matrix of X, batched or matrix by matrix."""
+                   products: str | ProductChoices | None = None, narrow: bool = False) -> Tensor:
+    """Run the quintic iteration on the short side of every matrix of X, batched or matrix by matrix;
+    ``narrow``: return the compute dtype when it is narrower than X's (not cast back)."""
     m, n = X.shape[-2:]
     Y = _to_compute(X, dtype)
     if m > n:
@@ -263,6 +264,8 @@ def _newton_schulz(X: Tensor, coefficients: Sequence[Coefficients], safety: floa
     Y = _iterate_loop(Y, coefficients) if _form(products, Y) == "loop" else _iterate_batched(Y, coefficients)
     if m > n:
         Y = Y.mT
+    if narrow and torch.finfo(dtype).bits < torch.finfo(X.dtype).bits:
+        return Y.reshape(X.shape)
     return Y.to(X.dtype).reshape(X.shape)  # cast first: a transposed result is copied once, not twice
 
 
@@ -274,6 +277,7 @@ def orthogonalize(
     eps: float = 1e-7,
     coefficients: Sequence[Coefficients] | None = None,
     products: str | ProductChoices | None = None,
+    narrow: bool = False,
 ) -> Tensor:
     """Approximate ``U Vᵀ`` for every matrix in ``X`` of shape ``(..., m, n)``.
 
@@ -297,9 +301,12 @@ def orthogonalize(
             "loop" (2-D products, matrix by matrix), "auto" (measured per call shape and
             recorded, ``modnorm.polar_products``) or a ``ProductChoices`` table. Changes the
             rounding only. Ignored by "svd".
+        narrow: return the iteration's compute dtype when it is narrower than X's (bf16 for a
+            float32 X; every value then upcasts exactly): a caller that only adds the result to
+            X's dtype saves the cast's copy and half the memory.
 
     Returns:
-        A tensor of X's shape and dtype.
+        A tensor of X's shape, in X's dtype (or the narrower compute dtype, with ``narrow``).
     """
     _check(X, method, steps, dtype, eps)
     check_products("orthogonalize", products)
@@ -323,4 +330,4 @@ def orthogonalize(
         dtype = auto_dtype(X.device, X.dtype, min(X.shape[-2:]))
     if schedule is None:
         schedule = ns_coefficients(method, default_steps(method, dtype) if steps is None else steps)
-    return _newton_schulz(X, schedule, safety, eps, dtype, products)  # type: ignore[arg-type]
+    return _newton_schulz(X, schedule, safety, eps, dtype, products, narrow)  # type: ignore[arg-type]

@@ -234,3 +234,27 @@ def test_benchmark_quick_writes_json(tmp_path) -> None:  # type: ignore[no-untyp
     svd_rows = [r for r in saved["accuracy"] if r["method"] == "svd"]
     assert svd_rows and all(v < 1e-12 for r in svd_rows for k, v in r.items() if k.startswith("fro_"))
     assert {t["method"] for t in saved["timing"]} == set(METHODS)
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 5), (3, 5, 8), (4, 6)])
+def test_narrow_output_is_the_cast_result_before_its_cast(shape):
+    """``narrow=True`` returns the bf16 iterate the float32 result is an exact upcast of (tall matrices
+    are iterated transposed: the view is returned, not copied)."""
+    X = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    wide = orthogonalize(X, dtype=torch.bfloat16)
+    narrow = orthogonalize(X, dtype=torch.bfloat16, narrow=True)
+    assert narrow.dtype == torch.bfloat16 and narrow.shape == X.shape and torch.equal(narrow.float(), wide)
+    assert orthogonalize(X, dtype=torch.float32, narrow=True).dtype == torch.float32  # nothing narrower to keep
+
+
+def test_spectral_lmo_step_keeps_bf16_only_at_scale_one():
+    from modnorm.norms import Spectral
+    from modnorm.optim.recipe import _CoefficientSpectral
+
+    X = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(4))
+    for norm in (Spectral(scale="none", dtype=torch.bfloat16),
+                 _CoefficientSpectral(((3.4445, -4.775, 2.0315),), scale="none", steps=5, dtype=torch.bfloat16)):
+        step = norm.lmo_step(X)
+        assert step.dtype == torch.bfloat16 and torch.equal(step.float(), norm.lmo(X))
+    scaled = Spectral(scale="rms", dtype=torch.bfloat16)
+    assert scaled.lmo_step(X).dtype == torch.float32 and torch.equal(scaled.lmo_step(X), scaled.lmo(X))

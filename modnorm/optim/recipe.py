@@ -171,13 +171,11 @@ class _CoefficientSpectral(Spectral):
         super().__init__(**options)
         self.coefficients = tuple(tuple(float(x) for x in abc) for abc in coefficients)
 
-    def lmo(self, G: torch.Tensor) -> torch.Tensor:
+    def _polar(self, G: torch.Tensor, narrow: bool = False) -> torch.Tensor:
         from ..polar import orthogonalize
 
-        self._check(G)
-        O = orthogonalize(G, steps=self.steps, dtype=self.dtype, eps=self.eps, coefficients=self.coefficients, products=self.products)
-        s = self._s(G)
-        return O if s == 1.0 else O * s
+        return orthogonalize(G, steps=self.steps, dtype=self.dtype, eps=self.eps, coefficients=self.coefficients,
+                             products=self.products, narrow=narrow)
 
     def __repr__(self) -> str:
         return f"Spectral(scale={self.scale!r}, coefficients={self.coefficients}, steps={self.steps}{_dtype_repr(self.dtype, self.products)})"

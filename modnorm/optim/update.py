@@ -170,13 +170,16 @@ def update_bucket(
         if spec.momentum != "none":
             d = []
         ctx.defer.end_bucket(", ".join(ctx.names))
-    U = dual_map(norm, X, mode=spec.mode)
+    # a U that is only added (float lr, one step scale, nothing staged or collected) may stay in
+    # Newton–Schulz's bf16: W + α·U upcasts it exactly, and holding it until the commit takes half
+    narrow = not staged and collect is None and sharded is None and isinstance(lr_r, float) and len(set(step_scales)) == 1
+    U = dual_map(norm, X, mode=spec.mode, narrow=narrow)
     if collect is not None:
         collect.append(Direction(ctx.params, states, X, U, step_scales))
     if staged:
         return _staged(spec, U, views=views, grads=raw, states=states, step=step, lr=lr_r * c, step_scales=step_scales, decay=decay)
     U, alpha = budget_stage(U, lr=lr_r, step_scales=step_scales)
-    if U.dtype != views[0].dtype:
+    if U.dtype != views[0].dtype and not (narrow and torch.finfo(U.dtype).bits < torch.finfo(views[0].dtype).bits):
         U = U.to(views[0].dtype)
     checks = [U, *d] if spec.momentum == "none" and not precond.covers_gradient else [U]  # d (the gradient) is in no state
     return BucketStep(U.unbind(0), alpha, decay, None, True, checks)
