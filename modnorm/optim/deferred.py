@@ -70,16 +70,18 @@ class Deferred:
 
     # ------------------------------------------------------------------ within a bucket
 
-    def replace(self, states: Sequence[dict[str, Any]], key: str, new: Sequence[Tensor], redo: Callable[[], None],
+    def replace(self, states: Sequence[dict[str, Any]], key: str, new: Sequence[Tensor], redo: Callable[[], None] | None,
                 probe: bool = True) -> None:
         """Show ``new`` (temporaries) in ``states[key]`` until the bucket ends; at the commit, ``redo``
-        recomputes them in place into the old tensors. ``probe``: check the temporaries at the end
-        of the bucket (False when their finiteness is proved or implied otherwise)."""
+        recomputes them in place into the old tensors (None: a redo registered with ``later`` does).
+        ``probe``: check the temporaries at the end of the bucket (False when their finiteness is
+        proved or implied otherwise)."""
         old = [s[key] for s in states]
         for s, v in zip(states, new):
             s[key] = v
         self._restores.append((states, key, old, probe))
-        self._redos.append(redo)
+        if redo is not None:
+            self._redos.append(redo)
 
     def later(self, redo: Callable[[], None]) -> None:
         """Run ``redo`` at the commit (an in-place update proved finite, e.g. by ``factor_bound``)."""

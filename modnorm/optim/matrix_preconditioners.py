@@ -150,14 +150,12 @@ class _Factors:
         bounds = self._deferrable(defer, states, G, keys, beta, alpha) if defer is not None else None
         # only statistics kept as one stack (not on a first step, nor just loaded) are redone in place
         if bounds is not None and all(one_stack([s[k] for s in states]) for k in keys):  # one redo for both sides
-            redo = functools.partial(_redo_factors, defer, states, grads, G.dtype, beta, alpha, bounds)
             if need:
                 for key in keys:
                     X, Y = (G, G.mT) if key == "A" else (G.mT, G)
                     new = torch.baddbmm(_stack(states, key), X, Y, beta=beta, alpha=alpha).unbind(0)
-                    defer.replace(states, key, new, redo if key == keys[-1] else _nothing, probe=False)  # finite: proved
-            else:
-                defer.later(redo)
+                    defer.replace(states, key, new, None, probe=False)  # finite: proved
+            defer.later(functools.partial(_redo_factors, defer, states, grads, G.dtype, beta, alpha, bounds))
             return
         for key in keys:
             X, Y = (G, G.mT) if key == "A" else (G.mT, G)
@@ -188,10 +186,6 @@ class _Factors:
         if self.beta2 is None or self.beta2 == 0.0:
             return S
         return S / (1.0 - self.beta2**step)
-
-
-def _nothing() -> None:
-    return None
 
 
 def _redo_factors(defer: Deferred, states: Sequence[State], grads: Sequence[Tensor], dtype: torch.dtype,
