@@ -14,16 +14,17 @@ instead
   kernels on the same operands, so the stored value is bit for bit the checked temporary;
 
 or, when this step does not read the new value (Shampoo's A, B between refreshes), skip the
-temporary and prove instead that the in-place update cannot overflow (``factor_bound``: a running
-upper bound of max |A|, as ``fused.py`` keeps for its buffers).
+temporary and prove instead that the in-place update cannot overflow (``accumulation_bound``,
+from a running upper bound of max |A| per state tensor — ``known_max``, ``record`` — as
+``fused.py`` keeps for its buffers).
 
 A refused step never reaches the commit, so nothing is written; the shadow only ever held the
 temporaries. Peak memory then holds one bucket's temporaries instead of every bucket's new state.
 
 The redo reads the gradients and the step's own inputs at the commit, before the parameters are
-written. ``Deferred`` is used only on the eager, single-process path with state in the
-parameters' compute dtype (not under ``compile``, not for DTensor shards or 16-bit storage, not
-with a global step-size stage); everything else computes aside as before.
+written. ``Deferred`` is used only on the eager path: not under ``compile``, not for DTensor
+(FSDP2) shards, not with 16-bit state storage, not with a global step-size stage; everything
+else computes aside as before.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Deferred", "FactorBounds"]
+__all__ = ["Deferred", "FactorBounds", "accumulation_bound"]
 
 FactorBounds = dict[int, tuple[Any, float]]
 """id(state tensor) → (weak reference to it, an upper bound on its max |x|), valid while that object lives."""
