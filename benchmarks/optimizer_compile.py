@@ -12,7 +12,6 @@ lr or step changes: should be 0), and the largest weight difference compiled vs 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import modnorm  # noqa: E402
-from optimizer_step import gpt_params, gpt_shapes  # noqa: E402
+from optimizer_step import gpt_params, gpt_shapes, gpt_step_parser  # noqa: E402
 
 
 def _optimizer(preset: str, shapes, compile_opts) -> tuple[list, torch.optim.Optimizer, object]:
@@ -42,16 +41,10 @@ def _optimizer(preset: str, shapes, compile_opts) -> tuple[list, torch.optim.Opt
 def main(argv: list[str] | None = None) -> None:
     from torch._dynamo.utils import counters
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = gpt_step_parser(__doc__)
     ap.add_argument("--presets", nargs="+", default=["adamw", "muadam", "muon"])
     ap.add_argument("--backend", default="inductor")
-    ap.add_argument("--width", type=int, default=128)
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--vocab", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="width 64, 5 repeats")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:

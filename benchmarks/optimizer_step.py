@@ -181,9 +181,9 @@ def gpt_geometries(shapes: list) -> dict[str, Geometry]:
     return geometries
 
 
-def gpt_step_arguments(doc: str, argv: list[str] | None = None) -> argparse.Namespace:
-    """Options of the interleaved step benchmarks on the GPT-like set (step_check, state_dtype_step);
-    ``--quick``: width 64, 5 repeats, 1 warm-up."""
+def gpt_step_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every interleaved step benchmark on the GPT-like set takes: its size
+    (width, layers, vocab), warm-up and repeats, and ``--quick``."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
@@ -191,6 +191,13 @@ def gpt_step_arguments(doc: str, argv: list[str] | None = None) -> argparse.Name
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="width 64, 5 repeats")
+    return ap
+
+
+def gpt_step_arguments(doc: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """Options of step_check and state_dtype_step: ``gpt_step_parser``'s and ``--out``;
+    ``--quick``: width 64, 5 repeats, 1 warm-up."""
+    ap = gpt_step_parser(doc)
     ap.add_argument("--out", type=str, default=None, help="JSON file or directory")
     args = ap.parse_args(argv)
     if args.quick:
