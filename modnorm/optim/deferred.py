@@ -37,26 +37,33 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Deferred", "FactorBounds", "accumulation_bound"]
+__all__ = ["Deferred", "FactorBounds", "accumulation_bound", "finiteness_probes"]
 
 FactorBounds = dict[int, tuple[Any, float]]
 """id(state tensor) → (weak reference to it, an upper bound on its max |x|), valid while that object lives."""
 
 
+def finiteness_probes(ts: Sequence[Tensor]) -> Tensor:
+    """One float32 number per tensor of one device, non-finite whenever the tensor holds a NaN or ±inf:
+    its sum on the CPU (NaN/inf propagate; a sum of finite values may also overflow, which the
+    caller settles with ``isfinite``), its max |x| on accelerators (``_foreach_norm(inf)``: finite
+    exactly when every value is)."""
+    if ts[0].device.type == "cpu":
+        return torch.stack([t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32).float() for t in ts])
+    return torch.stack([n.float() for n in torch._foreach_norm(list(ts), float("inf"))])
+
+
 def _finite_probe(ts: Sequence[Tensor]) -> bool | Tensor:
-    """Whether every value of ``ts`` is finite. On the CPU: one sum per tensor (NaN/inf propagate;
-    a finite total that overflows is settled exactly), read now. On accelerators: a 0-d tensor,
-    max |x| over ``ts`` (``_foreach_norm(inf)``: finite exactly when every value is), read with the
-    transaction's check (no host synchronization per bucket)."""
+    """Whether every value of ``ts`` is finite: read now on the CPU (settled exactly when the sum
+    overflows); on accelerators a 0-d max |x|, read with the transaction's check (no host
+    synchronization per bucket)."""
     ts = [t for t in ts if t.is_floating_point() and t.numel() > 0 and t.device.type != "meta"]  # meta tensors hold no values
     if not ts:
         return True
+    probes = finiteness_probes(ts)
     if ts[0].device.type != "cpu":
-        return torch.stack([n.float() for n in torch._foreach_norm(list(ts), float("inf"))]).amax()
-    probes = [t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32).float() for t in ts]
-    if math.isfinite(float(torch.stack(probes).sum())):
-        return True
-    return all(bool(t.isfinite().all()) for t in ts)
+        return probes.amax()
+    return math.isfinite(float(probes.sum())) or all(bool(t.isfinite().all()) for t in ts)
 
 
 class Deferred:

@@ -54,7 +54,7 @@ from torch import Tensor
 
 from ..distributed.layout import is_dtensor
 from ..distributed.sharded_norm import to_local
-from .deferred import Deferred
+from .deferred import Deferred, finiteness_probes
 from .preconditioner import RESERVED_STATE_KEYS
 
 __all__ = ["PendingWrite", "StepTransaction"]
@@ -225,13 +225,9 @@ class StepTransaction:
         by_device: dict[torch.device, list[Tensor]] = {}
         for *_, t in self._tensors():
             by_device.setdefault(t.device, []).append(t)
-        for device, ts in by_device.items():
-            if device.type == "cpu":  # NaN/inf propagate into a sum; a finite sum that overflows is cleared below
-                probes = [t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32).float() for t in ts]
-            else:
-                probes = [n.float() for n in torch._foreach_norm(ts, float("inf"))]
+        for ts in by_device.values():
             # one number: NaN/inf in any probe propagate into the total (a finite total that overflows is cleared here)
-            if not math.isfinite(float(torch.stack(probes).sum())) and not all(bool(t.isfinite().all()) for t in ts):
+            if not math.isfinite(float(finiteness_probes(ts).sum())) and not all(bool(t.isfinite().all()) for t in ts):
                 return False
         return True
 
