@@ -115,8 +115,8 @@ def test_the_running_bound_of_the_factors_stays_above_them():
     for st in opt.state.values():
         for key in ("A", "B"):
             if key in st:
-                ref, bound = opt._factor_bounds[id(st[key])]
-                assert ref() is st[key] and float(st[key].abs().max()) <= bound
+                bound = opt._bounds.known(st[key])
+                assert bound is not None and float(st[key].abs().max()) <= bound
                 checked += 1
     assert checked > 0
 
@@ -231,10 +231,11 @@ def test_a_non_finite_temporary_is_named_and_nothing_is_written():
 def test_probes_read_later_name_what_was_not_finite():
     """Accelerator probes are 0-d tensors read once by ``all_finite`` (here CPU tensors stand in for them)."""
     from modnorm.optim.deferred import Deferred
+    from modnorm.optim.running_bounds import RunningBounds
 
-    d = Deferred({})
+    d = Deferred(RunningBounds())
     d._pending += [("a (state 'exp_avg')", torch.tensor(1.0)), ("b (state 'exp_avg_sq')", torch.tensor(math.inf)),
                    ("c (state 'momentum_buffer')", torch.tensor(math.nan))]
     assert not d.all_finite()
     assert d.failed == ["b (state 'exp_avg_sq')", "c (state 'momentum_buffer')"] and not d._pending
-    assert Deferred({}).all_finite()
+    assert Deferred(RunningBounds()).all_finite()

@@ -30,18 +30,15 @@ else computes aside as before.
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["Deferred", "FactorBounds", "accumulation_bound", "finiteness_probes"]
+from .running_bounds import RunningBounds, abs_maxima
 
-FactorBounds = dict[int, tuple[Any, float]]
-"""id(state tensor) → (weak reference to it, an upper bound on its max |x|), valid while that object lives."""
-
+__all__ = ["Deferred", "accumulation_bound", "finiteness_probes"]
 
 def finiteness_probes(ts: Sequence[Tensor]) -> Tensor:
     """One float32 number per tensor of one device, non-finite whenever the tensor holds a NaN or ±inf:
@@ -69,7 +66,7 @@ def _finite_probe(ts: Sequence[Tensor]) -> bool | Tensor:
 class Deferred:
     """One step's deferred state updates: temporaries to probe and restore per bucket, redos for the commit."""
 
-    def __init__(self, bounds: FactorBounds) -> None:
+    def __init__(self, bounds: RunningBounds) -> None:
         self.bounds = bounds
         self._redos: list[Callable[[], None]] = []
         self._restores: list[tuple[Sequence[dict[str, Any]], str, list[Tensor], bool]] = []
@@ -131,23 +128,13 @@ class Deferred:
 
     def known_max(self, ts: Sequence[Tensor]) -> float:
         """An upper bound on max |x| over ``ts``: their running bounds, read (one batch) for those unknown."""
-        unknown, best = [], 0.0
-        for t in ts:
-            ref, value = self.bounds.get(id(t), (None, 0.0))
-            if ref is not None and ref() is t:
-                best = max(best, value)
-            else:
-                unknown.append(t)
-        if unknown:
-            maxima = torch.stack([x for t in unknown for x in torch.aminmax(t)]).abs().amax()
-            m = float(maxima)
-            best = max(best, math.inf if math.isnan(m) else m)
-        return best
+        known = [self.bounds.known(t) for t in ts]
+        read = abs_maxima([t for t, b in zip(ts, known) if b is None])
+        return max((math.inf if math.isnan(m) else m for m in [*(b for b in known if b is not None), *read]), default=0.0)
 
     def record(self, ts: Sequence[Tensor], bound: float) -> None:
         """After a redo: ``bound`` is an upper bound on max |x| of each of ``ts``."""
-        for t in ts:
-            self.bounds[id(t)] = (weakref.ref(t), bound)
+        self.bounds.record(ts, bound)
 
     # ------------------------------------------------------------------ the commit
 

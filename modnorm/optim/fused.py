@@ -20,7 +20,7 @@ NaN when it holds one; g' = ∓g + λ_c W the gradient with coupled decay λ_c; 
                   on the first step, where B' = g'; with Nesterov d = g' + β B' ≤ M / 2)
 
 S̄, B̄ are running upper bounds of max |S|, max |B|: the S⁺, B⁺ of the parameter's previous
-fused step, kept while its state tensor is the same object (``Bounds``), else read (amax)
+fused step, kept while its state tensor is the same object (``running_bounds``), else read (amax)
 with the gradients. Everything is read in one batch (``torch.aminmax`` per tensor, one
 ``tolist``); a NaN or ±inf anywhere fails the comparisons. This proves what the
 transaction's check of the same step proves (finite new state and direction; the parameters
@@ -43,7 +43,6 @@ transactional path.
 from __future__ import annotations
 
 import math
-import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,9 +55,10 @@ from ..norms import Frobenius, Norm
 from .diagonal import SecondMoment
 from .moment_variants import AMSGrad
 from .preconditioner import Identity, Preconditioner
+from .running_bounds import RunningBounds, abs_maxima
 from .update import RuleSpec
 
-__all__ = ["Bounds", "FusedBucket", "FusedStep", "fused_kind", "abs_maxima", "admit", "advance"]
+__all__ = ["FusedBucket", "FusedStep", "fused_kind", "abs_maxima", "admit", "advance"]
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -86,13 +86,6 @@ def fused_kind(spec: RuleSpec, base: Norm, precond: Preconditioner, dtype: torch
     return "adam" if spec.coupled and spec.weight_decay else "adamw"
 
 
-def abs_maxima(tensors: Sequence[Tensor]) -> list[float]:
-    """max |x| of each tensor (NaN for a tensor holding a NaN), read in one batch."""
-    if not tensors:
-        return []
-    return torch.stack([x for t in tensors for x in torch.aminmax(t)]).view(-1, 2).abs().amax(1).tolist()
-
-
 _PLAIN = (Tensor, torch.nn.Parameter)
 
 
@@ -103,11 +96,6 @@ def _state_fits(states: Sequence[dict[str, Any]], dtype: torch.dtype) -> list[li
     out = [[(k, v) for k, v in s.items() if k != "step" and isinstance(v, Tensor)] for s in states]
     fits = all(v.is_cpu and v.dtype == dtype and v.is_contiguous() for pairs in out for _, v in pairs)
     return out if fits else None
-
-
-Bounds = dict[int, tuple[Any, float]]
-"""id(parameter) → (weak reference to a state tensor, an upper bound on its max |x|): the
-running bound of the fused SGD/Adagrad steps, valid while that tensor object is the state's."""
 
 
 @dataclass(eq=False)
@@ -165,7 +153,7 @@ class FusedBucket:
         """Whether every state dict still holds the tensors that were checked."""
         return all(s.get(k) is v for s, pairs in zip(self.states, self.tensors) for k, v in pairs)
 
-    def step(self, step: int, lr: Any, running: Bounds) -> FusedStep | None:
+    def step(self, step: int, lr: Any, running: RunningBounds) -> FusedStep | None:
         """This step's ``FusedStep``; None when lr is a tensor off the CPU, lr × a step scale is not a
         positive finite number, or a parameter or gradient does not fit the kernel: dense contiguous
         CPU tensors of the state's dtype, a gradient of its parameter's shape (the parameters as the
@@ -208,14 +196,13 @@ class FusedStep:
     probes: list[Tensor] = field(default_factory=list)
     bounds: list[float] = field(default_factory=list)  # the bounds after this step (set by ``admits``)
 
-    def bound(self, running: Bounds) -> None:
+    def bound(self, running: RunningBounds) -> None:
         """Set ``known`` from the running bounds and ``probes``: what the precondition reads."""
         key = self._bounded_key()
         if key is not None:
-            for p, st in zip(self.params, self.states):
-                ref, value = running.get(id(p), (None, 0.0))
-                fits = self.step == 1 and self.kind == "sgd" or ref is not None and ref() is st[key]  # a first SGD step does not read B
-                self.known.append(value if fits else None)
+            for st in self.states:
+                value = 0.0 if self.step == 1 and self.kind == "sgd" else running.known(st[key])  # a first SGD step does not read B
+                self.known.append(value)
         self.probes = self.grads + (self.views if self._coupled() else [])
         self.probes += [st[key] for st, b in zip(self.states, self.known) if b is None]  # type: ignore[index]
 
@@ -260,7 +247,7 @@ class FusedStep:
 
     # ------------------------------------------------------------------ the step
 
-    def run(self, state: dict[Tensor, Any], running: Bounds) -> None:
+    def run(self, state: dict[Tensor, Any], running: RunningBounds) -> None:
         """Update parameters and state in place (one kernel call per distinct step scale and decay
         budget; the step counters are advanced before); first-step state dicts join ``state``, the
         new bounds ``running``. Last-checked tensors first: their gradients may still be cached."""
@@ -269,8 +256,8 @@ class FusedStep:
                 state[p] = s
         key = self._bounded_key()
         if key is not None:
-            for p, s, b in zip(self.params, self.states, self.bounds):
-                running[id(p)] = (weakref.ref(s[key]), b)
+            for s, b in zip(self.states, self.bounds):
+                running.record([s[key]], b)
         steps = [s["step"] for s in self.states]
         lr_r = self.lr * self.spec.lr_ratio
         for scale, budget, idx in self.calls:

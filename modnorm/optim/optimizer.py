@@ -65,8 +65,9 @@ from .recipe import Recipe, infer_geometry
 from .step_size import Direction, Scaling, StepSizeStage, group_stage, stage_inputs, stage_loss
 from .update_stages import ScheduleFreeModes
 from .state_io import GROUP_KEYS, NS_AUTO_KEY, NS_PRODUCTS_KEY, PRESET_KEY, SKIPPED_KEY, STORAGE_KEY, check_loadable, checked_ns_choices, is_runtime, portable, upgraded
-from .deferred import Deferred, FactorBounds
-from .fused import Bounds, FusedStep, admit, advance
+from .deferred import Deferred
+from .fused import FusedStep, admit, advance
+from .running_bounds import RunningBounds
 from .step_plan import form_buckets
 from .transaction import PendingWrite, StepTransaction
 from .update import BucketStep, compiled_update_bucket, momentum_implied, update_bucket
@@ -145,8 +146,7 @@ class ModnormOptimizer(LowPrecisionState, RecordedNsChoices, ScheduleFreeModes, 
         self._meta: list[list[tuple[str, Geometry, float]]] = []
         self._forget_plans()
         self._init_ns_choices()  # what ns_dtype="auto" and ns_products="auto" resolve to (ns_choices.py)
-        self._bounds: Bounds = {}  # running bounds of the fused steps' state (fused.py)
-        self._factor_bounds: FactorBounds = {}  # running bounds of statistics updated at the commit (deferred.py)
+        self._bounds = RunningBounds()  # of the state written in place: fused steps, statistics redone at the commit
         defaults = validate_hyperparameters(self._preset, hyperparameters).model_dump()
         super().__init__(params, defaults)
         self._warn_overridden()
@@ -245,8 +245,7 @@ class ModnormOptimizer(LowPrecisionState, RecordedNsChoices, ScheduleFreeModes, 
         self._compile = state.get("_compile", getattr(self, "_compile", False))
         self._compiled = {}
         self._init_ns_choices(state)
-        self._bounds = {}  # the fused steps' running bounds belong to the state tensors they were made for
-        self._factor_bounds = {}
+        self._bounds = RunningBounds()  # the running bounds belong to the state tensors they were made for
 
     def _expected_state(self) -> list[dict[str, tuple[int, ...]]]:
         """State key → shape that each parameter (in group order) has once stepped ({} for 0-size ones)."""
@@ -353,7 +352,7 @@ class ModnormOptimizer(LowPrecisionState, RecordedNsChoices, ScheduleFreeModes, 
             raise FloatingPointError(f"non-finite loss {value} for the step-size stage; nothing was updated. "
                                      "Find the cause, or pass nonfinite='skip' to skip such steps.")
         collected: list[Direction] | None = [] if stage is not None and not stage.runs_before else None
-        txn = StepTransaction(Deferred(self._factor_bounds) if self._storage is None and stage is None and self._compile is False else None)
+        txn = StepTransaction(Deferred(self._bounds) if self._storage is None and stage is None and self._compile is False else None)
         failure: BaseException | None = None
         fused: list[FusedStep] = []
         try:
