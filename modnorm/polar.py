@@ -53,7 +53,7 @@ from torch import Tensor
 
 from ._numerics import vector_norm
 from .polar_dtype import auto_dtype
-from .polar_products import DEFAULT_CHOICES, FORMS, ProductChoices, product_key
+from .polar_products import DEFAULT_CHOICES, FORMS, Coefficients, ProductChoices, iterate_batched, iterate_loop, product_key
 
 __all__ = [
     "orthogonalize",
@@ -70,7 +70,6 @@ __all__ = [
     "CUBIC",
 ]
 
-Coefficients = tuple[float, float, float]
 Method = Literal["jordan", "polar_express", "cubic", "svd"]
 
 JORDAN: Coefficients = (3.4445, -4.7750, 2.0315)
@@ -203,26 +202,6 @@ def _form(products: str | ProductChoices | None, Y: Tensor) -> str:
     return table.resolve(Y.device, Y.dtype, b, n, m)
 
 
-def _iterate_batched(Y: Tensor, coefficients: Sequence[Coefficients]) -> Tensor:
-    for a, b, c in coefficients:
-        A = Y @ Y.mT
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c) if c != 0.0 else A * b
-        Y = torch.baddbmm(Y, B, Y, beta=a, alpha=1.0)
-    return Y
-
-
-def _iterate_loop(Y: Tensor, coefficients: Sequence[Coefficients]) -> Tensor:
-    out = torch.empty(Y.shape, dtype=Y.dtype, device=Y.device)
-    for i in range(Y.shape[0]):
-        y = Y[i]
-        for a, b, c in coefficients:
-            A = y @ y.T
-            B = torch.addmm(A, A, A, beta=b, alpha=c) if c != 0.0 else A * b
-            y = torch.addmm(y, B, y, beta=a, alpha=1.0)
-        out[i] = y
-    return out
-
-
 _SAFE_NORM: tuple[float, float] = (2.0**-60, 2.0**60)
 """Frobenius norms for which a same-range cast (float32 → bf16) can neither overflow nor flush an entry that matters."""
 
@@ -261,7 +240,7 @@ def _newton_schulz(X: Tensor, coefficients: Sequence[Coefficients], safety: floa
     else:
         norm = vector_norm(Y.to(torch.promote_types(dtype, torch.float32)), dim=(-2, -1), keepdim=True)
     Y = Y / (norm * safety).clamp_min(eps).to(dtype)
-    Y = _iterate_loop(Y, coefficients) if _form(products, Y) == "loop" else _iterate_batched(Y, coefficients)
+    Y = iterate_loop(Y, coefficients) if _form(products, Y) == "loop" else iterate_batched(Y, coefficients)
     if m > n:
         Y = Y.mT
     if narrow and torch.finfo(dtype).bits < torch.finfo(X.dtype).bits:

@@ -27,12 +27,13 @@ takes "batched".
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
 
 __all__ = ["FORMS", "MIN_SPEEDUP", "PROBE_MATRICES", "ProductChoices", "auto_products", "loop_speedup", "product_key",
-           "checked_choices", "DEFAULT_CHOICES"]
+           "checked_choices", "DEFAULT_CHOICES", "iterate_batched", "iterate_loop"]
 
 FORMS: tuple[str, ...] = ("batched", "loop")
 MIN_SPEEDUP: float = 1.1
@@ -48,36 +49,45 @@ def product_key(device: str | torch.device, dtype: torch.dtype, count: int, n: i
     return f"{torch.device(device).type}:{str(dtype).removeprefix('torch.')}:{count}x{min(n, m)}x{max(n, m)}"
 
 
-def _steps_batched(Y: torch.Tensor) -> torch.Tensor:
-    for _ in range(PROBE_STEPS):
+Coefficients = tuple[float, float, float]
+
+
+def iterate_batched(Y: torch.Tensor, coefficients: Sequence[Coefficients]) -> torch.Tensor:
+    """Newton–Schulz steps Y ← aY + (bA + cA²)Y, A = YYᵀ, on a (count, n, m) batch: one 3-D call per product."""
+    for a, b, c in coefficients:
         A = Y @ Y.mT
-        B = torch.baddbmm(A, A, A, beta=-4.775, alpha=2.0315)
-        Y = torch.baddbmm(Y, B, Y, beta=3.4445)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c) if c != 0.0 else A * b
+        Y = torch.baddbmm(Y, B, Y, beta=a, alpha=1.0)
     return Y
 
 
-def _steps_loop(Y: torch.Tensor) -> list[torch.Tensor]:
-    out = []
-    for y in Y.unbind(0):
-        for _ in range(PROBE_STEPS):
+def iterate_loop(Y: torch.Tensor, coefficients: Sequence[Coefficients]) -> torch.Tensor:
+    """The same steps matrix by matrix with 2-D products (each matrix stays in cache from step to step)."""
+    out = torch.empty(Y.shape, dtype=Y.dtype, device=Y.device)
+    for i in range(Y.shape[0]):
+        y = Y[i]
+        for a, b, c in coefficients:
             A = y @ y.T
-            B = torch.addmm(A, A, A, beta=-4.775, alpha=2.0315)
-            y = torch.addmm(y, B, y, beta=3.4445)
-        out.append(y)
+            B = torch.addmm(A, A, A, beta=b, alpha=c) if c != 0.0 else A * b
+            y = torch.addmm(y, B, y, beta=a, alpha=1.0)
+        out[i] = y
     return out
+
+
+_PROBE_COEFFICIENTS: list[Coefficients] = [(3.4445, -4.775, 2.0315)] * PROBE_STEPS
 
 
 @lru_cache(maxsize=None)
 def _cpu_speedup(threads: int, dtype: torch.dtype, count: int, n: int, m: int) -> float:
     g = torch.Generator().manual_seed(0)
     Y = (torch.randn(min(count, PROBE_MATRICES), n, m, generator=g) / (n * m) ** 0.5).to(dtype)
-    _steps_batched(Y), _steps_loop(Y)  # first calls: kernel selection, caches
+    iterate_batched(Y, _PROBE_COEFFICIENTS), iterate_loop(Y, _PROBE_COEFFICIENTS)  # first calls: kernel selection, caches
     batched = loop = float("inf")
     for _ in range(3):  # interleaved, so a load spike hits both alike
         t0 = time.perf_counter()
-        _steps_batched(Y)
+        iterate_batched(Y, _PROBE_COEFFICIENTS)
         t1 = time.perf_counter()
-        _steps_loop(Y)
+        iterate_loop(Y, _PROBE_COEFFICIENTS)
         t2 = time.perf_counter()
         batched, loop = min(batched, t1 - t0), min(loop, t2 - t1)
     return batched / loop
