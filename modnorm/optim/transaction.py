@@ -60,7 +60,6 @@ from .preconditioner import RESERVED_STATE_KEYS
 __all__ = ["PendingWrite", "StepTransaction"]
 
 Scalar = float | Tensor
-_LOW = (torch.float16, torch.bfloat16)
 
 
 def _add_(views: list[Tensor], U: Sequence[Tensor], alpha: Scalar | list[float], fresh: bool) -> None:

@@ -143,26 +143,27 @@ def update_bucket(
         step = step - precond.warmup_steps
     g = with_coupled_decay(raw, views=views, weight_decay=spec.weight_decay if spec.coupled else 0.0, state_dtype=state_dtype)
     lr_r = rule_lr(lr, lr_ratio=spec.lr_ratio, lr_decay=spec.lr_decay, step=step)
+    # the entrywise shortcut (module docstring): U = c·d or c·d/D², per parameter, never stacked
+    updated, D2 = False, None
     entrywise = _entrywise(spec, base, views, state_dtype, step_scales, lr_r, sharded, collect)
-    # the stacked path copies d into X: its new buffers may be redone at the commit (``deferred``);
-    # the entrywise shortcut keeps d as the update, so deferring them would save nothing
-    shortcut = entrywise and (isinstance(precond, Identity) or type(precond).entrywise_divisor is not Preconditioner.entrywise_divisor)
-    defer = None if shortcut or spec.staged else ctx.defer
-    d, c = momentum_stage(spec, states=states, grads=g, step=step, defer=defer,
+    if entrywise and not isinstance(precond, Identity):
+        precond.update_many(states, g, step, ctx)
+        updated = True
+        D2 = precond.entrywise_divisor(states, step)  # D² > 0 (eps validated against the state dtype), or None
+    shortcut = entrywise and (isinstance(precond, Identity) or D2 is not None)
+    # the stacked path copies d into X, so its new buffers may be redone at the commit (``deferred``);
+    # the shortcut keeps d as the update: deferring them would save nothing
+    d, c = momentum_stage(spec, states=states, grads=g, step=step, defer=None if shortcut or spec.staged else ctx.defer,
                           probe=not momentum_implied(spec, precond, state_dtype))
     decay = None  # schedule-free decays at y itself (update_stages.schedule_free)
     if spec.weight_decay and not spec.coupled and spec.momentum != "schedule_free":
         decay = decay_factor(lr=lr_r, weight_decay=spec.weight_decay * precond.decay_scale(views[0].shape), decay_budgets=decay_budgets)
-    updated = False  # the entrywise shortcut (module docstring): U = c·d or c·d/D², per parameter, never stacked
-    if entrywise:
-        if isinstance(precond, Identity):
-            return BucketStep(d, entrywise_alpha(lr=lr_r, c=c, step_scales=step_scales), decay, None, False, list(d))
-        precond.update_many(states, g, step, ctx)
-        updated = True
-        D2 = precond.entrywise_divisor(states, step)
-        if D2 is not None:  # d and the state are checked; D² > 0 (eps validated against the state dtype)
-            checks = [] if momentum_implied(spec, precond, state_dtype) else list(d)
-            return BucketStep(d, entrywise_alpha(lr=lr_r, c=c, step_scales=step_scales), decay, D2, False, checks)
+    if shortcut:
+        alpha = entrywise_alpha(lr=lr_r, c=c, step_scales=step_scales)
+        if D2 is None:  # no preconditioner: U = c·d
+            return BucketStep(d, alpha, decay, None, False, list(d))
+        checks = [] if momentum_implied(spec, precond, state_dtype) else list(d)  # d and the state are checked
+        return BucketStep(d, alpha, decay, D2, False, checks)
     norm = statistics_stage(precond, base=base, states=states, grads=g, step=step, ctx=ctx, sharded=sharded, update=not updated)
     staged = spec.staged  # staged: the bias correction c scales the step after the stages
     X = stacked_direction(d, c=c, correct=not staged)
