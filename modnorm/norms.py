@@ -75,7 +75,9 @@ class Norm:
     def lmo_step(self, G: Tensor) -> Tensor:
         """``lmo(G)`` as an optimizer adds it to the parameters: the same values, possibly in a
         narrower float dtype that upcasts to G's exactly (``Spectral``: Newton–Schulz's bf16).
-        The default is ``lmo``."""
+        G is the caller's own scratch tensor, which the method may overwrite (``DNorm`` divides
+        it by D in place); the result belongs to the caller, who may overwrite it in turn (an
+        ``lmo`` that returns a tensor it also keeps must override this). The default is ``lmo``."""
         return self.lmo(G)
 
     def expected_shape(self) -> str:
@@ -251,9 +253,9 @@ class Spectral(Norm):
 
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
-        O = self._polar(G)
+        O = self._polar(G)  # a new tensor: scaled in place
         s = self._s(G)
-        return O if s == 1.0 else O * s  # × 1 is exact: no copy
+        return O if s == 1.0 else O.mul_(s)  # × 1 is exact: no copy
 
     def lmo_step(self, G: Tensor) -> Tensor:
         """``lmo``, in Newton–Schulz's narrower compute dtype when the scale is 1 (values upcast exactly)."""

@@ -239,8 +239,9 @@ def _newton_schulz(X: Tensor, coefficients: Sequence[Coefficients], safety: floa
         norm = torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True).float()  # float32 accumulation, as torch.optim.Muon
     else:
         norm = vector_norm(Y.to(torch.promote_types(dtype, torch.float32)), dim=(-2, -1), keepdim=True)
-    Y = Y / (norm * safety).clamp_min(eps).to(dtype)
-    Y = iterate_loop(Y, coefficients) if _form(products, Y) == "loop" else iterate_batched(Y, coefficients)
+    scale = (norm * safety).clamp_min(eps).to(dtype)
+    Y = Y.div_(scale) if dtype != X.dtype else Y / scale  # a narrowed Y is _to_compute's own copy
+    Y = iterate_loop(Y, coefficients) if _form(products, Y) == "loop" else iterate_batched(Y, coefficients, scratch=dtype != X.dtype)
     if m > n:
         Y = Y.mT
     if narrow and torch.finfo(dtype).bits < torch.finfo(X.dtype).bits:

@@ -52,12 +52,20 @@ def product_key(device: str | torch.device, dtype: torch.dtype, count: int, n: i
 Coefficients = tuple[float, float, float]
 
 
-def iterate_batched(Y: torch.Tensor, coefficients: Sequence[Coefficients]) -> torch.Tensor:
-    """Newton–Schulz steps Y ← aY + (bA + cA²)Y, A = YYᵀ, on a (count, n, m) batch: one 3-D call per product."""
+def iterate_batched(Y: torch.Tensor, coefficients: Sequence[Coefficients], scratch: bool = False) -> torch.Tensor:
+    """Newton–Schulz steps Y ← aY + (bA + cA²)Y, A = YYᵀ, on a (count, n, m) batch: one 3-D call per product.
+    ``scratch``: Y is the caller's own temporary, which the steps may overwrite: they alternate
+    between two buffers (Y itself when contiguous) instead of a new one per step; same values."""
+    spare: torch.Tensor | None = None
     for a, b, c in coefficients:
         A = Y @ Y.mT
         B = torch.baddbmm(A, A, A, beta=b, alpha=c) if c != 0.0 else A * b
-        Y = torch.baddbmm(Y, B, Y, beta=a, alpha=1.0)
+        if not scratch:
+            Y = torch.baddbmm(Y, B, Y, beta=a, alpha=1.0)
+            continue
+        out = spare if spare is not None else torch.empty(Y.shape, dtype=Y.dtype, device=Y.device)
+        torch.baddbmm(Y, B, Y, beta=a, alpha=1.0, out=out)
+        spare, Y = (Y if Y.is_contiguous() else None), out
     return Y
 
 

@@ -78,6 +78,18 @@ class DNorm(Norm):
         self._check(G)
         return self._inv(self.base.lmo(self._inv(G)))
 
+    def lmo_step(self, G: Tensor) -> Tensor:
+        """``lmo`` for an optimizer's update (``Norm.lmo_step``): with D > 0 of G's dtype, D⁻¹ ⊙ G is
+        formed in G itself and D⁻¹ ⊙ (the base's ``lmo_step``) in its upcast result: the same
+        values as ``lmo`` without its two temporaries."""
+        if not (self.positive and self.D.dtype == G.dtype and G.is_contiguous()):
+            return self.lmo(G)
+        self._check(G)
+        O = self.base.lmo_step(G.div_(self.D))
+        if O.dtype != G.dtype and O.is_floating_point() and torch.finfo(O.dtype).bits < torch.finfo(G.dtype).bits:
+            O = O.to(G.dtype)  # exact
+        return O.div_(self.D) if O.dtype == G.dtype and O.is_contiguous() else O / self.D
+
     def sharp(self, G: Tensor) -> Tensor:
         self._check(G)
         # ‖·‖_D's sharp is D⁻¹ ⊙ sharp_base(D⁻¹ ⊙ G): one base evaluation instead of two.

@@ -24,7 +24,7 @@ modify them in place.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args
 
 import torch
@@ -63,6 +63,24 @@ def momentum_scale(kind: str, beta: float, step: int) -> float:
     return 1.0 / (1.0 - beta**step) if kind == "adam_ema" else 1.0
 
 
+def _formed(rows: list[Tensor] | None, make: Callable[[], list[Tensor]], source: Sequence[Tensor],
+            update_: Callable[[list[Tensor]], Any]) -> list[Tensor]:
+    """``make()`` (out of place), or the same values formed in ``rows``: a copy of ``source``,
+    then ``update_`` in place (one kernel, out of place or in place, gives the same bits)."""
+    if rows is None:
+        return make()
+    torch._foreach_copy_(rows, list(source))
+    update_(rows)
+    return rows
+
+
+def _accumulated(bufs: list[Tensor], grads: list[Tensor], beta: float, dampening: float) -> list[Tensor]:
+    """β B + (1-τ) g, out of place."""
+    new = torch._foreach_mul(bufs, beta)
+    torch._foreach_add_(new, grads, alpha=1.0 - dampening)
+    return new
+
+
 def apply_momentum(
     kind: str,
     beta: float,
@@ -73,6 +91,7 @@ def apply_momentum(
     direction_beta: float = 0.0,
     defer: Any = None,
     probe: bool = True,
+    out: Tensor | None = None,
 ) -> list[Tensor]:
     """Compute the new buffers (assigned to each state's key: the old tensors are not written)
     and return the direction d for each parameter, up to the scalar ``momentum_scale`` (so
@@ -80,21 +99,27 @@ def apply_momentum(
 
     ``defer`` (``deferred.Deferred``): the new buffers are temporaries shown in the state until
     the bucket ends (checked then when ``probe``) and redone in place at the commit with the
-    same kernels; the caller must be done with d when the bucket ends (it stacks a copy)."""
+    same kernels; the caller must be done with d when the bucket ends (it stacks a copy).
+
+    ``out`` (with ``defer``): a (count, *shape) tensor that receives d, returned as its rows, so
+    that the caller need not stack d; where d is the new buffer (heavy_ball, ema, adam_ema) the
+    rows are also the temporaries, so no other copy of the new buffers exists."""
+    rows = list(out.unbind(0)) if out is not None else None
     if kind in ("none", "schedule_free") or (beta == 0.0 and kind in ("heavy_ball", "nesterov", "ema", "ema_nesterov")):
-        return grads
+        return _formed(rows, lambda: grads, grads, lambda _: None)
     key = momentum_key(kind)
     bufs = [s[key] for s in states]  # type: ignore[index]
+    into = rows if kind in ("heavy_ball", "ema", "adam_ema") else None  # d is the new buffer
     if kind in ("heavy_ball", "nesterov"):
         if step == 1:
-            new = [g.to(b.dtype, copy=True) for g, b in zip(grads, bufs)]
+            new = _formed(into, lambda: [g.to(b.dtype, copy=True) for g, b in zip(grads, bufs)], grads, lambda _: None)
             redo = lambda: torch._foreach_copy_(bufs, grads)  # noqa: E731
         else:
-            new = torch._foreach_mul(bufs, beta)
-            torch._foreach_add_(new, grads, alpha=1.0 - dampening)
-            redo = lambda: (torch._foreach_mul_(bufs, beta), torch._foreach_add_(bufs, grads, alpha=1.0 - dampening))  # noqa: E731
+            accumulate = lambda ts: (torch._foreach_mul_(ts, beta), torch._foreach_add_(ts, grads, alpha=1.0 - dampening))  # noqa: E731
+            new = _formed(into, lambda: _accumulated(bufs, grads, beta, dampening), bufs, accumulate)
+            redo = lambda: accumulate(bufs)  # noqa: E731
     elif kind in ("ema", "ema_nesterov", "adam_ema", "lion"):
-        new = torch._foreach_lerp(bufs, grads, 1.0 - beta)
+        new = _formed(into, lambda: torch._foreach_lerp(bufs, grads, 1.0 - beta), bufs, lambda ts: torch._foreach_lerp_(ts, grads, 1.0 - beta))
         redo = lambda: torch._foreach_lerp_(bufs, grads, 1.0 - beta)  # noqa: E731
     else:
         raise ValueError(f"unknown momentum kind {kind!r}; choose one of {MOMENTUM_KINDS}")
@@ -103,10 +128,10 @@ def apply_momentum(
     else:
         for s, b in zip(states, new):
             s[key] = b  # type: ignore[index]
-    if kind == "lion":
-        return torch._foreach_lerp(grads, bufs, direction_beta)  # β₁ B_{t-1} + (1-β₁) g, from the old buffer
+    if kind == "lion":  # β₁ B_{t-1} + (1-β₁) g, from the old buffer
+        return _formed(rows, lambda: torch._foreach_lerp(grads, bufs, direction_beta), grads, lambda ts: torch._foreach_lerp_(ts, bufs, direction_beta))
     if kind == "nesterov":
-        return torch._foreach_add(grads, new, alpha=beta)
+        return _formed(rows, lambda: torch._foreach_add(grads, new, alpha=beta), grads, lambda ts: torch._foreach_add_(ts, new, alpha=beta))
     if kind == "ema_nesterov":
-        return torch._foreach_lerp(grads, new, beta)
+        return _formed(rows, lambda: torch._foreach_lerp(grads, new, beta), grads, lambda ts: torch._foreach_lerp_(ts, new, beta))
     return new  # adam_ema: the bias correction 1/(1-β^t) is ``momentum_scale``, applied after stacking

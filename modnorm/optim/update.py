@@ -153,8 +153,12 @@ def update_bucket(
     shortcut = entrywise and (isinstance(precond, Identity) or D2 is not None)
     # the stacked path copies d into X, so its new buffers may be redone at the commit (``deferred``);
     # the shortcut keeps d as the update: deferring them would save nothing
-    d, c = momentum_stage(spec, states=states, grads=g, step=step, defer=None if shortcut or spec.staged else ctx.defer,
-                          probe=not momentum_implied(spec, precond, state_dtype))
+    defer = None if shortcut or spec.staged else ctx.defer
+    # deferred buffers: d is formed in the stack itself (no d and stack side by side; where d is the
+    # new buffer, the stack's rows are the temporaries)
+    stack = None if defer is None else torch.empty((len(g), *g[0].shape), dtype=g[0].dtype, device=g[0].device)
+    d, c = momentum_stage(spec, states=states, grads=g, step=step, defer=defer, probe=not momentum_implied(spec, precond, state_dtype),
+                          out=stack)
     decay = None  # schedule-free decays at y itself (update_stages.schedule_free)
     if spec.weight_decay and not spec.coupled and spec.momentum != "schedule_free":
         decay = decay_factor(lr=lr_r, weight_decay=spec.weight_decay * precond.decay_scale(views[0].shape), decay_budgets=decay_budgets)
@@ -166,11 +170,13 @@ def update_bucket(
         return BucketStep(d, alpha, decay, D2, False, checks)
     norm = statistics_stage(precond, base=base, states=states, grads=g, step=step, ctx=ctx, sharded=sharded, update=not updated)
     staged = spec.staged  # staged: the bias correction c scales the step after the stages
-    X = stacked_direction(d, c=c, correct=not staged)
+    X = stacked_direction(d, c=c, correct=not staged) if stack is None else stack
     if ctx.defer is not None:  # the redone statistics' temporaries are read: check and drop them now
         if spec.momentum != "none":
             d = []
         ctx.defer.end_bucket(", ".join(ctx.names))
+    if stack is not None and c != 1.0:  # after the probe: the stack's rows may have been the temporaries
+        X.mul_(c)
     # a U that is only added (float lr, one step scale, nothing staged or collected) may stay in
     # Newton–Schulz's bf16: W + α·U upcasts it exactly, and holding it until the commit takes half
     narrow = not staged and collect is None and sharded is None and isinstance(lr_r, float) and len(set(step_scales)) == 1
