@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ._numerics import normalize, vector_norm
-from .polar import check_options, check_products, orthogonalize, singular_values
+from .polar import check_options, check_products, compute_dtype, narrow_into, orthogonalize, same_range, singular_values
 from .polar_products import ProductChoices
 
 __all__ = [
@@ -79,6 +79,14 @@ class Norm:
         it by D in place); the result belongs to the caller, who may overwrite it in turn (an
         ``lmo`` that returns a tensor it also keeps must override this). The default is ``lmo``."""
         return self.lmo(G)
+
+    def step_input(self, like: Tensor) -> tuple[torch.dtype, Callable[[Tensor, Tensor], Tensor]] | None:
+        """How ``lmo_step`` may receive its input already narrowed, for inputs like ``like`` (one
+        element of the batch): (dtype, cast), where ``cast(out, x)`` writes x into ``out`` of that
+        dtype as ``lmo_step`` would narrow it itself, so that ``lmo_step`` of the narrowed batch
+        equals ``lmo_step`` of the original bit for bit (an optimizer then stacks its direction
+        in that dtype directly). None (the default): no such dtype."""
+        return None
 
     def expected_shape(self) -> str:
         """Human-readable shape this norm accepts, used in error messages."""
@@ -231,6 +239,7 @@ class Spectral(Norm):
         check_products(type(self).__name__, products)
         self.scale, self.method, self.steps, self.dtype, self.eps = scale, method, steps, dtype, eps
         self.products = products
+        self.coefficients: tuple[tuple[float, float, float], ...] | None = None  # explicit (a, b, c) per step (``orthogonalize``)
 
     def expected_shape(self) -> str:
         return "(..., d_out, d_in)"
@@ -246,10 +255,10 @@ class Spectral(Norm):
         self._check(G)
         return singular_values(G).sum(dim=-1) * self._s(G)
 
-    def _polar(self, G: Tensor, narrow: bool = False) -> Tensor:
+    def _polar(self, G: Tensor, narrow: bool = False, overwrite: bool = False) -> Tensor:
         """The polar factor U Vᵀ of each matrix (``modnorm.orthogonalize`` with this norm's options)."""
-        return orthogonalize(G, method=self.method, steps=self.steps, dtype=self.dtype, eps=self.eps, products=self.products,
-                             narrow=narrow)
+        return orthogonalize(G, method=self.method, steps=self.steps, dtype=self.dtype, eps=self.eps, coefficients=self.coefficients,
+                             products=self.products, narrow=narrow, overwrite=overwrite)
 
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
@@ -262,7 +271,17 @@ class Spectral(Norm):
         if self._s(G) != 1.0:
             return self.lmo(G)
         self._check(G)
-        return self._polar(G, narrow=True)
+        return self._polar(G, narrow=True, overwrite=True)
+
+    def step_input(self, like: Tensor) -> tuple[torch.dtype, Callable[[Tensor, Tensor], Tensor]] | None:
+        """(bf16, ``narrow_into``) when ``lmo_step`` runs Newton–Schulz in a narrower dtype of the same
+        exponent range as ``like``'s (float32 → bf16) and returns it (scale 1); else None."""
+        if self.method == "svd" and self.coefficients is None or like.ndim < 2 or self._s(like) != 1.0:
+            return None
+        dtype = compute_dtype(like.device, like.dtype, min(like.shape[-2:]), self.dtype)
+        if not like.is_floating_point() or torch.finfo(dtype).bits >= torch.finfo(like.dtype).bits or not same_range(dtype, like.dtype):
+            return None
+        return dtype, narrow_into
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(scale={self.scale!r}, method={self.method!r}, steps={self.steps}"

@@ -206,42 +206,79 @@ _SAFE_NORM: tuple[float, float] = (2.0**-60, 2.0**60)
 """Frobenius norms for which a same-range cast (float32 → bf16) can neither overflow nor flush an entry that matters."""
 
 
-def _same_range(dtype: torch.dtype, source: torch.dtype) -> bool:
+def same_range(dtype: torch.dtype, source: torch.dtype) -> bool:
+    """Whether ``dtype`` has (at least) the exponent range of ``source`` (bf16 and float32)."""
     return math.frexp(torch.finfo(dtype).max)[1] >= math.frexp(torch.finfo(source).max)[1]
 
 
+def compute_dtype(device: torch.device, x_dtype: torch.dtype, short_side: int, dtype: torch.dtype | str | None) -> torch.dtype:
+    """The iteration's dtype for an input of ``x_dtype`` on ``device`` (``orthogonalize``'s ``dtype`` option)."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else x_dtype
+    if dtype == "auto":
+        return auto_dtype(device, x_dtype, short_side)
+    return dtype  # type: ignore[return-value]
+
+
+def narrow_into(out: Tensor, X: Tensor) -> Tensor:
+    """``out`` ← X, matrix by matrix, in out's narrower dtype, such that the cast neither overflows
+    nor flushes to 0: each matrix is scaled by 2^-k first (max |2^-k X| in [0.5, 1); exact, so the
+    normalized input is unchanged) — except on a CPU, when the cast keeps the exponent range
+    (float32 → bf16) and the matrix's ‖X‖_F is in ``_SAFE_NORM``: a plain cast (2^-k commutes
+    with the rounding there). One matrix (m, n) or a batch (..., m, n); returns ``out``."""
+    if X.device.type == "cpu" and same_range(out.dtype, X.dtype) and not torch.compiler.is_compiling():  # a host check
+        nrm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True)
+        safe = (nrm >= _SAFE_NORM[0]) & (nrm <= _SAFE_NORM[1])  # False for NaN/inf too
+        if bool(safe.all()):
+            return out.copy_(X)
+        return torch.mul(X, torch.where(safe, torch.ones_like(nrm), _power_of_two_scale(X)), out=out)  # × 1 is exact
+    return torch.mul(X, _power_of_two_scale(X), out=out)
+
+
 def _to_compute(X: Tensor, dtype: torch.dtype) -> Tensor:
-    """X as a contiguous (count, m, n) batch in ``dtype``, such that the cast neither overflows nor
-    flushes to 0: into a dtype of smaller range, X is scaled by 2^-k per matrix first (max |2^-k X|
-    in [0.5, 1); exact, so the normalized input is unchanged). On a CPU, when the cast keeps the
-    exponent range (float32 → bf16) and every ‖X‖_F is in ``_SAFE_NORM``, no scaling is needed
-    (2^-k commutes with the rounding): one plain cast, without float32 temporaries."""
+    """X as a contiguous (count, m, n) batch in ``dtype``: a plain cast into a dtype of no smaller
+    range, else ``narrow_into`` (no float32 temporaries where a plain cast is safe)."""
     m, n = X.shape[-2:]
     if torch.finfo(dtype).max >= torch.finfo(X.dtype).max:
         return X.to(dtype).reshape(-1, m, n)
-    if X.device.type == "cpu" and _same_range(dtype, X.dtype) and not torch.compiler.is_compiling():  # a host check
-        nrm = torch.linalg.vector_norm(X, dim=(-2, -1))
-        if bool(((nrm >= _SAFE_NORM[0]) & (nrm <= _SAFE_NORM[1])).all()):  # False for NaN/inf too
-            return torch.empty(X.shape, dtype=dtype, device=X.device).copy_(X).reshape(-1, m, n)
-    out = torch.empty(X.shape, dtype=dtype, device=X.device)
-    return torch.mul(X, _power_of_two_scale(X), out=out).reshape(-1, m, n)
+    return narrow_into(torch.empty(X.shape, dtype=dtype, device=X.device), X).reshape(-1, m, n)
+
+
+_ROUNDED_NORM: tuple[float, float] = (2.0**-62, 2.0**62)
+"""Where a bf16 batch's Frobenius norm with float32 accumulation is accurate (its squares stay float32 normals)."""
+
+
+def _rounded_norm(Y: Tensor) -> Tensor:
+    """‖Y‖_F per matrix of a bf16 batch, as float32: torch.optim.Muon's (float32 accumulation, rounded
+    to bf16) where it lies in ``_ROUNDED_NORM``, which holds for every batch ``narrow_into`` makes
+    from float32, so such a batch gives the bits of its float32 source; elsewhere (squares that
+    overflow or underflow) the scaled norm ``m·‖Y/m‖``."""
+    fast = torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True).float()
+    ok = (fast >= _ROUNDED_NORM[0]) & (fast <= _ROUNDED_NORM[1])
+    if Y.device.type == "cpu" and not torch.compiler.is_compiling() and bool(ok.all()):  # a host check
+        return fast
+    return torch.where(ok, fast, vector_norm(Y, dim=(-2, -1), keepdim=True).float())
 
 
 def _newton_schulz(X: Tensor, coefficients: Sequence[Coefficients], safety: float, eps: float, dtype: torch.dtype,
-                   products: str | ProductChoices | None = None, narrow: bool = False) -> Tensor:
+                   products: str | ProductChoices | None = None, narrow: bool = False, overwrite: bool = False) -> Tensor:
     """Run the quintic iteration on the short side of every matrix of X, batched or matrix by matrix;
-    ``narrow``: return the compute dtype when it is narrower than X's (not cast back)."""
+    ``narrow``: return the compute dtype when it is narrower than X's (not cast back); ``overwrite``:
+    X is the caller's scratch."""
     m, n = X.shape[-2:]
     Y = _to_compute(X, dtype)
+    own = overwrite or dtype != X.dtype  # Y is _to_compute's copy, or X itself may be overwritten
     if m > n:
         Y = Y.mT
     if torch.finfo(dtype).max < torch.finfo(X.dtype).max:  # narrowed by _to_compute: |Y| < 1 or a safe norm, no prescaling
         norm = torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True).float()  # float32 accumulation, as torch.optim.Muon
+    elif torch.finfo(dtype).bits < 32 and same_range(dtype, torch.float32):
+        norm = _rounded_norm(Y)
     else:
         norm = vector_norm(Y.to(torch.promote_types(dtype, torch.float32)), dim=(-2, -1), keepdim=True)
     scale = (norm * safety).clamp_min(eps).to(dtype)
-    Y = Y.div_(scale) if dtype != X.dtype else Y / scale  # a narrowed Y is _to_compute's own copy
-    Y = iterate_loop(Y, coefficients) if _form(products, Y) == "loop" else iterate_batched(Y, coefficients, scratch=dtype != X.dtype)
+    Y = Y.div_(scale) if own else Y / scale
+    Y = iterate_loop(Y, coefficients) if _form(products, Y) == "loop" else iterate_batched(Y, coefficients, scratch=own)
     if m > n:
         Y = Y.mT
     if narrow and torch.finfo(dtype).bits < torch.finfo(X.dtype).bits:
@@ -258,6 +295,7 @@ def orthogonalize(
     coefficients: Sequence[Coefficients] | None = None,
     products: str | ProductChoices | None = None,
     narrow: bool = False,
+    overwrite: bool = False,
 ) -> Tensor:
     """Approximate ``U Vᵀ`` for every matrix in ``X`` of shape ``(..., m, n)``.
 
@@ -271,7 +309,10 @@ def orthogonalize(
             ``"auto"`` means ``modnorm.polar_dtype.auto_dtype(X.device, X.dtype, min(m, n))``
             (float64 stays float64, else bf16 where the device multiplies matrices of this
             size fast, else float32).
-            "svd" computes in float32 when asked for a lower precision.
+            "svd" computes in float32 when asked for a lower precision. In bf16 the input is X
+            cast by ``narrow_into`` and ‖X‖_F is taken as torch.optim.Muon does (float32
+            accumulation, rounded to bf16), so a float32 X and its ``narrow_into`` bf16 cast
+            give the same bits.
         eps: floor of the normalizer ``‖X‖_F·safety`` (so a zero matrix gives zero).
         coefficients: explicit per-step (a, b, c), used as given (no safety factor, input
             normalized by ‖X‖_F); overrides ``method``'s schedule, ``steps`` defaults to
@@ -284,6 +325,8 @@ def orthogonalize(
         narrow: return the iteration's compute dtype when it is narrower than X's (bf16 for a
             float32 X; every value then upcasts exactly): a caller that only adds the result to
             X's dtype saves the cast's copy and half the memory.
+        overwrite: X is the caller's scratch, which the iteration may overwrite (saves a copy when
+            X is already in the compute dtype).
 
     Returns:
         A tensor of X's shape, in X's dtype (or the narrower compute dtype, with ``narrow``).
@@ -304,10 +347,7 @@ def orthogonalize(
         safety = _INPUT_SAFETY[method]
     if X.numel() == 0:
         return X.clone()
-    if dtype is None:
-        dtype = torch.bfloat16 if X.is_cuda else X.dtype
-    elif dtype == "auto":
-        dtype = auto_dtype(X.device, X.dtype, min(X.shape[-2:]))
+    dtype = compute_dtype(X.device, X.dtype, min(X.shape[-2:]), dtype)
     if schedule is None:
         schedule = ns_coefficients(method, default_steps(method, dtype) if steps is None else steps)
-    return _newton_schulz(X, schedule, safety, eps, dtype, products, narrow)  # type: ignore[arg-type]
+    return _newton_schulz(X, schedule, safety, eps, dtype, products, narrow, overwrite)

@@ -20,6 +20,9 @@ optimizer_module = sys.modules["modnorm.optim.optimizer"]
 
 CASES = [
     ("muon", {}),
+    ("muon", {"ns_dtype": "bfloat16"}),  # the direction stacked in bf16 directly (Norm.step_input), row by row
+    ("muon", {"ns_dtype": "bfloat16", "nesterov": False}),  # d is the new buffer: kept aside, then cast
+    ("muon", {"ns_dtype": "bfloat16", "momentum": 0.0}),  # d = g, cast row by row
     ("muadam", {}),
     ("soap", {"precondition_frequency": 3}),
     ("shampoo", {"precondition_frequency": 2}),
@@ -239,3 +242,28 @@ def test_probes_read_later_name_what_was_not_finite():
     assert not d.all_finite()
     assert d.failed == ["b (state 'exp_avg_sq')", "c (state 'momentum_buffer')"] and not d._pending
     assert Deferred(RunningBounds()).all_finite()
+
+
+def test_the_bf16_direction_stack_is_used_and_holds_no_float32_copy(monkeypatch):
+    """With a bf16 Newton–Schulz, muon's stacked direction is formed in bf16: no float32 batch is made."""
+    batches: list[tuple[str, torch.dtype, tuple[int, ...]]] = []
+
+    def spy(name):
+        real = getattr(torch, name)
+
+        def wrapped(*args, **kwargs):
+            t = real(*args, **kwargs)
+            if t.ndim == 3:
+                batches.append((name, t.dtype, tuple(t.shape)))
+            return t
+        return wrapped
+
+    net = _net()
+    opt = modnorm.optimizer(net, "muon", lr=1e-2, ns_dtype="bfloat16")
+    _train(net, opt, 1)
+    for name in ("empty", "stack"):
+        monkeypatch.setattr(torch, name, spy(name))
+    _train(net, opt, 1)
+    monkeypatch.undo()
+    assert ("empty", torch.bfloat16, (2, 24, 24)) in batches
+    assert not [b for b in batches if b[1] == torch.float32], batches

@@ -63,12 +63,17 @@ def momentum_scale(kind: str, beta: float, step: int) -> float:
     return 1.0 / (1.0 - beta**step) if kind == "adam_ema" else 1.0
 
 
-def _formed(rows: list[Tensor] | None, make: Callable[[], list[Tensor]], source: Sequence[Tensor],
-            update_: Callable[[list[Tensor]], Any]) -> list[Tensor]:
-    """``make()`` (out of place), or the same values formed in ``rows``: a copy of ``source``,
-    then ``update_`` in place (one kernel, out of place or in place, gives the same bits)."""
+def _formed(rows: list[Tensor] | None, cast: Callable[[Tensor, Tensor], Any] | None, make: Callable[[], list[Tensor]],
+            source: Sequence[Tensor], update_: Callable[[list[Tensor]], Any], row: Callable[[int], Tensor]) -> list[Tensor]:
+    """``make()`` (out of place), or the same values formed in ``rows``: a copy of ``source`` then
+    ``update_`` in place (one kernel, out of place or in place, gives the same bits); with
+    ``cast``, rows of a narrower dtype, each ``cast(rows[i], row(i))`` from one temporary ``row(i)``."""
     if rows is None:
         return make()
+    if cast is not None:
+        for i, r in enumerate(rows):
+            cast(r, row(i))
+        return rows
     torch._foreach_copy_(rows, list(source))
     update_(rows)
     return rows
@@ -92,6 +97,7 @@ def apply_momentum(
     defer: Any = None,
     probe: bool = True,
     out: Tensor | None = None,
+    cast: Callable[[Tensor, Tensor], Any] | None = None,
 ) -> list[Tensor]:
     """Compute the new buffers (assigned to each state's key: the old tensors are not written)
     and return the direction d for each parameter, up to the scalar ``momentum_scale`` (so
@@ -103,23 +109,27 @@ def apply_momentum(
 
     ``out`` (with ``defer``): a (count, *shape) tensor that receives d, returned as its rows, so
     that the caller need not stack d; where d is the new buffer (heavy_ball, ema, adam_ema) the
-    rows are also the temporaries, so no other copy of the new buffers exists."""
+    rows are also the temporaries, so no other copy of the new buffers exists. ``cast(row, x)``
+    (``Norm.step_input``): ``out`` is of a narrower dtype; each row of d is formed as a temporary
+    in the state dtype and cast into it."""
     rows = list(out.unbind(0)) if out is not None else None
     if kind in ("none", "schedule_free") or (beta == 0.0 and kind in ("heavy_ball", "nesterov", "ema", "ema_nesterov")):
-        return _formed(rows, lambda: grads, grads, lambda _: None)
+        return _formed(rows, cast, lambda: grads, grads, lambda _: None, lambda i: grads[i])
     key = momentum_key(kind)
     bufs = [s[key] for s in states]  # type: ignore[index]
-    into = rows if kind in ("heavy_ball", "ema", "adam_ema") else None  # d is the new buffer
+    direct = kind in ("heavy_ball", "ema", "adam_ema")  # d is the new buffer
+    into = rows if direct and cast is None else None
     if kind in ("heavy_ball", "nesterov"):
         if step == 1:
-            new = _formed(into, lambda: [g.to(b.dtype, copy=True) for g, b in zip(grads, bufs)], grads, lambda _: None)
+            new = _formed(into, None, lambda: [g.to(b.dtype, copy=True) for g, b in zip(grads, bufs)], grads, lambda _: None, grads.__getitem__)
             redo = lambda: torch._foreach_copy_(bufs, grads)  # noqa: E731
         else:
             accumulate = lambda ts: (torch._foreach_mul_(ts, beta), torch._foreach_add_(ts, grads, alpha=1.0 - dampening))  # noqa: E731
-            new = _formed(into, lambda: _accumulated(bufs, grads, beta, dampening), bufs, accumulate)
+            new = _formed(into, None, lambda: _accumulated(bufs, grads, beta, dampening), bufs, accumulate, bufs.__getitem__)
             redo = lambda: accumulate(bufs)  # noqa: E731
     elif kind in ("ema", "ema_nesterov", "adam_ema", "lion"):
-        new = _formed(into, lambda: torch._foreach_lerp(bufs, grads, 1.0 - beta), bufs, lambda ts: torch._foreach_lerp_(ts, grads, 1.0 - beta))
+        new = _formed(into, None, lambda: torch._foreach_lerp(bufs, grads, 1.0 - beta), bufs,
+                      lambda ts: torch._foreach_lerp_(ts, grads, 1.0 - beta), bufs.__getitem__)
         redo = lambda: torch._foreach_lerp_(bufs, grads, 1.0 - beta)  # noqa: E731
     else:
         raise ValueError(f"unknown momentum kind {kind!r}; choose one of {MOMENTUM_KINDS}")
@@ -129,9 +139,14 @@ def apply_momentum(
         for s, b in zip(states, new):
             s[key] = b  # type: ignore[index]
     if kind == "lion":  # β₁ B_{t-1} + (1-β₁) g, from the old buffer
-        return _formed(rows, lambda: torch._foreach_lerp(grads, bufs, direction_beta), grads, lambda ts: torch._foreach_lerp_(ts, bufs, direction_beta))
+        return _formed(rows, cast, lambda: torch._foreach_lerp(grads, bufs, direction_beta), grads,
+                       lambda ts: torch._foreach_lerp_(ts, bufs, direction_beta), lambda i: torch.lerp(grads[i], bufs[i], direction_beta))
     if kind == "nesterov":
-        return _formed(rows, lambda: torch._foreach_add(grads, new, alpha=beta), grads, lambda ts: torch._foreach_add_(ts, new, alpha=beta))
+        return _formed(rows, cast, lambda: torch._foreach_add(grads, new, alpha=beta), grads,
+                       lambda ts: torch._foreach_add_(ts, new, alpha=beta), lambda i: torch.add(grads[i], new[i], alpha=beta))
     if kind == "ema_nesterov":
-        return _formed(rows, lambda: torch._foreach_lerp(grads, new, beta), grads, lambda ts: torch._foreach_lerp_(ts, new, beta))
+        return _formed(rows, cast, lambda: torch._foreach_lerp(grads, new, beta), grads,
+                       lambda ts: torch._foreach_lerp_(ts, new, beta), lambda i: torch.lerp(grads[i], new[i], beta))
+    if rows is not None and cast is not None:  # d is the new buffer, kept aside in the state dtype
+        return _formed(rows, cast, lambda: new, new, lambda _: None, new.__getitem__)
     return new  # adam_ema: the bias correction 1/(1-β^t) is ``momentum_scale``, applied after stacking

@@ -169,13 +169,7 @@ class _CoefficientSpectral(Spectral):
 
     def __init__(self, coefficients: tuple[tuple[float, float, float], ...], **options: Any) -> None:
         super().__init__(**options)
-        self.coefficients = tuple(tuple(float(x) for x in abc) for abc in coefficients)
-
-    def _polar(self, G: torch.Tensor, narrow: bool = False) -> torch.Tensor:
-        from ..polar import orthogonalize
-
-        return orthogonalize(G, steps=self.steps, dtype=self.dtype, eps=self.eps, coefficients=self.coefficients,
-                             products=self.products, narrow=narrow)
+        self.coefficients = tuple(tuple(float(x) for x in abc) for abc in coefficients)  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"Spectral(scale={self.scale!r}, coefficients={self.coefficients}, steps={self.steps}{_dtype_repr(self.dtype, self.products)})"

@@ -63,17 +63,14 @@ def with_coupled_decay(grads: list[Tensor], *, views: list[Tensor], weight_decay
 
 
 def momentum_stage(spec: Any, *, states: Sequence[dict[str, Any]], grads: list[Tensor], step: int, defer: Any = None,
-                   probe: bool = True, out: Tensor | None = None) -> tuple[list[Tensor], float]:
+                   probe: bool = True, out: Tensor | None = None, cast: Any = None) -> tuple[list[Tensor], float]:
     """(d, c): the momentum direction and its bias correction c (direction = c·d); (g, 1) when the
     rule's momentum acts on the update instead (``update_stages.after_direction``). ``defer``,
-    ``probe``: the new buffers are redone in place at the commit; ``out``: d is formed in its rows
-    (``momentum.apply_momentum``)."""
+    ``probe``: the new buffers are redone in place at the commit; ``out``: d is formed in its rows,
+    through ``cast`` when narrower (``momentum.apply_momentum``)."""
     if spec.momentum_on != "gradient":
-        if out is not None:
-            torch._foreach_copy_(list(out.unbind(0)), grads)
-            return list(out.unbind(0)), 1.0
-        return grads, 1.0
-    d = apply_momentum(spec.momentum, spec.beta, spec.dampening, states, grads, step, spec.direction_beta, defer, probe, out)
+        return apply_momentum("none", 0.0, 0.0, states, grads, step, out=out, cast=cast), 1.0
+    d = apply_momentum(spec.momentum, spec.beta, spec.dampening, states, grads, step, spec.direction_beta, defer, probe, out, cast)
     return d, momentum_scale(spec.momentum, spec.beta, step)
 
 

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from ..norms import Frobenius, Norm
+from .momentum import momentum_scale
 from .preconditioner import Identity, Preconditioner, StepContext
 from .stages import (budget_stage, decay_factor, dual_map, entrywise_alpha, momentum_stage, oriented_gradients, rule_lr,
                      stacked_direction, statistics_stage, with_coupled_decay)
@@ -154,11 +155,18 @@ def update_bucket(
     # the stacked path copies d into X, so its new buffers may be redone at the commit (``deferred``);
     # the shortcut keeps d as the update: deferring them would save nothing
     defer = None if shortcut or spec.staged else ctx.defer
-    # deferred buffers: d is formed in the stack itself (no d and stack side by side; where d is the
-    # new buffer, the stack's rows are the temporaries)
-    stack = None if defer is None else torch.empty((len(g), *g[0].shape), dtype=g[0].dtype, device=g[0].device)
+    # a U that is only added (float lr, one step scale, nothing staged or collected) may stay in
+    # Newton–Schulz's bf16: W + α·U upcasts it exactly, and holding it until the commit takes half
+    narrow = not spec.staged and collect is None and sharded is None and isinstance(lr_r, float) and len(set(step_scales)) == 1
+    stack, cast = None, None
+    if defer is not None:  # deferred buffers: d is formed in the stack itself (``momentum.apply_momentum``)
+        dtype = g[0].dtype
+        into = base.step_input(g[0]) if narrow and spec.mode == "lmo" and isinstance(precond, Identity) else None
+        if into is not None and momentum_scale(spec.momentum if spec.momentum_on == "gradient" else "none", spec.beta, step) == 1.0:
+            dtype, cast = into  # stacked directly in the LMO's narrower input dtype
+        stack = torch.empty((len(g), *g[0].shape), dtype=dtype, device=g[0].device)
     d, c = momentum_stage(spec, states=states, grads=g, step=step, defer=defer, probe=not momentum_implied(spec, precond, state_dtype),
-                          out=stack)
+                          out=stack, cast=cast)
     decay = None  # schedule-free decays at y itself (update_stages.schedule_free)
     if spec.weight_decay and not spec.coupled and spec.momentum != "schedule_free":
         decay = decay_factor(lr=lr_r, weight_decay=spec.weight_decay * precond.decay_scale(views[0].shape), decay_budgets=decay_budgets)
@@ -177,9 +185,6 @@ def update_bucket(
         ctx.defer.end_bucket(", ".join(ctx.names))
     if stack is not None and c != 1.0:  # after the probe: the stack's rows may have been the temporaries
         X.mul_(c)
-    # a U that is only added (float lr, one step scale, nothing staged or collected) may stay in
-    # Newton–Schulz's bf16: W + α·U upcasts it exactly, and holding it until the commit takes half
-    narrow = not staged and collect is None and sharded is None and isinstance(lr_r, float) and len(set(step_scales)) == 1
     U = dual_map(norm, X, mode=spec.mode, narrow=narrow)
     if collect is not None:
         collect.append(Direction(ctx.params, states, X, U, step_scales))
