@@ -267,11 +267,16 @@ class Spectral(Norm):
         return O if s == 1.0 else O.mul_(s)  # × 1 is exact: no copy
 
     def lmo_step(self, G: Tensor) -> Tensor:
-        """``lmo``, in Newton–Schulz's narrower compute dtype when the scale is 1 (values upcast exactly)."""
-        if self._s(G) != 1.0:
-            return self.lmo(G)
+        """``lmo``, in Newton–Schulz's narrower compute dtype when the scale is 1 (values upcast
+        exactly); with another scale, upcast into the scratch G and scaled there (``Norm.lmo_step``)."""
         self._check(G)
-        return self._polar(G, narrow=True, overwrite=True)
+        O = self._polar(G, narrow=True, overwrite=True)
+        s = self._s(G)
+        if s == 1.0:
+            return O
+        if O.dtype != G.dtype and G.is_contiguous():
+            O = G.copy_(O)  # exact; G is no longer read
+        return O.mul_(s) if O.dtype == G.dtype else O.to(G.dtype).mul_(s)
 
     def step_input(self, like: Tensor) -> tuple[torch.dtype, Callable[[Tensor, Tensor], Tensor]] | None:
         """(bf16, ``narrow_into``) when ``lmo_step`` runs Newton–Schulz in a narrower dtype of the same

@@ -87,7 +87,7 @@ class DNorm(Norm):
         self._check(G)
         O = self.base.lmo_step(G.div_(self.D))
         if O.dtype != G.dtype and O.is_floating_point() and torch.finfo(O.dtype).bits < torch.finfo(G.dtype).bits:
-            O = O.to(G.dtype)  # exact
+            return O.to(G.dtype).div_(self.D)  # an exact upcast, then in place in the new (dense) tensor
         return O.div_(self.D) if O.dtype == G.dtype and O.is_contiguous() else O / self.D
 
     def sharp(self, G: Tensor) -> Tensor:

@@ -110,3 +110,20 @@ def test_dnorm_positive_skips_only_the_zero_handling() -> None:
     D0[0, 0, 0] = 0.0
     assert modnorm.DNorm(modnorm.Frobenius(), D0).sharp(G)[0, 0, 0] == 0
     assert not torch.isfinite(modnorm.DNorm(modnorm.Frobenius(), D0, positive=True).sharp(G)[0, 0, 0])
+
+
+@pytest.mark.parametrize("inner, outer, bias_correction", [(0.5, 0.5, True), (1.0, 0.25, True), (0.25, 0.5, False), (1.0, 1.0, True)])
+def test_second_moment_diagonal_is_formed_in_its_stack(inner, outer, bias_correction):
+    """``SecondMoment.diagonal`` (D formed in the rows of one stack) gives the bits of stacking the
+    per-parameter D's, and the float64 formula ((V/bc)^inner + ε)^outer written here."""
+    g = torch.Generator().manual_seed(5)
+    pre = SecondMoment(beta2=0.99, eps=1e-8, inner=inner, outer=outer, bias_correction=bias_correction)
+    states = [{pre.key: torch.rand(6, 4, generator=g) * 1e-3} for _ in range(3)]
+    before = [s[pre.key].clone() for s in states]
+    D = pre.diagonal(states, step=7)
+    assert torch.equal(D, torch.stack(pre._powers(states, 7, outer)))
+    assert all(torch.equal(s[pre.key], b) for s, b in zip(states, before))  # V untouched
+    bc = 1.0 - 0.99**7 if bias_correction else 1.0
+    V = torch.stack(before).double()
+    want = ((V / bc) ** inner + 1e-8) ** outer
+    assert torch.allclose(D.double(), want, rtol=1e-5, atol=0)

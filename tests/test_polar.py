@@ -257,4 +257,6 @@ def test_spectral_lmo_step_keeps_bf16_only_at_scale_one():
         step = norm.lmo_step(X)
         assert step.dtype == torch.bfloat16 and torch.equal(step.float(), norm.lmo(X))
     scaled = Spectral(scale="rms", dtype=torch.bfloat16)
-    assert scaled.lmo_step(X).dtype == torch.float32 and torch.equal(scaled.lmo_step(X), scaled.lmo(X))
+    scratch = X.clone()
+    step = scaled.lmo_step(scratch)  # X is the caller's scratch: upcast and scaled in its storage
+    assert step.dtype == torch.float32 and torch.equal(step, scaled.lmo(X)) and step.data_ptr() == scratch.data_ptr()

@@ -129,11 +129,19 @@ class SecondMoment(Preconditioner):
         """The statistic V that D is built from (not to be modified): here the accumulator itself."""
         return [s[self.key] for s in states]
 
-    def _powers(self, states: Sequence[dict[str, Tensor]], step: int, outer: float) -> list[Tensor]:
-        """(V̂^inner + ε)^outer per parameter, as fresh tensors (V is not touched)."""
+    def _powers(self, states: Sequence[dict[str, Tensor]], step: int, outer: float, out: Tensor | None = None) -> list[Tensor]:
+        """(V̂^inner + ε)^outer per parameter, as fresh tensors (V is not touched); ``out``: formed in
+        its rows (a stack; the same kernels in place, the same bits)."""
         Vs = self.second_moment(states)
         p = self.inner  # V̂^p = V^p / bc^p, as torch's Adam computes √V / √bc
-        if p == 0.5:
+        if out is not None:
+            D = list(out.unbind(0))
+            torch._foreach_copy_(D, Vs)
+            if p == 0.5:
+                torch._foreach_sqrt_(D)
+            elif p != 1.0:
+                torch._foreach_pow_(D, p)
+        elif p == 0.5:
             D = torch._foreach_sqrt(Vs)
         else:
             D = torch._foreach_pow(Vs, p) if p != 1.0 else [v.clone() for v in Vs]
@@ -154,7 +162,9 @@ class SecondMoment(Preconditioner):
 
     def diagonal(self, states: Sequence[dict[str, Tensor]], step: int) -> Tensor:
         """The stacked D, shape (B, *param_shape); a fresh tensor (V is not touched)."""
-        D = torch.stack(self._powers(states, step, self.outer))
+        Vs = self.second_moment(states)
+        D = torch.empty((len(Vs), *Vs[0].shape), dtype=Vs[0].dtype, device=Vs[0].device)
+        self._powers(states, step, self.outer, out=D)
         if self.normalize and D.ndim > 1:
             rms = D.square().mean(dim=tuple(range(1, D.ndim)), keepdim=True).sqrt()
             D = D / rms.clamp_min(torch.finfo(D.dtype).tiny)  # an all-zero D (ε = 0, G = 0) stays 0
