@@ -80,6 +80,12 @@ class Norm:
         ``lmo`` that returns a tensor it also keeps must override this). The default is ``lmo``."""
         return self.lmo(G)
 
+    def sharp_step(self, G: Tensor) -> Tensor:
+        """``sharp(G)`` as an optimizer adds it to the parameters: the same values and dtype, with
+        G the caller's scratch as in ``lmo_step`` (``LRNorm``, ``DNorm``: products and divisions
+        written into it). The default is ``sharp``."""
+        return self.sharp(G)
+
     def step_input(self, like: Tensor) -> tuple[torch.dtype, Callable[[Tensor, Tensor], Tensor]] | None:
         """How ``lmo_step`` may receive its input already narrowed, for inputs like ``like`` (one
         element of the batch): (dtype, cast), where ``cast(out, x)`` writes x into ``out`` of that

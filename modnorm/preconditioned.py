@@ -90,6 +90,14 @@ class DNorm(Norm):
             return O.to(G.dtype).div_(self.D)  # an exact upcast, then in place in the new (dense) tensor
         return O.div_(self.D) if O.dtype == G.dtype and O.is_contiguous() else O / self.D
 
+    def sharp_step(self, G: Tensor) -> Tensor:
+        """``sharp`` for an optimizer's update (``Norm.sharp_step``): with a Frobenius base and D > 0
+        of G's dtype, (G ⊘ D) ⊘ D in G itself."""
+        if self.positive and type(self.base) is Frobenius and self.D.dtype == G.dtype and G.is_contiguous():
+            self._check(G)
+            return G.div_(self.D).div_(self.D)
+        return self.sharp(G)
+
     def sharp(self, G: Tensor) -> Tensor:
         self._check(G)
         # ‖·‖_D's sharp is D⁻¹ ⊙ sharp_base(D⁻¹ ⊙ G): one base evaluation instead of two.
@@ -220,6 +228,19 @@ class LRNorm(Norm):
         self._check(G)
         return self._through_base(G, "sharp")
 
+    def sharp_step(self, G: Tensor) -> Tensor:
+        """``sharp`` for an optimizer's update (``Norm.sharp_step``): with L⁻¹, R⁻¹ given, the four
+        products alternate between the scratch G and one more buffer (``matmul(out=)``, the same
+        kernels), and the base's ``sharp_step`` works in place."""
+        if self.L_inv is None or self.R_inv is None or self.L is not None or self.R is not None:
+            return self.sharp(G)
+        self._check(G)
+        T = self._left_inv(G, transpose=True)  # L⁻ᵀ G
+        X = _product(T, self.R_inv.mT, into=G)  # L⁻ᵀ G R⁻ᵀ, in G (no longer read)
+        S = self.base.sharp_step(X)
+        T = _product(self.L_inv, S, into=T)  # L⁻¹ S, in T
+        return _product(T, self.R_inv, into=S if S.dtype == T.dtype else None)
+
     def __repr__(self) -> str:
         def shape(M: Tensor | None) -> str:
             return "I" if M is None else str(tuple(M.shape))
@@ -227,6 +248,16 @@ class LRNorm(Norm):
         left = shape(self.L) if self.L_inv is None else f"inv{shape(self.L_inv)}"
         right = shape(self.R) if self.R_inv is None else f"inv{shape(self.R_inv)}"
         return f"{type(self).__name__}({self.base!r}, L={left}, R={right})"
+
+
+def _product(A: Tensor, B: Tensor, into: Tensor | None) -> Tensor:
+    """A @ B, written into ``into`` when it is a contiguous tensor of the result's shape and dtype
+    that is neither operand's storage (``matmul(out=)``: the same kernel), else a new tensor."""
+    shape = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2]) + (A.shape[-2], B.shape[-1])
+    if (into is None or into.shape != shape or into.dtype != torch.result_type(A, B) or not into.is_contiguous()
+            or into.untyped_storage().data_ptr() in (A.untyped_storage().data_ptr(), B.untyped_storage().data_ptr())):
+        return A @ B
+    return torch.matmul(A, B, out=into)
 
 
 def _sqrt_psd(P: Tensor) -> Tensor:
@@ -288,6 +319,14 @@ class GramLRNorm(LRNorm):
         if self.P_R is not None:
             X = X @ self.P_R
         return G.clone() if X is G else X
+
+    def sharp_step(self, G: Tensor) -> Tensor:
+        """``sharp`` for an optimizer's update (``Norm.sharp_step``): with a Frobenius base and both
+        factors, P_L G P_R with the second product written into the scratch G."""
+        if type(self.base) is not Frobenius or self.P_L is None or self.P_R is None:
+            return self.sharp(G)
+        self._check(G)
+        return _product(self.P_L @ G, self.P_R, into=G)
 
     def __repr__(self) -> str:
         def shape(M: Tensor | None) -> str:

@@ -244,3 +244,32 @@ def test_bad_arguments_raise_clear_errors() -> None:
         LRNorm(Frobenius(), torch.eye(3).expand(5, 3, 3)).lmo(torch.ones(2, 3, 4))
     with pytest.raises(ValueError, match=r"LRNorm.*\(\.\.\., m, n\)"):
         LRNorm(Frobenius(), torch.eye(3)).lmo(torch.ones(3))
+
+
+def _orthogonal(b: int, k: int, g: torch.Generator) -> torch.Tensor:
+    return torch.linalg.qr(torch.randn(b, k, k, generator=g)).Q
+
+
+def test_sharp_step_equals_sharp_and_writes_into_its_scratch():
+    """``sharp_step`` (an optimizer's scratch input): ``sharp``'s bits, the result in the input's
+    storage, and the float64 formula L⁻¹ D⁻¹ ⊙ D⁻¹ ⊙ (L⁻ᵀ G R⁻ᵀ) R⁻¹ written out here (SOAP's norm)."""
+    g = torch.Generator().manual_seed(11)
+    G = torch.randn(3, 8, 5, generator=g)
+    QL, QR, D = _orthogonal(3, 8, g), _orthogonal(3, 5, g), torch.rand(3, 8, 5, generator=g) + 0.5
+    norm = LRNorm(DNorm(Frobenius(), D, positive=True), L_inv=QL, R_inv=QR.mT)
+    want = norm.sharp(G)
+    scratch = G.clone()
+    got = norm.sharp_step(scratch)
+    assert torch.equal(got, want) and got.data_ptr() == scratch.data_ptr()
+    Gd, QLd, QRd, Dd = G.double(), QL.double(), QR.double(), D.double()
+    ref = QLd @ (((QLd.mT @ Gd @ QRd) / Dd) / Dd) @ QRd.mT
+    assert torch.allclose(got.double(), ref, atol=1e-5)
+    P_L, P_R = QL @ QL.mT * 2.0, QR @ QR.mT * 3.0  # Shampoo's P_L G P_R
+    gram = GramLRNorm(Frobenius(), P_L, P_R)
+    scratch = G.clone()
+    got = gram.sharp_step(scratch)
+    assert torch.equal(got, gram.sharp(G)) and got.data_ptr() == scratch.data_ptr()
+    assert torch.allclose(got.double(), P_L.double() @ Gd @ P_R.double(), atol=1e-5)
+    solved = LRNorm(Frobenius(), L=QL.mT, R=QR)  # factors to solve with: sharp itself, the input untouched
+    scratch = G.clone()
+    assert torch.equal(solved.sharp_step(scratch), solved.sharp(G)) and torch.equal(scratch, G)

@@ -97,10 +97,11 @@ def stacked_direction(d: Sequence[Tensor], *, c: float, correct: bool = True) ->
 
 def dual_map(norm: Norm, X: Tensor, *, mode: str, narrow: bool = False) -> Tensor:
     """U = N.lmo(X) in "lmo" mode, N.sharp(X) in "sharp" mode. ``narrow``: U is only added to the
-    parameters, so the LMO may return a narrower dtype that upcasts exactly (``Norm.lmo_step``)."""
+    parameters and X is the caller's scratch, so the LMO may return a narrower dtype that upcasts
+    exactly and both may overwrite X (``Norm.lmo_step``, ``Norm.sharp_step``)."""
     if mode == "lmo":
         return norm.lmo_step(X) if narrow else norm.lmo(X)
-    return norm.sharp(X)
+    return norm.sharp_step(X) if narrow else norm.sharp(X)
 
 
 def direction_stage(norm: Norm, *, d: Sequence[Tensor], c: float, mode: str, correct: bool = True) -> tuple[Tensor, Tensor]:
