@@ -119,3 +119,25 @@ def test_bad_hyperparameter_set_between_steps_fails_before_any_update():
     with pytest.raises(ConfigError, match="param group 1"):
         opt.step()
     assert all(torch.equal(p, torch.zeros_like(p)) for p in a + b) and len(opt.state) == 0
+
+
+@pytest.mark.parametrize("preset, field, dtype", [("muon", "ns_dtype", torch.bfloat16), ("muadam", "ns_dtype", torch.float32),
+                                                  ("soap", "root_dtype", torch.float64)])
+def test_dtype_options_take_torch_dtypes(preset, field, dtype):
+    """A torch.dtype for a dtype option is its name: the same optimizer, the same steps bit for bit."""
+    def run(value):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+        opt = modnorm.optimizer(net, preset, lr=1e-2, **{field: value})
+        for _ in range(3):
+            opt.zero_grad()
+            net(torch.randn(16, 6)).square().mean().backward()
+            opt.step()
+        return opt, [p.detach().clone() for p in net.parameters()]
+
+    opt, by_dtype = run(dtype)
+    _, by_name = run(str(dtype).removeprefix("torch."))
+    assert opt.param_groups[0][field] == str(dtype).removeprefix("torch.")
+    assert all(torch.equal(a, b) for a, b in zip(by_dtype, by_name))
+    with pytest.raises(ConfigError, match=field):
+        modnorm.optimizer(torch.nn.Linear(4, 4), preset, lr=1e-2, **{field: torch.int32})

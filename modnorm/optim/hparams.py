@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types as at
 import torch
-from pydantic import AfterValidator, BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, TypeAdapter, ValidationError
 
 from ..polar import METHODS
 
@@ -78,9 +78,14 @@ NsSteps = Annotated[int, Field(ge=1, lt=100)]
 Betas = tuple[Beta, Beta]
 LR = Annotated[float | torch.Tensor, AfterValidator(_checked_lr), Allowed("finite {name} ≥ 0 (float or 1-element floating tensor)")]
 NsMethod = Literal[METHODS]  # type: ignore[valid-type]
-NsDtype = Literal["auto", "float32", "float64", "bfloat16", "float16"] | None
+def _dtype_name(value: Any) -> Any:
+    """A torch.dtype given for a dtype option, as its name (``torch.bfloat16`` → "bfloat16")."""
+    return str(value).removeprefix("torch.") if isinstance(value, torch.dtype) else value
+
+
+NsDtype = Annotated[Literal["auto", "float32", "float64", "bfloat16", "float16"] | None, BeforeValidator(_dtype_name)]
 NsProducts = Literal["auto", "batched", "loop"]
-RootDtype = Literal["float32", "float64"]
+RootDtype = Annotated[Literal["float32", "float64"], BeforeValidator(_dtype_name)]
 
 
 def _bounds(metadata: Any, name: str) -> str | None:
