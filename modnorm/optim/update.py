@@ -193,7 +193,7 @@ def update_bucket(
     U, alpha = budget_stage(U, lr=lr_r, step_scales=step_scales)
     if U.dtype != views[0].dtype and not (narrow and torch.finfo(U.dtype).bits < torch.finfo(views[0].dtype).bits):
         U = U.to(views[0].dtype)
-    checks = [U, *d] if spec.momentum == "none" and not precond.covers_gradient else [U]  # d (the gradient) is in no state
+    checks = [U, *g] if spec.momentum == "none" and not precond.covers_gradient else [U]  # d = g is in no state (and the stack may be overwritten)
     return BucketStep(U.unbind(0), alpha, decay, None, True, checks)
 
 
