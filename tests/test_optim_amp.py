@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -32,6 +31,7 @@ from torch import nn
 
 import modnorm
 from modnorm.optim.kfac_hooks import curvature_backward
+from kernel_calls import count_calls
 from state_snapshot import snapshot, unchanged
 
 VOCAB, WIDTH, OUT, BATCH = 12, 8, 3, 16
@@ -119,16 +119,7 @@ def same_state(a: torch.optim.Optimizer, b: torch.optim.Optimizer, pa: list[torc
 @pytest.fixture
 def fused_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Counts torch's fused kernels, so that the fused presets' comparisons cannot pass without them."""
-    calls = dict.fromkeys(FUSED, 0)
-    for name in FUSED:
-        real = getattr(torch, name)
-
-        def counted(*args: Any, _real: Callable = real, _name: str = name, **kwargs: Any) -> None:
-            calls[_name] += 1
-            _real(*args, **kwargs)
-
-        monkeypatch.setattr(torch, name, counted)
-    return calls
+    return count_calls(monkeypatch, FUSED)
 
 
 def check_fused(preset: str, calls: dict[str, int]) -> None:

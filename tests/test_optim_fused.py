@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import modnorm
+from kernel_calls import count_calls
 from state_snapshot import snapshot, unchanged
 
 fused_module = importlib.import_module("modnorm.optim.fused")
@@ -23,16 +24,7 @@ KERNELS = ("_fused_adamw_", "_fused_adam_", "_fused_adagrad_", "_fused_sgd_")
 @pytest.fixture
 def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Counts the fused kernels' calls (so that a comparison cannot pass without them)."""
-    calls = dict.fromkeys(KERNELS, 0)
-    for name in KERNELS:
-        real = getattr(torch, name)
-
-        def counted(*args: Any, _real: Callable = real, _name: str = name, **kwargs: Any) -> None:
-            calls[_name] += 1
-            _real(*args, **kwargs)
-
-        monkeypatch.setattr(torch, name, counted)
-    return calls
+    return count_calls(monkeypatch, KERNELS)
 
 
 @pytest.fixture
