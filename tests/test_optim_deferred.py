@@ -267,3 +267,37 @@ def test_the_bf16_direction_stack_is_used_and_holds_no_float32_copy(monkeypatch)
     monkeypatch.undo()
     assert ("empty", torch.bfloat16, (2, 24, 24)) in batches
     assert not [b for b in batches if b[1] == torch.float32], batches
+
+
+class _ConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(torch.relu(self.conv1(x))).relu()
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("preset, hp", [("muon", {}), ("muon", {"ns_dtype": "bfloat16"}), ("muadam", {}), ("soap", {"precondition_frequency": 2})])
+@pytest.mark.parametrize("kind", ["conv", "bf16 parameters"])
+def test_scratch_stack_equals_the_step_computed_aside_on_convs_and_bf16_parameters(preset, hp, kind, monkeypatch):
+    """Conv kernels (no narrowed stack) and bf16 parameters with float32 state (a bf16 stack
+    from float32 rows): the deferred, scratch-buffer step is bit for bit the step computed aside."""
+    def run(aside: bool) -> list[torch.Tensor]:
+        if aside:
+            _aside(monkeypatch)
+        net = _ConvNet() if kind == "conv" else _net().to(torch.bfloat16)
+        opt = modnorm.optimizer(net, preset, lr=1e-2, **hp)
+        g = torch.Generator().manual_seed(2)
+        for _ in range(4):
+            x = torch.randn(4, 3, 6, 6, generator=g) if kind == "conv" else torch.randn(16, 10, generator=g).to(torch.bfloat16)
+            opt.zero_grad()
+            net(x).float().square().mean().backward()
+            opt.step()
+        monkeypatch.undo()
+        return [p.detach().clone() for p in net.parameters()]
+
+    assert all(torch.equal(a, b) for a, b in zip(run(False), run(True)))
