@@ -54,18 +54,35 @@ Coefficients = tuple[float, float, float]
 
 def iterate_batched(Y: torch.Tensor, coefficients: Sequence[Coefficients], scratch: bool = False) -> torch.Tensor:
     """Newton–Schulz steps Y ← aY + (bA + cA²)Y, A = YYᵀ, on a (count, n, m) batch: one 3-D call per product.
-    ``scratch``: Y is the caller's own temporary, which the steps may overwrite: they alternate
-    between two buffers (Y itself when contiguous) instead of a new one per step; same values."""
-    spare: torch.Tensor | None = None
-    for a, b, c in coefficients:
-        A = Y @ Y.mT
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c) if c != 0.0 else A * b
-        if not scratch:
+    ``scratch``: Y is the caller's own temporary, which the steps may overwrite: each product is
+    written (``out=``, the same kernels, the same values) into a buffer that is no longer read —
+    Y itself when contiguous, the previous iterate, the previous A and B — so a step allocates
+    nothing after the first and a square batch needs three buffers of Y's size instead of four."""
+    if not scratch:
+        for a, b, c in coefficients:
+            A = Y @ Y.mT
+            B = torch.baddbmm(A, A, A, beta=b, alpha=c) if c != 0.0 else A * b
             Y = torch.baddbmm(Y, B, Y, beta=a, alpha=1.0)
-            continue
-        out = spare if spare is not None else torch.empty(Y.shape, dtype=Y.dtype, device=Y.device)
+        return Y
+    free: list[torch.Tensor] = []  # contiguous buffers of ours that nothing reads any more
+
+    def take(shape: torch.Size) -> torch.Tensor:
+        for i, t in enumerate(free):
+            if t.shape == shape:
+                return free.pop(i)
+        return torch.empty(shape, dtype=Y.dtype, device=Y.device)
+
+    gram = Y.shape[:-1] + Y.shape[-2:-1]
+    for a, b, c in coefficients:
+        A = torch.matmul(Y, Y.mT, out=take(gram))
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c, out=take(gram)) if c != 0.0 else torch.mul(A, b, out=take(gram))
+        free.append(A)
+        out = take(Y.shape)
         torch.baddbmm(Y, B, Y, beta=a, alpha=1.0, out=out)
-        spare, Y = (Y if Y.is_contiguous() else None), out
+        free.append(B)
+        if Y.is_contiguous():
+            free.append(Y)
+        Y = out
     return Y
 
 

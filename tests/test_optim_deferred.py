@@ -215,10 +215,11 @@ def test_a_failure_after_deferred_buckets_writes_none_of_their_redos(hidden):
         assert unchanged(opt, [a, b], snap)
 
 
-def test_a_non_finite_temporary_is_named_and_nothing_is_written():
+@pytest.mark.parametrize("ns_dtype", ["float32", "bfloat16"])  # a float32 stack of temporaries; bf16 rows, probed one by one
+def test_a_non_finite_temporary_is_named_and_nothing_is_written(ns_dtype):
     """A momentum buffer that overflows (|B| near the largest float): its temporary fails the probe."""
     net = _net()
-    opt = modnorm.optimizer(net, "muon", lr=1e-2)
+    opt = modnorm.optimizer(net, "muon", lr=1e-2, ns_dtype=ns_dtype)
     _train(net, opt, 1)
     params = list(net.parameters())
     w = net[2].weight
@@ -226,8 +227,9 @@ def test_a_non_finite_temporary_is_named_and_nothing_is_written():
     net(torch.randn(8, 10)).square().mean().backward()
     w.grad.fill_(-3e38)  # B + (1-β)(g - B): g - B overflows
     snap = snapshot(opt, params)
-    with pytest.raises(FloatingPointError, match="nothing was updated"):
+    with pytest.raises(FloatingPointError, match="nothing was updated") as refused:
         opt.step()
+    assert "momentum_buffer" in str(refused.value)
     assert unchanged(opt, params, snap)
 
 
@@ -301,3 +303,59 @@ def test_scratch_stack_equals_the_step_computed_aside_on_convs_and_bf16_paramete
         return [p.detach().clone() for p in net.parameters()]
 
     assert all(torch.equal(a, b) for a, b in zip(run(False), run(True)))
+
+
+def test_bf16_finiteness_probe_sums_in_bf16():
+    """The probe of a bf16 tensor flags NaN/inf and sums without a float32 copy (torch.profiler's
+    allocations stay below the tensor's own size); a sum that overflows is settled by the
+    transaction's exact check."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from modnorm.optim.deferred import finiteness_probes
+
+    t = torch.randn(512, 512).bfloat16()
+    assert math.isfinite(float(finiteness_probes([t])[0]))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        finiteness_probes([t])
+    assert max(e.cpu_memory_usage for e in prof.key_averages()) < t.numel() * t.element_size()
+    for bad in (float("nan"), float("inf")):
+        u = t.clone()
+        u[3, 4] = bad
+        assert not math.isfinite(float(finiteness_probes([u])[0]))
+    huge = torch.full((64, 64), 1e37).bfloat16()  # finite values whose sum overflows
+    assert not math.isfinite(float(finiteness_probes([huge])[0])) and bool(huge.isfinite().all())
+
+
+@pytest.mark.parametrize("momentum, beta", [("nesterov", 0.9), ("ema_nesterov", 0.95), ("none", 0.0), ("heavy_ball", 0.9), ("adam_ema", 0.9)])
+def test_every_momentum_kind_into_a_bf16_stack_equals_the_step_computed_aside(momentum, beta, monkeypatch):
+    """A spectral LMO in bf16 with each momentum kind: rows formed one at a time (Nesterov kinds:
+    no new buffers held) or cast from the kept-aside buffers, bit for bit the step computed aside."""
+    rule = UpdateRule(norm="spectral", momentum=momentum, beta=beta, mode="lmo", ns_dtype="bfloat16", scale="none")
+    recipe = Recipe(default=rule, roles={"vector": UpdateRule(norm="frobenius", mode="sharp")})
+
+    def run(aside: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        if aside:
+            _aside(monkeypatch)
+        net = _net()
+        opt = modnorm.optimizer(net, recipe, lr=1e-2)
+        _train(net, opt, 4)
+        monkeypatch.undo()
+        params = list(net.parameters())
+        return [p.detach().clone() for p in params], [v.clone() for p in params for v in opt.state[p].values() if isinstance(v, torch.Tensor)]
+
+    (pa, sa), (pb, sb) = run(False), run(True)
+    assert all(torch.equal(a, b) for a, b in zip(pa, pb)) and all(torch.equal(a, b) for a, b in zip(sa, sb))
+
+
+@pytest.mark.parametrize("ns_dtype", ["float32", "bfloat16"])
+def test_finite_temporaries_whose_probe_sum_overflows_are_settled_exactly(ns_dtype):
+    """Momentum entries of 1e37 (finite) sum past the float32 range: the exact recheck lets the step commit."""
+    net = _net()
+    opt = modnorm.optimizer(net, "muon", lr=1e-2, ns_dtype=ns_dtype)
+    _train(net, opt, 1)
+    w = net[2].weight
+    opt.state[w]["momentum_buffer"].fill_(1e37)
+    net(torch.randn(8, 10)).square().mean().backward()
+    w.grad.fill_(1e37)
+    opt.step()
+    assert torch.equal(opt.state[w]["momentum_buffer"], torch.full_like(w, 1e37)) and bool(w.isfinite().all())

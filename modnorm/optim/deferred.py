@@ -40,13 +40,16 @@ from .running_bounds import RunningBounds, abs_maxima
 
 __all__ = ["Deferred", "accumulation_bound", "finiteness_probes"]
 
+_SUM_DTYPE: dict[torch.dtype, torch.dtype] = {torch.float64: torch.float64, torch.bfloat16: torch.bfloat16}
+
+
 def finiteness_probes(ts: Sequence[Tensor]) -> Tensor:
     """One float32 number per tensor of one device, non-finite whenever the tensor holds a NaN or ±inf:
     its sum on the CPU (NaN/inf propagate; a sum of finite values may also overflow, which the
     caller settles with ``isfinite``), its max |x| on accelerators (``_foreach_norm(inf)``: finite
     exactly when every value is)."""
-    if ts[0].device.type == "cpu":
-        return torch.stack([t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32).float() for t in ts])
+    if ts[0].device.type == "cpu":  # bf16 sums in its own dtype (float32's range): sum(dtype=) would copy it to float32 first
+        return torch.stack([t.sum(dtype=_SUM_DTYPE.get(t.dtype, torch.float32)).float() for t in ts])
     return torch.stack([n.float() for n in torch._foreach_norm(list(ts), float("inf"))])
 
 
@@ -72,6 +75,7 @@ class Deferred:
         self._restores: list[tuple[Sequence[dict[str, Any]], str, list[Tensor], bool]] = []
         self.failed: list[str] = []  # 'label (state key)' of temporaries that were not finite
         self._pending: list[tuple[str, Tensor]] = []  # accelerator probes, read by ``all_finite``
+        self._row_probes: list[tuple[str, list[Tensor], Callable[[], bool]]] = []  # ``probe_rows``, for ``end_bucket``
 
     # ------------------------------------------------------------------ within a bucket
 
@@ -88,6 +92,12 @@ class Deferred:
         if redo is not None:
             self._redos.append(redo)
 
+    def probe_rows(self, key: str, probes: Sequence[Tensor], recheck: Callable[[], bool]) -> None:
+        """Probes (``finiteness_probes``) of temporaries already dropped, settled when the bucket ends
+        as its own temporaries are; ``recheck()`` recomputes them and settles exactly when a CPU
+        sum is not finite (it may overflow with finite values)."""
+        self._row_probes.append((key, list(probes), recheck))
+
     def later(self, redo: Callable[[], None]) -> None:
         """Run ``redo`` at the commit (an in-place update proved finite, e.g. by ``factor_bound``)."""
         self._redos.append(redo)
@@ -103,6 +113,13 @@ class Deferred:
             for s, v in zip(states, old):
                 s[key] = v
         self._restores.clear()
+        for key, probes, recheck in self._row_probes:
+            values = torch.cat(probes)
+            if values.device.type != "cpu":
+                self._pending.append((f"{label} (state {key!r})", values.amax()))
+            elif not math.isfinite(float(values.sum())) and not recheck():
+                self.failed.append(f"{label} (state {key!r})")
+        self._row_probes.clear()
 
     def all_finite(self) -> bool:
         """Whether every probed temporary was finite (reads the accelerators' probes: one synchronization)."""

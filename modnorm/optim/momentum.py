@@ -30,6 +30,8 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
+from .deferred import finiteness_probes
+
 __all__ = ["EXACT_MOMENTUM_STATE", "MomentumKind", "MOMENTUM_KINDS", "momentum_key", "init_momentum", "apply_momentum", "momentum_scale"]
 
 MomentumKind = Literal["none", "heavy_ball", "nesterov", "ema", "ema_nesterov", "adam_ema", "lion", "schedule_free"]
@@ -117,6 +119,8 @@ def apply_momentum(
         return _formed(rows, cast, lambda: grads, grads, lambda _: None, lambda i: grads[i])
     key = momentum_key(kind)
     bufs = [s[key] for s in states]  # type: ignore[index]
+    if rows is not None and cast is not None and defer is not None and kind in ("nesterov", "ema_nesterov"):
+        return _rows_then_redo(kind, beta, dampening, bufs, grads, step, rows, cast, defer, key if probe else None)
     direct = kind in ("heavy_ball", "ema", "adam_ema")  # d is the new buffer
     into = rows if direct and cast is None else None
     if kind in ("heavy_ball", "nesterov"):
@@ -150,3 +154,33 @@ def apply_momentum(
     if rows is not None and cast is not None:  # d is the new buffer, kept aside in the state dtype
         return _formed(rows, cast, lambda: new, new, lambda _: None, new.__getitem__)
     return new  # adam_ema: the bias correction 1/(1-β^t) is ``momentum_scale``, applied after stacking
+
+
+def _rows_then_redo(kind: str, beta: float, dampening: float, bufs: list[Tensor], grads: list[Tensor], step: int,
+                    rows: list[Tensor], cast: Callable[[Tensor, Tensor], Any], defer: Any, key: str | None) -> list[Tensor]:
+    """Nesterov kinds into a narrower stack: row by row, the new buffer B'_i and d_i are one-matrix
+    temporaries (d_i cast into the row); B'_i is probed (``key``: the state key, None: no probe)
+    and dropped, and every buffer is redone in place at the commit (the foreach kernels of
+    ``apply_momentum``, the same bits): no new buffers are held for the bucket. The stacked
+    path's preconditioner is the identity, so nothing reads them from the state meanwhile."""
+    def new_row(i: int) -> Tensor:
+        b, g = bufs[i], grads[i]
+        if kind == "ema_nesterov":
+            return torch.lerp(b, g, 1.0 - beta)
+        return g.to(b.dtype, copy=True) if step == 1 else torch.mul(b, beta).add_(g, alpha=1.0 - dampening)
+
+    probes = []
+    for i, r in enumerate(rows):
+        new = new_row(i)
+        if key is not None:
+            probes.append(finiteness_probes([new]))
+        cast(r, torch.lerp(grads[i], new, beta) if kind == "ema_nesterov" else torch.add(grads[i], new, alpha=beta))
+    if kind == "ema_nesterov":
+        defer.later(lambda: torch._foreach_lerp_(bufs, grads, 1.0 - beta))
+    elif step == 1:
+        defer.later(lambda: torch._foreach_copy_(bufs, grads))
+    else:
+        defer.later(lambda: (torch._foreach_mul_(bufs, beta), torch._foreach_add_(bufs, grads, alpha=1.0 - dampening)))
+    if key is not None:
+        defer.probe_rows(key, probes, lambda: all(bool(new_row(i).isfinite().all()) for i in range(len(rows))))
+    return rows
