@@ -82,8 +82,9 @@ class Norm:
 
     def sharp_step(self, G: Tensor) -> Tensor:
         """``sharp(G)`` as an optimizer adds it to the parameters: the same values and dtype, with
-        G the caller's scratch as in ``lmo_step`` (``LRNorm``, ``DNorm``: products and divisions
-        written into it). The default is ``sharp``."""
+        G the caller's scratch and the result the caller's, as in ``lmo_step`` (``LRNorm``,
+        ``DNorm``: products and divisions written into them; a ``sharp`` that returns a tensor it
+        also keeps must override this). The default is ``sharp``."""
         return self.sharp(G)
 
     def step_input(self, like: Tensor) -> tuple[torch.dtype, Callable[[Tensor, Tensor], Tensor]] | None:
