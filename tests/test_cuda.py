@@ -67,10 +67,12 @@ def test_gpu_benchmark_quick(tmp_path: Path) -> None:
     assert res["bf16_polar_express_max_sigma_err"][6] < 1e-2
 
 
-@pytest.mark.parametrize("preset", ["muon", "muadam", "shampoo"])
+@pytest.mark.parametrize("preset", ["muon", "muadam", "shampoo", "soap"])
 def test_statistics_redone_at_the_commit_on_cuda(preset: str) -> None:
-    """On CUDA the deferred statistics (``modnorm.optim.deferred``) equal the step computed aside bit
-    for bit, and a NaN gradient (caught by the probes read with the transaction's check) changes nothing."""
+    """On CUDA the deferred statistics (``modnorm.optim.deferred``) and the scratch-buffer dual maps
+    (muon's bf16 stack with row-by-row momentum, ``DNorm.lmo_step``, ``LRNorm.sharp_step``) equal
+    the step computed aside bit for bit, and a NaN gradient (caught by the probes read with the
+    transaction's check) changes nothing."""
     optimizer_module = sys.modules["modnorm.optim.optimizer"]
 
     def run(defer: bool) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
@@ -103,3 +105,13 @@ def test_statistics_redone_at_the_commit_on_cuda(preset: str) -> None:
         oa.step()
     assert all(torch.equal(p, q) for p, q in zip(pa, before[0]))
     assert all(torch.equal(oa.state[pa[2]][k], v) for k, v in before[1].items())
+
+
+def test_narrowed_batch_gives_the_float32_bits_on_cuda() -> None:
+    """``narrow_into`` (2^-k prescale per matrix on CUDA) then Newton–Schulz in bf16: the bits of the float32 batch."""
+    from modnorm.polar import narrow_into
+
+    X = torch.randn(3, 64, 48, device="cuda") * torch.tensor([1e-30, 1.0, 1e20], device="cuda").view(-1, 1, 1)
+    narrowed = narrow_into(torch.empty(X.shape, dtype=torch.bfloat16, device="cuda"), X)
+    want = modnorm.orthogonalize(X, dtype=torch.bfloat16, narrow=True)
+    assert torch.equal(modnorm.orthogonalize(narrowed, dtype=torch.bfloat16, narrow=True), want)
