@@ -152,7 +152,7 @@ def update_bucket(
         updated = True
         D2 = precond.entrywise_divisor(states, step)  # D² > 0 (eps validated against the state dtype), or None
     shortcut = entrywise and (isinstance(precond, Identity) or D2 is not None)
-    # the stacked path copies d into X, so its new buffers may be redone at the commit (``deferred``);
+    # the stacked path forms d in X, so its new buffers may be redone at the commit (``deferred``);
     # the shortcut keeps d as the update: deferring them would save nothing
     defer = None if shortcut or spec.staged else ctx.defer
     # a U that is only added (float lr, one step scale, nothing staged or collected) may stay in
