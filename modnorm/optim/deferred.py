@@ -134,17 +134,11 @@ class Deferred:
 
     # ------------------------------------------------------------------ proofs by running bounds
 
-    @staticmethod
-    def abs_max(t: Tensor) -> float:
-        """max |t| (inf when t holds a NaN or ±inf, or no values: a ``meta`` tensor)."""
-        if t.device.type == "meta" or t.numel() == 0:
-            return math.inf
-        lo, hi = torch.aminmax(t)
-        m = float(torch.maximum(lo.abs(), hi.abs()))
-        return math.inf if math.isnan(m) else m
-
     def known_max(self, ts: Sequence[Tensor]) -> float:
-        """An upper bound on max |x| over ``ts``: their running bounds, read (one batch) for those unknown."""
+        """An upper bound on max |x| over ``ts``: their running bounds, read (one batch) for those unknown;
+        inf when one holds a NaN or ±inf, or no values (a ``meta`` or empty tensor)."""
+        if any(t.device.type == "meta" or t.numel() == 0 for t in ts):
+            return math.inf
         known = [self.bounds.known(t) for t in ts]
         read = abs_maxima([t for t, b in zip(ts, known) if b is None])
         return max((math.inf if math.isnan(m) else m for m in [*(b for b in known if b is not None), *read]), default=0.0)

@@ -168,7 +168,7 @@ class _Factors:
                     alpha: float) -> dict[str, float] | None:
         """Bounds proving the new A, B finite, or None: |β S + α G Gᵀ| ≤ β max|S| + α k·max|G|², with
         k the length of G's rows (A) or columns (B) (Cauchy–Schwarz), rounding included."""
-        a = defer.abs_max(G)
+        a = defer.known_max([G])  # read: a gradient has no running bound
         if not math.isfinite(a):
             return None
         out = {}
