@@ -65,27 +65,44 @@ def momentum_scale(kind: str, beta: float, step: int) -> float:
     return 1.0 / (1.0 - beta**step) if kind == "adam_ema" else 1.0
 
 
-def _formed(rows: list[Tensor] | None, cast: Callable[[Tensor, Tensor], Any] | None, make: Callable[[], list[Tensor]],
-            source: Sequence[Tensor], update_: Callable[[list[Tensor]], Any], row: Callable[[int], Tensor]) -> list[Tensor]:
-    """``make()`` (out of place), or the same values formed in ``rows``: a copy of ``source`` then
-    ``update_`` in place (one kernel, out of place or in place, gives the same bits); with
-    ``cast``, rows of a narrower dtype, each ``cast(rows[i], row(i))`` from one temporary ``row(i)``."""
+def _new_buffers_(kind: str, ts: list[Tensor], grads: Sequence[Tensor], beta: float, dampening: float, step: int) -> None:
+    """ts (holding the old buffers) ← the new buffers, in place: the kind's formula, also the redo at the commit."""
+    if kind in ("heavy_ball", "nesterov"):
+        if step == 1:
+            torch._foreach_copy_(ts, list(grads))
+        else:
+            torch._foreach_mul_(ts, beta)
+            torch._foreach_add_(ts, list(grads), alpha=1.0 - dampening)
+    else:
+        torch._foreach_lerp_(ts, list(grads), 1.0 - beta)
+
+
+def _new_buffers(kind: str, bufs: list[Tensor], grads: list[Tensor], beta: float, dampening: float, step: int) -> list[Tensor]:
+    """``_new_buffers_`` out of place (one pass per tensor; the same kernels, the same bits)."""
+    if kind in ("heavy_ball", "nesterov"):
+        if step == 1:
+            return [g.to(b.dtype, copy=True) for g, b in zip(grads, bufs)]
+        new = torch._foreach_mul(bufs, beta)
+        torch._foreach_add_(new, grads, alpha=1.0 - dampening)
+        return new
+    return torch._foreach_lerp(bufs, grads, 1.0 - beta)
+
+
+def _direction(kind: str, grads: list[Tensor], new: list[Tensor], old: list[Tensor], beta: float, direction_beta: float,
+               rows: list[Tensor] | None = None) -> list[Tensor]:
+    """d from the gradients and the new (old, for "lion") buffers: out of place, or in ``rows``
+    (a copy of the gradients, then the same kernel in place)."""
+    ops = {"lion": (torch._foreach_lerp, torch._foreach_lerp_, old, {"weight": direction_beta}),
+           "nesterov": (torch._foreach_add, torch._foreach_add_, new, {"alpha": beta}),
+           "ema_nesterov": (torch._foreach_lerp, torch._foreach_lerp_, new, {"weight": beta})}
+    if kind not in ops:
+        return new  # heavy_ball, ema, adam_ema: d is the new buffer
+    out_of_place, in_place, other, arg = ops[kind]
     if rows is None:
-        return make()
-    if cast is not None:
-        for i, r in enumerate(rows):
-            cast(r, row(i))
-        return rows
-    torch._foreach_copy_(rows, list(source))
-    update_(rows)
+        return out_of_place(grads, other, **arg)
+    torch._foreach_copy_(rows, grads)
+    in_place(rows, other, **arg)
     return rows
-
-
-def _accumulated(bufs: list[Tensor], grads: list[Tensor], beta: float, dampening: float) -> list[Tensor]:
-    """β B + (1-τ) g, out of place."""
-    new = torch._foreach_mul(bufs, beta)
-    torch._foreach_add_(new, grads, alpha=1.0 - dampening)
-    return new
 
 
 def apply_momentum(
@@ -107,7 +124,7 @@ def apply_momentum(
 
     ``defer`` (``deferred.Deferred``): the new buffers are temporaries shown in the state until
     the bucket ends (checked then when ``probe``) and redone in place at the commit with the
-    same kernels; the caller must be done with d when the bucket ends (it stacks a copy).
+    same kernels; the caller must be done with d when the bucket ends.
 
     ``out`` (with ``defer``): a (count, *shape) tensor that receives d, returned as its rows, so
     that the caller need not stack d; where d is the new buffer (heavy_ball, ema, adam_ema) the
@@ -116,71 +133,58 @@ def apply_momentum(
     in the state dtype and cast into it."""
     rows = list(out.unbind(0)) if out is not None else None
     if kind in ("none", "schedule_free") or (beta == 0.0 and kind in ("heavy_ball", "nesterov", "ema", "ema_nesterov")):
-        return _formed(rows, cast, lambda: grads, grads, lambda _: None, lambda i: grads[i])
+        if rows is None:
+            return grads
+        if cast is None:
+            torch._foreach_copy_(rows, grads)
+        else:
+            for r, g in zip(rows, grads):
+                cast(r, g)
+        return rows
+    if kind not in MOMENTUM_KINDS:
+        raise ValueError(f"unknown momentum kind {kind!r}; choose one of {MOMENTUM_KINDS}")
     key = momentum_key(kind)
     bufs = [s[key] for s in states]  # type: ignore[index]
     if rows is not None and cast is not None and defer is not None and kind in ("nesterov", "ema_nesterov"):
         return _rows_then_redo(kind, beta, dampening, bufs, grads, step, rows, cast, defer, key if probe else None)
     direct = kind in ("heavy_ball", "ema", "adam_ema")  # d is the new buffer
-    into = rows if direct and cast is None else None
-    if kind in ("heavy_ball", "nesterov"):
-        if step == 1:
-            new = _formed(into, None, lambda: [g.to(b.dtype, copy=True) for g, b in zip(grads, bufs)], grads, lambda _: None, grads.__getitem__)
-            redo = lambda: torch._foreach_copy_(bufs, grads)  # noqa: E731
-        else:
-            accumulate = lambda ts: (torch._foreach_mul_(ts, beta), torch._foreach_add_(ts, grads, alpha=1.0 - dampening))  # noqa: E731
-            new = _formed(into, None, lambda: _accumulated(bufs, grads, beta, dampening), bufs, accumulate, bufs.__getitem__)
-            redo = lambda: accumulate(bufs)  # noqa: E731
-    elif kind in ("ema", "ema_nesterov", "adam_ema", "lion"):
-        new = _formed(into, None, lambda: torch._foreach_lerp(bufs, grads, 1.0 - beta), bufs,
-                      lambda ts: torch._foreach_lerp_(ts, grads, 1.0 - beta), bufs.__getitem__)
-        redo = lambda: torch._foreach_lerp_(bufs, grads, 1.0 - beta)  # noqa: E731
+    if direct and rows is not None and cast is None:  # the new buffers formed in the stack's rows
+        torch._foreach_copy_(rows, bufs)
+        _new_buffers_(kind, rows, grads, beta, dampening, step)
+        new = rows
     else:
-        raise ValueError(f"unknown momentum kind {kind!r}; choose one of {MOMENTUM_KINDS}")
+        new = _new_buffers(kind, bufs, grads, beta, dampening, step)
     if defer is not None:
-        defer.replace(states, key, new, redo, probe)
+        defer.replace(states, key, new, lambda: _new_buffers_(kind, bufs, grads, beta, dampening, step), probe)
     else:
         for s, b in zip(states, new):
             s[key] = b  # type: ignore[index]
-    if kind == "lion":  # β₁ B_{t-1} + (1-β₁) g, from the old buffer
-        return _formed(rows, cast, lambda: torch._foreach_lerp(grads, bufs, direction_beta), grads,
-                       lambda ts: torch._foreach_lerp_(ts, bufs, direction_beta), lambda i: torch.lerp(grads[i], bufs[i], direction_beta))
-    if kind == "nesterov":
-        return _formed(rows, cast, lambda: torch._foreach_add(grads, new, alpha=beta), grads,
-                       lambda ts: torch._foreach_add_(ts, new, alpha=beta), lambda i: torch.add(grads[i], new[i], alpha=beta))
-    if kind == "ema_nesterov":
-        return _formed(rows, cast, lambda: torch._foreach_lerp(grads, new, beta), grads,
-                       lambda ts: torch._foreach_lerp_(ts, new, beta), lambda i: torch.lerp(grads[i], new[i], beta))
-    if rows is not None and cast is not None:  # d is the new buffer, kept aside in the state dtype
-        return _formed(rows, cast, lambda: new, new, lambda _: None, new.__getitem__)
-    return new  # adam_ema: the bias correction 1/(1-β^t) is ``momentum_scale``, applied after stacking
+    if rows is None or (direct and cast is None):
+        return _direction(kind, grads, new, bufs, beta, direction_beta)  # adam_ema: 1/(1-β^t) is ``momentum_scale``
+    if cast is None:
+        return _direction(kind, grads, new, bufs, beta, direction_beta, rows)
+    for i, r in enumerate(rows):  # a narrower stack: one row's d at a time
+        cast(r, _direction(kind, [grads[i]], [new[i]], [bufs[i]], beta, direction_beta)[0])
+    return rows
 
 
 def _rows_then_redo(kind: str, beta: float, dampening: float, bufs: list[Tensor], grads: list[Tensor], step: int,
                     rows: list[Tensor], cast: Callable[[Tensor, Tensor], Any], defer: Any, key: str | None) -> list[Tensor]:
     """Nesterov kinds into a narrower stack: row by row, the new buffer B'_i and d_i are one-matrix
     temporaries (d_i cast into the row); B'_i is probed (``key``: the state key, None: no probe)
-    and dropped, and every buffer is redone in place at the commit (the foreach kernels of
-    ``apply_momentum``, the same bits): no new buffers are held for the bucket. The stacked
-    path's preconditioner is the identity, so nothing reads them from the state meanwhile."""
+    and dropped, and every buffer is redone in place at the commit (``_new_buffers_``, the same
+    kernels): no new buffers are held for the bucket. The stacked path's preconditioner is the
+    identity, so nothing reads them from the state meanwhile."""
     def new_row(i: int) -> Tensor:
-        b, g = bufs[i], grads[i]
-        if kind == "ema_nesterov":
-            return torch.lerp(b, g, 1.0 - beta)
-        return g.to(b.dtype, copy=True) if step == 1 else torch.mul(b, beta).add_(g, alpha=1.0 - dampening)
+        return _new_buffers(kind, [bufs[i]], [grads[i]], beta, dampening, step)[0]
 
     probes = []
     for i, r in enumerate(rows):
         new = new_row(i)
         if key is not None:
             probes.append(finiteness_probes([new]))
-        cast(r, torch.lerp(grads[i], new, beta) if kind == "ema_nesterov" else torch.add(grads[i], new, alpha=beta))
-    if kind == "ema_nesterov":
-        defer.later(lambda: torch._foreach_lerp_(bufs, grads, 1.0 - beta))
-    elif step == 1:
-        defer.later(lambda: torch._foreach_copy_(bufs, grads))
-    else:
-        defer.later(lambda: (torch._foreach_mul_(bufs, beta), torch._foreach_add_(bufs, grads, alpha=1.0 - dampening)))
+        cast(r, _direction(kind, [grads[i]], [new], [bufs[i]], beta, 0.0)[0])
+    defer.later(lambda: _new_buffers_(kind, bufs, grads, beta, dampening, step))
     if key is not None:
         defer.probe_rows(key, probes, lambda: all(bool(new_row(i).isfinite().all()) for i in range(len(rows))))
     return rows
