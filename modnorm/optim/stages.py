@@ -34,6 +34,7 @@ __all__ = [
     "oriented_gradients",
     "with_coupled_decay",
     "momentum_stage",
+    "momentum_factor",
     "statistics_stage",
     "direction_stage",
     "stacked_direction",
@@ -71,7 +72,12 @@ def momentum_stage(spec: Any, *, states: Sequence[dict[str, Any]], grads: list[T
     if spec.momentum_on != "gradient":
         return apply_momentum("none", 0.0, 0.0, states, grads, step, out=out, cast=cast), 1.0
     d = apply_momentum(spec.momentum, spec.beta, spec.dampening, states, grads, step, spec.direction_beta, defer, probe, out, cast)
-    return d, momentum_scale(spec.momentum, spec.beta, step)
+    return d, momentum_factor(spec, step)
+
+
+def momentum_factor(spec: Any, step: int) -> float:
+    """The c of ``momentum_stage`` (direction = c·d), known before d is formed."""
+    return momentum_scale(spec.momentum, spec.beta, step) if spec.momentum_on == "gradient" else 1.0
 
 
 def statistics_stage(precond: Preconditioner, *, base: Norm, states: Sequence[dict[str, Any]], grads: list[Tensor],

@@ -34,9 +34,8 @@ import torch
 from torch import Tensor
 
 from ..norms import Frobenius, Norm
-from .momentum import momentum_scale
 from .preconditioner import Identity, Preconditioner, StepContext
-from .stages import (budget_stage, decay_factor, dual_map, entrywise_alpha, momentum_stage, oriented_gradients, rule_lr,
+from .stages import (budget_stage, decay_factor, dual_map, entrywise_alpha, momentum_factor, momentum_stage, oriented_gradients, rule_lr,
                      stacked_direction, statistics_stage, with_coupled_decay)
 from .step_size import Direction
 from .update_stages import after_direction, schedule_free
@@ -162,7 +161,7 @@ def update_bucket(
     if defer is not None:  # deferred buffers: d is formed in the stack itself (``momentum.apply_momentum``)
         dtype = g[0].dtype
         into = base.step_input(g[0]) if narrow and spec.mode == "lmo" and isinstance(precond, Identity) else None
-        if into is not None and momentum_scale(spec.momentum if spec.momentum_on == "gradient" else "none", spec.beta, step) == 1.0:
+        if into is not None and momentum_factor(spec, step) == 1.0:
             dtype, cast = into  # stacked directly in the LMO's narrower input dtype
         stack = torch.empty((len(g), *g[0].shape), dtype=dtype, device=g[0].device)
     d, c = momentum_stage(spec, states=states, grads=g, step=step, defer=defer, probe=not momentum_implied(spec, precond, state_dtype),
