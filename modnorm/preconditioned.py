@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .norm_base import upcast_into
 from .norms import Frobenius, Norm
 
 __all__ = ["DNorm", "LRNorm", "GramLRNorm"]
@@ -80,14 +81,14 @@ class DNorm(Norm):
 
     def lmo_step(self, G: Tensor) -> Tensor:
         """``lmo`` for an optimizer's update (``Norm.lmo_step``): with D > 0 of G's dtype, D⁻¹ ⊙ G is
-        formed in G itself and D⁻¹ ⊙ (the base's ``lmo_step``) in its upcast result: the same
+        formed in G itself and D⁻¹ ⊙ (the base's ``lmo_step``) in its (upcast) result: the same
         values as ``lmo`` without its two temporaries."""
         if not (self.positive and self.D.dtype == G.dtype and G.is_contiguous()):
             return self.lmo(G)
         self._check(G)
         O = self.base.lmo_step(G.div_(self.D))
         if O.dtype != G.dtype and O.is_floating_point() and torch.finfo(O.dtype).bits < torch.finfo(G.dtype).bits:
-            return O.to(G.dtype).div_(self.D)  # an exact upcast, then in place in the new (dense) tensor
+            return upcast_into(G, O).div_(self.D)  # narrower (``Norm.lmo_step``): upcast exactly, into the scratch G
         return O.div_(self.D) if O.dtype == G.dtype and O.is_contiguous() else O / self.D
 
     def sharp_step(self, G: Tensor) -> Tensor:
