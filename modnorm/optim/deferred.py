@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .running_bounds import RunningBounds, abs_maxima
 
-__all__ = ["Deferred", "accumulation_bound", "finiteness_probes"]
+__all__ = ["Deferred", "accumulation_bound", "finite_now", "finiteness_probes"]
 
 _SUM_DTYPE: dict[torch.dtype, torch.dtype] = {torch.float64: torch.float64, torch.bfloat16: torch.bfloat16}
 
@@ -60,10 +60,15 @@ def _finite_probe(ts: Sequence[Tensor]) -> bool | Tensor:
     ts = [t for t in ts if t.is_floating_point() and t.numel() > 0 and t.device.type != "meta"]  # meta tensors hold no values
     if not ts:
         return True
-    probes = finiteness_probes(ts)
     if ts[0].device.type != "cpu":
-        return probes.amax()
-    return math.isfinite(float(probes.sum())) or all(bool(t.isfinite().all()) for t in ts)
+        return finiteness_probes(ts).amax()
+    return finite_now(ts)
+
+
+def finite_now(ts: Sequence[Tensor]) -> bool:
+    """Whether every value of ``ts`` (tensors of one device) is finite, read now: NaN/inf in any probe
+    propagate into their sum, and a finite total that overflows is settled exactly (``isfinite``)."""
+    return math.isfinite(float(finiteness_probes(ts).sum())) or all(bool(t.isfinite().all()) for t in ts)
 
 
 class Deferred:

@@ -152,14 +152,12 @@ class _Factors:
         if bounds is not None and all(one_stack([s[k] for s in states]) for k in keys):  # one redo for both sides
             if need:
                 for key in keys:
-                    X, Y = (G, G.mT) if key == "A" else (G.mT, G)
-                    new = torch.baddbmm(_stack(states, key), X, Y, beta=beta, alpha=alpha).unbind(0)
+                    new = torch.baddbmm(_stack(states, key), *_sides(G, key), beta=beta, alpha=alpha).unbind(0)
                     defer.replace(states, key, new, None, probe=False)  # finite: proved
             defer.later(functools.partial(_redo_factors, defer, states, grads, G.dtype, beta, alpha, bounds))
             return
         for key in keys:
-            X, Y = (G, G.mT) if key == "A" else (G.mT, G)
-            assign(states, key, torch.baddbmm(_stack(states, key), X, Y, beta=beta, alpha=alpha))
+            assign(states, key, torch.baddbmm(_stack(states, key), *_sides(G, key), beta=beta, alpha=alpha))
             if bounds is not None:  # the bound holds for these values too (kept only if the step commits them)
                 defer.record([s[key] for s in states], bounds[key])
 
@@ -188,14 +186,18 @@ class _Factors:
         return S / (1.0 - self.beta2**step)
 
 
+def _sides(G: Tensor, key: str) -> tuple[Tensor, Tensor]:
+    """The product's operands: G Gᵀ for A (rows), Gᵀ G for B (columns)."""
+    return (G, G.mT) if key == "A" else (G.mT, G)
+
+
 def _redo_factors(defer: Deferred, states: Sequence[State], grads: Sequence[Tensor], dtype: torch.dtype,
                   beta: float, alpha: float, bounds: dict[str, float]) -> None:
     """At the commit: A ← β A + α G Gᵀ and B ← β B + α Gᵀ G in place on the states' stacks (views:
     ``accumulate`` defers only statistics kept as one stack), and their running bounds recorded."""
     G = _stacked_grads(grads, dtype)
     for key, bound in bounds.items():
-        X, Y = (G, G.mT) if key == "A" else (G.mT, G)
-        _stack(states, key).baddbmm_(X, Y, beta=beta, alpha=alpha)
+        _stack(states, key).baddbmm_(*_sides(G, key), beta=beta, alpha=alpha)
         defer.record([s[key] for s in states], bound)
 
 

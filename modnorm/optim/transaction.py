@@ -44,7 +44,6 @@ accelerators, state dtype ≠ parameter dtype, ``compile``) is in ``fused.py``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +53,7 @@ from torch import Tensor
 
 from ..distributed.layout import is_dtensor
 from ..distributed.sharded_norm import to_local
-from .deferred import Deferred, finiteness_probes
+from .deferred import Deferred, finite_now
 from .preconditioner import RESERVED_STATE_KEYS
 
 __all__ = ["PendingWrite", "StepTransaction"]
@@ -224,11 +223,7 @@ class StepTransaction:
         by_device: dict[torch.device, list[Tensor]] = {}
         for *_, t in self._tensors():
             by_device.setdefault(t.device, []).append(t)
-        for ts in by_device.values():
-            # one number: NaN/inf in any probe propagate into the total (a finite total that overflows is cleared here)
-            if not math.isfinite(float(finiteness_probes(ts).sum())) and not all(bool(t.isfinite().all()) for t in ts):
-                return False
-        return True
+        return all(finite_now(ts) for ts in by_device.values())  # one read per device
 
     def bad_gradients(self) -> list[str]:
         return [e.label for e in self.entries.values() if e.param.grad is not None and not bool(e.param.grad.isfinite().all())]
