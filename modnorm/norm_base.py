@@ -2,8 +2,9 @@
 
 A norm acts on the last ``ndim`` dimensions of a tensor and treats the leading ones as a
 batch: ``value(W)`` = ‖W‖, ``dual(G)`` = max over ‖T‖ ≤ 1 of ⟨G, T⟩, ``lmo(G)`` its argmax and
-``sharp(G)`` = dual(G)·lmo(G). ``lmo_step``, ``sharp_step`` and ``step_input`` are optional
-memory savers an optimizer calls on its own scratch tensors; their defaults are always right.
+``sharp(G)`` = dual(G)·lmo(G). ``lmo_step``, ``sharp_step``, ``step_input`` and ``lmo_parts``
+are optional memory savers an optimizer calls on its own scratch tensors; their defaults are
+always right.
 """
 
 from __future__ import annotations
@@ -68,6 +69,19 @@ class Norm:
         dtype as ``lmo_step`` would narrow it itself, so that ``lmo_step`` of the narrowed batch
         equals ``lmo_step`` of the original bit for bit (an optimizer then stacks its direction
         in that dtype directly). None (the default): no such dtype."""
+        return None
+
+    def lmo_parts(self, G: Tensor) -> tuple[Tensor, float] | None:
+        """``lmo_step(G)`` in parts an optimizer holds until it commits a step: (O, s) with O in a
+        narrower float dtype, such that ``O.to(G.dtype) · s`` (upcast exactly, then scaled in G's
+        dtype; no product when s = 1) is ``lmo_step(G)`` bit for bit (``DNorm``: then divided by D,
+        which the optimizer forms again at its commit). G is the caller's scratch and is released
+        (``G.set_()``: an empty tensor afterwards) once read. None (the default): no such parts, and
+        G is untouched."""
+        return None
+
+    def lmo_parts_dtype(self, like: Tensor) -> torch.dtype | None:
+        """The dtype of ``lmo_parts``' O for inputs like ``like``; None (the default) when it gives none."""
         return None
 
     def expected_shape(self) -> str:

@@ -180,10 +180,10 @@ class Spectral(Norm):
         self._check(G)
         return singular_values(G).sum(dim=-1) * self._s(G)
 
-    def _polar(self, G: Tensor, narrow: bool = False, overwrite: bool = False) -> Tensor:
+    def _polar(self, G: Tensor, narrow: bool = False, overwrite: bool = False, release: bool = False) -> Tensor:
         """The polar factor U Vᵀ of each matrix (``modnorm.orthogonalize`` with this norm's options)."""
         return orthogonalize(G, method=self.method, steps=self.steps, dtype=self.dtype, eps=self.eps, coefficients=self.coefficients,
-                             products=self.products, narrow=narrow, overwrite=overwrite)
+                             products=self.products, narrow=narrow, overwrite=overwrite, release=release)
 
     def lmo(self, G: Tensor) -> Tensor:
         self._check(G)
@@ -199,15 +199,28 @@ class Spectral(Norm):
         s = self._s(G)
         return O if s == 1.0 else upcast_into(G, O).mul_(s)
 
+    def lmo_parts(self, G: Tensor) -> tuple[Tensor, float] | None:
+        """(the narrow polar factor, s) when Newton–Schulz runs in a narrower dtype of G's exponent
+        range (``Norm.lmo_parts``); G is released once narrowed."""
+        if self.lmo_parts_dtype(G) is None:
+            return None
+        self._check(G)
+        s = self._s(G)  # before G is released
+        return self._polar(G, narrow=True, overwrite=True, release=True), s
+
+    def lmo_parts_dtype(self, like: Tensor) -> torch.dtype | None:
+        """Newton–Schulz's compute dtype for inputs like ``like`` when it is narrower than theirs with
+        the same exponent range (float32 → bf16); else None."""
+        if self.method == "svd" and self.coefficients is None or like.ndim < 2 or not like.is_floating_point():
+            return None
+        dtype = compute_dtype(like.device, like.dtype, min(like.shape[-2:]), self.dtype)
+        return dtype if torch.finfo(dtype).bits < torch.finfo(like.dtype).bits and same_range(dtype, like.dtype) else None
+
     def step_input(self, like: Tensor) -> tuple[torch.dtype, Callable[[Tensor, Tensor], Tensor]] | None:
         """(bf16, ``narrow_into``) when ``lmo_step`` runs Newton–Schulz in a narrower dtype of the same
         exponent range as ``like``'s (float32 → bf16) and returns it (scale 1); else None."""
-        if self.method == "svd" and self.coefficients is None or like.ndim < 2 or self._s(like) != 1.0:
-            return None
-        dtype = compute_dtype(like.device, like.dtype, min(like.shape[-2:]), self.dtype)
-        if not like.is_floating_point() or torch.finfo(dtype).bits >= torch.finfo(like.dtype).bits or not same_range(dtype, like.dtype):
-            return None
-        return dtype, narrow_into
+        dtype = self.lmo_parts_dtype(like)
+        return (dtype, narrow_into) if dtype is not None and self._s(like) == 1.0 else None
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(scale={self.scale!r}, method={self.method!r}, steps={self.steps}"

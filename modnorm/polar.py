@@ -261,13 +261,17 @@ def _rounded_norm(Y: Tensor) -> Tensor:
 
 
 def _newton_schulz(X: Tensor, coefficients: Sequence[Coefficients], safety: float, eps: float, dtype: torch.dtype,
-                   products: str | ProductChoices | None = None, narrow: bool = False, overwrite: bool = False) -> Tensor:
+                   products: str | ProductChoices | None = None, narrow: bool = False, overwrite: bool = False,
+                   release: bool = False) -> Tensor:
     """Run the quintic iteration on the short side of every matrix of X, batched or matrix by matrix;
     ``narrow``: return the compute dtype when it is narrower than X's (not cast back); ``overwrite``:
-    X is the caller's scratch."""
+    X is the caller's scratch; ``release``: X's storage is released once copied (``orthogonalize``)."""
     m, n = X.shape[-2:]
+    out_shape, out_dtype = X.shape, X.dtype
     Y = _to_compute(X, dtype)
     own = overwrite or dtype != X.dtype  # Y is _to_compute's copy, or X itself may be overwritten
+    if release and Y.untyped_storage().data_ptr() != X.untyped_storage().data_ptr():
+        X.set_()  # the iteration reads only its copy
     if m > n:
         Y = Y.mT
     if torch.finfo(dtype).max < torch.finfo(X.dtype).max:  # narrowed by _to_compute: |Y| < 1 or a safe norm, no prescaling
@@ -281,9 +285,9 @@ def _newton_schulz(X: Tensor, coefficients: Sequence[Coefficients], safety: floa
     Y = iterate_loop(Y, coefficients) if _form(products, Y) == "loop" else iterate_batched(Y, coefficients, scratch=own)
     if m > n:
         Y = Y.mT
-    if narrow and torch.finfo(dtype).bits < torch.finfo(X.dtype).bits:
-        return Y.reshape(X.shape)
-    return Y.to(X.dtype).reshape(X.shape)  # cast first: a transposed result is copied once, not twice
+    if narrow and torch.finfo(dtype).bits < torch.finfo(out_dtype).bits:
+        return Y.reshape(out_shape)
+    return Y.to(out_dtype).reshape(out_shape)  # cast first: a transposed result is copied once, not twice
 
 
 def orthogonalize(
@@ -296,6 +300,7 @@ def orthogonalize(
     products: str | ProductChoices | None = None,
     narrow: bool = False,
     overwrite: bool = False,
+    release: bool = False,
 ) -> Tensor:
     """Approximate ``U Vᵀ`` for every matrix in ``X`` of shape ``(..., m, n)``.
 
@@ -327,6 +332,9 @@ def orthogonalize(
             X's dtype saves the cast's copy and half the memory.
         overwrite: X is the caller's scratch, which the iteration may overwrite (saves a copy when
             X is already in the compute dtype).
+        release: the caller gives X up: once the iteration has its own copy of X (a narrower or
+            wider compute dtype), X's storage is released (``X.set_()``: X becomes an empty
+            tensor), so a large scratch input does not stay alive during the iteration.
 
     Returns:
         A tensor of X's shape, in X's dtype (or the narrower compute dtype, with ``narrow``).
@@ -350,4 +358,4 @@ def orthogonalize(
     dtype = compute_dtype(X.device, X.dtype, min(X.shape[-2:]), dtype)
     if schedule is None:
         schedule = ns_coefficients(method, default_steps(method, dtype) if steps is None else steps)
-    return _newton_schulz(X, schedule, safety, eps, dtype, products, narrow, overwrite)
+    return _newton_schulz(X, schedule, safety, eps, dtype, products, narrow, overwrite, release)

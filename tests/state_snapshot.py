@@ -29,3 +29,13 @@ def unchanged(opt: torch.optim.Optimizer, params: list[torch.Tensor], snap: tupl
         return False
     now = {id(p): opt.state[p] for p in params if p in opt.state}
     return now.keys() == state.keys() and all(torch.equal(now[i][k], state[i][k]) for i in state for k in state[i])
+
+
+def train_squares(net: torch.nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int = 1, inputs: int = 10) -> None:
+    """``steps`` optimizer steps on the mean square of ``net``'s output for seeded (32, inputs) batches."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(32, inputs, generator=g)
+        opt.zero_grad()
+        net(x).square().mean().backward()
+        opt.step()

@@ -14,7 +14,7 @@ from torch import nn
 import modnorm
 from modnorm.optim import PRECONDITIONERS, Preconditioner, Recipe, UpdateRule, register_preconditioner
 from modnorm.optim.deferred import accumulation_bound
-from state_snapshot import snapshot, unchanged
+from state_snapshot import snapshot, train_squares, unchanged
 
 optimizer_module = sys.modules["modnorm.optim.optimizer"]
 
@@ -24,6 +24,8 @@ CASES = [
     ("muon", {"ns_dtype": "bfloat16", "nesterov": False}),  # d is the new buffer: kept aside, then cast
     ("muon", {"ns_dtype": "bfloat16", "momentum": 0.0}),  # d = g, cast row by row
     ("muadam", {}),
+    ("muadam", {"ns_dtype": "bfloat16"}),  # D⁻¹ ⊙ polar(·) held in parts, D formed a matrix at a time (``update._in_parts``)
+    ("muadam_sania", {"ns_dtype": "bfloat16", "weight_decay": 0.1}),
     ("soap", {"precondition_frequency": 3}),
     ("shampoo", {"precondition_frequency": 2}),
     ("shampoo", {"beta2": None, "precondition_frequency": 1}),
@@ -38,15 +40,6 @@ CASES = [
 def _net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(10, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 3))
-
-
-def _train(net: nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int = 1) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        x = torch.randn(32, 10, generator=g)
-        opt.zero_grad()
-        net(x).square().mean().backward()
-        opt.step()
 
 
 def _aside(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,10 +58,10 @@ def _state_equal(a: torch.optim.Optimizer, b: torch.optim.Optimizer, pa: list, p
 def test_redone_statistics_equal_the_step_computed_aside_bit_for_bit(preset, hp, monkeypatch):
     net_a, net_b = _net(), _net()
     opt_a = modnorm.optimizer(net_a, preset, lr=1e-2, **hp)
-    _train(net_a, opt_a, 6)
+    train_squares(net_a, opt_a, 6)
     _aside(monkeypatch)
     opt_b = modnorm.optimizer(net_b, preset, lr=1e-2, **hp)
-    _train(net_b, opt_b, 6)
+    train_squares(net_b, opt_b, 6)
     pa, pb = list(net_a.parameters()), list(net_b.parameters())
     assert all(torch.equal(p, q) for p, q in zip(pa, pb))
     assert _state_equal(opt_a, opt_b, pa, pb)
@@ -80,11 +73,11 @@ def test_the_statistics_are_written_in_place(preset, keys):
     """No new tensors for these keys after the first step: the step holds no second copy of them."""
     net = _net()
     opt = modnorm.optimizer(net, preset, lr=1e-2, precondition_frequency=3) if preset in ("shampoo", "soap") else modnorm.optimizer(net, preset, lr=1e-2)
-    _train(net, opt, 1)
+    train_squares(net, opt, 1)
     hidden = net[2].weight
     before = {k: opt.state[hidden][k] for k in keys}
     values = {k: t.clone() for k, t in before.items()}
-    _train(net, opt, 3, seed=2)  # crosses a refresh (steps 1 and 4) for shampoo and soap
+    train_squares(net, opt, 3, seed=2)  # crosses a refresh (steps 1 and 4) for shampoo and soap
     for k in keys:
         assert opt.state[hidden][k] is before[k], k
         assert not torch.equal(opt.state[hidden][k], values[k]), k
@@ -95,7 +88,7 @@ def test_a_resumed_state_continues_bitwise():
     aside (as one new stack), later ones in place; the run continues as the uninterrupted one."""
     net_a, net_b = _net(), _net()
     opt_a = modnorm.optimizer(net_a, "shampoo", lr=1e-2, precondition_frequency=2)
-    _train(net_a, opt_a, 3)
+    train_squares(net_a, opt_a, 3)
     buf = io.BytesIO()
     torch.save({"model": net_a.state_dict(), "opt": opt_a.state_dict()}, buf)
     buf.seek(0)
@@ -103,8 +96,8 @@ def test_a_resumed_state_continues_bitwise():
     net_b.load_state_dict(saved["model"])
     opt_b = modnorm.optimizer(net_b, "shampoo", lr=1e-2, precondition_frequency=2)
     opt_b.load_state_dict(saved["opt"])
-    _train(net_a, opt_a, 3, seed=5)
-    _train(net_b, opt_b, 3, seed=5)
+    train_squares(net_a, opt_a, 3, seed=5)
+    train_squares(net_b, opt_b, 3, seed=5)
     pa, pb = list(net_a.parameters()), list(net_b.parameters())
     assert all(torch.equal(p, q) for p, q in zip(pa, pb)) and _state_equal(opt_a, opt_b, pa, pb)
 
@@ -113,7 +106,7 @@ def test_the_running_bound_of_the_factors_stays_above_them():
     """Shampoo with sums (β2 = None): A and B grow every step; the recorded bounds stay upper bounds."""
     net = _net()
     opt = modnorm.optimizer(net, "shampoo", lr=1e-3, beta2=None, precondition_frequency=100)
-    _train(net, opt, 8)
+    train_squares(net, opt, 8)
     checked = 0
     for st in opt.state.values():
         for key in ("A", "B"):
@@ -139,7 +132,7 @@ def test_a_gradient_too_large_for_the_proof_takes_the_checked_path(preset):
     with nothing changed (A, B included)."""
     net = _net()
     opt = modnorm.optimizer(net, preset, lr=1e-2)
-    _train(net, opt, 2)
+    train_squares(net, opt, 2)
     params = list(net.parameters())
     net(torch.randn(8, 10)).square().mean().backward()
     net[2].weight.grad.fill_(1e21)
@@ -171,7 +164,7 @@ def test_a_step_the_proof_cannot_cover_is_computed_aside_and_committed():
     0.001 G Gᵀ ≈ 2.4e38 is finite: the step computed aside commits it (a new tensor, not in place)."""
     net = _net()
     opt = modnorm.optimizer(net, "splus", lr=1e-2)
-    _train(net, opt, 2)
+    train_squares(net, opt, 2)
     w = net[2].weight
     old = opt.state[w]["A"]
     net(torch.randn(8, 10)).square().mean().backward()
@@ -220,7 +213,7 @@ def test_a_non_finite_temporary_is_named_and_nothing_is_written(ns_dtype):
     """A momentum buffer that overflows (|B| near the largest float): its temporary fails the probe."""
     net = _net()
     opt = modnorm.optimizer(net, "muon", lr=1e-2, ns_dtype=ns_dtype)
-    _train(net, opt, 1)
+    train_squares(net, opt, 1)
     params = list(net.parameters())
     w = net[2].weight
     opt.state[w]["momentum_buffer"].fill_(3e38)
@@ -262,10 +255,10 @@ def test_the_bf16_direction_stack_is_used_and_holds_no_float32_copy(monkeypatch)
 
     net = _net()
     opt = modnorm.optimizer(net, "muon", lr=1e-2, ns_dtype="bfloat16")
-    _train(net, opt, 1)
+    train_squares(net, opt, 1)
     for name in ("empty", "stack"):
         monkeypatch.setattr(torch, name, spy(name))
-    _train(net, opt, 1)
+    train_squares(net, opt, 1)
     monkeypatch.undo()
     assert ("empty", torch.bfloat16, (2, 24, 24)) in batches
     assert not [b for b in batches if b[1] == torch.float32], batches
@@ -338,7 +331,7 @@ def test_every_momentum_kind_into_a_bf16_stack_equals_the_step_computed_aside(mo
             _aside(monkeypatch)
         net = _net()
         opt = modnorm.optimizer(net, recipe, lr=1e-2)
-        _train(net, opt, 4)
+        train_squares(net, opt, 4)
         monkeypatch.undo()
         params = list(net.parameters())
         return [p.detach().clone() for p in params], [v.clone() for p in params for v in opt.state[p].values() if isinstance(v, torch.Tensor)]
@@ -352,7 +345,7 @@ def test_finite_temporaries_whose_probe_sum_overflows_are_settled_exactly(ns_dty
     """Momentum entries of 1e37 (finite) sum past the float32 range: the exact recheck lets the step commit."""
     net = _net()
     opt = modnorm.optimizer(net, "muon", lr=1e-2, ns_dtype=ns_dtype)
-    _train(net, opt, 1)
+    train_squares(net, opt, 1)
     w = net[2].weight
     opt.state[w]["momentum_buffer"].fill_(1e37)
     net(torch.randn(8, 10)).square().mean().backward()

@@ -94,3 +94,52 @@ def test_dnorm_lmo_step_equals_lmo(base):
     step = norm.lmo_step(G.clone())
     assert step.dtype == torch.float32 and torch.equal(step, want)
     assert torch.equal(DNorm(base, D).lmo_step(G.clone()), DNorm(base, D).lmo(G))  # D > 0 not promised: lmo itself
+
+
+@settings(max_examples=20, deadline=None)
+@given(m=st.integers(2, 12), n=st.integers(2, 12), count=st.integers(1, 3), exponent=st.integers(-20, 20),
+       scale=st.sampled_from(["rms", "none", "original", 3.0]), seed=st.integers(0, 2**16))
+def test_lmo_parts_rebuild_lmo_step_bit_for_bit_and_release_the_input(m, n, count, exponent, scale, seed):
+    """Law: (O, s) = lmo_parts(G) gives lmo_step(G) as O upcast · s (× 1 skipped), and G is released;
+    with a positive D, ((O upcast · s) ⊘ D) of lmo_parts(D⁻¹ ⊙ G) is DNorm's lmo_step, which itself
+    equals the plain ``lmo``."""
+    g = torch.Generator().manual_seed(seed)
+    G = torch.randn(count, m, n, generator=g) * 10.0**exponent
+    D = torch.rand(count, m, n, generator=g) + 0.1
+    norm = Spectral(scale=scale, dtype=torch.bfloat16)
+    assert norm.lmo_parts_dtype(G) == torch.bfloat16
+    scratch = G.clone()
+    O, s = norm.lmo_parts(scratch)
+    assert O.dtype == torch.bfloat16 and scratch.numel() == 0  # released
+    rebuilt = O.to(G.dtype)
+    if s != 1.0:
+        rebuilt.mul_(s)
+    want = norm.lmo_step(G.clone())
+    assert torch.equal(rebuilt, want.to(G.dtype))
+    O, s = norm.lmo_parts(G.clone().div_(D))
+    rebuilt = O.to(G.dtype)
+    if s != 1.0:
+        rebuilt.mul_(s)
+    via_dnorm = DNorm(norm, D, positive=True).lmo_step(G.clone())
+    assert torch.equal(rebuilt.div_(D), via_dnorm.to(G.dtype))
+    assert torch.equal(via_dnorm.to(G.dtype), DNorm(norm, D, positive=True).lmo(G))
+
+
+def test_lmo_parts_is_offered_only_for_a_narrower_polar():
+    G = torch.randn(2, 6, 4)
+    assert Spectral(dtype=torch.float32).lmo_parts_dtype(G) is None and Spectral(dtype=torch.float32).lmo_parts(G) is None
+    assert Spectral(method="svd").lmo_parts_dtype(G) is None
+    assert Spectral(dtype=torch.bfloat16).lmo_parts_dtype(G.double()) is None  # bf16 has not float64's range
+    assert Frobenius().lmo_parts(G) is None and torch.equal(G, G)  # the default: nothing, G untouched
+    assert G.numel() == 48
+
+
+def test_orthogonalize_release_frees_the_input_and_changes_no_value():
+    X = torch.randn(3, 8, 5)
+    want = orthogonalize(X, dtype=torch.bfloat16, narrow=True)
+    Y = X.clone()
+    got = orthogonalize(Y, dtype=torch.bfloat16, narrow=True, overwrite=True, release=True)
+    assert torch.equal(got, want) and Y.numel() == 0
+    Z = X.clone()  # the iteration in X's own dtype works in X itself: nothing to release
+    assert torch.equal(orthogonalize(Z, dtype=torch.float32, overwrite=True, release=True), orthogonalize(X, dtype=torch.float32))
+    assert Z.shape == X.shape

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -37,6 +37,7 @@ from torch import Tensor
 from ..norms import Norm
 from ..preconditioned import DNorm
 from .hparams import Beta, NonNeg, Positive, require
+from .deferred import finiteness_probes
 from .preconditioner import Preconditioner, StepContext, check_eps
 
 __all__ = ["SecondMoment", "adam", "sania", "adagrad"]
@@ -111,19 +112,29 @@ class SecondMoment(Preconditioner):
         """V ← β2 V + (1−β2) g ⊙ g (or V + g ⊙ g), into new tensors; with ``ctx.defer`` they are
         temporaries for this step's norm, redone in place at the commit (``deferred``)."""
         Vs, gs = [s[self.key] for s in states], list(grads)
-        if self.accumulate == "ema":
-            new = torch._foreach_mul(Vs, self.beta2)
-            torch._foreach_addcmul_(new, gs, gs, value=1.0 - self.beta2)
-            redo = lambda: (torch._foreach_mul_(Vs, self.beta2), torch._foreach_addcmul_(Vs, gs, gs, value=1.0 - self.beta2))  # noqa: E731
-        else:
-            new = torch._foreach_addcmul(Vs, gs, gs, value=1.0)
-            redo = lambda: torch._foreach_addcmul_(Vs, gs, gs, value=1.0)  # noqa: E731
+        new = self._moments(Vs, gs)
         defer = getattr(ctx, "defer", None)
         if defer is not None:
-            defer.replace(states, self.key, new, redo)
+            defer.replace(states, self.key, new, lambda: self._moments_(Vs, gs))
             return
         for s, v in zip(states, new):
             s[self.key] = v
+
+    def _moments(self, Vs: list[Tensor], gs: list[Tensor]) -> list[Tensor]:
+        """The new accumulators β2 V + (1−β2) g ⊙ g (or V + g ⊙ g), as new tensors."""
+        if self.accumulate == "ema":
+            new = torch._foreach_mul(Vs, self.beta2)
+            torch._foreach_addcmul_(new, gs, gs, value=1.0 - self.beta2)
+            return new
+        return torch._foreach_addcmul(Vs, gs, gs, value=1.0)
+
+    def _moments_(self, Vs: list[Tensor], gs: list[Tensor]) -> None:
+        """``_moments`` in place (the same kernels, the same bits)."""
+        if self.accumulate == "ema":
+            torch._foreach_mul_(Vs, self.beta2)
+            torch._foreach_addcmul_(Vs, gs, gs, value=1.0 - self.beta2)
+        else:
+            torch._foreach_addcmul_(Vs, gs, gs, value=1.0)
 
     def second_moment(self, states: Sequence[dict[str, Tensor]]) -> list[Tensor]:
         """The statistic V that D is built from (not to be modified): here the accumulator itself."""
@@ -137,20 +148,50 @@ class SecondMoment(Preconditioner):
         if out is not None:
             D = list(out.unbind(0))
             torch._foreach_copy_(D, Vs)
-            if p == 0.5:
-                torch._foreach_sqrt_(D)
-            elif p != 1.0:
-                torch._foreach_pow_(D, p)
-        elif p == 0.5:
+            return self._powers_(D, step, outer)
+        if p == 1.0 and self.accumulate == "ema" and self.bias_correction:  # V / bc, one pass: the same bits as a copy divided
+            return self._powers_(torch._foreach_div(Vs, 1.0 - self.beta2**step), step, outer, inner=False, corrected=True)
+        if p == 0.5:
             D = torch._foreach_sqrt(Vs)
         else:
             D = torch._foreach_pow(Vs, p) if p != 1.0 else [v.clone() for v in Vs]
-        if self.accumulate == "ema" and self.bias_correction:
+        return self._powers_(D, step, outer, inner=False)
+
+    def _powers_(self, D: list[Tensor], step: int, outer: float, inner: bool = True, corrected: bool = False) -> list[Tensor]:
+        """V ← (V̂^inner + ε)^outer in place on copies of V (``inner=False``: V^inner is taken already;
+        ``corrected``: so is the bias correction)."""
+        p = self.inner
+        if inner and p == 0.5:
+            torch._foreach_sqrt_(D)
+        elif inner and p != 1.0:
+            torch._foreach_pow_(D, p)
+        if self.accumulate == "ema" and self.bias_correction and not corrected:
             bc = 1.0 - self.beta2**step
             torch._foreach_div_(D, math.sqrt(bc) if p == 0.5 else bc**p)
         if self.eps:
             torch._foreach_add_(D, self.eps)
         return _power_(D, outer)
+
+    def diagonal_rows(self, states: Sequence[dict[str, Tensor]], grads: Sequence[Tensor], step: int, ctx: StepContext,
+                      use: Callable[[int, Tensor], None]) -> tuple[Callable[[int], Tensor], float] | None:
+        """``Preconditioner.diagonal_rows``: per parameter, the new V_i as a one-matrix temporary,
+        probed, turned into D_i in place and handed to ``use``; every V is redone in place at the
+        commit. Only for this class's own statistic (not a subclass's), without ``normalize`` and
+        with ε > 0."""
+        defer = getattr(ctx, "defer", None)
+        if (defer is None or self.normalize or not self.eps > 0 or type(self).update_many is not SecondMoment.update_many
+                or type(self).second_moment is not SecondMoment.second_moment):
+            return None
+        Vs, gs = [s[self.key] for s in states], list(grads)
+        probes = []
+        for i in range(len(Vs)):
+            new = self._moments([Vs[i]], [gs[i]])
+            probes.append(finiteness_probes(new))
+            use(i, self._powers_(new, step, self.outer)[0])
+        defer.later(lambda: self._moments_(Vs, gs))
+        defer.probe_rows(self.key, probes, lambda: all(bool(self._moments([Vs[i]], [gs[i]])[0].isfinite().all()) for i in range(len(Vs))))
+        lower = 0.5 * self.eps**self.outer  # V̂^inner + ε ≥ ε after rounding; the roots lose far less than half
+        return (lambda i: self._powers([states[i]], step, self.outer)[0]), lower
 
     def for_loss_scale(self, scale: float) -> SecondMoment:
         """A copy with ε·scale^(2·inner): V scales as scale², so V̂^inner + ε keeps its units."""

@@ -175,6 +175,18 @@ class Preconditioner:
         path (sharp = d / D²). None (the default): use ``norm``."""
         return None
 
+    def diagonal_rows(self, states: Sequence[State], grads: Sequence[Tensor], step: int, ctx: StepContext,
+                      use: Callable[[int, Tensor], None]) -> tuple[Callable[[int], Tensor], float] | None:
+        """Optional, for a ``norm`` that is ``DNorm(base, D)`` with D > 0 built from the statistics
+        alone: update the statistics from ``grads`` (as ``update_many`` with ``ctx.defer``: redone in
+        place at the commit) and call ``use(i, D_i)`` for each parameter with this step's D_i, a
+        temporary (the stacked D is never formed); then return (i ↦ D_i, lower): D_i formed anew
+        from ``states[i]`` when called (bit for bit this step's once the statistics are committed)
+        and a lower bound ``lower`` > 0 on every entry. An optimizer holding D⁻¹ ⊙ lmo(D⁻¹ ⊙ X) in
+        parts (``Norm.lmo_parts``) divides by D_i again when it commits. None (the default): not
+        offered, and nothing was done."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

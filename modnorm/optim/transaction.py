@@ -44,6 +44,7 @@ accelerators, state dtype ≠ parameter dtype, ``compile``) is in ``fused.py``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,7 @@ from torch import Tensor
 from ..distributed.layout import is_dtensor
 from ..distributed.sharded_norm import to_local
 from .deferred import Deferred, finite_now
+from .running_bounds import abs_maxima
 from .preconditioner import RESERVED_STATE_KEYS
 
 __all__ = ["PendingWrite", "StepTransaction"]
@@ -76,7 +78,11 @@ def _add_(views: list[Tensor], U: Sequence[Tensor], alpha: Scalar | list[float],
 @dataclass
 class PendingWrite:
     """A bucket's parameter change, computed but not applied:
-    W ← W·decay, then W ← W + alpha·U (or W + alpha·U / divisor entrywise)."""
+    W ← W·decay, then W ← W + alpha·U (or W + alpha·U / divisor entrywise).
+
+    ``rows`` (with a float alpha): U is held in parts (``Norm.lmo_parts``), a narrower O and
+    ``scale``, and U_i = (O_i upcast · scale) ⊘ rows(i) is formed one parameter at a time here,
+    from the divisor the preconditioner forms again from the committed state."""
 
     views: list[Tensor]
     update: Sequence[Tensor]
@@ -84,12 +90,21 @@ class PendingWrite:
     decay: Scalar | None = None
     divisor: list[Tensor] | None = None
     fresh: bool = False  # ``update`` is a temporary that may be overwritten
+    scale: float = 1.0
+    rows: Callable[[int], Tensor] | None = None
 
     def apply(self) -> None:
         if not self.views or len(self.update) == 0:  # a statistics-only (warm-up) step
             return
         if self.decay is not None:
             torch._foreach_mul_(self.views, self.decay)
+        if self.rows is not None:
+            for i, (w, o) in enumerate(zip(self.views, self.update)):
+                u = o.to(w.dtype)  # exact
+                if self.scale != 1.0:
+                    u.mul_(self.scale)
+                w.add_(u.div_(self.rows(i)), alpha=self.alpha)  # type: ignore[arg-type]
+            return
         if self.divisor is None:
             _add_(self.views, self.update, self.alpha, self.fresh)
             return
@@ -132,6 +147,7 @@ class StepTransaction:
     def __init__(self, deferred: Deferred | None = None) -> None:
         self.entries: dict[int, _Entry] = {}
         self.writes: list[tuple[PendingWrite, list[Tensor], list[str]]] = []
+        self.bounded: list[tuple[list[Tensor], float, str]] = []  # (tensors, bound on max |x|, labels)
         self.deferred = deferred  # state updates redone in place at the commit (``deferred.py``)
 
     # ------------------------------------------------------------------ compute phase
@@ -188,9 +204,13 @@ class StepTransaction:
         entry.before = {k: id(v) for k, v in work.items()}
 
     def add_write(self, write: PendingWrite, checks: list[Tensor], labels: list[str], params: Sequence[Tensor] = (),
-                  implied: str | None = None) -> None:
+                  implied: str | None = None, bound: float = math.inf) -> None:
         """A bucket's pending write and its update tensors to check; ``implied``: a state key of
-        these parameters whose finiteness follows from the rest of their new state (not read)."""
+        these parameters whose finiteness follows from the rest of their new state (not read);
+        ``bound``: max |x| of ``checks`` must not exceed it (read with ``abs_maxima``), not only be finite."""
+        if bound < math.inf:
+            self.bounded.append((checks, bound, ", ".join(labels)))
+            checks = []
         self.writes.append((write, checks, labels))
         if implied is not None:
             for p in params:
@@ -223,7 +243,19 @@ class StepTransaction:
         by_device: dict[torch.device, list[Tensor]] = {}
         for *_, t in self._tensors():
             by_device.setdefault(t.device, []).append(t)
-        return all(finite_now(ts) for ts in by_device.values())  # one read per device
+        return all(finite_now(ts) for ts in by_device.values()) and not self._out_of_bounds()  # one read per device
+
+    def _out_of_bounds(self) -> list[str]:
+        """'labels (update)' of the bounded checks whose max |x| exceeds their bound (or is NaN): one batched read."""
+        if not self.bounded:
+            return []
+        maxima = iter(abs_maxima([t for ts, _, _ in self.bounded for t in ts if _checked(t)]))
+        bad = []
+        for ts, bound, label in self.bounded:
+            values = [next(maxima) for t in ts if _checked(t)]
+            if not all(v <= bound for v in values):  # NaN fails
+                bad.append(f"{label} (update)")
+        return bad
 
     def bad_gradients(self) -> list[str]:
         return [e.label for e in self.entries.values() if e.param.grad is not None and not bool(e.param.grad.isfinite().all())]
@@ -235,7 +267,7 @@ class StepTransaction:
             item = f"{label} ({what})"
             if item not in bad and not bool(t.isfinite().all()):
                 bad.append(item)
-        return bad
+        return bad + [b for b in self._out_of_bounds() if b not in bad]
 
     # ------------------------------------------------------------------ commit phase
 

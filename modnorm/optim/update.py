@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import itertools
+import math
 import types
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -90,7 +91,8 @@ def momentum_implied(spec: RuleSpec, precond: Preconditioner, state_dtype: torch
 
 class BucketStep(NamedTuple):
     """A bucket's computed parameter change (the fields of ``transaction.PendingWrite``) and the
-    tensors the finiteness check reads besides the new state."""
+    tensors the finiteness check reads besides the new state (``bound``: their max |x| must not
+    exceed it)."""
 
     update: Sequence[Tensor]
     alpha: Any
@@ -98,6 +100,9 @@ class BucketStep(NamedTuple):
     divisor: Any
     fresh: bool
     checks: list[Tensor]
+    scale: float = 1.0
+    rows: Any = None
+    bound: float = math.inf
 
 
 NO_STEP = BucketStep([], 0.0, None, None, False, [])
@@ -175,6 +180,15 @@ def update_bucket(
             return BucketStep(d, alpha, decay, None, False, list(d))
         checks = [] if momentum_implied(spec, precond, state_dtype) else list(d)  # d and the state are checked
         return BucketStep(d, alpha, decay, D2, False, checks)
+    if (stack is not None and narrow and spec.mode == "lmo" and not updated and stack.dtype == views[0].dtype
+            and momentum_implied(spec, precond, state_dtype) and base.lmo_parts_dtype(stack) is not None):
+        def divide(i: int, D: Tensor) -> None:  # X_i ← D_i⁻¹ ⊙ c·X_i (DNorm's first division)
+            (stack[i].mul_(c) if c != 1.0 else stack[i]).div_(D)
+
+        rows = precond.diagonal_rows(states, g, step, ctx, divide)  # None: not offered, nothing done
+        if rows is not None:
+            d = []  # the stack's rows: only the stack may hold its storage (``lmo_parts`` releases it)
+            return _in_parts(stack, rows, base, ctx, lr=lr_r, step_scales=step_scales, decay=decay)
     norm = statistics_stage(precond, base=base, states=states, grads=g, step=step, ctx=ctx, sharded=sharded, update=not updated)
     staged = spec.staged  # staged: the bias correction c scales the step after the stages
     X = stacked_direction(d, c=c, correct=not staged) if stack is None else stack
@@ -194,6 +208,26 @@ def update_bucket(
         U = U.to(views[0].dtype)
     checks = [U, *g] if spec.momentum == "none" and not precond.covers_gradient else [U]  # d = g is in no state (and the stack may be overwritten)
     return BucketStep(U.unbind(0), alpha, decay, None, True, checks)
+
+
+def _in_parts(X: Tensor, rows: tuple[Any, float], base: Norm, ctx: StepContext, *, lr: float, step_scales: Sequence[float],
+              decay: Any) -> BucketStep:
+    """A D-preconditioned LMO, U = D⁻¹ ⊙ lmo(D⁻¹ ⊙ c·X) (``DNorm``), held in parts until the commit.
+    X holds D⁻¹ ⊙ c·X already (``Preconditioner.diagonal_rows``: D a matrix at a time, never stacked);
+    the base's ``lmo_parts`` gives O (narrow) and its scale s and releases X; D_i is formed again from
+    the committed statistics when the write is applied (``PendingWrite.rows``): only O is held. The
+    same kernels on the same values as ``DNorm.lmo_step``: the same bits. The check bounds max |O|
+    so that |U| ≤ max|O|·s / lower stays below half the dtype's largest value."""
+    divide, lower = rows
+    dtype = X.dtype
+    if ctx.defer is not None:  # probe the statistics' temporaries (rows already dropped)
+        ctx.defer.end_bucket(", ".join(ctx.names))
+    parts = base.lmo_parts(X)
+    assert parts is not None  # ``lmo_parts_dtype`` said so
+    O, s = parts
+    _, alpha = budget_stage(O, lr=lr, step_scales=step_scales)
+    update = O.unbind(0)
+    return BucketStep(update, alpha, decay, None, True, list(update), s, divide, torch.finfo(dtype).max * lower / (2.0 * s))
 
 
 def _entrywise(spec: RuleSpec, base: Norm, views: list[Tensor], state_dtype: torch.dtype, step_scales: Sequence[float],
