@@ -70,7 +70,8 @@ def test_gpu_benchmark_quick(tmp_path: Path) -> None:
 @pytest.mark.parametrize("preset", ["muon", "muadam", "shampoo", "soap"])
 def test_statistics_redone_at_the_commit_on_cuda(preset: str) -> None:
     """On CUDA the deferred statistics (``modnorm.optim.deferred``) and the scratch-buffer dual maps
-    (muon's bf16 stack with row-by-row momentum, ``DNorm.lmo_step``, ``LRNorm.sharp_step``) equal
+    (muon's bf16 stack with row-by-row momentum, muadam's update held in parts with its bounded
+    check, ``DNorm.lmo_step``, ``LRNorm.sharp_step``) equal
     the step computed aside bit for bit, and a NaN gradient (caught by the probes read with the
     transaction's check) changes nothing."""
     optimizer_module = sys.modules["modnorm.optim.optimizer"]

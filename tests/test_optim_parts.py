@@ -219,3 +219,14 @@ def test_a_resumed_state_continues_bit_for_bit():
     train_squares(net_a, opt_a, 3, seed=2)
     train_squares(net_b, opt_b, 3, seed=2)
     assert all(torch.equal(p, q) for p, q in zip(net_a.parameters(), net_b.parameters()))
+
+
+def test_bound_flags_are_read_with_the_finiteness_probes():
+    from modnorm.optim.deferred import bound_flag, finite_now
+
+    big = torch.full((4,), 3e38)  # finite values whose probe sum overflows: settled exactly
+    assert finite_now([big, big], [bound_flag(torch.tensor([1.0, -2.0]), 2.0)])
+    assert not finite_now([big], [bound_flag(torch.tensor([1.0, -2.5]), 2.0)])
+    assert not finite_now([], [bound_flag(torch.tensor([0.0, math.nan]), 2.0)])
+    assert not finite_now([torch.tensor([math.inf])], [bound_flag(torch.zeros(2), 1.0)])
+    assert float(bound_flag(torch.tensor([-2.0], dtype=torch.bfloat16), 2.0)) == 0.0

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .running_bounds import RunningBounds, abs_maxima
 
-__all__ = ["Deferred", "accumulation_bound", "finite_now", "finiteness_probes"]
+__all__ = ["Deferred", "accumulation_bound", "bound_flag", "finite_now", "finiteness_probes"]
 
 _SUM_DTYPE: dict[torch.dtype, torch.dtype] = {torch.float64: torch.float64, torch.bfloat16: torch.bfloat16}
 
@@ -65,10 +65,22 @@ def _finite_probe(ts: Sequence[Tensor]) -> bool | Tensor:
     return finite_now(ts)
 
 
-def finite_now(ts: Sequence[Tensor]) -> bool:
-    """Whether every value of ``ts`` (tensors of one device) is finite, read now: NaN/inf in any probe
-    propagate into their sum, and a finite total that overflows is settled exactly (``isfinite``)."""
-    return math.isfinite(float(finiteness_probes(ts).sum())) or all(bool(t.isfinite().all()) for t in ts)
+def finite_now(ts: Sequence[Tensor], flags: Sequence[Tensor] = ()) -> bool:
+    """Whether every value of ``ts`` (tensors of one device) is finite and every flag is 0, read now
+    (one read): NaN/inf in any probe propagate into their sum, and a finite total that overflows is
+    settled exactly (``isfinite``). ``flags``: 0-d float32 tensors of that device, 0 where a condition
+    holds and inf or NaN where it does not (``bound_flag``)."""
+    parts = ([finiteness_probes(ts)] if ts else []) + ([torch.stack(list(flags))] if flags else [])
+    if not parts or math.isfinite(float(torch.cat(parts).sum())):
+        return True
+    return all(math.isfinite(float(f)) for f in flags) and all(bool(t.isfinite().all()) for t in ts)
+
+
+def bound_flag(t: Tensor, bound: float) -> Tensor:
+    """0 (a 0-d float32 tensor on t's device) when max |t| ≤ ``bound``, else inf (NaN in t: inf too)."""
+    low, high = torch.aminmax(t)
+    peak = torch.maximum(low.abs(), high.abs()).float()
+    return torch.where(peak <= bound, 0.0, math.inf)
 
 
 class Deferred:

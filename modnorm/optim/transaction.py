@@ -10,8 +10,8 @@ A step runs in three phases:
    is upcast when a shadow is opened and each bucket's new state is rounded back to its
    storage dtype (``store``) as soon as the bucket is computed;
 2. **check** — one reduction over every new state tensor and every update direction
-   (a sum per tensor on the CPU, ``torch._foreach_norm`` on accelerators), stacked and
-   read with one host synchronization per device;
+   (a sum per tensor on the CPU, ``torch._foreach_norm`` on accelerators; max |x| against a
+   bound for updates held in parts), stacked and read with one host synchronization per device;
 3. **commit** — only when everything is finite: the shadow tensors replace the state
    entries (a swap, no copy; DTensor shards are copied into their local tensors) and the
    parameters are written.
@@ -54,7 +54,7 @@ from torch import Tensor
 
 from ..distributed.layout import is_dtensor
 from ..distributed.sharded_norm import to_local
-from .deferred import Deferred, finite_now
+from .deferred import Deferred, bound_flag, finite_now
 from .running_bounds import abs_maxima
 from .preconditioner import RESERVED_STATE_KEYS
 
@@ -240,10 +240,14 @@ class StepTransaction:
         """One reduction per device over every new tensor; True when all are finite."""
         if self.deferred is not None and not self.deferred.all_finite():
             return False
-        by_device: dict[torch.device, list[Tensor]] = {}
+        by_device: dict[torch.device, tuple[list[Tensor], list[Tensor]]] = {}
         for *_, t in self._tensors():
-            by_device.setdefault(t.device, []).append(t)
-        return all(finite_now(ts) for ts in by_device.values()) and not self._out_of_bounds()  # one read per device
+            by_device.setdefault(t.device, ([], []))[0].append(t)
+        for ts, bound, _ in self.bounded:
+            for t in ts:
+                if _checked(t):
+                    by_device.setdefault(t.device, ([], []))[1].append(bound_flag(t, bound))
+        return all(finite_now(ts, flags) for ts, flags in by_device.values())  # one read per device
 
     def _out_of_bounds(self) -> list[str]:
         """'labels (update)' of the bounded checks whose max |x| exceeds their bound (or is NaN): one batched read."""
