@@ -230,3 +230,27 @@ def test_bound_flags_are_read_with_the_finiteness_probes():
     assert not finite_now([], [bound_flag(torch.tensor([0.0, math.nan]), 2.0)])
     assert not finite_now([torch.tensor([math.inf])], [bound_flag(torch.zeros(2), 1.0)])
     assert float(bound_flag(torch.tensor([-2.0], dtype=torch.bfloat16), 2.0)) == 0.0
+
+
+def test_a_failure_in_a_later_bucket_writes_nothing(monkeypatch):
+    """An earlier bucket's parts and its V redo wait for the commit: a later bucket raising leaves everything as it was."""
+    from modnorm.norms import Spectral
+
+    net = _net()
+    opt = modnorm.optimizer(net, "muadam", lr=1e-2, ns_dtype="bfloat16")
+    train_squares(net, opt, 2)
+    params = list(net.parameters())
+    net(torch.randn(4, 10)).square().mean().backward()
+    snap = snapshot(opt, params)
+    real, calls = Spectral.lmo_parts, []
+
+    def fails_second(self, G):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory (simulated)")
+        return real(self, G)
+
+    monkeypatch.setattr(Spectral, "lmo_parts", fails_second)
+    with pytest.raises(RuntimeError, match="simulated"):
+        opt.step()
+    assert len(calls) == 2 and unchanged(opt, params, snap)
