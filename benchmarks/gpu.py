@@ -10,7 +10,9 @@ On a CUDA device (default) the script measures:
   flops) and as a fraction of the matmul peak;
 - ``steps``: one optimizer step of modnorm ``muon`` and ``muadam`` and of torch.optim.Muon
   (hidden) + AdamW (rest) on that model, and one forward + backward of it (bf16 autocast,
-  batch × 1024 tokens), median of interleaved repeats;
+  batch × 1024 tokens), median of interleaved repeats; and each step's peak memory beyond
+  what existed before it, × the parameter bytes (CUDA: the allocator's peak; CPU:
+  torch.profiler's allocation events);
 - ``accuracy``: max |σ−1| of bf16 Polar Express at 5–8 steps on gradient-like matrices
   (singular values log-uniform in [1e-2, 1]) against float64 SVD.
 
@@ -143,7 +145,26 @@ def measure_steps(device: torch.device, d: int, layers: int, vocab: int, batch: 
             jobs[k]()
             _sync(device)
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    out = {k: statistics.median(v) for k, v in times.items()}
+    for k, (m, opts) in contenders.items():  # memory after the timing: every step is a steady one
+        param_bytes = sum(p.numel() * p.element_size() for p in m.parameters())
+        out[f"peak:{k}"] = peak_step_bytes(device, lambda opts=opts: [o.step() for o in opts]) / param_bytes
+    return out
+
+
+def peak_step_bytes(device: torch.device, step: Callable[[], object]) -> float:
+    """Peak bytes one ``step()`` allocates beyond what existed before it: the CUDA allocator's peak,
+    or torch.profiler's CPU allocation events (``optimizer_step.peak_step_bytes``)."""
+    if device.type != "cuda":
+        from optimizer_step import peak_step_bytes as cpu_peak
+
+        return float(cpu_peak(step))
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    step()
+    _sync(device)
+    return float(torch.cuda.max_memory_allocated(device) - before)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -164,7 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         peak = measure_matmul(device, n, args.repeats)
         ns = measure_ns(device, d, layers, args.repeats)
-        steps = measure_steps(device, d, layers, vocab, batch, ctx, args.repeats)
+        measured = measure_steps(device, d, layers, vocab, batch, ctx, args.repeats)
+        steps = {k: v for k, v in measured.items() if not k.startswith("peak:")}
+        memory = {k.removeprefix("peak:"): v for k, v in measured.items() if k.startswith("peak:")}
         result = {
             "device": name, "torch": torch.__version__, "quick": args.quick,
             "model": {"d": d, "layers": layers, "vocab": vocab, "batch": batch, "ctx": ctx},
@@ -172,13 +195,16 @@ def main(argv: list[str] | None = None) -> dict:
             "steps_ms": {k: 1e3 * v for k, v in steps.items()},
             "step_over_fwd_bwd": {k: v / steps["fwd+bwd"] for k, v in steps.items() if k != "fwd+bwd"},
             "step_over_torch_muon": {k: v / steps["torch.Muon+AdamW"] for k, v in steps.items() if k.startswith("modnorm")},
+            "peak_step_x_params": memory,
             "bf16_polar_express_max_sigma_err": measure_accuracy(device, 64 if args.quick else 512),
         }
         print(f"{name}: bf16 matmul {peak:.1f} TFLOP/s; Newton–Schulz ({ns['dtype']}, {ns['steps']} steps) {ns['tflops']:.1f} TFLOP/s "
               f"= {ns['tflops'] / peak:.0%} of it")
-        print("| step | ms | × fwd+bwd | × torch Muon+AdamW |\n|---|---:|---:|---:|")
+        print("| step | ms | × fwd+bwd | × torch Muon+AdamW | peak step memory × params |\n|---|---:|---:|---:|---:|")
         for k, v in result["steps_ms"].items():
-            print(f"| {k} | {v:.2f} | {result['step_over_fwd_bwd'].get(k, 1.0):.3f} | {result['step_over_torch_muon'].get(k, float('nan')):.2f} |")
+            vs_muon = f"{result['step_over_torch_muon'][k]:.2f}" if k in result["step_over_torch_muon"] else ""
+            peak_x = f"{memory[k]:.2f}" if k in memory else ""
+            print(f"| {k} | {v:.2f} | {result['step_over_fwd_bwd'].get(k, 1.0):.3f} | {vs_muon} | {peak_x} |")
         print("bf16 Polar Express max|σ−1| by steps:", {k: f"{v:.1e}" for k, v in result["bf16_polar_express_max_sigma_err"].items()})
     if args.out:
         write_json(args.out, result)

@@ -310,6 +310,16 @@ def test_gpu_benchmark_skips_cleanly_without_cuda(tmp_path: Path, monkeypatch: p
     assert gpu.ns_flops(2, 3, 1) == 4 * 2 * 2 * 3 + 2 * 2**3 and gpu.ns_flops(3, 2, 2) == 2 * gpu.ns_flops(2, 3, 1)
 
 
+def test_gpu_benchmark_runs_on_the_cpu_when_asked(tmp_path: Path) -> None:
+    """``--device cpu --quick``: every row, the step times and each step's peak memory (profiler events)."""
+    gpu = importlib.import_module("gpu")
+    res = gpu.main(["--device", "cpu", "--quick", "--repeats", "2", "--out", str(tmp_path / "gpu.json")])
+    assert set(res["peak_step_x_params"]) == {"torch.Muon+AdamW", "modnorm.muon", "modnorm.muadam"}
+    assert all(0.0 < v < 10.0 for v in res["peak_step_x_params"].values())
+    assert set(res["steps_ms"]) == {"fwd+bwd", *res["peak_step_x_params"]} and all(v > 0 for v in res["steps_ms"].values())
+    assert json.loads((tmp_path / "gpu.json").read_text())["peak_step_x_params"] == res["peak_step_x_params"]
+
+
 def test_lr_sweep_protocol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import char_gpt
 
