@@ -70,8 +70,8 @@ def finite_now(ts: Sequence[Tensor], flags: Sequence[Tensor] = ()) -> bool:
     (one read): NaN/inf in any probe propagate into their sum, and a finite total that overflows is
     settled exactly (``isfinite``). ``flags``: 0-d float32 tensors of that device, 0 where a condition
     holds and inf or NaN where it does not (``bound_flag``)."""
-    parts = ([finiteness_probes(ts)] if ts else []) + ([torch.stack(list(flags))] if flags else [])
-    if not parts or math.isfinite(float(torch.cat(parts).sum())):
+    parts = ([finiteness_probes(ts).sum()] if ts else []) + ([torch.stack(list(flags)).sum()] if flags else [])
+    if not parts or math.isfinite(float(sum(parts))):  # type: ignore[arg-type]
         return True
     return all(math.isfinite(float(f)) for f in flags) and all(bool(t.isfinite().all()) for t in ts)
 
