@@ -19,7 +19,11 @@ A step runs in three phases:
 A failed check (or a ``torch.linalg.LinAlgError`` during the computation) leaves
 parameters, state and step counters untouched; the optimizer then raises
 ``FloatingPointError`` naming the parameters or skips the step (``nonfinite="skip"``).
-Any other exception propagates with nothing changed.
+Any other exception propagates with nothing changed. The commit itself runs in-place kernels,
+except for small temporaries (an update held in parts forms two one-matrix temporaries per
+parameter, ``PendingWrite.rows``; a per-parameter list of step factors scales a copy): an
+allocation failure there, right after the compute phase freed far larger buffers, would leave
+the step partly written.
 
 Cost: the check reads every new state tensor once more (a sum), and peak memory holds
 the old and the new state of one step together (about twice the optimizer state) — except
