@@ -59,7 +59,6 @@ from torch import Tensor
 from ..distributed.layout import is_dtensor
 from ..distributed.sharded_norm import to_local
 from .deferred import Deferred, bound_flag, finite_now
-from .running_bounds import abs_maxima
 from .preconditioner import RESERVED_STATE_KEYS
 
 __all__ = ["PendingWrite", "StepTransaction"]
@@ -211,7 +210,7 @@ class StepTransaction:
                   implied: str | None = None, bound: float = math.inf) -> None:
         """A bucket's pending write and its update tensors to check; ``implied``: a state key of
         these parameters whose finiteness follows from the rest of their new state (not read);
-        ``bound``: max |x| of ``checks`` must not exceed it (read with ``abs_maxima``), not only be finite."""
+        ``bound``: max |x| of ``checks`` must not exceed it (``bound_flag``), not only be finite."""
         if bound < math.inf:
             self.bounded.append((checks, bound, ", ".join(labels)))
             checks = []
@@ -254,16 +253,8 @@ class StepTransaction:
         return all(finite_now(ts, flags) for ts, flags in by_device.values())  # one read per device
 
     def _out_of_bounds(self) -> list[str]:
-        """'labels (update)' of the bounded checks whose max |x| exceeds their bound (or is NaN): one batched read."""
-        if not self.bounded:
-            return []
-        maxima = iter(abs_maxima([t for ts, _, _ in self.bounded for t in ts if _checked(t)]))
-        bad = []
-        for ts, bound, label in self.bounded:
-            values = [next(maxima) for t in ts if _checked(t)]
-            if not all(v <= bound for v in values):  # NaN fails
-                bad.append(f"{label} (update)")
-        return bad
+        """'labels (update)' of the bounded checks whose max |x| exceeds their bound or holds a NaN (a failed step's message)."""
+        return [f"{label} (update)" for ts, bound, label in self.bounded if any(float(bound_flag(t, bound)) for t in ts if _checked(t))]
 
     def bad_gradients(self) -> list[str]:
         return [e.label for e in self.entries.values() if e.param.grad is not None and not bool(e.param.grad.isfinite().all())]

@@ -180,7 +180,7 @@ def update_bucket(
             return BucketStep(d, alpha, decay, None, False, list(d))
         checks = [] if momentum_implied(spec, precond, state_dtype) else list(d)  # d and the state are checked
         return BucketStep(d, alpha, decay, D2, False, checks)
-    if (stack is not None and narrow and spec.mode == "lmo" and not updated and stack.dtype == views[0].dtype
+    if (stack is not None and narrow and spec.mode == "lmo" and stack.dtype == views[0].dtype
             and momentum_implied(spec, precond, state_dtype) and base.lmo_parts_dtype(stack) is not None):
         def divide(i: int, D: Tensor) -> None:  # X_i ← D_i⁻¹ ⊙ c·X_i (DNorm's first division)
             (stack[i].mul_(c) if c != 1.0 else stack[i]).div_(D)
@@ -220,8 +220,7 @@ def _in_parts(X: Tensor, rows: tuple[Any, float], base: Norm, ctx: StepContext, 
     so that |U| ≤ max|O|·s / lower stays below half the dtype's largest value."""
     divide, lower = rows
     dtype = X.dtype
-    if ctx.defer is not None:  # probe the statistics' temporaries (rows already dropped)
-        ctx.defer.end_bucket(", ".join(ctx.names))
+    ctx.defer.end_bucket(", ".join(ctx.names))  # probe the statistics' temporaries (a stack is formed only with ``defer``)
     parts = base.lmo_parts(X)
     assert parts is not None  # ``lmo_parts_dtype`` said so
     O, s = parts
