@@ -145,20 +145,29 @@ def state_bytes(opts: list[torch.optim.Optimizer]) -> int:
 
 
 def peak_step_bytes(step: Callable[[], None]) -> int:
-    """Peak of the bytes one ``step()`` allocates on the CPU beyond what existed before it."""
-    from torch.profiler import ProfilerActivity, profile
+    """Peak of the bytes one ``step()`` allocates on the CPU beyond what existed before it (freed
+    bytes count back). The profiler sees only the frees of blocks it saw allocated, so a first
+    ``step()`` runs under it too: the state that step makes, replaced by the measured one, is then
+    seen freed. The measured step is the second, from the bytes live when it starts."""
+    from torch.profiler import ProfilerActivity, profile, record_function
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
+        with record_function("peak_step_bytes: measured step"):
+            step()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "trace.json")
         prof.export_chrome_trace(path)
         events = json.loads(Path(path).read_text())["traceEvents"]
-    live = peak = 0
-    for e in sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"]):
+    mark = next(e for e in events if e.get("name") == "peak_step_bytes: measured step" and e.get("ph") == "X")
+    start, end = mark["ts"], mark["ts"] + mark["dur"]
+    live, base, peak = 0, None, 0
+    for e in sorted((e for e in events if e.get("name") == "[memory]" and e["ts"] <= end), key=lambda e: e["ts"]):
+        if base is None and e["ts"] >= start:
+            base = peak = live  # the bytes live when the measured step starts
         live += e["args"]["Bytes"]
         peak = max(peak, live)
-    return peak
+    return 0 if base is None else peak - base
 
 
 class Entry:

@@ -300,6 +300,23 @@ def test_peak_step_bytes_sees_a_known_temporary() -> None:
     assert 2 * n <= peak < 2 * n + 4096
 
 
+def test_peak_step_bytes_counts_the_replaced_state_as_freed() -> None:
+    """A step that replaces its state (the old tensor freed) and then makes a temporary of the same
+    size peaks at one tensor beyond the state, not two (the profiler sees frees only of blocks it saw
+    allocated: a lead-in step under it makes the state the measured step frees)."""
+    optimizer_step = importlib.import_module("optimizer_step")
+    n = 1000 * 1000 * 4
+    state = {"x": torch.zeros(1000, 1000)}
+
+    def step() -> None:
+        state["x"] = torch.ones(1000, 1000)  # the new state; the old one is freed
+        tmp = state["x"] * 2
+        del tmp
+
+    peak = optimizer_step.peak_step_bytes(step)
+    assert n <= peak < n + 4096
+
+
 def test_gpu_benchmark_skips_cleanly_without_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     gpu = importlib.import_module("gpu")
