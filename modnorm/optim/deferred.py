@@ -88,6 +88,7 @@ class Deferred:
 
     def __init__(self, bounds: RunningBounds) -> None:
         self.bounds = bounds
+        self._read = RunningBounds()  # max |x| read during this step (nothing is written in place before the commit)
         self._redos: list[Callable[[], None]] = []
         self._restores: list[tuple[Sequence[dict[str, Any]], str, list[Tensor], bool]] = []
         self.failed: list[str] = []  # 'label (state key)' of temporaries that were not finite
@@ -152,12 +153,16 @@ class Deferred:
     # ------------------------------------------------------------------ proofs by running bounds
 
     def known_max(self, ts: Sequence[Tensor]) -> float:
-        """An upper bound on max |x| over ``ts``: their running bounds, read (one batch) for those unknown;
-        inf when one holds a NaN or ±inf, or no values (a ``meta`` or empty tensor)."""
+        """An upper bound on max |x| over ``ts``: their running bounds, or what this step read of them,
+        read (one batch) for the others; inf when one holds a NaN or ±inf, or no values (a ``meta`` or
+        empty tensor)."""
         if any(t.device.type == "meta" or t.numel() == 0 for t in ts):
             return math.inf
-        known = [self.bounds.known(t) for t in ts]
-        read = abs_maxima([t for t, b in zip(ts, known) if b is None])
+        known = [self.bounds.known(t) if self.bounds.known(t) is not None else self._read.known(t) for t in ts]
+        unknown = [t for t, b in zip(ts, known) if b is None]
+        read = abs_maxima(unknown)
+        for t, m in zip(unknown, read):
+            self._read.record([t], m)
         return max((math.inf if math.isnan(m) else m for m in [*(b for b in known if b is not None), *read]), default=0.0)
 
     def record(self, ts: Sequence[Tensor], bound: float) -> None:

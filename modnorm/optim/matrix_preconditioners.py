@@ -37,7 +37,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..norms import Norm
+from ..norms import Frobenius, Norm
 from ..preconditioned import DNorm, GramLRNorm, LRNorm
 from .deferred import Deferred, accumulation_bound
 from .diagonal import SecondMoment
@@ -147,7 +147,7 @@ class _Factors:
         beta, alpha = (1.0, 1.0) if self.beta2 is None else (self.beta2, 1.0 - self.beta2)
         keys = [k for k in ("A", "B") if k in states[0]]
         defer = ctx.defer if ctx is not None and grads else None
-        bounds = self._deferrable(defer, states, G, keys, beta, alpha) if defer is not None else None
+        bounds = self._deferrable(defer, states, G, grads, keys, beta, alpha) if defer is not None else None
         # only statistics kept as one stack (not on a first step, nor just loaded) are redone in place
         if bounds is not None and all(one_stack([s[k] for s in states]) for k in keys):  # one redo for both sides
             if need:
@@ -162,11 +162,11 @@ class _Factors:
                 defer.record([s[key] for s in states], bounds[key])
 
     @staticmethod
-    def _deferrable(defer: Deferred, states: Sequence[State], G: Tensor, keys: list[str], beta: float,
+    def _deferrable(defer: Deferred, states: Sequence[State], G: Tensor, grads: Sequence[Tensor], keys: list[str], beta: float,
                     alpha: float) -> dict[str, float] | None:
         """Bounds proving the new A, B finite, or None: |β S + α G Gᵀ| ≤ β max|S| + α k·max|G|², with
         k the length of G's rows (A) or columns (B) (Cauchy–Schwarz), rounding included."""
-        a = defer.known_max([G])  # read: a gradient has no running bound
+        a = defer.known_max(list(grads))  # read (G's rows, the same values): a gradient has no running bound
         if not math.isfinite(a):
             return None
         out = {}
@@ -199,6 +199,16 @@ def _redo_factors(defer: Deferred, states: Sequence[State], grads: Sequence[Tens
     for key, bound in bounds.items():
         _stack(states, key).baddbmm_(*_sides(G, key), beta=beta, alpha=alpha)
         defer.record([s[key] for s in states], bound)
+
+
+def _basis_bound(defer: Deferred, states: Sequence[State], keys: Sequence[str]) -> float:
+    """max |x| over the states' ``keys`` (eigenbases, inverse roots: replaced, never written in place),
+    read once per new tensor: the value is kept as its running bound when the step commits."""
+    ts = [s[k] for k in keys for s in states]
+    q = defer.known_max(ts)  # inf for NaN/inf
+    if math.isfinite(q):
+        defer.later(lambda: defer.record(ts, q))
+    return q
 
 
 def _copy_into(states: Sequence[State], key: str, X: Tensor) -> None:
@@ -289,6 +299,21 @@ class Shampoo(Preconditioner):
                 if key in states[0]:
                     S = self.factors.corrected(states, key, step)
                     _copy_into(states, f"{key}_inv_root", inverse_root(S, self.power, self.eps, self.root_dtype))
+
+    def sharp_growth(self, base: Norm, states: Sequence[State], shape: Sequence[int], step: int,
+                     defer: Deferred | None) -> tuple[float, list[Tensor]] | None:
+        """U = P_A X P_B: with ‖P‖₂ ≤ ‖P‖_F ≤ k·max|P| (k×k; taken ≥ 1, 1 for an identity side), every
+        intermediate and ‖U‖_F are at most ‖P_A‖₂ ‖P_B‖₂ √(mn) max|X|; (1 + (m+n+8)·eps)³ covers the
+        rounding of the two products. Frobenius base only; no premise beyond finite inverse roots (read)."""
+        if type(base) is not Frobenius or defer is None:
+            return None
+        keys = [k for k in ("A_inv_root", "B_inv_root") if k in states[0]]
+        m, n = shape[-2:]
+        q = _basis_bound(defer, states, keys)
+        sides = [max(1.0, states[0][k].shape[-1] * q) for k in keys]
+        grow = (1.0 + (m + n + 8) * torch.finfo(states[0][keys[0]].dtype).eps) ** 3
+        growth = math.prod(sides) * math.sqrt(m * n) * grow
+        return (growth, []) if math.isfinite(growth) else None
 
     def norm(self, base: Norm, states: Sequence[State], step: int) -> Norm:
         P_A = _stack(states, "A_inv_root") if "A_inv_root" in states[0] else None
@@ -393,12 +418,14 @@ class SOAP(_Eigenbasis):
             return
         elif step > 1 and (step - 1) % self.precondition_frequency == 0:  # the refresh due after step t-1
             self._qr_refresh(states)
+        if self.reference:
+            self.factors.accumulate(states, G, ctx, grads)  # the reference feeds A, B after the refresh (the rotation does not read them)
         bucket = {self.adam.key: _stack(states, self.adam.key)}  # Adam's statistics of the rotated stack, as one stack
-        rotated = _stack(states, "QL").mT @ G @ _stack(states, "QR")  # V of the rotated G: computed aside (no redo)
+        rotated = _stack(states, "QL").mT @ G
+        del G  # released before the second product: one temporary of the bucket's size less
+        rotated = rotated @ _stack(states, "QR")  # V of the rotated G: computed aside (no redo)
         self.adam.update_many([bucket], [rotated], step, StepContext(step=step))  # type: ignore[arg-type]
         _copy_into(states, self.adam.key, bucket[self.adam.key])
-        if self.reference:
-            self.factors.accumulate(states, G, ctx, grads)
 
     def _qr_refresh(self, states: Sequence[State]) -> None:
         """Q ← qr(S Q) per side, columns first sorted by diag(Qᵀ S Q) descending; V permuted alike."""
@@ -419,6 +446,24 @@ class SOAP(_Eigenbasis):
             D = self.adam._powers([{self.adam.key: V}], step, self.adam.outer)[0]  # (V̂^½ + ε)^p on the stack
         # D ≥ ε^p > 0 with ε > 0 (V ≥ 0): plain division
         return LRNorm(DNorm(base, D, positive=self.eps > 0), L_inv=_stack(states, "QL"), R_inv=_stack(states, "QR").mT)
+
+    def sharp_growth(self, base: Norm, states: Sequence[State], shape: Sequence[int], step: int,
+                     defer: Deferred | None) -> tuple[float, list[Tensor]] | None:
+        """U = Q_L ((Q_Lᵀ X Q_R) ⊘ D ⊘ D) Q_Rᵀ with D ≥ ε^p where V ≥ 0 (the premise: 0, else inf).
+        With q = ‖Q‖₂ ≤ ‖Q‖_F ≤ k·max|Q| (k×k), every intermediate and ‖U‖_F are at most
+        (q_L q_R)² √(mn) max|X| / min(ε^{2p}, 1) (q's taken ≥ 1); (1 + (m+n+8)·eps)⁶ covers the
+        rounding of the four products and the two divisions. Frobenius base and ε > 0 only."""
+        if type(base) is not Frobenius or self.eps <= 0 or defer is None:
+            return None
+        V = _stack(states, self.adam.key)
+        m, n = shape[-2:]
+        q = _basis_bound(defer, states, ("QL", "QR"))
+        lower = min(self.eps ** (2 * self.power), 1.0)
+        grow = (1.0 + (m + n + 8) * torch.finfo(V.dtype).eps) ** 6
+        growth = (max(1.0, m * q) * max(1.0, n * q)) ** 2 * math.sqrt(m * n) / lower * grow
+        if not math.isfinite(growth):
+            return None
+        return growth, [torch.where(V.amin() >= 0, 0.0, math.inf).float().view(1)]  # D ≥ ε^p needs V ≥ 0 (NaN: inf)
 
     def __repr__(self) -> str:
         return f"SOAP(beta2={self.beta2}, eps={self.eps}, shampoo_beta2={self.shampoo_beta2}, precondition_frequency={self.precondition_frequency})"

@@ -32,7 +32,8 @@ from torch import Tensor
 
 from .deferred import finiteness_probes
 
-__all__ = ["EXACT_MOMENTUM_STATE", "MomentumKind", "MOMENTUM_KINDS", "momentum_key", "init_momentum", "apply_momentum", "momentum_scale"]
+__all__ = ["EXACT_MOMENTUM_STATE", "MomentumKind", "MOMENTUM_KINDS", "momentum_key", "init_momentum", "apply_momentum", "buffers_at_commit",
+           "momentum_scale"]
 
 MomentumKind = Literal["none", "heavy_ball", "nesterov", "ema", "ema_nesterov", "adam_ema", "lion", "schedule_free"]
 MOMENTUM_KINDS: tuple[str, ...] = get_args(MomentumKind)
@@ -166,6 +167,19 @@ def apply_momentum(
     for i, r in enumerate(rows):  # a narrower stack: one row's d at a time
         cast(r, _direction(kind, [grads[i]], [new[i]], [bufs[i]], beta, direction_beta)[0])
     return rows
+
+
+def buffers_at_commit(kind: str, beta: float, dampening: float, states: Sequence[dict[str, Tensor]], grads: list[Tensor],
+                      step: int, defer: Any) -> list[Tensor]:
+    """Form no new buffers now: ``defer`` (``deferred.Deferred``) computes them in place at the commit
+    (``_new_buffers_``, the kernels of every other path). Returns the state's buffers, which hold
+    the new values, d up to ``momentum_scale``, once the commit has run. For kinds whose d is the
+    new buffer (heavy_ball, ema, adam_ema), when nothing reads it before the commit."""
+    if kind not in ("heavy_ball", "ema", "adam_ema"):
+        raise ValueError(f"buffers_at_commit: d is not the new buffer for momentum {kind!r}")
+    bufs = [s[momentum_key(kind)] for s in states]  # type: ignore[index]
+    defer.later(lambda: _new_buffers_(kind, bufs, grads, beta, dampening, step))
+    return bufs
 
 
 def _rows_then_redo(kind: str, beta: float, dampening: float, bufs: list[Tensor], grads: list[Tensor], step: int,

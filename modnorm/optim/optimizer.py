@@ -451,8 +451,8 @@ class ModnormOptimizer(LowPrecisionState, RecordedNsChoices, ScheduleFreeModes, 
         if ctx.defer is not None:
             ctx.defer.end_bucket(", ".join(names))
         implied = momentum_key(plan.rule.momentum) if momentum_implied(plan.spec, plan.precond, self._storage_dtype(params[0])) else None
-        txn.add_write(PendingWrite(views, out.update, out.alpha, out.decay, out.divisor, out.fresh, out.scale, out.rows), out.checks, names,
-                      params, implied, out.bound)
+        txn.add_write(PendingWrite(views, out.update, out.alpha, out.decay, out.divisor, out.fresh, out.scale, out.rows, out.form),
+                      out.checks, names, params, implied, out.bound)
         txn.store(params)
 
     # ------------------------------------------------------------------ introspection

@@ -20,10 +20,11 @@ A failed check (or a ``torch.linalg.LinAlgError`` during the computation) leaves
 parameters, state and step counters untouched; the optimizer then raises
 ``FloatingPointError`` naming the parameters or skips the step (``nonfinite="skip"``).
 Any other exception propagates with nothing changed. The commit itself runs in-place kernels,
-except for small temporaries (an update held in parts forms two one-matrix temporaries per
-parameter, ``PendingWrite.rows``; a per-parameter list of step factors scales a copy): an
-allocation failure there, right after the compute phase freed far larger buffers, would leave
-the step partly written.
+except for temporaries: an update held in parts forms two one-matrix temporaries per
+parameter (``PendingWrite.rows``), an update formed at the commit (``PendingWrite.form``:
+SOAP, Shampoo) one bucket's direction and products at a time, and a per-parameter list of
+step factors scales a copy. An allocation failure there, right after the compute phase freed
+buffers at least as large, would leave the step partly written.
 
 Cost: the check reads every new state tensor once more (a sum), and peak memory holds
 the old and the new state of one step together (about twice the optimizer state) — except
@@ -83,6 +84,10 @@ class PendingWrite:
     """A bucket's parameter change, computed but not applied:
     W ← W·decay, then W ← W + alpha·U (or W + alpha·U / divisor entrywise).
 
+    ``form`` (with a float alpha): U is not held; ``form()`` forms it here from the committed
+    state (``update._sharp_at_commit``), finite by a bound proved when the step was computed
+    (whose premises, e.g. V ≥ 0, are among the checked tensors).
+
     ``rows`` (with a float alpha): U is held in parts (``Norm.lmo_parts``), a narrower O and
     ``scale``, and U_i = (O_i upcast · scale) ⊘ rows(i) is formed one parameter at a time here,
     from the divisor the preconditioner forms again from the committed state."""
@@ -95,12 +100,16 @@ class PendingWrite:
     fresh: bool = False  # ``update`` is a temporary that may be overwritten
     scale: float = 1.0
     rows: Callable[[int], Tensor] | None = None
+    form: Callable[[], Sequence[Tensor]] | None = None
 
     def apply(self) -> None:
-        if not self.views or len(self.update) == 0:  # a statistics-only (warm-up) step
+        if not self.views or (len(self.update) == 0 and self.form is None):  # a statistics-only (warm-up) step
             return
         if self.decay is not None:
             torch._foreach_mul_(self.views, self.decay)
+        if self.form is not None:
+            _add_(self.views, self.form(), self.alpha, True)
+            return
         if self.rows is not None:
             for i, (w, o) in enumerate(zip(self.views, self.update)):
                 u = o.to(w.dtype)  # exact

@@ -12,6 +12,10 @@ The decoupled decay takes the parameter's budget like the step it accompanies (w
 budget 1 it is torch's ``W (1 − lr λ)``): the ratio of decay to step is the same for
 every layer, whatever its share of the update.
 
+Sharp at the commit: in sharp mode with a momentum whose direction is its new buffer, a
+preconditioner that bounds its sharp (``Preconditioner.sharp_growth``: SOAP, Shampoo) lets the
+step prove U finite from max |M̂| and form it at the commit instead (``_sharp_at_commit``).
+
 Entrywise shortcut: a Frobenius base in sharp mode with no preconditioner (U = c·d) or a
 preconditioner offering ``entrywise_divisor`` (U = c·d / D², e.g. Adam, SANIA, Adagrad
 with ε > 0) never stacks: it works on the per-parameter lists with ``torch._foreach_*``
@@ -35,6 +39,8 @@ import torch
 from torch import Tensor
 
 from ..norms import Frobenius, Norm
+from .deferred import accumulation_bound
+from .momentum import buffers_at_commit, momentum_key
 from .preconditioner import Identity, Preconditioner, StepContext
 from .stages import (budget_stage, decay_factor, dual_map, entrywise_alpha, momentum_factor, momentum_stage, oriented_gradients, rule_lr,
                      stacked_direction, statistics_stage, with_coupled_decay)
@@ -103,6 +109,7 @@ class BucketStep(NamedTuple):
     scale: float = 1.0
     rows: Any = None
     bound: float = math.inf
+    form: Any = None
 
 
 NO_STEP = BucketStep([], 0.0, None, None, False, [])
@@ -162,6 +169,14 @@ def update_bucket(
     # a U that is only added (float lr, one step scale, nothing staged or collected) may stay in
     # Newton–Schulz's bf16: W + α·U upcasts it exactly, and holding it until the commit takes half
     narrow = not spec.staged and collect is None and sharded is None and isinstance(lr_r, float) and len(set(step_scales)) == 1
+    if defer is not None and narrow and spec.mode == "sharp" and spec.momentum in _NEW_BUFFER and views[0].dtype == state_dtype:
+        if not updated:
+            precond.update_many(states, g, step, ctx)
+            updated = True
+        at_commit = _sharp_at_commit(spec, base, precond, g, states, step, ctx, lr=lr_r, step_scales=step_scales,
+                                     decay=_decay(spec, precond, views, lr_r, decay_budgets))
+        if at_commit is not None:
+            return at_commit
     stack, cast = None, None
     if defer is not None:  # deferred buffers: d is formed in the stack itself (``momentum.apply_momentum``)
         dtype = g[0].dtype
@@ -171,9 +186,7 @@ def update_bucket(
         stack = torch.empty((len(g), *g[0].shape), dtype=dtype, device=g[0].device)
     d, c = momentum_stage(spec, states=states, grads=g, step=step, defer=defer, probe=not momentum_implied(spec, precond, state_dtype),
                           out=stack, cast=cast)
-    decay = None  # schedule-free decays at y itself (update_stages.schedule_free)
-    if spec.weight_decay and not spec.coupled and spec.momentum != "schedule_free":
-        decay = decay_factor(lr=lr_r, weight_decay=spec.weight_decay * precond.decay_scale(views[0].shape), decay_budgets=decay_budgets)
+    decay = _decay(spec, precond, views, lr_r, decay_budgets)
     if shortcut:
         alpha = entrywise_alpha(lr=lr_r, c=c, step_scales=step_scales)
         if D2 is None:  # no preconditioner: U = c·d
@@ -227,6 +240,49 @@ def _in_parts(X: Tensor, rows: tuple[Any, float], base: Norm, ctx: StepContext, 
     _, alpha = budget_stage(O, lr=lr, step_scales=step_scales)
     update = O.unbind(0)
     return BucketStep(update, alpha, decay, None, True, list(update), s, divide, torch.finfo(dtype).max * lower / (2.0 * s))
+
+
+def _decay(spec: RuleSpec, precond: Preconditioner, views: list[Tensor], lr: Scalar, decay_budgets: Sequence[float] | None) -> Any:
+    """The decoupled weight decay's factor (None without; schedule-free decays at y itself, ``update_stages.schedule_free``)."""
+    if spec.weight_decay and not spec.coupled and spec.momentum != "schedule_free":
+        return decay_factor(lr=lr, weight_decay=spec.weight_decay * precond.decay_scale(views[0].shape), decay_budgets=decay_budgets)
+    return None
+
+
+_NEW_BUFFER = ("heavy_ball", "ema", "adam_ema")  # momentum kinds whose direction d is the new buffer
+
+
+def _sharp_at_commit(spec: RuleSpec, base: Norm, precond: Preconditioner, g: list[Tensor], states: Sequence[dict[str, Any]],
+                     step: int, ctx: StepContext, *, lr: float, step_scales: Sequence[float], decay: Any) -> BucketStep | None:
+    """U = N.sharp(c · stack B') formed at the commit (``PendingWrite.form``) from the committed
+    momentum B' (redone in place there: ``momentum.buffers_at_commit``) and statistics, when the
+    preconditioner bounds its sharp (``Preconditioner.sharp_growth``, called after its statistics
+    are updated) and that bound proves U finite: growth · c · max|B'| ≤ M/4, with max|B'| bounded
+    from max|B| and max|g| (one read; B's bound is then kept for the next step). Nothing of the
+    bucket's size is held until the commit. The same kernels on the same values: the bits of
+    forming U now. None: not offered or not proved (the caller forms U now)."""
+    offer = precond.sharp_growth(base, states, g[0].shape, step, ctx.defer)
+    if offer is None:
+        return None
+    growth, premises = offer
+    bufs = [s[momentum_key(spec.momentum)] for s in states]
+    a = ctx.defer.known_max([*bufs, *g])
+    dtype = g[0].dtype
+    kept = 1.0 - (spec.dampening if spec.momentum == "heavy_ball" else spec.beta)  # B' = β B + kept·g (lerp: kept = 1 − β)
+    bound = accumulation_bound(a, spec.beta, kept, a, 1, dtype)
+    c = momentum_factor(spec, step)
+    if bound is None or growth * c * bound * (1.0 + 4 * torch.finfo(dtype).eps) > torch.finfo(dtype).max / 4:
+        return None
+    buffers_at_commit(spec.momentum, spec.beta, spec.dampening, states, g, step, ctx.defer)
+    ctx.defer.later(lambda: ctx.defer.record(bufs, bound))  # after the redo: B' is within ``bound``
+
+    def form() -> list[Tensor]:
+        X = torch.stack(bufs)
+        if c != 1.0:
+            X.mul_(c)
+        return list(dual_map(precond.norm(base, states, step), X, mode="sharp", narrow=True).unbind(0))
+
+    return BucketStep([], -lr * step_scales[0], decay, None, True, list(premises), form=form)
 
 
 def _entrywise(spec: RuleSpec, base: Norm, views: list[Tensor], state_dtype: torch.dtype, step_scales: Sequence[float],
