@@ -84,6 +84,12 @@ class Norm:
         """The dtype of ``lmo_parts``' O for inputs like ``like``; None (the default) when it gives none."""
         return None
 
+    def parts_input(self, like: Tensor) -> tuple[torch.dtype, Callable[[Tensor, Tensor], Tensor]] | None:
+        """``step_input`` for ``lmo_parts``: (dtype, cast) such that ``lmo_parts`` of the batch narrowed
+        with ``cast`` equals ``lmo_parts`` of the original bit for bit (an optimizer then forms its
+        direction in that dtype, a matrix at a time). None (the default): no such dtype."""
+        return None
+
     def expected_shape(self) -> str:
         """Human-readable shape this norm accepts, used in error messages."""
         return "(..., " + ", ".join(f"d{i}" for i in range(self.ndim)) + ")"

@@ -202,11 +202,17 @@ class Spectral(Norm):
     def lmo_parts(self, G: Tensor) -> tuple[Tensor, float] | None:
         """(the narrow polar factor, s) when Newton–Schulz runs in a narrower dtype of G's exponent
         range (``Norm.lmo_parts``); G is released once narrowed."""
-        if self.lmo_parts_dtype(G) is None:
+        if self.lmo_parts_dtype(G) is None and not self._narrowed(G):
             return None
         self._check(G)
         s = self._s(G)  # before G is released
         return self._polar(G, narrow=True, overwrite=True, release=True), s
+
+    def _narrowed(self, G: Tensor) -> bool:
+        """Whether G is already in the narrower dtype a float32 input would take (``parts_input``)."""
+        if G.ndim < 2 or not G.is_floating_point() or torch.finfo(G.dtype).bits >= 32:
+            return False
+        return self.lmo_parts_dtype(torch.empty(0, *G.shape[-2:], device=G.device)) == G.dtype
 
     def lmo_parts_dtype(self, like: Tensor) -> torch.dtype | None:
         """Newton–Schulz's compute dtype for inputs like ``like`` when it is narrower than theirs with
@@ -219,8 +225,15 @@ class Spectral(Norm):
     def step_input(self, like: Tensor) -> tuple[torch.dtype, Callable[[Tensor, Tensor], Tensor]] | None:
         """(bf16, ``narrow_into``) when ``lmo_step`` runs Newton–Schulz in a narrower dtype of the same
         exponent range as ``like``'s (float32 → bf16) and returns it (scale 1); else None."""
+        cast = self.parts_input(like)
+        return cast if cast is not None and self._s(like) == 1.0 else None
+
+    def parts_input(self, like: Tensor) -> tuple[torch.dtype, Callable[[Tensor, Tensor], Tensor]] | None:
+        """(bf16, ``narrow_into``) when ``lmo_parts`` runs Newton–Schulz in a narrower dtype of the same
+        exponent range as ``like``'s (float32 → bf16), at any scale: Newton–Schulz normalizes its bf16
+        input as it would the float32 one it narrows itself."""
         dtype = self.lmo_parts_dtype(like)
-        return (dtype, narrow_into) if dtype is not None and self._s(like) == 1.0 else None
+        return (dtype, narrow_into) if dtype is not None else None
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(scale={self.scale!r}, method={self.method!r}, steps={self.steps}"

@@ -125,12 +125,32 @@ def test_lmo_parts_rebuild_lmo_step_bit_for_bit_and_release_the_input(m, n, coun
     assert torch.equal(via_dnorm.to(G.dtype), DNorm(norm, D, positive=True).lmo(G))
 
 
+@settings(max_examples=20, deadline=None)
+@given(m=st.integers(2, 12), n=st.integers(2, 12), count=st.integers(1, 3), exponent=st.integers(-30, 30),
+       scale=st.sampled_from(["rms", "none", "original", 3.0]), seed=st.integers(0, 2**16))
+def test_lmo_parts_of_the_input_narrowed_a_matrix_at_a_time_are_the_same_bits(m, n, count, exponent, scale, seed):
+    """Law: with (dtype, cast) = parts_input(like), a batch cast a matrix at a time into that dtype gives
+    lmo_parts bit for bit those of the float32 batch (at any scale; tiny and huge matrices included)."""
+    g = torch.Generator().manual_seed(seed)
+    G = torch.randn(count, m, n, generator=g) * 10.0**exponent
+    norm = Spectral(scale=scale, dtype=torch.bfloat16)
+    dtype, cast = norm.parts_input(G[0])
+    X = torch.empty(G.shape, dtype=dtype)
+    for i in range(count):
+        cast(X[i], G[i])
+    O, s = norm.lmo_parts(X)
+    O_ref, s_ref = norm.lmo_parts(G.clone())
+    assert s == s_ref and torch.equal(O, O_ref)
+
+
 def test_lmo_parts_is_offered_only_for_a_narrower_polar():
     G = torch.randn(2, 6, 4)
     assert Spectral(dtype=torch.float32).lmo_parts_dtype(G) is None and Spectral(dtype=torch.float32).lmo_parts(G) is None
     assert Spectral(method="svd").lmo_parts_dtype(G) is None
     assert Spectral(dtype=torch.bfloat16).lmo_parts_dtype(G.double()) is None  # bf16 has not float64's range
     assert Frobenius().lmo_parts(G) is None and torch.equal(G, G)  # the default: nothing, G untouched
+    assert Frobenius().parts_input(G[0]) is None and Spectral(dtype=torch.float32).parts_input(G[0]) is None
+    assert Spectral(dtype=torch.float32).lmo_parts(G.bfloat16()) is None  # bf16 is not what a float32 polar narrows to
     assert G.numel() == 48
 
 

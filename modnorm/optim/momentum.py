@@ -33,7 +33,7 @@ from torch import Tensor
 from .deferred import finiteness_probes
 
 __all__ = ["EXACT_MOMENTUM_STATE", "MomentumKind", "MOMENTUM_KINDS", "momentum_key", "init_momentum", "apply_momentum", "buffers_at_commit",
-           "momentum_scale"]
+           "new_buffer",            "momentum_scale"]
 
 MomentumKind = Literal["none", "heavy_ball", "nesterov", "ema", "ema_nesterov", "adam_ema", "lion", "schedule_free"]
 MOMENTUM_KINDS: tuple[str, ...] = get_args(MomentumKind)
@@ -167,6 +167,11 @@ def apply_momentum(
     for i, r in enumerate(rows):  # a narrower stack: one row's d at a time
         cast(r, _direction(kind, [grads[i]], [new[i]], [bufs[i]], beta, direction_beta)[0])
     return rows
+
+
+def new_buffer(kind: str, beta: float, dampening: float, buf: Tensor, grad: Tensor, step: int) -> Tensor:
+    """One parameter's new buffer as a temporary (``buf`` is not written): the kernels of every other path."""
+    return _new_buffers(kind, [buf], [grad], beta, dampening, step)[0]
 
 
 def buffers_at_commit(kind: str, beta: float, dampening: float, states: Sequence[dict[str, Tensor]], grads: list[Tensor],

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from ..norms import Frobenius, Norm
 from .deferred import accumulation_bound
-from .momentum import buffers_at_commit, momentum_key
+from .momentum import buffers_at_commit, momentum_key, new_buffer
 from .preconditioner import Identity, Preconditioner, StepContext
 from .stages import (budget_stage, decay_factor, dual_map, entrywise_alpha, momentum_factor, momentum_stage, oriented_gradients, rule_lr,
                      stacked_direction, statistics_stage, with_coupled_decay)
@@ -169,14 +169,19 @@ def update_bucket(
     # a U that is only added (float lr, one step scale, nothing staged or collected) may stay in
     # Newton–Schulz's bf16: W + α·U upcasts it exactly, and holding it until the commit takes half
     narrow = not spec.staged and collect is None and sharded is None and isinstance(lr_r, float) and len(set(step_scales)) == 1
-    if defer is not None and narrow and spec.mode == "sharp" and spec.momentum in _NEW_BUFFER and views[0].dtype == state_dtype:
-        if not updated:
-            precond.update_many(states, g, step, ctx)
-            updated = True
-        at_commit = _sharp_at_commit(spec, base, precond, g, states, step, ctx, lr=lr_r, step_scales=step_scales,
-                                     decay=_decay(spec, precond, views, lr_r, decay_budgets))
-        if at_commit is not None:
-            return at_commit
+    # d the new momentum buffer: no bucket of it formed now, and no U held until the commit where a
+    # sharp's bound proves it finite (``_sharp_at_commit``) or an LMO is held in parts (``_lmo_in_parts``)
+    if defer is not None and narrow and spec.momentum in _NEW_BUFFER and views[0].dtype == state_dtype:
+        early, decay = None, _decay(spec, precond, views, lr_r, decay_budgets)
+        if spec.mode == "sharp":
+            if not updated:
+                precond.update_many(states, g, step, ctx)
+                updated = True
+            early = _sharp_at_commit(spec, base, precond, g, states, step, ctx, lr=lr_r, step_scales=step_scales, decay=decay)
+        elif momentum_implied(spec, precond, state_dtype) and base.parts_input(g[0]) is not None:
+            early = _lmo_in_parts(spec, base, precond, g, states, step, ctx, lr=lr_r, step_scales=step_scales, decay=decay)
+        if early is not None:
+            return early
     stack, cast = None, None
     if defer is not None:  # deferred buffers: d is formed in the stack itself (``momentum.apply_momentum``)
         dtype = g[0].dtype
@@ -193,15 +198,6 @@ def update_bucket(
             return BucketStep(d, alpha, decay, None, False, list(d))
         checks = [] if momentum_implied(spec, precond, state_dtype) else list(d)  # d and the state are checked
         return BucketStep(d, alpha, decay, D2, False, checks)
-    if (stack is not None and narrow and spec.mode == "lmo" and stack.dtype == views[0].dtype
-            and momentum_implied(spec, precond, state_dtype) and base.lmo_parts_dtype(stack) is not None):
-        def divide(i: int, D: Tensor) -> None:  # X_i ← D_i⁻¹ ⊙ c·X_i (DNorm's first division)
-            (stack[i].mul_(c) if c != 1.0 else stack[i]).div_(D)
-
-        rows = precond.diagonal_rows(states, g, step, ctx, divide)  # None: not offered, nothing done
-        if rows is not None:
-            d = []  # the stack's rows: only the stack may hold its storage (``lmo_parts`` releases it)
-            return _in_parts(stack, rows, base, ctx, lr=lr_r, step_scales=step_scales, decay=decay)
     norm = statistics_stage(precond, base=base, states=states, grads=g, step=step, ctx=ctx, sharded=sharded, update=not updated)
     staged = spec.staged  # staged: the bias correction c scales the step after the stages
     X = stacked_direction(d, c=c, correct=not staged) if stack is None else stack
@@ -223,16 +219,41 @@ def update_bucket(
     return BucketStep(U.unbind(0), alpha, decay, None, True, checks)
 
 
+def _lmo_in_parts(spec: RuleSpec, base: Norm, precond: Preconditioner, g: list[Tensor], states: Sequence[dict[str, Any]], step: int,
+                  ctx: StepContext, *, lr: float, step_scales: Sequence[float], decay: Any) -> BucketStep | None:
+    """``_in_parts`` with the direction formed a matrix at a time in the LMO's narrower input dtype
+    (``Norm.parts_input``): X_i = narrow(D_i⁻¹ ⊙ c·B'_i) from one-matrix temporaries B'_i (the new
+    momentum buffer, d itself for these kinds) and D_i (``Preconditioner.diagonal_rows``), so no
+    float32 stack of the bucket exists; the buffers are redone in place at the commit
+    (``momentum.buffers_at_commit``; their finiteness is implied by the statistics'). The same
+    kernels on the same values: the bits of the float32 stack narrowed by the LMO itself. None:
+    ``diagonal_rows`` not offered (nothing done)."""
+    dtype, cast = base.parts_input(g[0])  # type: ignore[misc]
+    X = torch.empty((len(g), *g[0].shape), dtype=dtype, device=g[0].device)
+    c = momentum_factor(spec, step)
+    bufs = [s[momentum_key(spec.momentum)] for s in states]
+
+    def narrowed(i: int, D: Tensor) -> None:  # X_i ← narrow(D_i⁻¹ ⊙ c·B'_i)
+        row = new_buffer(spec.momentum, spec.beta, spec.dampening, bufs[i], g[i], step)
+        cast(X[i], (row.mul_(c) if c != 1.0 else row).div_(D))
+
+    rows = precond.diagonal_rows(states, g, step, ctx, narrowed)
+    if rows is None:
+        return None
+    buffers_at_commit(spec.momentum, spec.beta, spec.dampening, states, g, step, ctx.defer)
+    return _in_parts(X, rows, base, ctx, lr=lr, step_scales=step_scales, decay=decay, dtype=g[0].dtype)
+
+
 def _in_parts(X: Tensor, rows: tuple[Any, float], base: Norm, ctx: StepContext, *, lr: float, step_scales: Sequence[float],
-              decay: Any) -> BucketStep:
+              decay: Any, dtype: torch.dtype | None = None) -> BucketStep:
     """A D-preconditioned LMO, U = D⁻¹ ⊙ lmo(D⁻¹ ⊙ c·X) (``DNorm``), held in parts until the commit.
     X holds D⁻¹ ⊙ c·X already (``Preconditioner.diagonal_rows``: D a matrix at a time, never stacked);
     the base's ``lmo_parts`` gives O (narrow) and its scale s and releases X; D_i is formed again from
     the committed statistics when the write is applied (``PendingWrite.rows``): only O is held. The
     same kernels on the same values as ``DNorm.lmo_step``: the same bits. The check bounds max |O|
-    so that |U| ≤ max|O|·s / lower stays below half the dtype's largest value."""
+    so that |U| ≤ max|O|·s / lower stays below half the largest value of U's ``dtype`` (X's by default)."""
     divide, lower = rows
-    dtype = X.dtype
+    dtype = dtype or X.dtype
     ctx.defer.end_bucket(", ".join(ctx.names))  # probe the statistics' temporaries (a stack is formed only with ``defer``)
     parts = base.lmo_parts(X)
     assert parts is not None  # ``lmo_parts_dtype`` said so
