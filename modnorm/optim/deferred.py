@@ -158,7 +158,8 @@ class Deferred:
         empty tensor)."""
         if any(t.device.type == "meta" or t.numel() == 0 for t in ts):
             return math.inf
-        known = [self.bounds.known(t) if self.bounds.known(t) is not None else self._read.known(t) for t in ts]
+        known = [self.bounds.known(t) for t in ts]
+        known = [b if b is not None else self._read.known(t) for t, b in zip(ts, known)]
         unknown = [t for t, b in zip(ts, known) if b is None]
         read = abs_maxima(unknown)
         for t, m in zip(unknown, read):

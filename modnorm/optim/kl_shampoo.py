@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..norms import Norm
 from ..preconditioned import DNorm, LRNorm
-from .matrix_preconditioners import (
+from .matrix_statistics import (
     _check_hp,
     _check_matrix,
     _check_root_eps,

@@ -33,7 +33,7 @@ from torch import Tensor
 from .deferred import finiteness_probes
 
 __all__ = ["EXACT_MOMENTUM_STATE", "MomentumKind", "MOMENTUM_KINDS", "momentum_key", "init_momentum", "apply_momentum", "buffers_at_commit",
-           "new_buffer",            "momentum_scale"]
+           "new_buffer", "momentum_scale"]
 
 MomentumKind = Literal["none", "heavy_ball", "nesterov", "ema", "ema_nesterov", "adam_ema", "lion", "schedule_free"]
 MOMENTUM_KINDS: tuple[str, ...] = get_args(MomentumKind)

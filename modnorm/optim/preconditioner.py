@@ -189,13 +189,14 @@ class Preconditioner:
 
     def sharp_growth(self, base: Norm, states: Sequence[State], shape: Sequence[int], step: int,
                      defer: Any) -> tuple[float, list[Tensor]] | None:
-        """Optional, called after ``update_many``: (G, premises) proving max |sharp(X)| ≤ G · max |X| for
-        every X of the bucket's stacked shape (parameters of ``shape``), where sharp is ``norm(base, states, step).sharp``
-        (every intermediate too, rounding included), with the new statistics in ``states``;
-        ``premises`` are tensors that are finite exactly when the proof's premises hold (e.g. 0 or
-        inf: read with the step's finiteness check). ``defer`` (``deferred.Deferred``) reads
-        max |x| of tensors in one batch. An optimizer may then form the sharp when it commits, from
-        the committed statistics, instead of holding it until then. None (the default): not offered."""
+        """Optional, called after ``update_many``: (G, premises) proving max |sharp(X)| ≤ G · max |X|
+        for every X of the bucket's stacked shape (parameters of ``shape``), where sharp is
+        ``norm(base, states, step).sharp`` with the new statistics in ``states`` (every intermediate
+        too, rounding included); ``premises`` are tensors that are finite exactly when the proof's
+        premises hold (e.g. 0 or inf: read with the step's finiteness check). ``defer``
+        (``deferred.Deferred``) reads max |x| of tensors in one batch. An optimizer may then form the
+        sharp when it commits, from the committed statistics, instead of holding it until then.
+        None (the default): not offered."""
         return None
 
     def __repr__(self) -> str:
