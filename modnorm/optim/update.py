@@ -279,7 +279,8 @@ def _sharp_at_commit(spec: RuleSpec, base: Norm, precond: Preconditioner, g: lis
     momentum B' (redone in place there: ``momentum.buffers_at_commit``) and statistics, when the
     preconditioner bounds its sharp (``Preconditioner.sharp_growth``, called after its statistics
     are updated) and that bound proves U finite: growth · c · max|B'| ≤ M/4, with max|B'| bounded
-    from max|B| and max|g| (one read; B's bound is then kept for the next step). Nothing of the
+    from max|B| and max|g| (one read; B's bound is then kept for the next step, valid while only
+    the optimizer writes B, as ``running_bounds`` assumes). Nothing of the
     bucket's size is held until the commit. The same kernels on the same values: the bits of
     forming U now. None: not offered or not proved (the caller forms U now)."""
     offer = precond.sharp_growth(base, states, g[0].shape, step, ctx.defer)
