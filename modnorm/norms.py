@@ -201,7 +201,8 @@ class Spectral(Norm):
 
     def lmo_parts(self, G: Tensor) -> tuple[Tensor, float] | None:
         """(the narrow polar factor, s) when Newton–Schulz runs in a narrower dtype of G's exponent
-        range (``Norm.lmo_parts``); G is released once narrowed."""
+        range (``Norm.lmo_parts``); G is released once narrowed, or, given already narrowed
+        (``parts_input``), orthogonalized in place."""
         if self.lmo_parts_dtype(G) is None and not self._narrowed(G):
             return None
         self._check(G)

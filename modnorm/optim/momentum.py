@@ -32,12 +32,15 @@ from torch import Tensor
 
 from .deferred import finiteness_probes
 
-__all__ = ["EXACT_MOMENTUM_STATE", "MomentumKind", "MOMENTUM_KINDS", "momentum_key", "init_momentum", "apply_momentum", "buffers_at_commit",
-           "new_buffer", "momentum_scale"]
+__all__ = ["EXACT_MOMENTUM_STATE", "MomentumKind", "MOMENTUM_KINDS", "NEW_BUFFER_KINDS", "momentum_key", "init_momentum",
+           "apply_momentum", "buffers_at_commit", "new_buffer", "momentum_scale"]
 
 MomentumKind = Literal["none", "heavy_ball", "nesterov", "ema", "ema_nesterov", "adam_ema", "lion", "schedule_free"]
 MOMENTUM_KINDS: tuple[str, ...] = get_args(MomentumKind)
 
+
+NEW_BUFFER_KINDS: tuple[str, ...] = ("heavy_ball", "ema", "adam_ema")
+"""The kinds whose direction d is the new buffer itself (which the stacked path may form in its rows)."""
 
 EXACT_MOMENTUM_STATE = frozenset({"z"})
 """Momentum state kept in the compute dtype under 16-bit storage: schedule-free's z is an iterate (a copy of the parameter)."""
@@ -148,7 +151,7 @@ def apply_momentum(
     bufs = [s[key] for s in states]  # type: ignore[index]
     if rows is not None and cast is not None and defer is not None and kind in ("nesterov", "ema_nesterov"):
         return _rows_then_redo(kind, beta, dampening, bufs, grads, step, rows, cast, defer, key if probe else None)
-    direct = kind in ("heavy_ball", "ema", "adam_ema")  # d is the new buffer
+    direct = kind in NEW_BUFFER_KINDS  # d is the new buffer
     if direct and rows is not None and cast is None:  # the new buffers formed in the stack's rows
         torch._foreach_copy_(rows, bufs)
         _new_buffers_(kind, rows, grads, beta, dampening, step)
@@ -180,7 +183,7 @@ def buffers_at_commit(kind: str, beta: float, dampening: float, states: Sequence
     (``_new_buffers_``, the kernels of every other path). Returns the state's buffers, which hold
     the new values, d up to ``momentum_scale``, once the commit has run. For kinds whose d is the
     new buffer (heavy_ball, ema, adam_ema), when nothing reads it before the commit."""
-    if kind not in ("heavy_ball", "ema", "adam_ema"):
+    if kind not in NEW_BUFFER_KINDS:
         raise ValueError(f"buffers_at_commit: d is not the new buffer for momentum {kind!r}")
     bufs = [s[momentum_key(kind)] for s in states]  # type: ignore[index]
     defer.later(lambda: _new_buffers_(kind, bufs, grads, beta, dampening, step))

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from ..norms import Frobenius, Norm
 from .deferred import accumulation_bound
-from .momentum import buffers_at_commit, momentum_key, new_buffer
+from .momentum import NEW_BUFFER_KINDS, buffers_at_commit, momentum_key, new_buffer
 from .preconditioner import Identity, Preconditioner, StepContext
 from .stages import (budget_stage, decay_factor, dual_map, entrywise_alpha, momentum_factor, momentum_stage, oriented_gradients, rule_lr,
                      stacked_direction, statistics_stage, with_coupled_decay)
@@ -171,8 +171,9 @@ def update_bucket(
     narrow = not spec.staged and collect is None and sharded is None and isinstance(lr_r, float) and len(set(step_scales)) == 1
     # d the new momentum buffer: no bucket of it formed now, and no U held until the commit where a
     # sharp's bound proves it finite (``_sharp_at_commit``) or an LMO is held in parts (``_lmo_in_parts``)
-    if defer is not None and narrow and spec.momentum in _NEW_BUFFER and views[0].dtype == state_dtype:
-        early, decay = None, _decay(spec, precond, views, lr_r, decay_budgets)
+    decay = _decay(spec, precond, views, lr_r, decay_budgets)
+    if defer is not None and narrow and spec.momentum in NEW_BUFFER_KINDS and views[0].dtype == state_dtype:
+        early = None
         if spec.mode == "sharp":
             if not updated:
                 precond.update_many(states, g, step, ctx)
@@ -191,7 +192,6 @@ def update_bucket(
         stack = torch.empty((len(g), *g[0].shape), dtype=dtype, device=g[0].device)
     d, c = momentum_stage(spec, states=states, grads=g, step=step, defer=defer, probe=not momentum_implied(spec, precond, state_dtype),
                           out=stack, cast=cast)
-    decay = _decay(spec, precond, views, lr_r, decay_budgets)
     if shortcut:
         alpha = entrywise_alpha(lr=lr_r, c=c, step_scales=step_scales)
         if D2 is None:  # no preconditioner: U = c·d
@@ -245,18 +245,17 @@ def _lmo_in_parts(spec: RuleSpec, base: Norm, precond: Preconditioner, g: list[T
 
 
 def _in_parts(X: Tensor, rows: tuple[Any, float], base: Norm, ctx: StepContext, *, lr: float, step_scales: Sequence[float],
-              decay: Any, dtype: torch.dtype | None = None) -> BucketStep:
+              decay: Any, dtype: torch.dtype) -> BucketStep:
     """A D-preconditioned LMO, U = D⁻¹ ⊙ lmo(D⁻¹ ⊙ c·X) (``DNorm``), held in parts until the commit.
-    X holds D⁻¹ ⊙ c·X already (``Preconditioner.diagonal_rows``: D a matrix at a time, never stacked);
-    the base's ``lmo_parts`` gives O (narrow) and its scale s and releases X; D_i is formed again from
-    the committed statistics when the write is applied (``PendingWrite.rows``): only O is held. The
-    same kernels on the same values as ``DNorm.lmo_step``: the same bits. The check bounds max |O|
-    so that |U| ≤ max|O|·s / lower stays below half the largest value of U's ``dtype`` (X's by default)."""
+    X holds D⁻¹ ⊙ c·X already, narrowed (``_lmo_in_parts``); the base's ``lmo_parts`` orthogonalizes
+    it in place and gives O and its scale s; D_i is formed again from the committed statistics when
+    the write is applied (``PendingWrite.rows``): only O is held. The same kernels on the same
+    values as ``DNorm.lmo_step``: the same bits. The check bounds max |O| so that
+    |U| ≤ max|O|·s / lower stays below half the largest value of U's ``dtype``."""
     divide, lower = rows
-    dtype = dtype or X.dtype
-    ctx.defer.end_bucket(", ".join(ctx.names))  # probe the statistics' temporaries (a stack is formed only with ``defer``)
+    ctx.defer.end_bucket(", ".join(ctx.names))  # probe the statistics' temporaries (the rows are already dropped)
     parts = base.lmo_parts(X)
-    assert parts is not None  # ``lmo_parts_dtype`` said so
+    assert parts is not None  # ``parts_input`` said so
     O, s = parts
     _, alpha = budget_stage(O, lr=lr, step_scales=step_scales)
     update = O.unbind(0)
@@ -268,9 +267,6 @@ def _decay(spec: RuleSpec, precond: Preconditioner, views: list[Tensor], lr: Sca
     if spec.weight_decay and not spec.coupled and spec.momentum != "schedule_free":
         return decay_factor(lr=lr, weight_decay=spec.weight_decay * precond.decay_scale(views[0].shape), decay_budgets=decay_budgets)
     return None
-
-
-_NEW_BUFFER = ("heavy_ball", "ema", "adam_ema")  # momentum kinds whose direction d is the new buffer
 
 
 def _sharp_at_commit(spec: RuleSpec, base: Norm, precond: Preconditioner, g: list[Tensor], states: Sequence[dict[str, Any]],
